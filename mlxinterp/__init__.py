@@ -1,0 +1,41 @@
+"""mlxinterp: look inside mlx-lm models.
+
+    import mlxinterp as mi
+    from mlxinterp import taps as T
+
+    hm = mi.load("default")                       # Gemma 3 270M, imported from its PyPI package
+    logits, cache = hm.run_with_cache("The Eiffel Tower is located in the city of")
+    with hm.hooks({"blocks.6.hook_resid_post": T.Add(vector, scale=4.0)}):
+        print(hm.generate("I think", max_tokens=20))
+
+Heavy modules (mlx, mlx-lm) load on first use, so `mlxinterp --help` stays fast.
+"""
+from __future__ import annotations
+
+from importlib import import_module
+
+from mlxinterp.errors import MlxInterpError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": "mlxinterp.hooks",
+    "HookedModel": "mlxinterp.hooks",
+    "ActivationCache": "mlxinterp.hooks",
+    "load_model": "mlxinterp.loading",
+    "LoadedModel": "mlxinterp.loading",
+    "ModelInfo": "mlxinterp.loading",
+    "logit_lens": "mlxinterp.lens",
+    "Direction": "mlxinterp.directions",
+    "run_all": "mlxinterp.suite",
+    "taps": "mlxinterp.taps",
+}
+
+__all__ = ["MlxInterpError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mlxinterp' has no attribute {name!r}")
+    mod = import_module(_LAZY[name])
+    return mod if name == "taps" else getattr(mod, name)

@@ -1,0 +1,3 @@
+from mlxinterp.cli import main
+
+main()

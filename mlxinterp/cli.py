@@ -1,0 +1,291 @@
+"""`mlxinterp` command line. Every expected failure is one clear line and exit code 2.
+
+The entry point re-executes itself once with OpenBLAS preloaded on Linux
+(platform.ensure_fast_blas), because MLX's CPU wheel ships a slow BLAS.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlxinterp.errors import MlxInterpError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Look inside mlx-lm models: hooks, taps, logit lens, steering, patching, experiment suite.")
+console = Console(stderr=True)
+out = Console()
+
+MODEL_OPT = typer.Option("default", "--model", "-m", help="default | local mlx-lm dir | HF repo id in the local cache | .gguf file; optional @8bit/@4bit variant")
+DTYPE_OPT = typer.Option(None, "--dtype", help="float32 | float16 | bfloat16 | native (as stored). Default: float32 on CPU, as stored on Metal")
+
+
+def _load(model: str, dtype: str | None):
+    from mlxinterp.hooks import load
+
+    with console.status(f"loading {model} ..."):
+        return load(model, dtype=dtype)
+
+
+def _print_json(obj) -> None:
+    from mlxinterp.io import dumps
+
+    sys.stdout.write(dumps(obj) + "\n")
+
+
+@app.command()
+def models(catalogue: bool = typer.Option(False, "--catalogue", help="also list known mlx-community checkpoints")) -> None:
+    """List models available locally, with size on disk and memory needed.
+
+    Example: [bold]mlxinterp models[/bold]
+    """
+    from mlxinterp.loading import list_local_models
+
+    rows = list_local_models()
+    table = Table("spec", "present", "size on disk", "memory needed", "path")
+    for r in rows:
+        table.add_row(str(r.get("spec")), "yes" if r.get("present") else "no (imported on first use)",
+                      _gb(r.get("size_bytes")), _gb(r.get("memory_bytes")), str(r.get("path") or ""))
+    out.print(table)
+
+
+def _gb(n) -> str:
+    return f"{n / 1e9:.2f} GB" if n else "-"
+
+
+@app.command()
+def info(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
+         as_json: bool = typer.Option(False, "--json", help="print JSON (arch, n_layers, d_model, n_heads, vocab_size, hook_points, ...)")) -> None:
+    """Model metadata and its hook points.
+
+    Example: [bold]mlxinterp info --model default --json[/bold]
+    """
+    hm = _load(model, dtype)
+    data = {**hm.info.to_dict(), "hook_points": hm.hook_names}
+    if as_json:
+        _print_json(data)
+        return
+    table = Table("field", "value")
+    for k, v in hm.info.to_dict().items():
+        table.add_row(k, str(v))
+    table.add_row("hook points", f"{len(hm.hook_names)} (see `mlxinterp hooks --model {model}`)")
+    out.print(table)
+
+
+@app.command()
+def hooks(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
+          filter: Optional[str] = typer.Option(None, "--filter", help="substring, e.g. resid_post or blocks.3."),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """List hook points with their per-position shapes.
+
+    Example: [bold]mlxinterp hooks --model default --filter resid[/bold]
+    """
+    hm = _load(model, dtype)
+    names = hm.names(filter) if filter else hm.hook_names
+    if as_json:
+        _print_json({n: list(hm.hook_shape(n)) for n in names})
+        return
+    table = Table("hook point", "shape per position")
+    for n in names:
+        table.add_row(n, str(hm.hook_shape(n)))
+    out.print(table)
+
+
+@app.command()
+def generate(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
+             max_tokens: int = typer.Option(32, "--max-tokens"), chat: bool = typer.Option(False, "--chat", help="apply the chat template"),
+             temperature: float = typer.Option(0.0, "--temperature")) -> None:
+    """Generate text (greedy by default) with mlx-lm's generate.
+
+    Example: [bold]mlxinterp generate "The Eiffel Tower is located in" --max-tokens 8[/bold]
+    """
+    hm = _load(model, dtype)
+    g = hm.generate(prompt, max_tokens=max_tokens, chat=chat, temperature=temperature)
+    out.print(prompt + g.text, highlight=False, markup=False)
+
+
+@app.command()
+def lens(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
+         target: Optional[List[str]] = typer.Option(None, "--target", help='token to track, e.g. " Paris" (repeatable)'),
+         top_k: int = typer.Option(5, "--top-k"), mode: str = typer.Option("normed", "--mode", help="normed (final norm first) | raw"),
+         as_json: bool = typer.Option(False, "--json"), out_dir: Path = typer.Option(Path("results/lens"), "--out", help="where the heatmap PNG goes"),
+         chat: bool = typer.Option(False, "--chat")) -> None:
+    """Logit lens: per layer, top tokens, entropy, and the rank of --target tokens; writes a heatmap PNG.
+
+    Example: [bold]mlxinterp lens --model default "The Eiffel Tower is located in the city of" --target " Paris"[/bold]
+    """
+    from mlxinterp.lens import logit_lens, plot_lens
+
+    hm = _load(model, dtype)
+    res = logit_lens(hm, prompt, targets=target, top_k=top_k, mode=mode, chat=chat, grid=True)
+    png = plot_lens(res, Path(out_dir) / f"lens-{hm.info.slug}.png")
+    if as_json:
+        d = res.to_dict()
+        for layer in d["layers"]:
+            if layer["target_rank"] is None:
+                layer.pop("target_rank")
+        d["figure"] = str(png)
+        _print_json(d)
+        return
+    table = Table("layer", "top tokens (prob)", "entropy", *(f"rank {t!r}" for t in target or []))
+    for L in res.layers:
+        tops = ", ".join(f"{t['token']!r} {t['prob']:.2f}" for t in L.top_tokens)
+        table.add_row(str(L.layer), tops, f"{L.entropy:.2f}", *(str(L.targets[t]["rank"]) for t in target or []))
+    out.print(table)
+    console.print(f"heatmap: {png}")
+
+
+@app.command("run-suite")
+def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="model spec (repeatable); default: default"),
+              only: Optional[str] = typer.Option(None, "--only", help="comma-separated experiments to run"),
+              skip: Optional[str] = typer.Option(None, "--skip", help="comma-separated experiments to skip"),
+              out_dir: Path = typer.Option(Path("results"), "--out", help="results directory"),
+              n: Optional[int] = typer.Option(None, "--n", help="items per experiment (smaller = faster)"),
+              seed: int = typer.Option(0, "--seed"),
+              resume: bool = typer.Option(True, "--resume/--no-resume", help="skip finished experiments and items"),
+              list_only: bool = typer.Option(False, "--list", help="list the experiments and exit")) -> None:
+    """Run the experiment suite; JSON, figures and report.md/report.html under --out.
+
+    Examples:
+      [bold]mlxinterp run-suite --model default[/bold]
+      [bold]mlxinterp run-suite --model default --only validation[/bold]
+      [bold]mlxinterp run-suite --list[/bold]
+    Interrupted? Run the same command again: finished work is reused (--resume is the default).
+    """
+    from mlxinterp.suite import list_experiments, run_all
+
+    if list_only:
+        table = Table("experiment", "what it does")
+        for name, doc in list_experiments():
+            table.add_row(name, doc)
+        out.print(table)
+        return
+    summary = run_all(model or ["default"], only=only, skip=skip, out=out_dir, n=n, seed=seed, resume=resume,
+                      console=console)
+    console.print(f"report: {summary['report']['md']} and {summary['report']['html']}")
+
+
+@app.command()
+def steer(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
+          vector: Path = typer.Option(..., "--vector", help="direction file saved by Direction.save (.safetensors + .json)"),
+          alpha: float = typer.Option(..., "--alpha", help="scale, in units of the vector as saved"),
+          layers: str = typer.Option(..., "--layers", help="e.g. 6 | 4,5,6 | 3-9"),
+          profile: str = typer.Option("flat", "--profile", help="flat | gaussian | bell | donut (weights over --layers)"),
+          max_tokens: int = typer.Option(32, "--max-tokens"), chat: bool = typer.Option(False, "--chat"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Generate steered and baseline text side by side.
+
+    Example: [bold]mlxinterp steer "I think that" --vector results/dirs/refusal_L10 --alpha 4 --layers 8-11[/bold]
+    """
+    from mlxinterp.directions import Direction, layer_profile, perturbation_pct, steering_taps
+
+    hm = _load(model, dtype)
+    d = Direction.load(vector)
+    ls = _parse_layers(layers, hm.info.n_layers)
+    full = layer_profile(profile, hm.info.n_layers, center=float(np.mean(ls)), lo=min(ls), hi=max(ls))
+    weights = [float(full[l]) for l in ls]
+    taps = steering_taps(d.vector, alpha, ls, weights, hook=d.hook.split(".", 2)[-1] if d.hook.startswith("blocks.") else "hook_resid_post")
+    base = hm.generate(prompt, max_tokens=max_tokens, chat=chat)
+    steered = hm.generate(prompt, max_tokens=max_tokens, chat=chat, taps=taps)
+    pct = perturbation_pct(d.norm, alpha * max(weights), d.resid_norm)
+    if as_json:
+        _print_json({"prompt": prompt, "baseline": base.text, "steered": steered.text, "alpha": alpha, "layers": ls,
+                     "weights": weights, "perturbation_pct_of_resid": pct})
+        return
+    table = Table("baseline", f"steered (alpha {alpha}, layers {layers}, {profile}; ~{pct:.1f}% of residual norm)")
+    table.add_row(prompt + base.text, prompt + steered.text)
+    out.print(table)
+
+
+def _parse_layers(text: str, n_layers: int) -> list[int]:
+    from mlxinterp.errors import HookNameError
+
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                a, b = part.rsplit("-", 1)
+                layers += list(range(int(a), int(b) + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise HookNameError(f"--layers {text!r} is not a layer list; use e.g. 6, 4,5,6 or 3-9") from None
+    bad = [l for l in layers if not -n_layers <= l < n_layers]
+    if bad:
+        raise HookNameError(f"layers {bad} out of range; this model has layers 0..{n_layers - 1}")
+    return [l % n_layers for l in layers]
+
+
+bench_app = typer.Typer(help="Benchmarks (ratios measured in one process).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("taps")
+def bench_taps_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT, rounds: int = typer.Option(7, "--rounds"),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """Tap overhead: bare mlx-lm forward vs no-op taps and capture on every hook point.
+
+    Example: [bold]mlxinterp bench taps --model default --json[/bold]
+    """
+    from mlxinterp.bench import bench_taps
+
+    hm = _load(model, dtype)
+    with console.status("benchmarking ..."):
+        res = bench_taps(hm, rounds=rounds)
+    res["model"] = hm.info.to_dict()
+    if as_json:
+        _print_json(res)
+    else:
+        out.print(f"noop_overhead {res['noop_overhead']:+.3%}  capture_all_overhead {res['capture_all_overhead']:+.3%}  "
+                  f"(bare {res['median_seconds']['bare']:.3f} s, {res['prompt_tokens']} tokens, median of {rounds})")
+
+
+@app.command()
+def doctor() -> None:
+    """Report the platform (MLX device, BLAS, memory, cache) and what to fix.
+
+    Example: [bold]mlxinterp doctor[/bold]
+    """
+    from mlxinterp.platform import describe
+
+    d = describe()
+    table = Table("check", "value")
+    for k, v in d.items():
+        table.add_row(k, str(v))
+    out.print(table)
+    if d["device"] == "cpu" and sys.platform == "linux" and not d["openblas_interposed"]:
+        console.print("[yellow]OpenBLAS is not interposed: matmuls are ~15x slower. "
+                      "Install it (apt-get install libopenblas0-pthread) and run through `mlxinterp` (it preloads it).[/yellow]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mlxinterp.platform import ensure_fast_blas
+
+    ensure_fast_blas()
+    try:
+        app(args=argv, standalone_mode=False)
+    except MlxInterpError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

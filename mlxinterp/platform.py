@@ -1,0 +1,122 @@
+"""Where we run: device, BLAS interposition, memory and cache directory.
+
+MLX's Linux CPU wheel links a slow reference BLAS. Preloading OpenBLAS (when
+the machine has it) makes float32 matmuls ~15x faster, but the preload must be
+in the environment when the process starts, so the CLI re-executes itself once
+with LD_PRELOAD set. Nothing here assumes a CPU: on a Mac with Metal none of
+the BLAS logic runs.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import platform as _platform
+import sys
+from pathlib import Path
+
+_REEXEC_FLAG = "MLXINTERP_BLAS_REEXEC"
+_OPENBLAS_GLOBS = (
+    "/usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3",
+    "/usr/lib/*-linux-gnu/openblas-openmp/libblas.so.3",
+    "/usr/lib/*-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas*.so*",
+)
+
+
+def cache_dir() -> Path:
+    """mlxinterp's own cache (imported models); MLXINTERP_CACHE overrides."""
+    env = os.environ.get("MLXINTERP_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mlxinterp"
+
+
+def default_device() -> str:
+    """'gpu' on Metal, else 'cpu'. Imported lazily so `--help` stays fast."""
+    import mlx.core as mx
+
+    return "gpu" if mx.metal.is_available() else "cpu"
+
+
+def find_openblas() -> str | None:
+    """Path of an OpenBLAS library that can be interposed under MLX, or None."""
+    if sys.platform != "linux":
+        return None
+    for pattern in _OPENBLAS_GLOBS:
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            return hits[0]
+    return None
+
+
+def openblas_interposed() -> bool:
+    """True when this process started with OpenBLAS in LD_PRELOAD."""
+    pre = os.environ.get("LD_PRELOAD", "")
+    return any("openblas" in p or "libblas" in p for p in pre.split(":") if p)
+
+
+def ensure_fast_blas(argv: list[str] | None = None) -> None:
+    """Re-exec the current command once with OpenBLAS preloaded, when useful.
+
+    No-op on macOS, when already preloaded, when OpenBLAS is absent, or when
+    MLXINTERP_NO_BLAS_REEXEC is set (for measuring the difference).
+    """
+    if sys.platform != "linux" or openblas_interposed():
+        return
+    if os.environ.get(_REEXEC_FLAG) or os.environ.get("MLXINTERP_NO_BLAS_REEXEC"):
+        return
+    lib = find_openblas()
+    if lib is None:
+        return
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
+    env[_REEXEC_FLAG] = "1"
+    args = argv if argv is not None else sys.argv
+    os.execve(sys.executable, [sys.executable, *_reexec_args(args)], env)
+
+
+def _reexec_args(argv: list[str]) -> list[str]:
+    """argv for `python ...` that re-runs the same entry point."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return ["-m", name, *argv[1:]]
+    return list(argv)
+
+
+def total_memory_bytes() -> int:
+    """Physical memory; MLXINTERP_MEMORY_LIMIT (bytes, or e.g. '8GB') fakes a smaller machine."""
+    fake = os.environ.get("MLXINTERP_MEMORY_LIMIT")
+    if fake:
+        return parse_bytes(fake)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - exotic OS
+        return 16 * 1024**3
+
+
+def parse_bytes(text: str) -> int:
+    """'8GB', '512MiB', '1e9' -> bytes."""
+    t = text.strip().upper().replace("IB", "B")
+    for unit, mult in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if t.endswith(unit):
+            return int(float(t[: -len(unit)]) * mult)
+    return int(float(t.rstrip("B")))
+
+
+def describe() -> dict:
+    """Platform facts for `mlxinterp doctor` and for every result's provenance."""
+    import mlx.core as mx
+
+    return {
+        "python": _platform.python_version(),
+        "system": f"{_platform.system()} {_platform.machine()}",
+        "mlx": mx.__version__,
+        "device": default_device(),
+        "openblas_available": find_openblas(),
+        "openblas_interposed": openblas_interposed(),
+        "memory_bytes": total_memory_bytes(),
+        "cache_dir": str(cache_dir()),
+    }

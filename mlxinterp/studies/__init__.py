@@ -1,0 +1,1 @@
+"""Experiments of the suite; each module registers itself with @suite.experiment."""

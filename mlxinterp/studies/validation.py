@@ -1,0 +1,214 @@
+"""Validation: five sanity checks that must pass before any other result is trusted (seed 004, Phase 0).
+
+(a) steering: alpha 0 is bit-identical, a large alpha changes the output,
+    different layers change it differently;
+(b) logit lens: " Paris" reaches the final layers' top-k for "The capital of
+    France is", early layers predict something else, rank improves with depth;
+(c) refusal direction: finite, non-zero, split-half consistent, and steering
+    along it raises the refusal score (with a bootstrap CI);
+(d) tokenization: BOS exactly once where needed, chat template, round trip;
+(e) numerics: no NaN/inf at any hook in float32; 4-bit vs float agreement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+from scipy import stats as sps
+
+from mlxinterp import data, directions, scoring
+from mlxinterp import taps as T
+from mlxinterp.lens import logit_lens
+from mlxinterp.stats import bootstrap_ci, kl_divergence
+from mlxinterp.suite import experiment
+
+CHECKS = ("steering", "logit_lens", "refusal_direction", "tokenization", "numerics")
+
+
+@dataclass
+class ValidationConfig:
+    n: int = 24  # prompts per side for the refusal direction
+    seed: int = 0
+    lens_prompt: str = "The capital of France is"
+    lens_target: str = " Paris"
+    lens_top_k: int = 10
+    steer_alpha: float = 8.0  # refusal steering, in units of the direction's norm
+    random_steer_pct: float = 50.0  # random vector norm, % of the residual norm
+    quant_bits: int = 4  # 0 disables the 4-bit comparison
+    quant_prompts: int = 4
+
+
+@experiment("validation", ValidationConfig)
+def validation(hm, cfg: ValidationConfig, ctx) -> dict:
+    """Five sanity checks: steering, logit lens, refusal direction, tokenization, numerics."""
+    runners = {"steering": _steering, "logit_lens": _lens, "refusal_direction": _refusal,
+               "tokenization": _tokenization, "numerics": _numerics}
+    results = ctx.map("checks", list(CHECKS), lambda name: runners[name](hm, cfg, ctx))
+    checks = dict(zip(CHECKS, results))
+    _figure(checks, ctx)
+    return {"checks": checks, "passed": sum(c["pass"] for c in checks.values()), "total": len(checks),
+            "all_pass": all(c["pass"] for c in checks.values())}
+
+
+def _last_logits(hm, prompt: str, taps=None) -> np.ndarray:
+    with hm.hooks(taps or {}):
+        out = hm(prompt)
+    return np.array(out[0, -1].astype(mx.float32))
+
+
+def _steering(hm, cfg, ctx) -> dict:
+    prompt = cfg.lens_prompt
+    base = _last_logits(hm, prompt)
+    _, cache = hm.run_with_cache(prompt, names="hook_resid_post")
+    rng = ctx.rng_for("steering")
+    v = rng.normal(size=hm.info.d_model).astype(np.float32)
+    v /= np.linalg.norm(v)
+    mid = hm.info.n_layers // 2
+    layers = sorted({max(1, hm.info.n_layers // 4), mid, hm.info.n_layers - 2})
+    resid = {l: float(np.linalg.norm(np.array(cache[f"blocks.{l}.hook_resid_post"][0, -1]))) for l in layers}
+    zero = _last_logits(hm, prompt, directions.steering_taps(v, 0.0, [mid]))
+    identical = bool(np.array_equal(zero, base))
+    kls, top1 = {}, {}
+    for l in layers:
+        alpha = cfg.random_steer_pct / 100 * resid[l]
+        steered = _last_logits(hm, prompt, directions.steering_taps(v, alpha, [l]))
+        kls[l] = float(kl_divergence(base, steered))
+        top1[l] = int(steered.argmax())
+    changed = any(k > 0.1 for k in kls.values())
+    differ = len(set(np.round(list(kls.values()), 4))) == len(layers)
+    return {"pass": identical and changed and differ, "alpha0_bit_identical": identical,
+            "large_alpha_changes_output": changed, "layers_differ": differ,
+            "kl_by_layer": {str(l): kls[l] for l in layers}, "top1_by_layer": {str(l): top1[l] for l in layers},
+            "base_top1": int(base.argmax()), "perturbation_pct_of_resid": cfg.random_steer_pct}
+
+
+def _lens(hm, cfg, ctx) -> dict:
+    res = logit_lens(hm, cfg.lens_prompt, targets=[cfg.lens_target], top_k=cfg.lens_top_k)
+    ranks = [L.target_rank for L in res.layers]
+    n = len(ranks)
+    final_in_topk = ranks[-1] < cfg.lens_top_k
+    early = ranks[: max(1, n // 3)]
+    generic_early = all(r > 0 for r in early)
+    rho = float(sps.spearmanr(np.arange(n), ranks).statistic)
+    improving = ranks[-1] < float(np.median(ranks[: n // 2])) and rho < 0
+    return {"pass": bool(final_in_topk and generic_early and improving), "final_rank": ranks[-1],
+            "final_in_top_k": final_in_topk, "top_k": cfg.lens_top_k, "early_layers_not_target": generic_early,
+            "rank_improves_with_depth": bool(improving), "spearman_layer_vs_rank": rho, "ranks": ranks,
+            "top1_by_layer": [L.top_tokens[0]["token"] for L in res.layers],
+            "entropy_by_layer": [round(L.entropy, 4) for L in res.layers]}
+
+
+def _refusal(hm, cfg, ctx) -> dict:
+    harmful = data.prompts("refusal/harmful_en.json")[: cfg.n]
+    harmless = data.prompts("refusal/harmless_en.json")[: cfg.n]
+    fmt = lambda ps: [scoring.instruction(hm, p)[0] for p in ps]  # noqa: E731
+    chat = hm.info.has_chat_template
+    dirs = directions.extract(hm, fmt(harmful), fmt(harmless), position="last", chat=chat, seed=cfg.seed)
+    layer = int(round(0.6 * (hm.info.n_layers - 1)))  # seed 004: refusal localises at 60-65 % depth
+    d = dirs[layer]
+    finite = all(np.isfinite(x.norm) for x in dirs.values())
+    nonzero = all(x.norm > 0 for x in dirs.values())
+    test = data.prompts("refusal/harmless_en.json")[cfg.n : cfg.n + 16] or harmless
+    base = scoring.refusal_score(hm, test)
+    steered = scoring.refusal_score(hm, test, directions.steering_taps(d.unit(), cfg.steer_alpha * d.norm, [layer]))
+    delta = bootstrap_ci(steered - base, seed=cfg.seed)
+    raises = delta["low"] is not None and delta["low"] > 0
+    return {"pass": bool(finite and nonzero and raises), "layer": layer, "depth_pct": 100 * layer / (hm.info.n_layers - 1),
+            "finite": finite, "nonzero": nonzero, "norm": d.norm, "relative_norm": d.relative_norm,
+            "split_half_cosine": d.split_half_cosine,
+            "norm_by_layer": [dirs[l].norm for l in sorted(dirs)],
+            "split_half_by_layer": [dirs[l].split_half_cosine for l in sorted(dirs)],
+            "steering_raises_refusal_score": raises, "refusal_score_delta": delta,
+            "baseline_refusal_score": float(base.mean()), "alpha_in_norms": cfg.steer_alpha,
+            "scoring": "mean log-prob of the refusal phrase minus a compliance phrase (mlxinterp.scoring)",
+            "base_model_note": None if chat else "base model (no chat template): it does not refuse; the check "
+            "measures whether steering moves probability toward a refusal phrase, not refusal behaviour"}
+
+
+def _tokenization(hm, cfg, ctx) -> dict:
+    from mlxinterp.tokenization import encode
+
+    info, tok = hm.info, hm.tokenizer
+    ids = encode(tok, info, "Hello world")
+    bos = info.bos_token_id
+    bos_ok = (ids.count(bos) == 1 and ids[0] == bos) if info.needs_bos else (bos is None or bos not in ids[:1])
+    samples = ["Hello world", "Der Eiffelturm steht in Paris.", "巴黎是法国的首都。", "naïve café – 3.14 🙂"]
+    trips = {s: tok.decode(tok.encode(s, add_special_tokens=False)) == s for s in samples}
+    chat = None
+    if info.has_chat_template:
+        cids = encode(tok, info, "What is 2+2?", chat=True)
+        text = tok.decode(cids)
+        chat = {"contains_prompt": "What is 2+2?" in text, "bos_once": (cids.count(bos) == 1) if bos is not None else True}
+    chat_ok = chat is None or all(chat.values())
+    return {"pass": bool(bos_ok and all(trips.values()) and chat_ok), "needs_bos": info.needs_bos,
+            "bos_exactly_once": bos_ok, "round_trip": trips, "has_chat_template": info.has_chat_template,
+            "chat_template": chat}
+
+
+def _numerics(hm, cfg, ctx) -> dict:
+    prompts = [cfg.lens_prompt, "The Eiffel Tower is located in the city of", "def add(a, b):\n    return",
+               "巴黎是法国的首都。"]
+    bad = []
+    for p in prompts:
+        _, cache = hm.run_with_cache(p)
+        for name in cache.keys():
+            a = cache[name]
+            if not bool(mx.all(mx.isfinite(a.astype(mx.float32))).item()):
+                bad.append(f"{p[:20]!r}:{name}")
+    out = {"finite_everywhere": not bad, "non_finite_at": bad[:20], "prompts": len(prompts), "dtype": hm.info.dtype}
+    if cfg.quant_bits:
+        out["quantized"] = _quant_agreement(hm, prompts[: cfg.quant_prompts], cfg.quant_bits)
+    q = out.get("quantized") or {}
+    out["pass"] = bool(not bad and (not q or q.get("top1_agreement", 0) >= 0.5))
+    return out
+
+
+def _quant_agreement(hm, prompts, bits: int) -> dict:
+    """Next-token top-1 agreement and KL between this model and its MLX-quantized copy, all positions."""
+    import copy
+
+    from mlx_lm.utils import quantize_model
+
+    from mlxinterp.hooks import HookedModel
+    from mlxinterp.loading import LoadedModel
+
+    if hm.info.quantization:
+        return {"skipped": "model is already quantized; compare against a float load instead"}
+    ref = [np.array(hm(p)[0].astype(mx.float32)) for p in prompts]
+    hm.remove_hooks()
+    try:
+        qmodel = copy.deepcopy(hm.model)
+    finally:
+        hm.install_hooks()
+    qmodel, _ = quantize_model(qmodel, {}, group_size=64, bits=bits)
+    qhm = HookedModel(LoadedModel(qmodel, hm.tokenizer, hm.info))
+    got = [np.array(qhm(p)[0].astype(mx.float32)) for p in prompts]
+    agree = np.concatenate([r.argmax(-1) == g.argmax(-1) for r, g in zip(ref, got)])
+    kl = np.concatenate([kl_divergence(r, g) for r, g in zip(ref, got)])
+    return {"bits": bits, "group_size": 64, "positions": int(agree.size), "top1_agreement": float(agree.mean()),
+            "kl_mean": float(kl.mean()), "kl_ci": bootstrap_ci(kl)}
+
+
+def _figure(checks: dict, ctx) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    ranks = checks["logit_lens"]["ranks"]
+    axes[0].semilogy(range(len(ranks)), np.array(ranks) + 1, "o-")
+    axes[0].set(xlabel="layer", ylabel="rank of target + 1 (log)", title="(b) logit lens: rank of ' Paris'")
+    ref = checks["refusal_direction"]
+    axes[1].plot(ref["norm_by_layer"], "o-", label="norm")
+    ax2 = axes[1].twinx()
+    ax2.plot(ref["split_half_by_layer"], "s--", color="C1", label="split-half cos")
+    ax2.set_ylim(-1, 1.05)
+    axes[1].set(xlabel="layer", ylabel="direction norm", title="(c) refusal direction per layer")
+    axes[1].axvline(ref["layer"], color="grey", lw=0.8)
+    names = list(checks)
+    axes[2].barh(names, [1] * len(names), color=["tab:green" if checks[n]["pass"] else "tab:red" for n in names])
+    axes[2].set(title="checks (green = pass)", xticks=[])
+    fig.tight_layout()
+    ctx.save_figure("validation", fig)

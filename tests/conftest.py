@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny checkpoints of every architecture, and the real default model."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny  # noqa: E402
+
+VARIANTS = [(arch, bits) for arch in tiny.ARCHS for bits in (None, 4)]
+VARIANT_IDS = [f"{a}-{'4bit' if b else 'float'}" for a, b in VARIANTS]
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict:
+    """(arch, bits) -> path of a tiny mlx-lm checkpoint, written once per session."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {(a, b): tiny.write_tiny_model(root / f"{a}-{b or 'f'}", a, b) for a, b in VARIANTS}
+
+
+@pytest.fixture(scope="session")
+def tiny_hooked(tiny_dirs):
+    """(arch, bits) -> HookedModel, loaded as stored (quantized stays quantized)."""
+    from mlxinterp.hooks import load
+
+    cache: dict = {}
+
+    def get(arch: str, bits: int | None):
+        if (arch, bits) not in cache:
+            cache[(arch, bits)] = load(str(tiny_dirs[(arch, bits)]), dtype="native")
+        return cache[(arch, bits)]
+
+    return get
+
+
+@pytest.fixture(params=VARIANTS, ids=VARIANT_IDS)
+def hm(request, tiny_hooked):
+    return tiny_hooked(*request.param)
+
+
+@pytest.fixture(scope="session")
+def real_hm():
+    """The real default model (Gemma 3 270M), imported once from its PyPI package."""
+    if os.environ.get("MLXINTERP_SKIP_REAL"):
+        pytest.skip("MLXINTERP_SKIP_REAL is set")
+    from mlxinterp.hooks import load
+
+    return load("default")
