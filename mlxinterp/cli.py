@@ -247,27 +247,42 @@ def bench_taps_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT, rou
 
 
 @app.command()
-def doctor() -> None:
-    """Report the platform (MLX device, BLAS, memory, cache) and what to fix.
+def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Report the platform (MLX device, BLAS, memory, cache, models) and what to fix.
 
     Example: [bold]mlxinterp doctor[/bold]
     """
+    from mlxinterp.loading import list_local_models
     from mlxinterp.platform import describe
 
     d = describe()
+    d["models"] = [r["spec"] for r in list_local_models(estimate=False) if r.get("present")]
+    advice = []
+    if d["device"] == "cpu" and sys.platform == "linux" and not d["openblas_interposed"]:
+        advice.append("OpenBLAS is not interposed: float32 matmuls are ~15x slower. Install libopenblas0-pthread "
+                      "(apt-get install libopenblas0-pthread) and run through `mlxinterp`, which preloads it.")
+    if d["device"] == "cpu":
+        advice.append("No Metal GPU: models run in float32 on the CPU (4-bit checkpoints are dequantized at load).")
+    if not d["models"]:
+        advice.append("No model imported yet: `mlxinterp info --model default` imports Gemma 3 270M (~30 s).")
+    d["advice"] = advice
+    if as_json:
+        _print_json(d)
+        return
     table = Table("check", "value")
     for k, v in d.items():
-        table.add_row(k, str(v))
+        if k != "advice":
+            table.add_row(k, str(v))
     out.print(table)
-    if d["device"] == "cpu" and sys.platform == "linux" and not d["openblas_interposed"]:
-        console.print("[yellow]OpenBLAS is not interposed: matmuls are ~15x slower. "
-                      "Install it (apt-get install libopenblas0-pthread) and run through `mlxinterp` (it preloads it).[/yellow]")
+    for a in advice:
+        console.print(f"[yellow]- {a}[/yellow]")
 
 
 def main(argv: list[str] | None = None) -> None:
     from mlxinterp.platform import ensure_fast_blas
 
-    ensure_fast_blas()
+    if argv is None:  # a real command line, not a call from Python (which must not be re-executed)
+        ensure_fast_blas()
     try:
         app(args=argv, standalone_mode=False)
     except MlxInterpError as e:

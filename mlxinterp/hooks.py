@@ -35,10 +35,12 @@ MODEL_HOOKS = ("hook_embed", "ln_final.hook_normalized", "hook_logits")
 class HookPoint:
     """One named place in the forward pass and the taps attached to it."""
 
-    __slots__ = ("name", "layer", "kind", "taps", "state")
+    __slots__ = ("name", "layer", "kind", "taps", "state", "feature_shape")
 
-    def __init__(self, name: str, layer: int | None, kind: str, state: "_ForwardState"):
+    def __init__(self, name: str, layer: int | None, kind: str, state: "_ForwardState",
+                 feature_shape: tuple[int, ...]):
         self.name, self.layer, self.kind, self.state = name, layer, kind, state
+        self.feature_shape = feature_shape
         self.taps: list[Tap] = []
 
     def run(self, a: mx.array) -> mx.array:
@@ -55,6 +57,7 @@ class _ForwardState:
         self.hooked = hooked
         self.seq_pos: np.ndarray | None = None
         self.prompt_len: np.ndarray | None = None
+        self.masks: dict = {}  # position masks, shared by every hook point of one forward
         self.n_taps = 0  # taps attached anywhere; 0 means every hooked call is a pass-through
         self.mid_delta: mx.array | None = None
 
@@ -69,12 +72,14 @@ class _ForwardState:
             if start.size == 1 and B > 1:
                 start = np.repeat(start, B)
         self.seq_pos = start[:, None] + np.arange(L)[None, :]
+        self.padded = bool((self.seq_pos < 0).any())
+        self.masks = {}
 
     def context(self, point: HookPoint) -> TapContext:
         if self.seq_pos is None:
             raise RuntimeError("hooked submodule called outside a model forward")
-        return TapContext(point.name, point.layer, self.seq_pos, self.prompt_len,
-                          self.hooked.feature_shape(point))
+        return TapContext(point.name, point.layer, self.seq_pos, self.prompt_len, point.feature_shape, self.masks,
+                          self.padded)
 
 
 # ---------------------------------------------------------------- class swapping
@@ -144,14 +149,14 @@ class _Site:
         return any(p.taps for p in self.ins) or any(p.taps for p in self.outs)
 
     def _run(self, points: list[HookPoint], a: mx.array) -> mx.array:
-        live = [p for p in points if p.taps]
-        if not live:
+        if not any(p.taps for p in points):
             return a
         shape = a.shape
         if self.heads:
             a = a.reshape(*shape[:-1], self.heads, shape[-1] // self.heads)
-        for p in live:
-            a = p.run(a)
+        for p in points:
+            if p.taps:
+                a = p.run(a)
         return a.reshape(shape) if self.heads else a
 
     def run_in(self, a):
@@ -215,7 +220,7 @@ class HookedModel:
             self._sites.append(site)
         if kind in ("heads", "kv_heads"):
             site.heads = self.info.n_heads if kind == "heads" else self.info.n_kv_heads
-        point = HookPoint(name, layer, kind, self._state)
+        point = HookPoint(name, layer, kind, self._state, self._shape_of(kind))
         (site.ins if side == "in" else site.outs).append(point)
         self._points[name] = point
 
@@ -232,16 +237,16 @@ class HookedModel:
     def hook_names(self) -> list[str]:
         return list(self._points)
 
-    def feature_shape(self, point: HookPoint) -> tuple[int, ...]:
+    def _shape_of(self, kind: str) -> tuple[int, ...]:
         i = self.info
         return {
             "d_model": (i.d_model,), "d_mlp": (i.d_mlp,), "vocab": (i.vocab_size,),
             "heads": (i.n_heads, i.head_dim), "kv_heads": (i.n_kv_heads, i.head_dim),
-        }[point.kind]
+        }[kind]
 
     def hook_shape(self, name: str) -> tuple[int, ...]:
         """Per-position feature shape of a hook point, e.g. (640,) or (4, 256)."""
-        return self.feature_shape(self.point(name))
+        return self.point(name).feature_shape
 
     def point(self, name: str) -> HookPoint:
         """The hook point called `name`; negative layers count from the end."""
@@ -288,7 +293,7 @@ class HookedModel:
             for name, tap_or_list in pairs:
                 point = self.point(name)
                 for tap in tap_or_list if isinstance(tap_or_list, (list, tuple)) else [tap_or_list]:
-                    tap.validate(self.feature_shape(point), point.name)
+                    tap.validate(point.feature_shape, point.name)
                     point.taps.append(tap)
                     attached.append((point, tap))
                     self._state.n_taps += 1

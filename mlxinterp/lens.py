@@ -96,6 +96,12 @@ def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 1
     return result
 
 
+def _label(token: str, width: int = 10) -> str:
+    """A token as a short printable label (control characters escaped)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in token)
+    return text[:width]
+
+
 def plot_lens(result: LensResult, path: Path) -> Path:
     """Heatmap of the top-1 token at each (layer, position), coloured by its probability."""
     import matplotlib
@@ -113,9 +119,9 @@ def plot_lens(result: LensResult, path: Path) -> Path:
     im = ax.imshow(probs, aspect="auto", cmap="Blues", vmin=0, vmax=1, origin="lower")
     for l in range(n_layers):
         for p in range(n_pos):
-            tok = result.grid_tokens[l][p].replace("\n", "\\n")[:10]
+            tok = _label(result.grid_tokens[l][p])
             ax.text(p, l, tok, ha="center", va="center", fontsize=7, color="white" if probs[l, p] > 0.6 else "black")
-    ax.set_xticks(range(n_pos), [t.replace("\n", "\\n")[:10] for t in result.tokens], rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(n_pos), [_label(t) for t in result.tokens], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("layer (output of block)")
     ax.set_title(f"logit lens ({result.mode}): top-1 token per layer and position")
     fig.colorbar(im, ax=ax, label="probability of top-1 token")

@@ -264,7 +264,7 @@ def hf_snapshot(repo: str, allow_download: bool = False) -> Path:
             raise ModelSpecError(
                 f"model {repo!r} is {state} the local Hugging Face cache ({cache})"
                 + (f"; did you mean {near}?" if near else ""),
-                hint="pass allow_download=True (CLI: --allow-download) or set MLXINTERP_ALLOW_DOWNLOAD=1 "
+                hint="set MLXINTERP_ALLOW_DOWNLOAD=1 (or pass allow_download=True in Python) "
                      "to download it, or give a local model directory or .gguf file") from None
     try:
         return Path(snapshot_download(repo, **kwargs))

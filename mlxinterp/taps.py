@@ -13,7 +13,7 @@ skipped), and keep counting through generation with the KV cache.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 import mlx.core as mx
@@ -26,21 +26,23 @@ Positions = Union[None, str, int, Sequence[int], Sequence[Sequence[int]], np.nda
 WHEN = ("both", "prompt", "generated")
 
 
-@dataclass
 class TapContext:
     """Where a tap fires: hook name, layer and the current chunk's positions.
 
     `seq_pos[b, j]` is the position within sequence b of column j of this
     forward's input (negative for left padding); `prompt_len[b]` is the prompt
-    length, so columns at or after it are generated tokens.
+    length, so columns at or after it are generated tokens. Built once per hook
+    point per forward, so it is a plain slotted class.
     """
 
-    name: str
-    layer: int | None
-    seq_pos: np.ndarray  # [B, L] int
-    prompt_len: np.ndarray | None  # [B] or None (plain forward: everything is prompt)
-    feature_shape: tuple[int, ...] = ()
-    _masks: dict = field(default_factory=dict)
+    __slots__ = ("name", "layer", "seq_pos", "prompt_len", "feature_shape", "_masks", "padded")
+
+    def __init__(self, name: str, layer: int | None, seq_pos: np.ndarray, prompt_len: np.ndarray | None,
+                 feature_shape: tuple[int, ...] = (), masks: dict | None = None, padded: bool | None = None):
+        self.name, self.layer, self.seq_pos, self.prompt_len = name, layer, seq_pos, prompt_len
+        self.feature_shape = feature_shape
+        self._masks = {} if masks is None else masks  # shared across one forward's hook points
+        self.padded = bool((seq_pos < 0).any()) if padded is None else padded
 
     def mask(self, positions: Positions, when: str = "both") -> mx.array | None:
         """Boolean [B, L] mask of columns a tap applies to; None means all columns."""
@@ -52,8 +54,8 @@ class TapContext:
     def _build_mask(self, positions: Positions, when: str) -> mx.array | None:
         pos = self.seq_pos
         m = _position_mask(positions, pos, self.prompt_len)
-        if when != "both" and self.prompt_len is not None:
-            gen = pos >= self.prompt_len[:, None]
+        if when != "both":  # a plain forward (prompt_len None) is all prompt
+            gen = pos >= self.prompt_len[:, None] if self.prompt_len is not None else np.zeros(pos.shape, bool)
             m = (gen if when == "generated" else ~gen) & (True if m is None else m)
         if (pos < 0).any():  # never touch left padding
             m = (pos >= 0) & (True if m is None else m)
@@ -108,7 +110,7 @@ def _position_mask(positions: Positions, pos: np.ndarray, prompt_len: np.ndarray
 def _apply(a: mx.array, new: mx.array, mask: mx.array | None, head_mask: mx.array | None = None):
     """Blend `new` into `a` where mask (positions) and head_mask (heads) say so."""
     if mask is None and head_mask is None:
-        return new.astype(a.dtype)
+        return new if new.dtype == a.dtype else new.astype(a.dtype)
     m = None
     if mask is not None:
         m = mask.reshape(mask.shape + (1,) * (a.ndim - 2))
@@ -158,6 +160,8 @@ class Tap:
         return mx.array(m)
 
     def _blend(self, a: mx.array, new: mx.array, ctx: TapContext) -> mx.array:
+        if self.positions is None and self.heads is None and not ctx.padded and (self.when == "both" or (self.when == "prompt" and ctx.prompt_len is None)):
+            return new if new.dtype == a.dtype else new.astype(a.dtype)  # everywhere: no mask needed
         return _apply(a, new, ctx.mask(self.positions, self.when), self._head_mask(ctx))
 
 

@@ -209,6 +209,9 @@ def test_generation_phases(hm):
         steered = hm(mx.array([IDS]))
     assert maxdiff(steered[0, -1], plain_logits(hm, IDS)[0, -1]) > 1e-3
     assert prompt_only.prompt_tokens == IDS
+    # in a plain forward every position is prompt: a generated-only tap does nothing
+    with hm.hooks({"blocks.1.hook_resid_post": T.Add(v, 1.0, when="generated")}):
+        assert mx.array_equal(hm(mx.array([IDS])), plain_logits(hm, IDS))
 
 
 def test_remove_hooks_restores_the_model(tiny_dirs):

@@ -33,7 +33,10 @@ class ValidationConfig:
     lens_prompt: str = "The capital of France is"
     lens_target: str = " Paris"
     lens_top_k: int = 10
-    steer_alpha: float = 8.0  # refusal steering, in units of the direction's norm
+    # Refusal steering strength as % of the mean residual norm at the layer. 8 % is
+    # seed 002's operating point (decides pass/fail); 4 and 16 % are reported beside it.
+    steer_pcts: tuple = (4.0, 8.0, 16.0)
+    steer_pass_pct: float = 8.0
     random_steer_pct: float = 50.0  # random vector norm, % of the residual norm
     quant_bits: int = 4  # 0 disables the 4-bit comparison
     quant_prompts: int = 4
@@ -100,30 +103,41 @@ def _lens(hm, cfg, ctx) -> dict:
 
 
 def _refusal(hm, cfg, ctx) -> dict:
-    harmful = data.prompts("refusal/harmful_en.json")[: cfg.n]
-    harmless = data.prompts("refusal/harmless_en.json")[: cfg.n]
+    harmful = data.prompts("refusal/harmful_en.json")
+    harmless = data.prompts("refusal/harmless_en.json")
     fmt = lambda ps: [scoring.instruction(hm, p)[0] for p in ps]  # noqa: E731
     chat = hm.info.has_chat_template
-    dirs = directions.extract(hm, fmt(harmful), fmt(harmless), position="last", chat=chat, seed=cfg.seed)
+    dirs = directions.extract(hm, fmt(harmful[: cfg.n]), fmt(harmless[: cfg.n]), position="last", chat=chat, seed=cfg.seed)
     layer = int(round(0.6 * (hm.info.n_layers - 1)))  # seed 004: refusal localises at 60-65 % depth
     d = dirs[layer]
     finite = all(np.isfinite(x.norm) for x in dirs.values())
     nonzero = all(x.norm > 0 for x in dirs.values())
-    test = data.prompts("refusal/harmless_en.json")[cfg.n : cfg.n + 16] or harmless
-    base = scoring.refusal_score(hm, test)
-    steered = scoring.refusal_score(hm, test, directions.steering_taps(d.unit(), cfg.steer_alpha * d.norm, [layer]))
-    delta = bootstrap_ci(steered - base, seed=cfg.seed)
-    raises = delta["low"] is not None and delta["low"] > 0
-    return {"pass": bool(finite and nonzero and raises), "layer": layer, "depth_pct": 100 * layer / (hm.info.n_layers - 1),
-            "finite": finite, "nonzero": nonzero, "norm": d.norm, "relative_norm": d.relative_norm,
-            "split_half_cosine": d.split_half_cosine,
+    held_harmful, held_harmless = harmful[cfg.n : cfg.n + 16], harmless[cfg.n : cfg.n + 16]
+    base = scoring.refusal_score(hm, held_harmless)
+    base_harmful = scoring.refusal_score(hm, held_harmful)
+    sweep = {}
+    for pct in cfg.steer_pcts:
+        taps = directions.steering_taps(d.unit(), pct / 100 * d.resid_norm, [layer])
+        sweep[str(pct)] = bootstrap_ci(scoring.refusal_score(hm, held_harmless, taps) - base, seed=cfg.seed)
+    decisive = sweep[str(cfg.steer_pass_pct)]
+    raises = decisive["low"] is not None and decisive["low"] > 0
+    consistent = d.split_half_cosine is not None and d.split_half_cosine > 0
+    return {"pass": bool(finite and nonzero and consistent and raises), "layer": layer,
+            "depth_pct": 100 * layer / (hm.info.n_layers - 1), "finite": finite, "nonzero": nonzero,
+            "norm": d.norm, "relative_norm": d.relative_norm, "split_half_cosine": d.split_half_cosine,
             "norm_by_layer": [dirs[l].norm for l in sorted(dirs)],
+            "relative_norm_by_layer": [dirs[l].relative_norm for l in sorted(dirs)],
             "split_half_by_layer": [dirs[l].split_half_cosine for l in sorted(dirs)],
-            "steering_raises_refusal_score": raises, "refusal_score_delta": delta,
-            "baseline_refusal_score": float(base.mean()), "alpha_in_norms": cfg.steer_alpha,
-            "scoring": "mean log-prob of the refusal phrase minus a compliance phrase (mlxinterp.scoring)",
-            "base_model_note": None if chat else "base model (no chat template): it does not refuse; the check "
-            "measures whether steering moves probability toward a refusal phrase, not refusal behaviour"}
+            "n_per_side": cfg.n, "held_out_per_side": len(held_harmless),
+            "baseline_harmful_minus_harmless": bootstrap_ci(base_harmful - base, seed=cfg.seed),
+            "baseline_refusal_score_harmless": float(base.mean()),
+            "steering_delta_by_pct_of_resid": sweep, "decisive_pct": cfg.steer_pass_pct,
+            "steering_raises_refusal_score": raises,
+            "scoring": "refusal score = mean per-token log-prob of a refusal phrase minus a compliance phrase, "
+                       "teacher-forced after the prompt (mlxinterp.scoring); steering adds the unit direction x "
+                       "(pct/100 x mean residual norm) at every position of held-out harmless prompts",
+            "base_model_note": None if chat else "base model (no chat template): it has no refusal behaviour; "
+            "baseline_harmful_minus_harmless says whether the score even separates harmful from harmless prompts"}
 
 
 def _tokenization(hm, cfg, ctx) -> dict:
