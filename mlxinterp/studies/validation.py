@@ -50,8 +50,31 @@ def validation(hm, cfg: ValidationConfig, ctx) -> dict:
     results = ctx.map("checks", list(CHECKS), lambda name: runners[name](hm, cfg, ctx))
     checks = dict(zip(CHECKS, results))
     _figure(checks, ctx)
-    return {"checks": checks, "passed": sum(c["pass"] for c in checks.values()), "total": len(checks),
-            "all_pass": all(c["pass"] for c in checks.values())}
+    return {"summary": _summary(checks), "checks": checks, "passed": sum(c["pass"] for c in checks.values()),
+            "total": len(checks), "all_pass": all(c["pass"] for c in checks.values())}
+
+
+def _summary(checks: dict) -> dict:
+    """Key numbers for the report, first."""
+    ref = checks["refusal_direction"]
+    d = ref["steering_delta_by_pct_of_resid"][str(ref["decisive_pct"])]
+    b = ref["baseline_harmful_minus_harmless"]
+    q = checks["numerics"].get("quantized") or {}
+    out = {f"{name} pass": c["pass"] for name, c in checks.items()}
+    out.update({
+        "lens: final-layer rank of target": checks["logit_lens"]["final_rank"],
+        "refusal dir: split-half cosine": round(ref["split_half_cosine"], 3),
+        f"refusal score change at {ref['decisive_pct']}% [95% CI]": _ci(d),
+        "refusal score, harmful - harmless (no steering)": _ci(b),
+    })
+    if "top1_agreement" in q:
+        out["4-bit vs float top-1 agreement"] = round(q["top1_agreement"], 3)
+        out["4-bit vs float KL (nats)"] = _ci(q["kl_ci"])
+    return out
+
+
+def _ci(c: dict) -> str:
+    return f"{c['estimate']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" if c.get("estimate") is not None else "n/a"
 
 
 def _last_logits(hm, prompt: str, taps=None) -> np.ndarray:
@@ -136,6 +159,9 @@ def _refusal(hm, cfg, ctx) -> dict:
             "scoring": "refusal score = mean per-token log-prob of a refusal phrase minus a compliance phrase, "
                        "teacher-forced after the prompt (mlxinterp.scoring); steering adds the unit direction x "
                        "(pct/100 x mean residual norm) at every position of held-out harmless prompts",
+            "protocol_note": "the decisive strength (8 % of the residual norm, seed 002's operating point) was "
+            "fixed after a first run that steered with 8x the direction's norm (~27 % of the residual norm on "
+            "Gemma 3 270M), which lowered the score: -0.54 [-0.63, -0.45]; 16 % is reported beside it",
             "base_model_note": None if chat else "base model (no chat template): it has no refusal behaviour; "
             "baseline_harmful_minus_harmless says whether the score even separates harmful from harmless prompts"}
 
@@ -210,19 +236,34 @@ def _figure(checks: dict, ctx) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    def title(ax, name: str, text: str) -> None:
+        ok = checks[name]["pass"]
+        ax.set_title(f"{text}: {'PASS' if ok else 'FAIL'}", color="tab:green" if ok else "tab:red", fontsize=10)
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    st = checks["steering"]
+    layers = list(st["kl_by_layer"])
+    axes[0].bar(layers, [st["kl_by_layer"][l] for l in layers])
+    axes[0].set(xlabel="layer steered (random vector)", ylabel="KL(base || steered), nats")
+    title(axes[0], "steering", "(a) steering sanity")
     ranks = checks["logit_lens"]["ranks"]
-    axes[0].semilogy(range(len(ranks)), np.array(ranks) + 1, "o-")
-    axes[0].set(xlabel="layer", ylabel="rank of target + 1 (log)", title="(b) logit lens: rank of ' Paris'")
+    axes[1].semilogy(range(len(ranks)), np.array(ranks) + 1, "o-")
+    axes[1].set(xlabel="layer", ylabel="rank of target + 1 (log)")
+    title(axes[1], "logit_lens", "(b) lens: rank of ' Paris'")
     ref = checks["refusal_direction"]
-    axes[1].plot(ref["norm_by_layer"], "o-", label="norm")
-    ax2 = axes[1].twinx()
-    ax2.plot(ref["split_half_by_layer"], "s--", color="C1", label="split-half cos")
-    ax2.set_ylim(-1, 1.05)
-    axes[1].set(xlabel="layer", ylabel="direction norm", title="(c) refusal direction per layer")
-    axes[1].axvline(ref["layer"], color="grey", lw=0.8)
-    names = list(checks)
-    axes[2].barh(names, [1] * len(names), color=["tab:green" if checks[n]["pass"] else "tab:red" for n in names])
-    axes[2].set(title="checks (green = pass)", xticks=[])
+    axes[2].plot(ref["relative_norm_by_layer"], "o-", label="norm / residual norm")
+    axes[2].plot(ref["split_half_by_layer"], "s--", label="split-half cosine")
+    axes[2].axvline(ref["layer"], color="grey", lw=0.8)
+    axes[2].set(xlabel="layer", ylim=(-1, 1.05))
+    axes[2].legend(fontsize=7)
+    title(axes[2], "refusal_direction", "(c) refusal direction")
+    sweep = ref["steering_delta_by_pct_of_resid"]
+    pcts = sorted(sweep, key=float)
+    est = np.array([sweep[p]["estimate"] for p in pcts])
+    err = np.array([[sweep[p]["estimate"] - sweep[p]["low"], sweep[p]["high"] - sweep[p]["estimate"]] for p in pcts]).T
+    axes[3].errorbar([float(p) for p in pcts], est, yerr=err, fmt="o-", capsize=4)
+    axes[3].axhline(0, color="grey", lw=0.8)
+    axes[3].set(xlabel="steering strength, % of residual norm", ylabel="refusal score change (95 % CI)")
+    title(axes[3], "refusal_direction", f"(c) steering layer {ref['layer']}")
     fig.tight_layout()
     ctx.save_figure("validation", fig)
