@@ -136,6 +136,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise _fail(path, exc) from exc
     try:
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
             _write_all(fd, data)
             os.fsync(fd)
         finally:
@@ -149,6 +150,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _unlink_quietly(path: str | os.PathLike) -> None:

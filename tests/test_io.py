@@ -128,3 +128,13 @@ def test_stale_lock_of_a_killed_process_does_not_block(tmp_path):
     lock = io.DirLock(tmp_path).acquire()  # ...but does not block
     assert time.time() < deadline
     lock.release()
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import stat
+
+    from mlxinterp.io import write_json
+
+    path = write_json(tmp_path / "r.json", {"a": 1})
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode & 0o044  # readable by group/others under a normal umask, unlike mkstemp's 0600
