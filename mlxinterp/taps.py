@@ -134,8 +134,12 @@ def _as_vector(value, feature_shape: tuple[int, ...], what: str) -> mx.array:
     return arr
 
 
+@dataclass(kw_only=True, eq=False)
 class Tap:
-    """Base: positions, phase ('both' | 'prompt' | 'generated') and an optional head subset."""
+    """Base: positions, phase ('both' | 'prompt' | 'generated') and an optional head subset.
+
+    These three are keyword-only on every tap: `Add(v, 2.0, positions="last")`.
+    """
 
     positions: Positions = None
     when: str = "both"
@@ -165,7 +169,7 @@ class Tap:
         return _apply(a, new, ctx.mask(self.positions, self.when), self._head_mask(ctx))
 
 
-@dataclass
+@dataclass(eq=False)
 class Capture(Tap):
     """Record the activation (whole chunk) into `store[name]`; leaves it unchanged.
 
@@ -173,9 +177,6 @@ class Capture(Tap):
     """
 
     store: Any = None
-    positions: Positions = None
-    when: str = "both"
-    heads: Sequence[int] | None = None
 
     def __call__(self, a: mx.array, ctx: TapContext) -> mx.array:
         # a[...] is a new graph node: mlx-lm updates some arrays in place
@@ -184,15 +185,12 @@ class Capture(Tap):
         return a
 
 
-@dataclass
+@dataclass(eq=False)
 class Add(Tap):
     """a + scale * vector (steering). vector: feature shape, or [L, ...] / [B, L, ...] aligned to the chunk."""
 
     vector: Any = None
     scale: float = 1.0
-    positions: Positions = None
-    when: str = "both"
-    heads: Sequence[int] | None = None
 
     def validate(self, feature_shape, name):
         super().validate(feature_shape, name)
@@ -206,14 +204,11 @@ class Add(Tap):
         return self._blend(a, new, ctx)
 
 
-@dataclass
+@dataclass(eq=False)
 class Replace(Tap):
     """Overwrite with `value` (patching): feature shape, or [L, ...] / [B, L, ...] aligned to the chunk."""
 
     value: Any = None
-    positions: Positions = None
-    when: str = "both"
-    heads: Sequence[int] | None = None
 
     def validate(self, feature_shape, name):
         super().validate(feature_shape, name)
@@ -223,28 +218,22 @@ class Replace(Tap):
         return self._blend(a, mx.broadcast_to(_align(self.value, a, ctx), a.shape), ctx)
 
 
-@dataclass
+@dataclass(eq=False)
 class Scale(Tap):
     """a * factor."""
 
     factor: float = 1.0
-    positions: Positions = None
-    when: str = "both"
-    heads: Sequence[int] | None = None
 
     def __call__(self, a, ctx):
         return self._blend(a, a * self.factor, ctx)
 
 
-@dataclass
+@dataclass(eq=False)
 class Ablate(Tap):
     """Zero the activation, or set it to a mean (given, else the batch mean over real positions)."""
 
     mode: str = "zero"
     mean: Any = None
-    positions: Positions = None
-    when: str = "both"
-    heads: Sequence[int] | None = None
 
     def validate(self, feature_shape, name):
         super().validate(feature_shape, name)
@@ -264,7 +253,7 @@ class Ablate(Tap):
         return self._blend(a, mx.broadcast_to(mean.astype(a.dtype), a.shape), ctx)
 
 
-@dataclass
+@dataclass(eq=False)
 class Project(Tap):
     """Keep only the part of a in span(basis) ('onto') or remove it ('out').
 
@@ -274,9 +263,6 @@ class Project(Tap):
 
     basis: Any = None
     mode: str = "out"
-    positions: Positions = None
-    when: str = "both"
-    heads: Sequence[int] | None = None
 
     def validate(self, feature_shape, name):
         super().validate(feature_shape, name)
@@ -301,14 +287,11 @@ class Project(Tap):
         return self._blend(a, inside if self.mode == "onto" else x - inside, ctx)
 
 
-@dataclass
+@dataclass(eq=False)
 class Fn(Tap):
     """Any function (activation, ctx) -> activation, for one-off interventions."""
 
     fn: Callable[[mx.array, TapContext], mx.array] | None = None
-    positions: Positions = None
-    when: str = "both"
-    heads: Sequence[int] | None = None
 
     def __call__(self, a, ctx):
         return self._blend(a, self.fn(a, ctx), ctx)

@@ -255,3 +255,13 @@ def test_bad_taps_raise_clear_errors(tiny_hooked, name, tap, message):
             pass
     assert message in str(err.value)
     assert hm._state.n_taps == 0
+
+
+def test_two_equal_taps_on_one_hook_attach_and_detach(hm):
+    """Taps compare by identity: removing one of two Add taps with array vectors must not compare arrays."""
+    v = mx.ones((hm.info.d_model,))
+    ref = plain_logits(hm, IDS)
+    with hm.hooks([("blocks.0.hook_resid_post", T.Add(v, 1.0)), ("blocks.0.hook_resid_post", T.Add(v, -1.0))]):
+        out = hm(mx.array([IDS]))
+    assert maxdiff(out, ref) < 1e-4
+    assert hm._state.n_taps == 0 and not hm.point("blocks.0.hook_resid_post").taps
