@@ -1,0 +1,71 @@
+"""Batched patching equals the one-patch-per-forward loop, and known cells give known answers."""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxinterp import patching as P
+from mlxinterp import taps as T
+from mlxinterp.errors import PromptError, TapError
+
+CLEAN = [1, 287, 414, 417, 279, 280, 300, 301]
+CORRUPT = [1, 290, 414, 417, 279, 280, 300, 301]  # differs at position 1 only
+
+
+def metric(logits):
+    return logits[:, 5] - logits[:, 7]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_batched_sweep_equals_one_forward_per_patch(tiny_hooked, arch, bits):
+    hm = tiny_hooked(arch, bits)
+    res = P.patch_sweep(hm, CLEAN, CORRUPT, metric, hook="hook_resid_pre", batch_size=7)
+    _, cache = hm.run_with_cache(mx.array([CLEAN]))
+    for li, l in enumerate(res.layers):
+        for pi, p in enumerate(res.positions):
+            name = f"blocks.{l}.hook_resid_pre"
+            with hm.hooks({name: T.Replace(cache[name][0, p], positions=p)}):
+                full = hm(mx.array([CORRUPT]))
+            assert abs(float(metric(full[:, -1])[0]) - res.metric[li][pi]) < 1e-3
+    grid = np.array(res.normalised)
+    assert np.allclose(grid[:, 0], 0, atol=1e-4)  # position 0 is the same token (BOS) in both runs
+    assert np.allclose(grid[0, 2:], 0, atol=1e-4)  # layer-0 embeddings of identical tokens
+    assert abs(grid[0, 1] - 1) < 1e-3  # patching the only differing embedding restores the clean run
+
+
+def test_last_layer_last_position_restores_clean(tiny_hooked):
+    hm = tiny_hooked("qwen3", None)
+    res = P.patch_sweep(hm, CLEAN, CORRUPT, metric, hook="hook_resid_post", layers=[-1], positions=[-1])
+    assert res.normalised[0][0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_mismatched_lengths_and_bad_patches(tiny_hooked):
+    hm = tiny_hooked("llama", None)
+    with pytest.raises(PromptError, match="8 and 5 tokens"):
+        P.patch_sweep(hm, CLEAN, CORRUPT[:5], metric)
+    with pytest.raises(TapError, match="out of range"):
+        P.run_variants(hm, CLEAN, [[P.Patch("blocks.0.hook_resid_pre", 99, np.zeros(64))]], metric)
+    with pytest.raises(TapError, match="shape"):
+        P.run_variants(hm, CLEAN, [[P.Patch("blocks.0.hook_resid_pre", 1, np.zeros(3))]], metric)
+
+
+def test_forward_last_matches_full_logits(tiny_hooked):
+    hm = tiny_hooked("gemma2", 4)
+    full = hm(mx.array([CLEAN]))
+    last = P.forward_last(hm, mx.array([CLEAN]), read=(-1, 2))
+    assert last.shape == (1, 2, 512)
+    assert mx.allclose(last[:, 0], full[:, -1], atol=1e-5) and mx.allclose(last[:, 1], full[:, 2], atol=1e-5)
+
+
+@pytest.mark.real
+def test_real_eiffel_colosseum_sweep(real_hm, tmp_path):
+    m = P.logit_diff(real_hm, " Paris", " Rome")
+    res = P.patch_sweep(real_hm, "The Eiffel Tower is located in the city of",
+                        "The Colosseum is located in the city of", m)
+    assert res.clean == pytest.approx(7.06, abs=0.05) and res.corrupt == pytest.approx(-11.92, abs=0.05)
+    grid = np.array(res.normalised)
+    assert grid[0, 2:4].max() > 0.5  # layer 0: one subject token alone restores most of the answer
+    assert abs(grid[-1, -1] - 1) < 0.05  # the last position at the last layer carries it
+    P.plot_sweep(res, tmp_path / "sweep.png")
