@@ -115,7 +115,8 @@ def lens(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODE
          target: Optional[List[str]] = typer.Option(None, "--target", help='token to track, e.g. " Paris" (repeatable)'),
          top_k: int = typer.Option(5, "--top-k"), mode: str = typer.Option("normed", "--mode", help="normed (final norm first) | raw"),
          as_json: bool = typer.Option(False, "--json"), out_dir: Path = typer.Option(Path("results/lens"), "--out", help="where the heatmap PNG goes"),
-         chat: bool = typer.Option(False, "--chat")) -> None:
+         chat: bool = typer.Option(False, "--chat"),
+         position: int = typer.Option(-1, "--position", help="token position to read (negative from the end)")) -> None:
     """Logit lens: per layer, top tokens, entropy, and the rank of --target tokens; writes a heatmap PNG.
 
     Example: [bold]mlxinterp lens --model default "The Eiffel Tower is located in the city of" --target " Paris"[/bold]
@@ -123,7 +124,7 @@ def lens(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODE
     from mlxinterp.lens import logit_lens, plot_lens
 
     hm = _load(model, dtype)
-    res = logit_lens(hm, prompt, targets=target, top_k=top_k, mode=mode, chat=chat, grid=True)
+    res = logit_lens(hm, prompt, targets=target, top_k=top_k, mode=mode, chat=chat, grid=True, position=position)
     png = plot_lens(res, Path(out_dir) / f"lens-{hm.info.slug}.png")
     if as_json:
         d = res.to_dict()

@@ -61,14 +61,18 @@ def entropy(logits: mx.array) -> mx.array:
 
 
 def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 10,
-               mode: str = "normed", chat: bool = False, grid: bool = False) -> LensResult:
-    """Per layer: top-k tokens, entropy and the rank/probability of target tokens at the last position.
+               mode: str = "normed", chat: bool = False, grid: bool = False, position: int = -1) -> LensResult:
+    """Per layer: top-k tokens, entropy and the rank/probability of target tokens at `position` (default last).
 
     grid=True also returns the top-1 token and its probability at every (layer, position).
     """
     batch = hm.tokens(prompt, chat=chat)
+    n = batch.ids.shape[1]
+    if not -n <= position < n:
+        raise PromptError(f"position {position} is out of range for a {n}-token prompt (allowed {-n}..{n - 1})")
+    position %= n
     _, cache = hm.run_with_cache(batch.ids, names="hook_resid_post")
-    logits = layer_logits(hm, cache, -1, mode)
+    logits = layer_logits(hm, cache, position, mode)
     probs = mx.softmax(logits, axis=-1)
     ent = entropy(logits)
     order = mx.argsort(-logits, axis=-1)
@@ -84,7 +88,7 @@ def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 1
         first = next(iter(tg.values()), None)
         layers.append(LensLayer(layer, top, float(ent_np[layer]), tg, first["rank"] if first else None))
     ids = batch.ids[0].tolist()
-    result = LensResult(prompt, [decode([i]) for i in ids], len(ids) - 1, mode, layers)
+    result = LensResult(prompt, [decode([i]) for i in ids], position, mode, layers)
     if grid:
         all_logits = layer_logits(hm, cache, slice(None), mode)  # [layers, L, V]
         p = mx.softmax(all_logits, axis=-1)

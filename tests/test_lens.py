@@ -52,3 +52,14 @@ def test_real_lens_eiffel_paris(real_hm):
     assert res.layers[-1].target_rank == 0
     assert res.layers[-1].top_tokens[0]["token"] == " Paris"
     assert res.layers[0].target_rank > 0  # early layers predict something else
+
+
+def test_lens_at_a_chosen_position(tiny_hooked):
+    from mlxinterp.errors import PromptError
+
+    hm = tiny_hooked("llama", None)
+    res = logit_lens(hm, PROMPT, position=2, grid=True)
+    assert res.position == 2
+    assert [L.top_tokens[0]["token"] for L in res.layers] == [row[2] for row in res.grid_tokens]
+    with pytest.raises(PromptError, match="position 99 is out of range"):
+        logit_lens(hm, PROMPT, position=99)
