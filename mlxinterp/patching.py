@@ -26,11 +26,28 @@ Metric = Callable[[mx.array], mx.array]  # logits [B, V] -> [B]
 
 @dataclass(frozen=True)
 class Patch:
-    """Write `value` (feature-shaped) at `hook`, sequence position `position` (negative: from the end)."""
+    """Write `value` at `hook`, sequence position `position` (negative: from the end).
+
+    value has the hook's feature shape, or with `head` set (per-head hooks such
+    as attn.hook_z) the shape of one head, [head_dim].
+    """
 
     hook: str
     position: int
     value: object
+    head: int | None = None
+
+
+@dataclass(eq=False)
+class _PatchCells(T.Tap):
+    """Per-row patches: values [B, L, *feat] where mask [B, L] (or [B, L, H] per head) is set."""
+
+    values: object = None
+    mask: object = None
+
+    def __call__(self, a, ctx):
+        m = self.mask.reshape(self.mask.shape + (1,) * (a.ndim - self.mask.ndim))
+        return mx.where(m, self.values.astype(a.dtype), a)
 
 
 @dataclass(eq=False)
@@ -89,25 +106,35 @@ def run_variants(hm, ids: Sequence[int], variants: Sequence[Sequence[Patch]], me
 
 
 def _variant_taps(hm, chunk: Sequence[Sequence[Patch]], L: int) -> list:
-    """One Replace tap per hook: values [B, L, *feat] and a [B, L] mask of the patched cells."""
+    """One tap per hook: values [B, L, *feat] and a mask of the patched cells ([B, L], or [B, L, H] per head)."""
     by_hook: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     B = len(chunk)
     for row, patches in enumerate(chunk):
         for p in patches:
             name = hm.point(p.hook).name
-            feat = hm.point(name).feature_shape
+            feat = tuple(hm.point(name).feature_shape)
+            per_head = len(feat) == 2
             if name not in by_hook:
-                by_hook[name] = (np.zeros((B, L, *feat), np.float32), np.zeros((B, L), bool))
+                by_hook[name] = (np.zeros((B, L, *feat), np.float32),
+                                 np.zeros((B, L, feat[0]) if per_head else (B, L), bool))
             values, mask = by_hook[name]
             pos = p.position + L if p.position < 0 else p.position
             if not 0 <= pos < L:
                 raise TapError(f"patch position {p.position} is out of range for a {L}-token prompt")
             v = np.asarray(p.value, dtype=np.float32)
-            if v.shape != tuple(feat):
-                raise TapError(f"patch value for {name} has shape {v.shape}; needs {tuple(feat)}")
+            if p.head is not None:
+                if not per_head or not 0 <= p.head < feat[0]:
+                    raise TapError(f"head={p.head} does not fit {name} (feature shape {feat})")
+                if v.shape != feat[1:]:
+                    raise TapError(f"patch value for {name} head {p.head} has shape {v.shape}; needs {feat[1:]}")
+                values[row, pos, p.head] = v
+                mask[row, pos, p.head] = True
+                continue
+            if v.shape != feat:
+                raise TapError(f"patch value for {name} has shape {v.shape}; needs {feat}")
             values[row, pos] = v
             mask[row, pos] = True
-    return [(name, T.Replace(mx.array(values), positions=mask)) for name, (values, mask) in by_hook.items()]
+    return [(name, _PatchCells(values=mx.array(values), mask=mx.array(mask))) for name, (values, mask) in by_hook.items()]
 
 
 @dataclass

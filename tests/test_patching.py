@@ -69,3 +69,17 @@ def test_real_eiffel_colosseum_sweep(real_hm, tmp_path):
     assert grid[0, 2:4].max() > 0.5  # layer 0: one subject token alone restores most of the answer
     assert abs(grid[-1, -1] - 1) < 0.05  # the last position at the last layer carries it
     P.plot_sweep(res, tmp_path / "sweep.png")
+
+
+def test_per_head_patches_match_a_manual_head_replace(tiny_hooked):
+    hm = tiny_hooked("gemma3_text", None)
+    _, cache = hm.run_with_cache(mx.array([CLEAN]))
+    z = np.array(cache["blocks.1.attn.hook_z"][0])  # [L, H, Dh]
+    variants = [[P.Patch("blocks.1.attn.hook_z", -1, z[-1, h], head=h)] for h in range(hm.info.n_heads)]
+    got = P.run_variants(hm, CORRUPT, variants, metric, batch_size=3)
+    for h in range(hm.info.n_heads):
+        with hm.hooks({"blocks.1.attn.hook_z": T.Replace(mx.array(z[-1]), positions=-1, heads=[h])}):
+            want = float(metric(hm(mx.array([CORRUPT]))[:, -1])[0])
+        assert got[h] == pytest.approx(want, abs=1e-4)
+    with pytest.raises(TapError, match="head=9"):
+        P.run_variants(hm, CORRUPT, [[P.Patch("blocks.1.attn.hook_z", -1, z[-1, 0], head=9)]], metric)
