@@ -29,7 +29,6 @@ from mlxinterp.errors import HookNameError, closest
 from mlxinterp.taps import Capture, Tap, TapContext
 
 _HOOK_RE = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
-MODEL_HOOKS = ("hook_embed", "ln_final.hook_normalized", "hook_logits")
 
 
 class HookPoint:
@@ -103,7 +102,7 @@ def _hooked_class(cls: type, role: str) -> type:
     elif role == "block":
         def __call__(self, x, *args, **kwargs):
             site = self._mi_site
-            if not site.active:
+            if not site.state.n_taps:  # not site.active: a resid_mid tap inside needs the delta below
                 return orig(self, x, *args, **kwargs)
             x = site.run_in(x)
             site.state.mid_delta = None

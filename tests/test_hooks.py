@@ -148,6 +148,17 @@ def test_resid_mid_edit_reaches_the_residual_stream(hm):
     assert maxdiff(c["blocks.1.hook_resid_post"], clean["blocks.1.hook_resid_mid"] + v + c["blocks.1.hook_mlp_out"]) < 1e-4
 
 
+def test_resid_mid_edit_alone_changes_the_logits(hm):
+    """With no other tap in the block, the delta must still reach the block output."""
+    v = mx.random.normal((hm.info.d_model,), key=mx.random.key(4)) * 5
+    with hm.hooks({"blocks.1.hook_resid_mid": T.Add(v, 1.0)}):
+        alone = hm(mx.array([IDS]))
+    with hm.hooks({"blocks.1.hook_resid_mid": T.Add(v, 1.0), "blocks.1.hook_resid_post": T.Capture(store=ActivationCache(hm))}):
+        with_capture = hm(mx.array([IDS]))
+    assert mx.array_equal(alone, with_capture)
+    assert maxdiff(alone, plain_logits(hm, IDS)) > 1e-3
+
+
 def test_ablate_project_and_heads(hm):
     _, clean = hm.run_with_cache(mx.array([IDS]))
     with hm.hooks({"blocks.2.hook_mlp_out": T.Ablate("zero")}):
