@@ -25,7 +25,7 @@ import numpy as np
 from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from mlxinterp.archs import BLOCK_ORDER, Site, arch_spec, text_model, top_text_model
-from mlxinterp.errors import HookNameError, closest
+from mlxinterp.errors import HookNameError, PromptError, closest
 from mlxinterp.taps import Capture, Tap, TapContext
 
 _HOOK_RE = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
@@ -386,7 +386,7 @@ class HookedModel:
 
         batch = self.tokens(prompt, chat=chat)
         if batch.ids.shape[0] != 1:
-            raise HookNameError("generate takes one prompt; use generate_batch for several")
+            raise PromptError("generate takes one prompt; use generate_batch for several")
         ids = batch.ids[0].tolist()
         mx.random.seed(seed)
         pieces, tokens = [], []
@@ -400,6 +400,41 @@ class HookedModel:
         finally:
             self._state.prompt_len = None
         return Generation("".join(pieces), tokens, ids)
+
+
+    def generate_batch(self, prompts: Sequence[str] | Sequence[Sequence[int]], max_tokens: int = 32, taps=None,
+                       chat: bool = False) -> list["Generation"]:
+        """Greedy generation for several prompts at once (left-padded, mlx-lm's batch KV caches).
+
+        Row i of the result matches `generate(prompts[i])` up to float rounding in
+        the batched matmuls; taps see per-sequence positions and phases as in `generate`.
+        """
+        batch = self.tokens(list(prompts), chat=chat)
+        B = batch.ids.shape[0]
+        eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [self.tokenizer.eos_token_id])
+        cache = self.padded_cache(batch.left_padding)
+        self._state.prompt_len = np.array(batch.lengths)
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = np.zeros(B, bool)
+        try:
+            with self.hooks(taps):
+                logits = self.model(batch.ids, cache=cache)
+                for _ in range(max_tokens):
+                    nxt = mx.argmax(logits[:, -1], axis=-1)
+                    toks = np.array(nxt).tolist()
+                    for b, t in enumerate(toks):
+                        if not done[b]:
+                            out[b].append(int(t))
+                            done[b] = t in eos
+                    if done.all():
+                        break
+                    logits = self.model(nxt[:, None].astype(mx.int32), cache=cache)
+        finally:
+            self._state.prompt_len = None
+        rows = [r[: batch.ids.shape[1]] for r in batch.ids.tolist()]
+        prompts_ids = [row[p:] for row, p in zip(rows, batch.left_padding)]
+        return [Generation(self.tokenizer.decode([t for t in toks if t not in eos]), toks, ids)
+                for toks, ids in zip(out, prompts_ids)]
 
 
 class Generation:

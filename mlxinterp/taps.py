@@ -304,6 +304,8 @@ def _align(value: mx.array, a: mx.array, ctx: TapContext) -> mx.array:
     if extra <= 0:
         return value
     L = a.shape[1]
+    if value.ndim == a.ndim and value.shape[0] not in (1, a.shape[0]):
+        raise TapError(f"value for {ctx.name} has batch size {value.shape[0]}; this forward has {a.shape[0]} rows")
     seq_len = value.shape[-n_feat - 1]
     if seq_len == L:
         return value

@@ -276,3 +276,25 @@ def test_two_equal_taps_on_one_hook_attach_and_detach(hm):
         out = hm(mx.array([IDS]))
     assert maxdiff(out, ref) < 1e-4
     assert hm._state.n_taps == 0 and not hm.point("blocks.0.hook_resid_post").taps
+
+
+def test_patch_value_with_wrong_batch_or_length_is_a_clear_error(tiny_hooked):
+    hm = tiny_hooked("llama", None)
+    with pytest.raises(TapError, match="batch size 3"):
+        with hm.hooks({"blocks.0.hook_resid_post": T.Replace(mx.zeros((3, len(IDS), 64)))}):
+            hm(mx.array([IDS, IDS]))
+    with pytest.raises(TapError, match="has 5 positions"):
+        with hm.hooks({"blocks.0.hook_resid_post": T.Replace(mx.zeros((1, 5, 64)))}):
+            hm(mx.array([IDS]))
+
+
+def test_generate_batch_matches_single_generation(hm):
+    other = [1, 290, 291, 292]
+    rows = hm.generate_batch([IDS, other], max_tokens=5)
+    for ids, got in zip((IDS, other), rows):
+        single = hm.generate(ids, max_tokens=5)
+        assert got.tokens == single.tokens[: len(got.tokens)]
+        assert got.prompt_tokens == ids
+    v = mx.random.normal((hm.info.d_model,), key=mx.random.key(5)) * 50
+    steered = hm.generate_batch([IDS, other], max_tokens=5, taps={"blocks.1.hook_resid_post": T.Add(v, 1.0, when="generated")})
+    assert [s.tokens[0] for s in steered] == [r.tokens[0] for r in rows]  # generated-only: first token unchanged
