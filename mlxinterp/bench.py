@@ -15,6 +15,7 @@ from collections.abc import Callable
 import mlx.core as mx
 
 from mlxinterp import taps as T
+from mlxinterp.errors import MlxInterpError
 from mlxinterp.hooks import ActivationCache, HookedModel
 
 BENCH_PROMPT = "The Eiffel Tower is located in the city of Paris, which is the capital of France and home to"
@@ -28,6 +29,8 @@ def _timed(fn: Callable[[], list]) -> float:
 
 def bench_taps(hm: HookedModel, prompt: str = BENCH_PROMPT, rounds: int = 7) -> dict:
     """Forward time: plain mlx-lm vs hooks installed vs identity tap everywhere vs capture everywhere."""
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise MlxInterpError(f"rounds={rounds!r} is not allowed; use a whole number >= 1")
     ids = hm.tokens(prompt).ids
     identity = T.Fn(fn=lambda a, ctx: a)
     every = {n: identity for n in hm.hook_names}

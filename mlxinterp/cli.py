@@ -40,19 +40,74 @@ def _print_json(obj) -> None:
 
 
 @app.command()
-def models(catalogue: bool = typer.Option(False, "--catalogue", help="also list known mlx-community checkpoints")) -> None:
-    """List models available locally, with size on disk and memory needed.
+def models(catalogue: bool = typer.Option(False, "--catalogue", help="also list known mlx-community checkpoints"),
+           memory: Optional[str] = typer.Option(None, "--memory", help="machine memory to check against, e.g. 64GB (default: this machine's)"),
+           context: int = typer.Option(1024, "--context", help="tokens of KV cache to budget for"),
+           prompts: int = typer.Option(256, "--prompts", help="captured prompts in the activation estimate"),
+           positions: int = typer.Option(64, "--positions", help="captured positions per prompt in the activation estimate"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """List models available locally, with size on disk and memory needed; --catalogue adds the known
+    Gemma / Llama / Qwen mlx-community checkpoints with their shapes and estimated memory.
 
-    Example: [bold]mlxinterp models[/bold]
+    Examples:
+      [bold]mlxinterp models[/bold]
+      [bold]mlxinterp models --catalogue --memory 64GB[/bold]
     """
     from mlxinterp.loading import list_local_models
 
     rows = list_local_models()
+    cat = _catalogue(memory, context, prompts, positions) if catalogue else None
+    if as_json:
+        _print_json({"local": rows, **({"catalogue": cat} if cat else {})})
+        return
     table = Table("spec", "present", "size on disk", "memory needed", "path")
     for r in rows:
         table.add_row(str(r.get("spec")), "yes" if r.get("present") else "no (imported on first use)",
                       _gb(r.get("size_bytes")), _gb(r.get("memory_bytes")), str(r.get("path") or ""))
     out.print(table)
+    if cat:
+        _print_catalogue(cat)
+
+
+def _catalogue(memory: str | None, context: int, prompts: int, positions: int) -> dict:
+    from mlxinterp import catalogue
+    from mlxinterp import memory as mem
+    from mlxinterp.platform import parse_bytes, total_memory_bytes
+
+    try:
+        limit = parse_bytes(memory) if memory else total_memory_bytes()
+    except ValueError:
+        raise MlxInterpError(f"--memory {memory!r} is not a size; use e.g. 64GB, 512MB or a number of bytes") from None
+    if limit <= 0 or context < 0:
+        raise MlxInterpError(f"--memory must be > 0 and --context >= 0 (got {memory!r}, {context})")
+    acts = mem.ActivationPlan(prompts=prompts, positions=positions)
+    return {"memory_limit": limit, "memory_label": memory or mem.gb(limit), "context": context,
+            "batch": mem.SUITE_BATCH, "activations": acts.describe(),
+            "formula": "see mlxinterp/memory.py", "rows": catalogue.rows(limit, context, mem.SUITE_BATCH, acts)}
+
+
+def _print_catalogue(cat: dict) -> None:
+    fits = lambda ok, ram: ("yes" if ram else "yes, captures spill") if ok else "[red]no[/red]"  # noqa: E731
+    table = Table("checkpoint", "seed\n004", "params", "layers", "d_model", "heads\nq/kv", "head\ndim", "vocab",
+                  "weights", f"KV cache\n{cat['batch']}x{cat['context']} tok", "model\n+margin", "captures",
+                  f"fits in\n{cat['memory_label']}", "model as\nfloat32",
+                  title="Known mlx-community checkpoints: estimated memory as stored (Metal)")
+    for r in cat["rows"]:
+        m, f = r["memory_as_stored"], r["memory_float32"]
+        table.add_row(r["repo"].split("/", 1)[1], "yes" if r["in_seed_004"] else "", f"{r['n_params'] / 1e9:.2f}B",
+                      str(r["n_layers"]), str(r["d_model"]), f"{r['n_heads']}/{r['n_kv_heads']}", str(r["head_dim"]),
+                      str(r["vocab_size"]), _gb(m["weights"]), _gb(m["kv_cache"]), _gb(m["model"]),
+                      _gb(m["activations"]), fits(r["fits_as_stored"], r["captures_in_ram_as_stored"]),
+                      _gb(f["model"]) + ("" if r["fits_float32"] else " [red](no)[/red]"))
+    out.print(table)
+    console.print(
+        f"captures: {cat['activations']}. model = weights + margin (10 % + 256 MB) + KV cache: what must fit "
+        "(run-suite refuses a model that does not); captures that do not fit beside it stream to disk. "
+        "'as float32' is how a CPU (Linux) runs them (dequantized at load).\n"
+        "Sources: layers/d_model/heads/head_dim/vocab from each upstream config.json as published (recorded "
+        "offline; Gemma 3 270M read from this machine's GGUF); params computed from them (published counts in "
+        "--json); memory computed (formula: mlxinterp/memory.py). Gemma 3 4B+ counts the text decoder only.",
+        highlight=False)
 
 
 def _gb(n) -> str:
@@ -169,37 +224,52 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
         return
     summary = run_all(model or ["default"], only=only, skip=skip, out=out_dir, n=n, seed=seed, resume=resume,
                       console=console)
-    console.print(f"report: {summary['report']['md']} and {summary['report']['html']}")
+    if summary["report"]:  # rank 0 (or the only process) writes the report
+        console.print(f"report: {summary['report']['md']} and {summary['report']['html']}")
 
 
 @app.command()
 def steer(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
-          vector: Path = typer.Option(..., "--vector", help="direction file saved by Direction.save (.safetensors + .json)"),
+          vector: Path = typer.Option(..., "--vector", help="direction saved by Direction.save (.safetensors + .json), "
+                                      "or per-layer vectors written by `mlxinterp import-vector`"),
           alpha: float = typer.Option(..., "--alpha", help="scale, in units of the vector as saved"),
-          layers: str = typer.Option(..., "--layers", help="e.g. 6 | 4,5,6 | 3-9"),
+          layers: Optional[str] = typer.Option(None, "--layers", help="e.g. 6 | 4,5,6 | 3-9 (needed for a single "
+                                               "direction; a per-layer file defaults to all its layers)"),
           profile: str = typer.Option("flat", "--profile", help="flat | gaussian | bell | donut (weights over --layers)"),
           max_tokens: int = typer.Option(32, "--max-tokens"), chat: bool = typer.Option(False, "--chat"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Generate steered and baseline text side by side.
 
-    Example: [bold]mlxinterp steer "I think that" --vector results/dirs/refusal_L10 --alpha 4 --layers 8-11[/bold]
+    Examples:
+      [bold]mlxinterp steer "I think that" --vector results/dirs/refusal_L10 --alpha 4 --layers 8-11[/bold]
+      [bold]mlxinterp steer "I think that" --vector imported.safetensors --alpha 1[/bold]  (from import-vector)
     """
+    from mlxinterp.controlvec import is_layer_vectors, load_vectors
     from mlxinterp.directions import Direction, layer_profile, perturbation_pct, steering_taps
 
     hm = _load(model, dtype)
-    d = Direction.load(vector)
-    ls = _parse_layers(layers, hm.info.n_layers)
-    full = layer_profile(profile, hm.info.n_layers, center=float(np.mean(ls)), lo=min(ls), hi=max(ls))
+    n = hm.info.n_layers
+    if is_layer_vectors(vector):  # per-layer vectors (import-vector): each at its own blocks.N.hook_resid_post
+        lv = load_vectors(vector, _parse_layers(layers, n) if layers else None)
+        ls, vectors, hook, d = _parse_layers(",".join(map(str, lv.layers)), n), lv.vectors, "hook_resid_post", None
+    elif layers is None:
+        raise MlxInterpError("--layers is needed with a single direction", hint="e.g. --layers 8-11")
+    else:
+        d = Direction.load(vector)
+        ls, vectors = _parse_layers(layers, n), d.vector
+        hook = d.hook.split(".", 2)[-1] if d.hook.startswith("blocks.") else "hook_resid_post"
+    full = layer_profile(profile, n, center=float(np.mean(ls)), lo=min(ls), hi=max(ls))
     weights = [float(full[l]) for l in ls]
-    taps = steering_taps(d.vector, alpha, ls, weights, hook=d.hook.split(".", 2)[-1] if d.hook.startswith("blocks.") else "hook_resid_post")
+    taps = steering_taps(vectors, alpha, ls, weights, hook=hook)
     base = hm.generate(prompt, max_tokens=max_tokens, chat=chat)
     steered = hm.generate(prompt, max_tokens=max_tokens, chat=chat, taps=taps)
-    pct = perturbation_pct(d.norm, alpha * max(weights), d.resid_norm)
+    pct = perturbation_pct(d.norm, alpha * max(weights), d.resid_norm) if d else None
     if as_json:
         _print_json({"prompt": prompt, "baseline": base.text, "steered": steered.text, "alpha": alpha, "layers": ls,
                      "weights": weights, "perturbation_pct_of_resid": pct})
         return
-    table = Table("baseline", f"steered (alpha {alpha}, layers {layers}, {profile}; ~{pct:.1f}% of residual norm)")
+    size = f"; ~{pct:.1f}% of residual norm" if pct is not None else ""
+    table = Table("baseline", f"steered (alpha {alpha}, layers {layers or ls}, {profile}{size})")
     table.add_row(prompt + base.text, prompt + steered.text)
     out.print(table)
 
@@ -221,6 +291,66 @@ def _parse_layers(text: str, n_layers: int) -> list[int]:
     if bad:
         raise HookNameError(f"layers {bad} out of range; this model has layers 0..{n_layers - 1}")
     return [l % n_layers for l in layers]
+
+
+@app.command("export-vector")
+def export_vector(file: Path = typer.Argument(..., help="a Direction (NAME.safetensors + NAME.json) or a per-layer file"),
+                  fmt: str = typer.Option("llama-cpp", "--format", help="llama-cpp (the only format so far)"),
+                  out_file: Path = typer.Option(..., "--out", help="the .gguf to write"),
+                  layers: Optional[str] = typer.Option(None, "--layers", help="e.g. 6 | 4,5,6 | 3-9: a single direction is "
+                                                       "copied to each; a per-layer file keeps only these"),
+                  scale: float = typer.Option(1.0, "--scale", help="multiply the vectors before writing"),
+                  model_hint: Optional[str] = typer.Option(None, "--model-hint", help="controlvector.model_hint "
+                                                           "(default: the model the vector came from)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Write a direction as a llama.cpp control vector (GGUF: direction.N added to block N's output).
+
+    Examples:
+      [bold]mlxinterp export-vector results/dirs/refusal_L10 --format llama-cpp --out refusal.gguf[/bold]
+      [bold]mlxinterp export-vector results/dirs/refusal_L10 --layers 8-11 --scale 4 --out refusal.gguf[/bold]
+    Then: [bold]llama-cli -m MODEL.gguf --control-vector-scaled refusal.gguf 1.0[/bold]
+    """
+    from mlxinterp.controlvec import export_llama_cpp, load_vectors
+
+    if fmt != "llama-cpp":
+        raise MlxInterpError(f"--format {fmt!r} is not supported; allowed: llama-cpp")
+    if layers and any(part.strip().startswith("-") for part in layers.split(",")):
+        raise MlxInterpError(f"--layers {layers!r}: without a model, layers count from 0 (no negative layers)")
+    wanted = _parse_layers(layers, 1 << 30) if layers else None
+    lv = load_vectors(file, wanted)
+    path = export_llama_cpp(lv, out_file, scale=scale, model_hint=model_hint)
+    info = {"out": str(path), "layers": lv.layers, "d_model": lv.d_model, "scale": scale,
+            "norms": {l: n * abs(scale) for l, n in lv.norms().items()},
+            "model_hint": lv.model_hint if model_hint is None else model_hint}
+    if as_json:
+        _print_json(info)
+        return
+    console.print(f"wrote {path}: direction.N for layers {lv.layers} (d_model {lv.d_model}), added by llama.cpp to "
+                  f"the output of block N.\n  llama-cli -m MODEL.gguf --control-vector-scaled {path} 1.0", highlight=False)
+
+
+@app.command("import-vector")
+def import_vector(file: Path = typer.Argument(..., help="a llama.cpp control-vector .gguf (ours, cvector-generator, repeng)"),
+                  out_file: Path = typer.Option(..., "--out", help="per-layer vectors to write (.safetensors)"),
+                  as_json: bool = typer.Option(False, "--json")) -> None:
+    """Read a llama.cpp control vector into per-layer vectors (layer.N at blocks.N.hook_resid_post).
+
+    Examples:
+      [bold]mlxinterp import-vector happy.gguf --out happy.safetensors[/bold]
+      [bold]mlxinterp steer "I feel" --vector happy.safetensors --alpha 1[/bold]  (as llama.cpp at strength 1)
+    """
+    from mlxinterp.controlvec import import_llama_cpp
+
+    lv = import_llama_cpp(file)
+    path = lv.save(out_file)
+    info = {"out": str(path), "layers": lv.layers, "d_model": lv.d_model, "model_hint": lv.model_hint,
+            "norms": lv.norms(), **lv.meta}
+    if as_json:
+        _print_json(info)
+        return
+    console.print(f"wrote {path}: layers {lv.layers}, d_model {lv.d_model}, model hint {lv.model_hint!r}"
+                  + (f" ({lv.meta['note']})" if "note" in lv.meta else "")
+                  + f"\n  mlxinterp steer \"PROMPT\" --vector {path} --alpha 1", highlight=False)
 
 
 bench_app = typer.Typer(help="Benchmarks (ratios measured in one process).", no_args_is_help=True)
@@ -285,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:  # a real command line, not a call from Python (which must not be re-executed)
         ensure_fast_blas()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except MlxInterpError as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)
@@ -294,13 +424,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors: bad option, '--alpha lots'
+        if isinstance(e, _usage_errors()):
             e.show()
             sys.exit(e.exit_code)
         raise
+    if isinstance(code, int) and code:  # typer turns Ctrl-C into an exit code (130) when not standalone
+        if code == 130:
+            console.print("interrupted")
+        sys.exit(code)
+
+
+def _usage_errors() -> tuple[type, ...]:
+    """click's ClickException and the one typer raises: typer >= 0.20 vendors its own click,
+    whose exceptions are not click's (see BUGFIX.md)."""
+    import click
+
+    vendored = [c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"]
+    return (click.ClickException, *vendored)
 
 
 if __name__ == "__main__":

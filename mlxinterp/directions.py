@@ -52,22 +52,36 @@ def _pool(a: np.ndarray, lengths: list[int], rule: PositionRule) -> np.ndarray:
 
 
 def collect(hm, prompts: Sequence[str], hooks: Sequence[str], position: PositionRule = "last",
-            chat: bool = False, batch_size: int = 8, progress=None) -> dict[str, np.ndarray]:
-    """Per prompt, the pooled activation at each hook: {hook: float32 [N, d]}."""
+            chat: bool = False, batch_size: int = 8, progress=None, spill_dir: str | Path | None = None,
+            budget: int | None = None) -> dict[str, np.ndarray]:
+    """Per prompt, the pooled activation at each hook: {hook: float32 [N, d]}.
+
+    Rows are written batch by batch into a `memory.RowStore`: in RAM while
+    N x sum(d) x 4 bytes fits `budget`, else into .npy memmaps under `spill_dir`
+    (both default to the suite's per-experiment spill scope), so a capture larger
+    than the memory left beside the model streams to disk instead of failing.
+    """
+    from mlxinterp.memory import RowStore
+
     if not prompts:
         raise PromptError("empty prompt set: a direction needs at least one prompt on each side")
     names = hm.names(list(hooks))
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    store = None
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         batch = hm.tokens(chunk, chat=chat)
         _, cache = hm.run_with_cache(batch.ids if len(chunk) == 1 else chunk, names=names, chat=chat)
+        rows = {}
         for n in names:
             a = np.array(cache[n].astype(mx.float32))
-            out[n].append(_pool(a.reshape(*a.shape[:2], -1), batch.lengths, position))
+            rows[n] = _pool(a.reshape(*a.shape[:2], -1), batch.lengths, position)
+        del cache
+        if store is None:
+            store = RowStore.open(len(prompts), {n: r.shape[1] for n, r in rows.items()}, spill_dir, budget)
+        store.write(start, rows)
         if progress is not None:
             progress(len(chunk))
-    result = {n: np.concatenate(v) for n, v in out.items()}
+    result = store.finish()
     for n, v in result.items():
         if not np.isfinite(v).all():
             raise MlxInterpError(f"non-finite activations at {n}; try dtype='float32'")
@@ -123,6 +137,9 @@ class Direction:
         except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
             raise MlxInterpError(f"cannot read direction {base}.safetensors/.json: {e}",
                                  hint="directions are saved by Direction.save (safetensors + JSON)") from None
+        if vec.ndim != 1 or not np.issubdtype(vec.dtype, np.floating):
+            raise TapError(f"direction {base}.safetensors holds a {vec.dtype} array of shape {vec.shape}; "
+                           "a direction is a 1-D floating vector")
         return cls(vector=vec, **meta)
 
 

@@ -14,6 +14,7 @@ block output by the same delta, so the residual stream sees the new value
 """
 from __future__ import annotations
 
+import numbers
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from mlxinterp.archs import BLOCK_ORDER, Site, arch_spec, text_model, top_text_model
-from mlxinterp.errors import HookNameError, PromptError, closest
+from mlxinterp.errors import HookNameError, PromptError, TapError, closest
 from mlxinterp.taps import Capture, Tap, TapContext
 
 _HOOK_RE = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
@@ -292,6 +293,10 @@ class HookedModel:
             for name, tap_or_list in pairs:
                 point = self.point(name)
                 for tap in tap_or_list if isinstance(tap_or_list, (list, tuple)) else [tap_or_list]:
+                    if not isinstance(tap, Tap):
+                        raise TapError(f"{point.name}: {tap!r:.60} is not a tap",
+                                       hint="use mlxinterp.taps (Capture, Add, Replace, Project, Ablate, Scale), "
+                                            "or taps.Fn(fn) for a function")
                     tap.validate(point.feature_shape, point.name)
                     point.taps.append(tap)
                     attached.append((point, tap))
@@ -307,12 +312,17 @@ class HookedModel:
         """Token ids [B, L] (left padded) for prompts: str, list of str, or ids."""
         if isinstance(prompts, mx.array):
             ids = prompts if prompts.ndim == 2 else prompts[None]
+            self._check_ids(np.array(ids))
             return Batch(ids.astype(mx.int32), [0] * ids.shape[0])
+        if prompts is None or isinstance(prompts, (bytes, dict)):
+            raise PromptError(f"prompts must be a string, a list of strings or token ids, not {type(prompts).__name__}")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         if texts and isinstance(texts[0], (int, np.integer)):  # one sequence of ids
             texts = [texts]
         if texts and not isinstance(texts[0], str):
             rows = [list(map(int, t)) for t in texts]
+            for r in rows:
+                self._check_ids(np.array(r))
             L = max(map(len, rows))
             pad = [L - len(r) for r in rows]
             return Batch(mx.array([[0] * p + r for p, r in zip(pad, rows)], dtype=mx.int32), pad)
@@ -320,6 +330,16 @@ class HookedModel:
 
         ids, pad = encode_batch(self.tokenizer, self.info, texts, chat=chat)
         return Batch(ids, pad)
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        """Token ids must exist: MLX's embedding lookup does not bounds-check (an id past the
+        vocabulary crashed the process with a segfault, BUGFIX.md)."""
+        if ids.size == 0 or ids.shape[-1] == 0:
+            raise PromptError("empty token sequence: nothing to run", hint="pass at least one token id")
+        bad = ids[(ids < 0) | (ids >= self.info.vocab_size)]
+        if bad.size:
+            raise PromptError(f"token id {int(bad[0])} is out of range; this model's vocabulary is "
+                              f"0..{self.info.vocab_size - 1}")
 
     def forward(self, batch: "Batch") -> mx.array:
         """Logits [B, L, V] through mlx-lm's own model call (padding-aware caches when padded)."""
@@ -366,7 +386,7 @@ class HookedModel:
         batch = self.tokens(prompts, chat=chat)
         cache = ActivationCache(self, batch.left_padding)
         capture = Capture(store=cache)
-        pairs = [(n, capture) for n in self.names(names)]
+        pairs = [(n, capture) for n in dict.fromkeys(self.names(names))]  # a name twice would capture twice
         extra = list(taps.items()) if isinstance(taps, Mapping) else list(taps or [])
         with self.hooks(extra + pairs):
             logits = self.forward(batch)
@@ -384,6 +404,7 @@ class HookedModel:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
+        _check_generation(max_tokens, temperature)
         batch = self.tokens(prompt, chat=chat)
         if batch.ids.shape[0] != 1:
             raise PromptError("generate takes one prompt; use generate_batch for several")
@@ -409,6 +430,7 @@ class HookedModel:
         Row i of the result matches `generate(prompts[i])` up to float rounding in
         the batched matmuls; taps see per-sequence positions and phases as in `generate`.
         """
+        _check_generation(max_tokens)
         batch = self.tokens(list(prompts), chat=chat)
         B = batch.ids.shape[0]
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [self.tokenizer.eos_token_id])
@@ -435,6 +457,14 @@ class HookedModel:
         prompts_ids = [row[p:] for row, p in zip(rows, batch.left_padding)]
         return [Generation(self.tokenizer.decode([t for t in toks if t not in eos]), toks, ids)
                 for toks, ids in zip(out, prompts_ids)]
+
+
+def _check_generation(max_tokens, temperature: float = 0.0) -> None:
+    """mlx-lm generates forever for max_tokens < 0 and inverts the distribution for temperature < 0."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
+        raise PromptError(f"max_tokens={max_tokens!r} is not allowed; use a whole number >= 1")
+    if not isinstance(temperature, numbers.Real) or not 0 <= temperature < float("inf"):
+        raise PromptError(f"temperature={temperature!r} is not allowed; use a finite number >= 0 (0 = greedy)")
 
 
 class Generation:

@@ -293,7 +293,9 @@ class DirLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise ResultsError(f"cannot create lock file {self.path}: {exc}") from exc
+            raise ResultsError(f"results directory {self.path.parent} is not writable "
+                               f"({exc.strerror or exc}: could not create {self.path})",
+                               hint="choose a writable directory (--out); it is created if missing") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from mlxinterp.errors import PromptError
+from mlxinterp.errors import MlxInterpError, PromptError
 
 
 @dataclass
@@ -50,7 +50,7 @@ def target_id(hm, text: str) -> int:
 def layer_logits(hm, cache, position: int | slice = -1, mode: str = "normed", row: int = 0) -> mx.array:
     """[n_layers, ..., vocab] float32 logits of each block's output at `position`."""
     if mode not in ("normed", "raw"):
-        raise ValueError(f"mode={mode!r}; use 'normed' or 'raw'")
+        raise MlxInterpError(f"lens mode={mode!r} is not allowed; use 'normed' or 'raw'")
     h = cache.stack("hook_resid_post")[:, row, position]
     return hm.unembed(h, normed=(mode == "normed"))
 
@@ -66,6 +66,8 @@ def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 1
 
     grid=True also returns the top-1 token and its probability at every (layer, position).
     """
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise MlxInterpError(f"top_k={top_k!r} is not allowed; use a whole number >= 1")
     batch = hm.tokens(prompt, chat=chat)
     n = batch.ids.shape[1]
     if not -n <= position < n:

@@ -50,6 +50,7 @@ ALLOWED_VARIANTS = (*_FLOAT_VARIANTS, "4bit", "8bit", "4bit-g32", "8bit-g32", "4
 DEFAULT_N_PARAMS = 268_098_176
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,17 @@ def read_config(path: Path) -> dict:
     return cfg
 
 
+def check_no_code(path: Path, cfg: dict) -> None:
+    """Refuse a checkpoint that needs its own Python to build the model: mlxinterp never runs code
+    from a model directory (mlx-lm's `model_file`; transformers' auto_map is ignored, since
+    trust_remote_code is always False)."""
+    if cfg.get("model_file"):
+        raise ModelFileError(
+            f"{path / 'config.json'} asks to run custom code (model_file {cfg['model_file']!r}); "
+            "mlxinterp never executes code from model directories",
+            hint=f"use a checkpoint of a supported architecture ({', '.join(SUPPORTED_ARCHS)}) without model_file")
+
+
 def check_arch(cfg: dict) -> str:
     arch = cfg["model_type"]
     if arch not in SUPPORTED_ARCHS:
@@ -338,6 +350,11 @@ def safetensors_headers(path: Path) -> list[tuple[str, int, bytes]]:
     gives a content fingerprint without hashing gigabytes.
     """
     files = sorted(path.glob("model*.safetensors"))
+    pickles = sorted(f.name for ext in _PICKLE_SUFFIXES for f in path.glob(f"*{ext}"))
+    if not files and pickles:
+        raise ModelFileError(f"{path} has only pickled weights ({', '.join(pickles)}), no model*.safetensors; "
+                             "mlxinterp never unpickles (a pickle can run code)",
+                             hint="use a safetensors (mlx-lm) or .gguf release of this model")
     if not files:
         raise ModelFileError(f"{path} has no model*.safetensors weight files",
                              hint="mlx-lm directories hold model.safetensors (or model-0000i-of-0000n.safetensors)")
@@ -504,9 +521,14 @@ def _load_mlx(path: Path):
 def _load_tokenizer(path: Path, cfg: dict):
     from mlx_lm.utils import load_tokenizer
 
-    try:
-        return load_tokenizer(path, eos_token_ids=cfg.get("eos_token_id"))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    try:  # trust_remote_code=False: transformers would otherwise *ask* on stdin whether to run auto_map code
+        return load_tokenizer(path, tokenizer_config_extra={"trust_remote_code": False},
+                              eos_token_ids=cfg.get("eos_token_id"))
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
+        if "trust_remote_code" in str(e):
+            raise ModelFileError(f"the tokenizer in {path} needs custom code (auto_map in tokenizer_config.json); "
+                                 "mlxinterp never executes code from model directories",
+                                 hint="use a checkpoint whose tokenizer is a standard tokenizer.json") from None
         raise ModelFileError(f"cannot load the tokenizer in {path}: {e}") from e
 
 
@@ -566,6 +588,7 @@ def load_model(spec: str | Path, dtype: str | None = None, allow_download: bool 
     plan = plan_dtype(dtype, variant)  # before resolve: a typo must not trigger an import
     path, slug = resolve(base, allow_download)
     cfg = read_config(path)
+    check_no_code(path, cfg)
     check_arch(cfg)
     check_tokenizer(path)
     headers = safetensors_headers(path)

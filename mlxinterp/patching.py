@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxinterp import taps as T
-from mlxinterp.errors import PromptError, TapError
+from mlxinterp.errors import HookNameError, PromptError, TapError
 
 Metric = Callable[[mx.array], mx.array]  # logits [B, V] -> [B]
 
@@ -76,12 +76,18 @@ def token_logprob(hm, target: str | int) -> Metric:
     return lambda logits: logits[:, t] - mx.logsumexp(logits, axis=-1)
 
 
-def forward_last(hm, ids: mx.array, taps=None, read: Sequence[int] = (-1,)) -> mx.array:
-    """Logits [B, len(read), V] at the `read` columns only (float32)."""
+def forward_last(hm, ids, taps=None, read: Sequence[int] = (-1,)) -> mx.array:
+    """Logits [B, len(read), V] at the `read` columns only (float32).
+
+    ids: an [B, L] array, or a left-padded `hm.tokens([...])` Batch (prompts of
+    different lengths; column -1 is then every row's last token).
+    """
+    from mlxinterp.hooks import Batch
+
     pairs = list(taps.items()) if isinstance(taps, dict) else list(taps or [])
     pairs.append(("ln_final.hook_normalized", _KeepColumns(columns=tuple(read))))
     with hm.hooks(pairs):
-        out = hm.model(ids)
+        out = hm.forward(ids) if isinstance(ids, Batch) else hm.model(ids)
     return out.astype(mx.float32)
 
 
@@ -167,9 +173,9 @@ def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], me
         raise PromptError(f"clean and corrupt prompts have {len(clean_ids)} and {len(corrupt_ids)} tokens; "
                           "a position-wise sweep needs equal lengths (rephrase one, or patch chosen positions "
                           "with run_variants)")
-    layers = list(range(hm.info.n_layers)) if layers is None else [l % hm.info.n_layers for l in layers]
+    layers = list(range(hm.info.n_layers)) if layers is None else _wrap(layers, hm.info.n_layers, "layer", HookNameError)
     L = len(clean_ids)
-    positions = list(range(L)) if positions is None else [p % L for p in positions]
+    positions = list(range(L)) if positions is None else _wrap(positions, L, "position", TapError)
     names = [f"blocks.{l}.{hook}" for l in layers]
     t0 = time.perf_counter()
     _, cache = hm.run_with_cache(mx.array([clean_ids]), names=names)
@@ -185,6 +191,14 @@ def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], me
     decode = hm.tokenizer.decode
     return SweepResult(hook, layers, positions, [decode([t]) for t in corrupt_ids], m_clean, m_corrupt,
                        grid.tolist(), norm.tolist(), secs, len(variants) / secs)
+
+
+def _wrap(values: Sequence[int], n: int, what: str, error: type) -> list[int]:
+    """Indices in -n..n-1 made non-negative; anything else is an error (it used to wrap around silently)."""
+    bad = [v for v in values if not -n <= int(v) < n]
+    if bad:
+        raise error(f"{what} {bad[0]} is out of range; allowed {-n}..{n - 1}")
+    return [int(v) % n for v in values]
 
 
 def _ids(hm, prompt) -> list[int]:

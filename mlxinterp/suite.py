@@ -21,15 +21,18 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
+import os
 import pkgutil
 import platform
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -41,13 +44,14 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
-from mlxinterp import io
+from mlxinterp import distributed, io
 from mlxinterp.errors import MlxInterpError, ResultsError, closest
 
 FORMAT_VERSION = 1
 BUILTIN_PACKAGE = "mlxinterp.studies"
 RESULT_FILE = "result.json"
 PARTIAL_DIR = ".partial"
+SPILL_DIR = ".spill"  # captured activations streamed to disk (memory.RowStore), removed when done
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 ExperimentFn = Callable[[Any, Any, "Context"], dict]
@@ -215,8 +219,10 @@ def item_hash(item: Any) -> str:
 class Context:
     """What an experiment gets besides model and config: rng, output dir, figures, log, map."""
 
-    def __init__(self, name: str, out_dir: Path, seed: int, progress: Progress, log_file: Path | None = None):
+    def __init__(self, name: str, out_dir: Path, seed: int, progress: Progress, log_file: Path | None = None,
+                 world: distributed.World | None = None):
         self.name = name
+        self.world = world or distributed.World()
         self.out_dir = out_dir
         self.seed = seed
         self.rng = self.rng_for()
@@ -235,9 +241,11 @@ class Context:
         return np.random.default_rng([self.seed, _stable_int(self.name), *(_stable_int(str(k)) for k in keys)])
 
     def save_figure(self, name: str, fig: Any) -> Path:
-        """Save a matplotlib figure as `<out_dir>/<name>.png` (atomically) and close it."""
+        """Save a matplotlib figure as `<out_dir>/<name>.png` (atomically) and close it (rank 0 only writes)."""
         _check_name(name, "figure name")
-        path = io.save_figure(self.out_dir / f"{name}.png", fig)
+        path = self.out_dir / f"{name}.png"
+        if self.world.is_root:
+            io.save_figure(path, fig)
         try:
             import matplotlib.pyplot as plt
 
@@ -260,6 +268,10 @@ class Context:
         finished them (same index and same item hash), so they are never
         recomputed. Every result is returned as it reads back from JSON
         (tuples become lists, numpy numbers floats), fresh or reloaded alike.
+
+        Under `mlx.launch -n N` (mlxinterp.distributed) the unfinished items are
+        shared out in rounds of N, one per rank; after each round every rank has
+        every result and rank 0 checkpoints them, so all ranks return the same list.
         """
         _check_name(key, "map key")
         if key in self.map_timings:
@@ -268,22 +280,27 @@ class Context:
         items = list(items)
         hashes = [item_hash(x) for x in items]
         path = self.out_dir / PARTIAL_DIR / f"{key}.jsonl"
-        done, intact = _reload(path, hashes)
+        world = self.world
+        done, intact = world.decide(lambda: _reload(path, hashes)) if world.distributed else _reload(path, hashes)
+        done = {int(i): r for i, r in done.items()}  # JSON keys are strings on the other ranks
         results: list[Any] = [done.get(i) for i in range(len(items))]
         start = time.perf_counter()
         task = self._progress.add_task(f"  {self.name} · {key}", total=len(items), completed=len(done))
+        todo = [i for i in range(len(items)) if i not in done]
         try:
-            with io.JsonlAppender(path, keep_bytes=intact) as sink:
-                for i, item in enumerate(items):
-                    if i in done:
-                        continue
-                    results[i] = io.normalize(fn(item))
-                    sink.append({"i": i, "h": hashes[i], "r": results[i]})
-                    self._progress.advance(task)
+            with io.JsonlAppender(path, keep_bytes=intact) if world.is_root else nullcontext() as sink:
+                for round_ in distributed.rounds(todo, world.size):
+                    for i, result in distributed.run_round(world, round_, lambda i: io.normalize(fn(items[i]))):
+                        results[i] = result
+                        if sink is not None:
+                            sink.append({"i": i, "h": hashes[i], "r": result})
+                        self._progress.advance(task)
         finally:
             self._progress.remove_task(task)
         self.map_timings[key] = {"items": len(items), "reloaded": len(done),
                                  "seconds": round(time.perf_counter() - start, 3)}
+        if world.distributed:
+            self.map_timings[key]["ranks"] = world.size
         return results
 
 
@@ -378,12 +395,20 @@ def _mismatch(path: Path, diffs: list[str]) -> ResultsError:
 
 
 class _Run:
-    """One `run_all` call: shared output dir, progress display, summary."""
+    """One `run_all` call: shared output dir, progress display, summary.
 
-    def __init__(self, out: Path, seed: int, n: int | None, resume: bool, progress: Progress):
+    Distributed (mlxinterp.distributed): rank 0 decides what to skip or resume
+    and writes every file; the other ranks compute in a private scratch
+    directory that is deleted at the end.
+    """
+
+    def __init__(self, out: Path, seed: int, n: int | None, resume: bool, progress: Progress,
+                 world: distributed.World | None = None, scratch: Path | None = None):
         self.out, self.seed, self.n, self.resume, self.progress = out, seed, n, resume, progress
+        self.world = world or distributed.World()
+        self.scratch = scratch
         self.console = progress.console
-        self.log_file = out / "suite.log"
+        self.log_file = out / "suite.log" if self.world.is_root else None
         self.runs: list[dict] = []
 
     def note(self, msg: str, style: str = "") -> None:
@@ -419,23 +444,56 @@ class _Run:
         config = make_config(exp, self.n, self.seed)
         exp_dir = self.out / _check_name(info.slug, "model slug") / exp.name
         want = _fingerprint(config, info, self.seed)
+        status = self.world.decide(lambda: self._decide(exp_dir, exp, want))
+        if status == "skipped":
+            return status
+        work_dir = exp_dir if self.world.is_root else self._scratch_dir(info.slug, exp.name)
+        ctx = Context(exp.name, work_dir, self.seed, self.progress, self.log_file, self.world)
+        started, t0 = datetime.now(timezone.utc), time.perf_counter()
+        try:
+            with self._spill_scope(model, work_dir):
+                result = exp.fn(model, config, ctx)
+        finally:
+            shutil.rmtree(work_dir / SPILL_DIR, ignore_errors=True)
+        if not isinstance(result, dict):
+            raise ResultsError(f"experiment {exp.name!r} returned {type(result).__name__}, not a dict")
+        timings = {"started": started.isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - t0, 3),
+                   "model_load_seconds": load_s, "maps": ctx.map_timings, "resumed": status == "resumed"}
+        if self.world.distributed:
+            timings["ranks"] = self.world.size
+        if self.world.is_root:
+            io.write_json(exp_dir / RESULT_FILE, self._record(exp, config, info, ctx, result, timings))
+            shutil.rmtree(exp_dir / PARTIAL_DIR, ignore_errors=True)
+        return status
+
+    def _decide(self, exp_dir: Path, exp: Experiment, want: dict) -> str:
+        """skipped (finished), resumed (matching checkpoints) or computed (from scratch); prepares `.partial/`."""
         if self.resume and self._finished(exp_dir, exp, want):
             shutil.rmtree(exp_dir / PARTIAL_DIR, ignore_errors=True)  # killed just before cleanup
+            shutil.rmtree(exp_dir / SPILL_DIR, ignore_errors=True)
             io.remove_stale_temps(exp_dir)
             return "skipped"
         if not self.resume:
             shutil.rmtree(exp_dir / PARTIAL_DIR, ignore_errors=True)
-        resumed = self._prepare_partial(exp_dir, want)
-        ctx = Context(exp.name, exp_dir, self.seed, self.progress, self.log_file)
-        started, t0 = datetime.now(timezone.utc), time.perf_counter()
-        result = exp.fn(model, config, ctx)
-        if not isinstance(result, dict):
-            raise ResultsError(f"experiment {exp.name!r} returned {type(result).__name__}, not a dict")
-        timings = {"started": started.isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - t0, 3),
-                   "model_load_seconds": load_s, "maps": ctx.map_timings, "resumed": resumed}
-        io.write_json(exp_dir / RESULT_FILE, self._record(exp, config, info, ctx, result, timings))
-        shutil.rmtree(exp_dir / PARTIAL_DIR, ignore_errors=True)
-        return "resumed" if resumed else "computed"
+        return "resumed" if self._prepare_partial(exp_dir, want) else "computed"
+
+    def _scratch_dir(self, slug: str, name: str) -> Path:
+        """Where a rank > 0 runs an experiment (spilled activations, a study's own files): never --out."""
+        if self.scratch is None:
+            raise ResultsError("internal: a distributed rank > 0 has no scratch directory")
+        path = Path(self.scratch) / slug / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _spill_scope(self, model: Any, work_dir: Path) -> AbstractContextManager:
+        """Captures larger than the memory left beside the model stream to `<work_dir>/.spill/`."""
+        from mlxinterp import memory
+
+        try:
+            budget = memory.activation_budget(model.info)
+        except (AttributeError, KeyError, TypeError, ValueError):  # a stand-in model without sizes
+            return nullcontext()
+        return memory.spill_scope(work_dir / SPILL_DIR, budget)
 
     def _record(self, exp: Experiment, config: Any, info: Any, ctx: Context, result: dict, timings: dict) -> dict:
         return {"format_version": FORMAT_VERSION, "status": "complete", "experiment": exp.name,
@@ -515,6 +573,18 @@ def free_memory() -> None:
         clear()
 
 
+def plan_models(models: Sequence[str], console: Console) -> list[str]:
+    """The models, smallest first; refuses (MemoryBudgetError) those that will not fit, before any loads."""
+    from mlxinterp import memory
+
+    plans = memory.plan_models(models)
+    memory.check_fit(plans)
+    if len(plans) > 1 or any(p.estimate for p in plans):
+        order = ", ".join(f"{p.spec} (~{memory.gb(p.need)})" if p.need else f"{p.spec} (size unknown)" for p in plans)
+        _say(console, f"models, smallest first, for {memory.gb(memory.total_memory_bytes())} of memory: {order}")
+    return [p.spec for p in plans]
+
+
 def _default_load(spec: str) -> Any:
     """mlxinterp.hooks.load, imported only when a model is actually needed."""
     from mlxinterp.hooks import load
@@ -554,6 +624,11 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     On Ctrl-C (or any error) finished work is kept, the report is regenerated
     and the command that resumes is printed (`resume_hint` overrides it, e.g.
     the CLI's own argv), then the exception propagates.
+    Models run smallest first (memory.plan_models); one that will not fit in
+    memory is refused before anything is loaded.
+    Under `mlx.launch -n N` (mlxinterp.distributed) the ranks share every
+    experiment's items; rank 0 alone writes files and its summary has the report;
+    the other ranks' summaries have "report": None.
     """
     register_builtin()
     exps = select(only, skip)
@@ -561,23 +636,39 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
         raise ResultsError("no models given", hint="pass at least one --model")
     if not isinstance(seed, int) or seed < 0:
         raise ResultsError(f"seed must be a non-negative integer, not {seed!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ResultsError(f"n (items per experiment) must be a whole number >= 1, not {n!r}")
     out = Path(out)
+    world = distributed.world()
     console = console or Console(stderr=True)
+    if not world.is_root:
+        console = Console(file=open(os.devnull, "w"), quiet=True)  # noqa: SIM115 - lives as long as the run
     hint = resume_hint or resume_command(models, only, skip, out, n, seed)
-    with io.DirLock(out):
+    models = world.decide(lambda: plan_models(models, console))
+    with io.DirLock(out) if world.is_root else nullcontext(), _scratch(world) as scratch:
         with _progress(console) as progress:
-            run = _Run(out, seed, n, resume, progress)
+            run = _Run(out, seed, n, resume, progress, world, scratch)
             overall = progress.add_task("suite", total=len(models) * len(exps))
             try:
                 for spec in models:
                     run.model(spec, exps, load_fn or _default_load, overall)
             except BaseException as exc:
-                _report_quietly(out, console)
+                if world.is_root:
+                    _report_quietly(out, console)
                 what = "Interrupted" if isinstance(exc, KeyboardInterrupt) else "Stopped by an error"
                 _say(console, f"{what}. Finished work is kept in {out}. Resume with:\n  {hint}", "yellow")
                 raise
+        if not world.is_root:
+            return {"out": str(out), "runs": run.runs, "report": None, "rank": world.rank}
         md, html = _write_report(out)
     return {"out": str(out), "runs": run.runs, "report": {"md": str(md), "html": str(html)}}
+
+
+def _scratch(world: distributed.World) -> AbstractContextManager:
+    """A private temporary directory for ranks > 0 (None on rank 0, which writes to --out)."""
+    if world.is_root:
+        return nullcontext()
+    return tempfile.TemporaryDirectory(prefix=f"mlxinterp-rank{world.rank}-")
 
 
 def _docs() -> dict[str, str]:

@@ -94,17 +94,73 @@ def _position_mask(positions: Positions, pos: np.ndarray, prompt_len: np.ndarray
     if isinstance(positions, (int, np.integer)):
         positions = [int(positions)]
     positions = list(positions)
-    if positions and isinstance(positions[0], (list, tuple, np.ndarray)):
+    per_item = bool(positions) and isinstance(positions[0], (list, tuple, np.ndarray))
+    if per_item:
         if len(positions) != B:
             raise TapError(f"per-item positions list has {len(positions)} entries; batch has {B}")
-        rows = [np.asarray(p, int) for p in positions]
+        rows = [np.asarray(p, int).reshape(-1) for p in positions]
     else:
-        rows = [np.asarray(positions, int)] * B
+        rows = [np.asarray(positions, int).reshape(-1)] * B
+    # A plain forward holding whole sequences (no KV-cache offset) knows every valid position.
+    whole = prompt_len is None and bool((pos[:, 0] <= 0).all())
+    _check_range(rows, ref[:, 0], whole, per_item)
     m = np.zeros((B, L), bool)
     for b, want in enumerate(rows):
         want = np.where(want < 0, want + ref[b], want)  # negative: from the end of the prompt
         m[b] = np.isin(pos[b], want)
     return m
+
+
+def _check_range(rows: list[np.ndarray], n: np.ndarray, whole: bool, per_item: bool) -> None:
+    """A position that exists in no sequence is a typo, not a no-op (it used to be ignored silently).
+
+    n[b] is sequence b's length (its prompt length in generation, where positions
+    past the prompt are generated tokens and so are allowed).
+    """
+    def outside(want: np.ndarray, b: int) -> np.ndarray:
+        bad = want < -n[b]
+        if whole:
+            bad |= want >= n[b]
+        return want[bad]
+
+    later = "" if whole else " or a generated position"
+    if per_item:
+        for b, want in enumerate(rows):
+            bad = outside(want, b)
+            if bad.size:
+                raise TapError(f"position {int(bad[0])} is out of range for batch item {b}, which has {n[b]} tokens "
+                               f"(allowed {-n[b]}..{n[b] - 1}{later})")
+        return
+    bad = rows[0]
+    for b in range(len(rows)):
+        bad = np.intersect1d(bad, outside(rows[0], b))
+    if bad.size:
+        lengths = sorted(set(n.tolist()))
+        size = f"a {lengths[0]}-token sequence" if len(lengths) == 1 else f"every sequence (lengths {lengths})"
+        raise TapError(f"position {int(bad[0])} is out of range for {size} "
+                       f"(allowed {-max(lengths)}..{max(lengths) - 1}{later})")
+
+
+def _check_positions(positions: Positions) -> None:
+    """Reject a positions spec of the wrong kind before any forward runs (not deep inside one)."""
+    allowed = ("allowed: None or 'all', 'last', an int, a list of ints, per-item lists of ints, "
+               "or a bool mask [B, L]")
+    if positions is None or isinstance(positions, (int, np.integer)) and not isinstance(positions, bool):
+        return
+    if isinstance(positions, str):
+        if positions not in ("all", "last"):
+            raise TapError(f"positions={positions!r} is not allowed; {allowed}")
+        return
+    if isinstance(positions, (np.ndarray, mx.array)):
+        arr = np.asarray(positions)
+        if arr.dtype == bool and arr.ndim == 2 or np.issubdtype(arr.dtype, np.integer) and arr.ndim in (1, 2):
+            return
+        raise TapError(f"positions array of dtype {arr.dtype} and shape {arr.shape} is not allowed; {allowed}")
+    if isinstance(positions, (list, tuple)):
+        items = [x for p in positions for x in (p if isinstance(p, (list, tuple, np.ndarray)) else [p])]
+        if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in items):
+            return
+    raise TapError(f"positions={positions!r:.60} is not allowed; {allowed}")
 
 
 def _apply(a: mx.array, new: mx.array, mask: mx.array | None, head_mask: mx.array | None = None):
@@ -122,7 +178,12 @@ def _apply(a: mx.array, new: mx.array, mask: mx.array | None, head_mask: mx.arra
 
 def _as_vector(value, feature_shape: tuple[int, ...], what: str) -> mx.array:
     """Validate a steering/patching value against the hook's feature shape."""
-    arr = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
+    if value is None:
+        raise TapError(f"{what} is missing", hint="pass an array of the hook point's shape")
+    try:
+        arr = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
+    except (TypeError, ValueError) as e:
+        raise TapError(f"{what} is not a numeric array ({type(value).__name__}: {e})") from None
     if not mx.issubdtype(arr.dtype, mx.floating):
         raise TapError(f"{what} has dtype {arr.dtype}; a floating dtype is required")
     n = len(feature_shape)
@@ -147,6 +208,7 @@ class Tap:
 
     def validate(self, feature_shape: tuple[int, ...], name: str) -> None:
         """Check arguments against the hook point before any forward runs."""
+        _check_positions(self.positions)
         if self.when not in WHEN:
             raise TapError(f"when={self.when!r} is not allowed; use one of {WHEN}")
         if self.heads is not None:
@@ -195,8 +257,7 @@ class Add(Tap):
     def validate(self, feature_shape, name):
         super().validate(feature_shape, name)
         self.vector = _as_vector(self.vector, feature_shape, f"steering vector for {name}")
-        if not np.isfinite(float(self.scale)):
-            raise TapError(f"scale={self.scale!r} must be a finite number")
+        _finite_number(self.scale, "scale")
 
     def __call__(self, a, ctx):
         v = _align(self.vector, a, ctx)
@@ -223,6 +284,10 @@ class Scale(Tap):
     """a * factor."""
 
     factor: float = 1.0
+
+    def validate(self, feature_shape, name):
+        super().validate(feature_shape, name)
+        _finite_number(self.factor, "factor")
 
     def __call__(self, a, ctx):
         return self._blend(a, a * self.factor, ctx)
@@ -268,7 +333,10 @@ class Project(Tap):
         super().validate(feature_shape, name)
         if self.mode not in ("onto", "out"):
             raise TapError(f"projection mode={self.mode!r} is not allowed; use 'onto' or 'out'")
-        b = np.asarray(self.basis, dtype=np.float64)
+        try:
+            b = np.asarray(self.basis, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise TapError(f"basis for {name} is not a numeric array ({type(self.basis).__name__}: {e})") from None
         if b.ndim == 1:
             b = b[None]
         if b.ndim != 2 or b.shape[1] != feature_shape[-1]:
@@ -295,6 +363,16 @@ class Fn(Tap):
 
     def __call__(self, a, ctx):
         return self._blend(a, self.fn(a, ctx), ctx)
+
+
+def _finite_number(x, what: str) -> None:
+    """A scalar argument (scale, factor) must be a finite real number, not a string or NaN."""
+    try:
+        ok = not isinstance(x, (str, bytes, bool)) and bool(np.isfinite(float(x)))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise TapError(f"{what}={x!r} is not allowed; use a finite number")
 
 
 def _align(value: mx.array, a: mx.array, ctx: TapContext) -> mx.array:

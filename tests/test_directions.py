@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mlxinterp import directions as D
-from mlxinterp.errors import MlxInterpError, PromptError, TapError
+from mlxinterp.errors import PromptError
 
 
 def test_diff_of_means_recovers_a_planted_direction():
@@ -30,13 +30,6 @@ def test_direction_save_load_round_trip(tmp_path):
     path = d.save(tmp_path / "dir")
     back = D.Direction.load(path)
     assert np.array_equal(back.vector, d.vector) and back.hook == d.hook and back.prompts_hash == "abc"
-    with pytest.raises(MlxInterpError, match="cannot read direction"):
-        D.Direction.load(tmp_path / "missing")
-
-
-def test_empty_prompt_set_is_a_clear_error():
-    with pytest.raises(PromptError, match="empty prompt set"):
-        D.diff_of_means(np.zeros((0, 4)), np.ones((3, 4)), "x")
 
 
 def test_layer_profiles():
@@ -49,21 +42,13 @@ def test_layer_profiles():
     bell = D.layer_profile("bell", n, center=5.5, width=3)
     assert bell[5] > 0.95 and bell[0] < 0.2
     assert D.layer_profile([0.5] * n, n).tolist() == [0.5] * n
-    with pytest.raises(TapError, match="not allowed"):
-        D.layer_profile("triangle", n)
-    with pytest.raises(TapError, match="3 weights"):
-        D.layer_profile([1, 2, 3], n)
 
 
-def test_steering_taps_weights_and_bad_alpha():
+def test_steering_taps_weights():
     v = np.ones(4, np.float32)
     taps = D.steering_taps(v, 2.0, [1, 2, 3], weights=[0.5, 0.0, 1.0])
     assert set(taps) == {"blocks.1.hook_resid_post", "blocks.3.hook_resid_post"}
     assert taps["blocks.1.hook_resid_post"].scale == 1.0
-    with pytest.raises(TapError, match="not a number"):
-        D.steering_taps(v, "lots", [1])
-    with pytest.raises(TapError, match="finite"):
-        D.steering_taps(v, float("inf"), [1])
     assert D.perturbation_pct(10.0, 2.0, 400.0) == pytest.approx(5.0)
 
 

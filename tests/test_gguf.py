@@ -13,7 +13,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from mlxinterp import gguf_import
-from mlxinterp.errors import ModelFileError, UnsupportedArchitectureError
+from mlxinterp.errors import ModelFileError
 from mlxinterp.loading import load_model
 from mlxinterp.tokenization import encode
 
@@ -225,33 +225,6 @@ def test_changed_file_gets_a_new_cache_entry(tiny_dirs, tmp_path, cache):
     assert Path(second.info.source) != first and second.info.arch == "qwen3"
 
 
-def test_truncated_gguf_is_a_clear_error(tiny_dirs, tmp_path, cache):
-    path = write_gguf(tiny_dirs[("llama", None)], tmp_path / "t.gguf")
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) - 1000])
-    with pytest.raises(ModelFileError, match="truncated"):
-        load_model(path)
-    path.write_bytes(data[:64])
-    with pytest.raises(ModelFileError, match="t.gguf"):
-        load_model(path)
-    path.write_bytes(b"not a gguf at all" * 10)
-    with pytest.raises(ModelFileError, match="not a readable GGUF"):
-        load_model(path)
-
-
-def test_unsupported_gguf_architecture_names_it(tiny_dirs, tmp_path, cache):
-    path = write_gguf(tiny_dirs[("llama", None)], tmp_path / "p.gguf", arch_name="phi3")
-    with pytest.raises(UnsupportedArchitectureError, match="'phi3'.*gemma3.*llama.*qwen2"):
-        load_model(path)
-
-
-def test_sha_mismatch_is_refused(tiny_dirs, tmp_path):
-    path = write_gguf(tiny_dirs[("llama", None)], tmp_path / "s.gguf")
-    with pytest.raises(ModelFileError, match="sha256"):
-        gguf_import.import_gguf(path, tmp_path / "out", expected_sha256="0" * 64)
-    assert not (tmp_path / "out").exists()
-
-
 def test_default_spec_imports_once_and_rebuilds_stale_cache(tiny_dirs, tmp_path, cache, monkeypatch):
     """The default-model path with the package's assemble() replaced by a tiny GGUF (fast)."""
     import shutil
@@ -287,10 +260,3 @@ def test_default_spec_imports_once_and_rebuilds_stale_cache(tiny_dirs, tmp_path,
         load_model("default")
 
 
-def test_import_refuses_when_float32_weights_cannot_fit(tiny_dirs, tmp_path, cache, monkeypatch):
-    from mlxinterp.errors import MemoryBudgetError
-
-    path = write_gguf(tiny_dirs[("llama", None)], tmp_path / "big.gguf")
-    monkeypatch.setenv("MLXINTERP_MEMORY_LIMIT", "100KB")
-    with pytest.raises(MemoryBudgetError, match=r"importing big.gguf needs about"):
-        load_model(path)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from mlxinterp import taps as T
-from mlxinterp.errors import HookNameError, TapError
 from mlxinterp.hooks import ActivationCache
 
 IDS = [1, 287, 414, 417, 279, 280, 300, 301, 302, 303, 304, 305]  # 12 > gemma3 tiny window of 8
@@ -245,29 +244,6 @@ def test_taps_removed_after_context_even_on_error(hm):
     assert mx.array_equal(plain_logits(hm, IDS), ref)
 
 
-@pytest.mark.parametrize(
-    "name, tap, message",
-    [
-        ("blocks.0.hook_resid_pots", T.Scale(1.0), "did you mean 'blocks.0.hook_resid_post'"),
-        ("blocks.99.hook_resid_post", T.Scale(1.0), "layer 99"),
-        ("blocks.0.hook_resid_post", T.Add(np.zeros(7, np.float32)), "shape (7,)"),
-        ("blocks.0.hook_resid_post", T.Add(np.full(64, np.nan, np.float32)), "NaN or inf"),
-        ("blocks.0.hook_resid_post", T.Add(np.zeros(64, np.int32)), "floating dtype"),
-        ("blocks.0.hook_resid_post", T.Scale(1.0, heads=[0]), "per-head hook points"),
-        ("blocks.0.attn.hook_z", T.Scale(1.0, heads=[9]), "heads [9] out of range"),
-        ("blocks.0.hook_resid_post", T.Add(np.zeros(64, np.float32), when="later"), "when='later'"),
-        ("blocks.0.hook_resid_post", T.Project(np.zeros((2, 64))), "basis"),
-    ],
-)
-def test_bad_taps_raise_clear_errors(tiny_hooked, name, tap, message):
-    hm = tiny_hooked("llama", None)
-    with pytest.raises((HookNameError, TapError)) as err:
-        with hm.hooks({name: tap}):
-            pass
-    assert message in str(err.value)
-    assert hm._state.n_taps == 0
-
-
 def test_two_equal_taps_on_one_hook_attach_and_detach(hm):
     """Taps compare by identity: removing one of two Add taps with array vectors must not compare arrays."""
     v = mx.ones((hm.info.d_model,))
@@ -276,16 +252,6 @@ def test_two_equal_taps_on_one_hook_attach_and_detach(hm):
         out = hm(mx.array([IDS]))
     assert maxdiff(out, ref) < 1e-4
     assert hm._state.n_taps == 0 and not hm.point("blocks.0.hook_resid_post").taps
-
-
-def test_patch_value_with_wrong_batch_or_length_is_a_clear_error(tiny_hooked):
-    hm = tiny_hooked("llama", None)
-    with pytest.raises(TapError, match="batch size 3"):
-        with hm.hooks({"blocks.0.hook_resid_post": T.Replace(mx.zeros((3, len(IDS), 64)))}):
-            hm(mx.array([IDS, IDS]))
-    with pytest.raises(TapError, match="has 5 positions"):
-        with hm.hooks({"blocks.0.hook_resid_post": T.Replace(mx.zeros((1, 5, 64)))}):
-            hm(mx.array([IDS]))
 
 
 def test_generate_batch_matches_single_generation(hm):

@@ -7,7 +7,7 @@ import pytest
 
 from mlxinterp import patching as P
 from mlxinterp import taps as T
-from mlxinterp.errors import PromptError, TapError
+from mlxinterp.errors import TapError
 
 CLEAN = [1, 287, 414, 417, 279, 280, 300, 301]
 CORRUPT = [1, 290, 414, 417, 279, 280, 300, 301]  # differs at position 1 only
@@ -39,16 +39,6 @@ def test_last_layer_last_position_restores_clean(tiny_hooked):
     hm = tiny_hooked("qwen3", None)
     res = P.patch_sweep(hm, CLEAN, CORRUPT, metric, hook="hook_resid_post", layers=[-1], positions=[-1])
     assert res.normalised[0][0] == pytest.approx(1.0, abs=1e-4)
-
-
-def test_mismatched_lengths_and_bad_patches(tiny_hooked):
-    hm = tiny_hooked("llama", None)
-    with pytest.raises(PromptError, match="8 and 5 tokens"):
-        P.patch_sweep(hm, CLEAN, CORRUPT[:5], metric)
-    with pytest.raises(TapError, match="out of range"):
-        P.run_variants(hm, CLEAN, [[P.Patch("blocks.0.hook_resid_pre", 99, np.zeros(64))]], metric)
-    with pytest.raises(TapError, match="shape"):
-        P.run_variants(hm, CLEAN, [[P.Patch("blocks.0.hook_resid_pre", 1, np.zeros(3))]], metric)
 
 
 def test_forward_last_matches_full_logits(tiny_hooked):

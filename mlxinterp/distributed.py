@@ -1,0 +1,154 @@
+"""Several processes (or Macs) running one suite, over MLX's own `mx.distributed`.
+
+Launched by `mlx.launch -n N ... python -m mlxinterp run-suite ...` (ring backend
+over TCP; MPI where installed), every rank loads the same model and runs the same
+experiment code; `suite.Context.map` hands each rank every N-th unfinished item,
+gathers the results of each round on every rank and lets rank 0 alone write
+checkpoints, results, figures and the report. The experiment code after a map
+sees the same item results, in the same order, on every rank, so the JSON equals
+a single-process run's (timings aside).
+
+Transport: results travel as JSON text. `all_gather` needs equal shapes on every
+rank, so each round first gathers the byte lengths, then the payloads padded to
+the longest one; both are uint8/int32 arrays over `mx.distributed.all_gather`
+(always on the CPU stream: it is a few kilobytes, and the ring backend is CPU-only).
+
+Without a launcher every call here is a no-op (`World(rank=0, size=1)`), so
+nothing changes for a plain `mlxinterp run-suite`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable
+
+from mlxinterp.errors import MlxInterpError
+
+# Set by mlx.launch (ring, jaccl, nccl), or by mpirun (MPI).
+LAUNCH_VARS = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+class DistributedError(MlxInterpError):
+    """A rank failed, or the ranks disagree; every rank stops with the same message."""
+
+
+@dataclass
+class World:
+    """This process's place among the ranks; size 1 (and no group) when not launched."""
+
+    rank: int = 0
+    size: int = 1
+    group: Any = None
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def all_gather_bytes(self, data: bytes) -> list[bytes]:
+        """Every rank's `data`, in rank order, on every rank."""
+        if not self.distributed:
+            return [data]
+        import mlx.core as mx
+
+        lengths = mx.distributed.all_gather(mx.array([len(data)], dtype=mx.int32), group=self.group,
+                                            stream=mx.cpu).tolist()
+        width = max(max(lengths), 1)
+        padded = mx.array(list(data.ljust(width, b"\0")), dtype=mx.uint8)
+        flat = bytes(mx.distributed.all_gather(padded, group=self.group, stream=mx.cpu).tolist())
+        return [flat[r * width : r * width + n] for r, n in enumerate(lengths)]
+
+    def all_gather_json(self, obj: Any) -> list[Any]:
+        """Every rank's JSON-able `obj` (NaN allowed), in rank order, on every rank."""
+        return [json.loads(b) for b in self.all_gather_bytes(json.dumps(obj).encode())]
+
+    def broadcast_json(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (what the others pass is ignored)."""
+        return self.all_gather_json(obj if self.is_root else None)[0]
+
+    def decide(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on rank 0 only and give its JSON-able result to every rank.
+
+        When it raises on rank 0, rank 0 re-raises and every other rank raises a
+        DistributedError with the same message, instead of waiting forever.
+        """
+        value, error, exc = None, None, None
+        if self.is_root:
+            try:
+                value = fn()
+            except Exception as e:  # noqa: BLE001 - handed to every rank below
+                exc, error = e, f"{type(e).__name__}: {e}"
+        if not self.distributed:
+            if exc is not None:
+                raise exc
+            return value
+        msg = self.broadcast_json({"value": value, "error": error})
+        if exc is not None:
+            raise exc
+        if msg["error"] is not None:
+            raise DistributedError(f"rank 0 stopped: {msg['error']}")
+        return msg["value"]
+
+
+def launched() -> bool:
+    """True when a launcher started this process as one of several ranks."""
+    return any(os.environ.get(v) for v in LAUNCH_VARS)
+
+
+@lru_cache(maxsize=1)
+def world() -> World:
+    """The World of this process; initializes mx.distributed once when launched."""
+    if not launched():
+        return World()
+    import mlx.core as mx
+
+    try:
+        group = mx.distributed.init(strict=True)
+    except (RuntimeError, ValueError) as e:
+        raise DistributedError(f"launched as a distributed rank ({_launch_env()}) but mx.distributed "
+                               f"could not start: {e}",
+                               hint="run through `mlx.launch -n N --backend ring <python> -m mlxinterp ...`, "
+                                    "or unset MLX_RANK for a single process") from e
+    return World(group.rank(), group.size(), group if group.size() > 1 else None)
+
+
+def _launch_env() -> str:
+    return ", ".join(f"{v}={os.environ[v]}" for v in LAUNCH_VARS if os.environ.get(v))
+
+
+def rounds(indices: list[int], size: int) -> list[list[int]]:
+    """`indices` cut into rounds of `size`: in round k, rank r computes indices[k * size + r]."""
+    return [indices[k : k + size] for k in range(0, len(indices), size)]
+
+
+def run_round(world: World, round_: list[int], compute: Callable[[int], Any]) -> list[tuple[int, Any]]:
+    """Each rank computes its index of the round; every rank gets every (index, result) in order.
+
+    A rank whose item raised reports it; then every rank raises (the failing rank
+    its own exception, the others a DistributedError naming the item and rank),
+    so no rank waits on a collective that will never come.
+    """
+    mine = round_[world.rank] if world.rank < len(round_) else None
+    payload, exc = None, None
+    if mine is not None:
+        if not world.distributed:
+            return [(mine, compute(mine))]
+        try:
+            payload = {"i": mine, "r": compute(mine)}
+        except Exception as e:  # noqa: BLE001 - reported to every rank below
+            exc = e
+            payload = {"i": mine, "error": f"{type(e).__name__}: {e}",
+                       "where": traceback.format_exc(limit=3)}
+    gathered = world.all_gather_json(payload)
+    if exc is not None:
+        raise exc
+    for rank, got in enumerate(gathered):
+        if got is not None and "error" in got:
+            raise DistributedError(f"item {got['i']} failed on rank {rank}: {got['error']}")
+    return [(got["i"], got["r"]) for got in gathered if got is not None]

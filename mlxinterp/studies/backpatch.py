@@ -1,0 +1,263 @@
+"""Back-patching (Biran et al., "Hopping Too Late", ICLR 2025; seed 004 section 2.2).
+
+For two-hop queries the model gets wrong (the answer is not its top-1 token;
+mlxinterp.twohop), take the last position's resid_post at every source layer
+s and write it over the resid_post of every earlier target layer t < s (same
+prompt, same position), then let the model run on: n(n-1)/2 = 153 (s, t)
+pairs on an 18-layer model, all of one query in batched forwards
+(mlxinterp.patching.run_variants; only the last position is unembedded).
+A query is *fixed* by a pair when the answer becomes top-1.
+
+Reported, with Wilson CIs and counts:
+- oracle fix rate: fixed by at least one pair, the best pair chosen per query
+  after the fact. This is how the paper counts ("up to 66 %"), and it is
+  inflated by chance: 153 perturbations of a query whose answer is already
+  at rank 1-5 often flip one. Hence two controls with the same pairs:
+- donor control: the same 153 pairs, but the written vector comes from layer s
+  of *another* query's two-hop prompt (same family, no shared first token of
+  bridge or answer; drawn a priori). It carries the template and the layer
+  but none of the query's own content;
+- a priori pair: one pair per query drawn at random before measuring
+  (own and donor), an unbiased single-pair rate;
+- leave-one-out best pair: the pair that fixes most of the *other* queries,
+  evaluated on this one (no selection on the query itself).
+
+Subsets: `both_hops` (the model answers hop1 and hop2 alone: the paper's
+setting) and `all_wrong`. Queries are patched in a seeded order, both_hops
+first. Cost ~300 variants (own + donor) per query: 8-30 s on Gemma 3 270M
+on 2 shared CPU cores; default n = 12 queries; a full run (--n 260, every
+wrong query) takes ~1-2 h.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from mlxinterp import patching as P
+from mlxinterp import twohop as TH
+from mlxinterp.stats import bootstrap_ci, proportion_ci
+from mlxinterp.studies.twohop import _bars, _label, _plt, ci_text, cross_model_figure, statuses
+from mlxinterp.suite import experiment
+
+PAPER_RATE = 0.66  # Biran et al.: up to 66 % of incorrect two-hop answers fixed (oracle over layer pairs)
+SEED004_RATES = (0.60, 0.80)  # seed 004: 9-12 of 15 cases per model
+SUBSETS = ("both_hops", "all_wrong")
+
+
+@dataclass
+class BackpatchConfig:
+    n: int = 12  # wrong queries patched (seeded order, those answering both single hops first)
+    seed: int = 0
+    control: bool = True  # donor control: the same pairs with another query's vectors
+    batch_size: int = 32
+    chunk: int = 8  # status chunking; equal to twohop's so its statuses are reused
+
+
+def choose(recs: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
+    """Wrong two-hop queries in a seeded order, those answering both single hops first; the first n."""
+    wrong = [r for r in recs if not r["twohop"]]
+    first = [r for r in wrong if r["hop1"] and r["hop2"]]
+    rest = [r for r in wrong if not (r["hop1"] and r["hop2"])]
+    order = [first[i] for i in rng.permutation(len(first))] + [rest[i] for i in rng.permutation(len(rest))]
+    return order[:n]
+
+
+@experiment("backpatch", BackpatchConfig)
+def backpatch(hm, cfg: BackpatchConfig, ctx) -> dict:
+    """Back-patching later-layer states into earlier layers: fix rates (oracle, controls), per-pair map."""
+    recs, source = statuses(hm, ctx, cfg.chunk)
+    pool = {q["id"]: q for q in TH.load_queries()}
+    chosen = choose(recs, cfg.n, ctx.rng_for("order"))
+    L = hm.info.n_layers
+    pairs = [(s, t) for s in range(L) for t in range(s)]
+    jobs = []
+    for r in chosen:
+        q = pool[r["id"]]
+        donor = TH.pick_foil(hm, q, list(pool.values()), TH.foil_rng(ctx.seed, q["id"])) if cfg.control else None
+        jobs.append({"query": q, "donor": donor, "both_hops": bool(r["hop1"] and r["hop2"]),
+                     "random_pair": int(ctx.rng_for("random_pair", q["id"]).integers(len(pairs)))})
+    done = ctx.map("queries", jobs, lambda job: patch_query(hm, job, cfg.batch_size))
+    an = {s: analyse([d for d in done if s == "all_wrong" or d["both_hops"]], pairs) for s in SUBSETS}
+    result = {"summary": _summary(an, len(recs), sum(not r["twohop"] for r in recs)), "status_source": source,
+              "definitions": DEFINITIONS, "pairs": pairs, "n_layers": L, "analysis": an,
+              "eligible": {"wrong": sum(not r["twohop"] for r in recs),
+                           "wrong_both_hops": sum((not r["twohop"]) and r["hop1"] and r["hop2"] for r in recs)},
+              "queries": done}
+    _figures(an, pairs, L, ctx)
+    cross_model_figure(ctx, hm, "backpatch", result, _cross_panels)
+    return result
+
+
+DEFINITIONS = {
+    "patch": "resid_post at the last position of layer t replaced by resid_post of layer s (> t) at the last position",
+    "fixed": "the answer's first token (mlxinterp.twohop) becomes the top-1 next token",
+    "oracle": "fixed by at least one of the pairs, chosen per query after the fact (the paper's count)",
+    "donor control": "same pairs, written vector from another query's two-hop prompt (same family, layer s)",
+    "a priori pair": "one (s, t) per query drawn at random before measuring",
+    "leave-one-out best pair": "the pair with most fixes among the other queries, evaluated on this query",
+}
+
+
+def patch_query(hm, job: dict, batch_size: int) -> dict:
+    """All (s, t) back-patches of one query, and the donor control, in batched forwards."""
+    q, donor = job["query"], job["donor"]
+    ans = TH.target(hm, q["answer_aliases"])
+    metric = TH.target_metric(ans)
+    logits, resid = TH.last_states(hm, [q["prompt"]])
+    base = np.array(metric(mx.array(logits)))[0].tolist()
+    _, own = TH.backpatch_variants(resid[:, 0])
+    variants = own
+    if donor is not None:
+        _, dres = TH.last_states(hm, [donor["prompt"]])
+        _, ctrl = TH.backpatch_variants(resid[:, 0], dres[:, 0])
+        variants = own + ctrl
+    ids = hm.tokens(q["prompt"]).ids[0].tolist()
+    out = P.run_variants(hm, ids, variants, metric, batch_size=batch_size)
+    k = len(own)
+
+    def pack(a: np.ndarray) -> dict:
+        return {"logprob": np.round(a[:, 0], 4).tolist(), "rank": a[:, 1].astype(int).tolist(),
+                "top1": a[:, 2].astype(int).tolist()}
+
+    return {"id": q["id"], "family": q["family"], "both_hops": job["both_hops"], "donor": donor["id"] if donor else None,
+            "random_pair": job["random_pair"], "baseline": {"logprob": round(base[0], 4), "rank": int(base[1])},
+            "already_top1_unbatched": bool(base[2]), "own": pack(out[:k]),
+            "control": pack(out[k:]) if donor is not None else None}
+
+
+# ----------------------------------------------------------------- analysis
+
+
+def fix_matrix(done: list[dict], arm: str) -> np.ndarray:
+    """[queries, pairs] booleans: did the pair make the answer top-1? (queries already top-1 left out)."""
+    rows = [d[arm]["top1"] for d in done if d.get(arm) and not d["already_top1_unbatched"]]
+    return np.array(rows, bool).reshape(len(rows), -1)
+
+
+def loo_best_pair(fixed: np.ndarray) -> np.ndarray:
+    """Per query: fixed by the pair with most fixes among the *other* queries? (ties: lowest pair index)."""
+    if fixed.shape[0] < 2:
+        return np.zeros(fixed.shape[0], bool)
+    totals = fixed.sum(axis=0)
+    out = []
+    for i in range(fixed.shape[0]):
+        best = int(np.argmax(totals - fixed[i]))
+        out.append(bool(fixed[i, best]))
+    return np.array(out, bool)
+
+
+def analyse(done: list[dict], pairs: list[tuple[int, int]]) -> dict:
+    """Fix rates (oracle, a priori pair, leave-one-out best pair; own and donor), per-pair rates, log-prob changes."""
+    kept = [d for d in done if not d["already_top1_unbatched"]]
+    out = {"n": len(kept), "left_out_already_top1": len(done) - len(kept)}
+    for arm in ("own", "control"):
+        fx = fix_matrix(kept, arm)
+        ds = [d for d in kept if d.get(arm)]
+        if not len(ds):
+            out[arm] = None
+            continue
+        n = len(ds)
+        rand = [bool(d[arm]["top1"][d["random_pair"]]) for d in ds]
+        per_pair = fx.sum(axis=0)
+        dlp = np.array([np.array(d[arm]["logprob"]) - d["baseline"]["logprob"] for d in ds])
+        out[arm] = {
+            "oracle_fix_rate": proportion_ci(int(fx.any(axis=1).sum()), n),
+            "a_priori_pair_fix_rate": proportion_ci(int(sum(rand)), n),
+            "loo_best_pair_fix_rate": proportion_ci(int(loo_best_pair(fx).sum()), n),
+            "best_pair_post_hoc": {"pair": list(pairs[int(np.argmax(per_pair))]),
+                                   **proportion_ci(int(per_pair.max()), n)},
+            "mean_pair_fix_rate": float(fx.mean()) if fx.size else None,
+            "pairs_fixing_per_query": [int(x) for x in fx.sum(axis=1)],
+            "per_pair_fixes": [int(x) for x in per_pair],
+            "delta_logprob_best_pair": bootstrap_ci(dlp.max(axis=1)),
+            "delta_logprob_mean_over_pairs": bootstrap_ci(dlp.mean(axis=1)),
+            "fixed_ids": [d["id"] for d, f in zip(ds, fx.any(axis=1)) if f],
+        }
+    if out.get("own") and out.get("control"):
+        a, b = fix_matrix(kept, "own").any(axis=1), fix_matrix(kept, "control").any(axis=1)
+        out["oracle_own_vs_control"] = {"both": int((a & b).sum()), "own_only": int((a & ~b).sum()),
+                                        "control_only": int((~a & b).sum()), "neither": int((~a & ~b).sum())}
+    ranks = np.array([d["baseline"]["rank"] for d in kept])
+    if out.get("own") and len(kept):
+        fixed = fix_matrix(kept, "own").any(axis=1)
+        out["baseline_rank_median"] = {"fixed": float(np.median(ranks[fixed])) if fixed.any() else None,
+                                       "not_fixed": float(np.median(ranks[~fixed])) if (~fixed).any() else None}
+    return out
+
+
+def _summary(an: dict, n_queries: int, n_wrong: int) -> dict:
+    out = {"queries wrong (of all)": f"{n_wrong}/{n_queries}"}
+    for s in SUBSETS:
+        a = an[s]
+        out[f"{s}: patched"] = a["n"]
+        for arm, name in (("own", "own"), ("control", "donor control")):
+            if a.get(arm):
+                out[f"{s}: oracle fix rate, {name}"] = ci_text(a[arm]["oracle_fix_rate"])
+                out[f"{s}: a priori pair fix rate, {name}"] = ci_text(a[arm]["a_priori_pair_fix_rate"])
+        if a.get("own"):
+            out[f"{s}: leave-one-out best pair fix rate"] = ci_text(a["own"]["loo_best_pair_fix_rate"])
+    out["paper (oracle, up to)"] = f"{PAPER_RATE:.0%}"
+    out["seed 004 (oracle, 15 cases)"] = f"{SEED004_RATES[0]:.0%}-{SEED004_RATES[1]:.0%}"
+    return out
+
+
+# ----------------------------------------------------------------- figures
+
+
+def pair_grid(per_pair: list[int], n: int, pairs: list[tuple[int, int]], L: int) -> np.ndarray:
+    """[source, target] fix rate (NaN where t >= s)."""
+    g = np.full((L, L), np.nan)
+    for (s, t), k in zip(pairs, per_pair):
+        g[s, t] = k / n if n else np.nan
+    return g
+
+
+def _figures(an: dict, pairs, L: int, ctx) -> None:
+    plt = _plt()
+    a = an["all_wrong"]
+    arms = [arm for arm in ("own", "control") if a.get(arm)]
+    fig, axes = plt.subplots(1, len(arms), figsize=(6 * len(arms), 5), squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        g = pair_grid(a[arm]["per_pair_fixes"], a["n"], pairs, L)
+        im = ax.imshow(g, origin="lower", cmap="viridis", vmin=0, vmax=max(0.05, np.nanmax(g) if np.isfinite(g).any() else 0))
+        ax.set(xlabel="target layer t (overwritten)", ylabel="source layer s",
+               title=f"{'own state' if arm == 'own' else 'donor control'}: fix rate per pair (n={a['n']})")
+        fig.colorbar(im, ax=ax, label="share of queries fixed")
+    fig.tight_layout()
+    ctx.save_figure("backpatch_pairs", fig)
+
+    rows = [("oracle, own", "own", "oracle_fix_rate"), ("oracle, donor", "control", "oracle_fix_rate"),
+            ("LOO best pair, own", "own", "loo_best_pair_fix_rate"), ("LOO best pair, donor", "control", "loo_best_pair_fix_rate"),
+            ("a priori pair, own", "own", "a_priori_pair_fix_rate"), ("a priori pair, donor", "control", "a_priori_pair_fix_rate")]
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    x = np.arange(len(rows))
+    empty = {"estimate": None, "low": None, "high": None}
+    for j, (s, c) in enumerate(zip(SUBSETS, ("tab:green", "tab:grey"))):
+        cis = [(an[s].get(arm) or {}).get(key, empty) for _, arm, key in rows]
+        _bars(ax, x + (j - 0.5) * 0.38, cis, 0.38, c, f"{s.replace('_', ' ')} (n={an[s]['n']})")
+    ax.axhline(PAPER_RATE, color="tab:red", ls="--", lw=1, label="paper: up to 66 % (oracle)")
+    ax.axhspan(*SEED004_RATES, color="tab:orange", alpha=0.15, label="seed 004: 60-80 % (oracle, 15 cases)")
+    ax.set_xticks(x, [r for r, _, _ in rows], rotation=15, ha="right")
+    ax.set(ylim=(0, 1.05), ylabel="share of wrong queries fixed (95 % Wilson CI)", title="back-patching fix rates")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    ctx.save_figure("backpatch_rates", fig)
+
+
+def _cross_panels(plt, models):
+    fig, ax = plt.subplots(figsize=(max(6, 2.5 * len(models)), 4))
+    x = np.arange(len(models))
+    rows = [("oracle, own", "own", "oracle_fix_rate", "tab:green"), ("oracle, donor", "control", "oracle_fix_rate", "tab:grey"),
+            ("LOO best pair, own", "own", "loo_best_pair_fix_rate", "tab:blue")]
+    empty = {"estimate": None, "low": None, "high": None}
+    for j, (name, arm, key, c) in enumerate(rows):
+        cis = [(r["analysis"]["all_wrong"].get(arm) or {}).get(key, empty) for _, r in models]
+        _bars(ax, x + (j - 1) * 0.27, cis, 0.27, c, name)
+    ax.axhline(PAPER_RATE, color="tab:red", ls="--", lw=1, label="paper 66 %")
+    ax.set_xticks(x, [_label(i) for i, _ in models], fontsize=7)
+    ax.set(ylim=(0, 1.05), ylabel="fix rate, all wrong queries", title="back-patching across models")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,193 @@
+"""Subspace library (issue 7): kernel construction, projectors, OT plans, MMD^2, and the study's helpers."""
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxinterp import subspace as S
+from mlxinterp.errors import MlxInterpError
+
+
+def _rand_basis(k=5, d=12, seed=0):
+    return S.random_basis(np.random.default_rng(seed), k, d)
+
+
+def test_projectors_are_idempotent_symmetric_and_complementary():
+    V = _rand_basis()
+    P, Pp = S.projectors(V)
+    np.testing.assert_allclose(P @ P, P, atol=1e-12)
+    np.testing.assert_allclose(Pp @ Pp, Pp, atol=1e-12)
+    np.testing.assert_allclose(P + Pp, np.eye(12), atol=1e-12)
+    np.testing.assert_allclose(P @ Pp, 0, atol=1e-12)
+    np.testing.assert_allclose(P, P.T, atol=1e-12)
+    assert np.trace(P) == pytest.approx(5)
+    x = np.random.default_rng(1).normal(size=12)
+    assert np.linalg.norm(P @ x) ** 2 + np.linalg.norm(Pp @ x) ** 2 == pytest.approx(np.linalg.norm(x) ** 2)
+
+
+def test_projectors_reject_a_non_orthonormal_basis():
+    with pytest.raises(MlxInterpError, match="orthonormal"):
+        S.projectors(np.ones((2, 4)))
+
+
+def test_ot_plan_has_uniform_marginals_and_transport_is_barycentric():
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(7, 6)), rng.normal(size=(4, 6))
+    plan = S.ot_plan(X, Y)
+    assert plan.shape == (7, 4) and (plan >= 0).all()
+    np.testing.assert_allclose(plan.sum(1), np.full(7, 1 / 7), atol=1e-9)
+    np.testing.assert_allclose(plan.sum(0), np.full(4, 1 / 4), atol=1e-9)
+    # identical clouds (a permutation): the plan is that permutation and transport recovers Y exactly
+    perm = rng.permutation(7)
+    plan2 = S.ot_plan(X, X[perm])
+    np.testing.assert_allclose(S.ot_transport(X, plan2), X[perm], atol=1e-9)
+
+
+def test_ot_plan_rejects_mismatched_clouds():
+    with pytest.raises(MlxInterpError, match="OT needs"):
+        S.ot_plan(np.ones((3, 4)), np.ones((3, 5)))
+
+
+def _direct_mmd2(X, Y, ell):
+    """Term-by-term unbiased MMD^2 with explicit loops (the definition)."""
+    k = lambda a, b: np.exp(-0.5 * np.sum((a - b) ** 2 / ell ** 2))  # noqa: E731
+    n, m = len(X), len(Y)
+    xx = sum(k(X[i], X[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(Y[i], Y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(X[i], Y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+def test_mmd2_matches_direct_computation_numpy_and_mlx_padded():
+    rng = np.random.default_rng(0)
+    ell = rng.uniform(0.5, 3.0, size=5)
+    pairs = [(rng.normal(size=(6, 5)), rng.normal(loc=0.5, size=(4, 5))),
+             (rng.normal(size=(3, 5)), rng.normal(size=(7, 5)))]
+    direct = [_direct_mmd2(x, y, ell) for x, y in pairs]
+    assert [S.mmd2_unbiased(x, y, ell) for x, y in pairs] == pytest.approx(direct, abs=1e-10)
+    X, Y, wx, wy = S.pad_clouds(pairs)
+    got = np.array(S.mmd2_batch(mx.array(np.log(ell).astype(np.float32)), X, Y, wx, wy))
+    np.testing.assert_allclose(got, direct, atol=1e-5)
+    assert direct[0] > direct[1]  # the shifted pair is further apart
+
+
+def test_ard_fit_decreases_the_objective():
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(size=(6, 4)), rng.normal(size=(5, 4)) + np.array([2.0, 0, 0, 0])) for _ in range(3)]
+    X, Y, wx, wy = S.pad_clouds(pairs)
+    fit = S.fit_ard(X, Y, wx, wy, np.zeros(4), lam=0.01, steps=60, log_every=10)
+    assert fit.history[-1]["loss"] < fit.history[0]["loss"]
+    assert fit.log_ell.shape == (4,) and np.isfinite(fit.log_ell).all()
+    # the coordinate that separates the clouds is switched off first (its lengthscale grows most)
+    assert int(np.argmax(fit.log_ell)) == 0
+
+
+def test_effective_rank_and_similarity():
+    assert S.effective_rank(np.ones(8)) == pytest.approx(8)
+    assert S.effective_rank(np.array([1.0, 0, 0])) == pytest.approx(1)
+    V = _rand_basis()
+    assert S.subspace_similarity(V, V) == pytest.approx(1)
+    W = S.projectors(V)[1]  # rows span Z-perp (not orthonormal, but orthogonal to V)
+    assert S.subspace_similarity(V, np.linalg.qr(W.T)[0].T[:5] @ S.projectors(V)[1]) == pytest.approx(0, abs=1e-10)
+
+
+@pytest.mark.parametrize("arch,bits", [("qwen2", None), ("gemma3_text", 4), ("llama", 4)])
+def test_kernel_construction_on_a_tiny_model(tiny_hooked, arch, bits):
+    """QK_h / OV_h from head_weights equal products of the raw (dequantized) projection blocks; V_Z is the
+    top right singular subspace of the explicitly stacked kernel."""
+    hm = tiny_hooked(arch, bits)
+    info = hm.info
+    w = S.head_weights(hm, 1)
+    H, Hkv, dh, d = info.n_heads, info.n_kv_heads, info.head_dim, info.d_model
+    assert w.A.shape == (H, dh, d) and w.O.shape == (H, d, dh)
+    from mlxinterp.archs import text_model
+
+    attn = text_model(hm.model).layers[1].self_attn
+    g = S.norm_gain(hm, 1)
+    q, k = S._weight(attn.q_proj), S._weight(attn.k_proj)
+    h = H - 1  # the last query head reads the last kv head under GQA
+    np.testing.assert_allclose(w.B[h], k[(Hkv - 1) * dh : Hkv * dh] * g, rtol=1e-6)
+    np.testing.assert_allclose(w.A[h], q[h * dh : (h + 1) * dh] * g, rtol=1e-6)
+    if bits:  # dequantized, not the packed integers
+        assert attn.q_proj.weight.dtype == mx.uint32 and np.abs(q).max() < 10
+    blocks = []
+    for A, B, C, O in zip(w.A, w.B, w.C, w.O):
+        QK, OV = A.T @ B, O @ C
+        blocks += [QK / np.linalg.norm(QK), QK.T / np.linalg.norm(QK), OV / np.linalg.norm(OV)]
+    M = np.concatenate(blocks)  # (3 H d) x d
+    _, s, Vt = np.linalg.svd(M)
+    np.testing.assert_allclose(S.kernel_gram(w), M.T @ M, atol=1e-8 * np.abs(M.T @ M).max())
+    Z = S.z_basis(hm, 1, 6)
+    assert S.subspace_similarity(Z, Vt[:6]) == pytest.approx(1, abs=1e-6)
+    sv = S.kernel_singular_values(w)
+    np.testing.assert_allclose(sv["qk"][0], np.linalg.svd(w.A[0].T @ w.B[0], compute_uv=False)[:dh], rtol=1e-6, atol=1e-9)
+    assert 1 <= S.effective_rank(sv["qk"][0]) <= dh
+
+
+def test_norm_gain_is_the_norm_weight(tiny_hooked):
+    hm = tiny_hooked("llama", None)
+    from mlxinterp.archs import text_model
+
+    ln = text_model(hm.model).layers[0].input_layernorm
+    np.testing.assert_allclose(S.norm_gain(hm, 0), np.array(ln.weight), rtol=1e-4)
+
+
+def test_pairs_file_is_complete_and_answers_check():
+    from mlxinterp.studies.subspace import language_of, layers_at, load_pairs
+
+    raw = json.load(open(S.__file__.replace("mlxinterp/subspace.py", "data/crosslingual/pairs.json"), encoding="utf-8"))
+    pairs = raw["pairs"]
+    assert len(pairs) >= 40 and "not been checked by a native speaker" in raw["provenance"].replace("NOT", "not")
+    assert len({p["id"] for p in pairs}) == len(pairs)
+    for p in pairs:
+        assert language_of(p["en"])[0] == "en" and language_of(p["zh"])[0] == "zh", p["id"]
+        if p["kind"] == "arithmetic":
+            assert eval(p["expr"]) == float(p["answer"]), p["id"]  # noqa: S307 - our own data
+    assert {p["kind"] for p in load_pairs(4)} == {"arithmetic", "factual"}
+    assert layers_at([32 / 35, 33 / 35], 36) == [32, 33]  # seed 001's layers on its own model
+    assert layers_at([32 / 35, 33 / 35], 18) == [15, 16]  # distinct on the 18-layer default model
+    with pytest.raises(MlxInterpError, match="fractions"):
+        layers_at([1.5], 18)
+
+
+def test_score_extracts_canonical_answers_and_language():
+    from mlxinterp.studies.subspace import _score, language_of
+
+    fact = {"kind": "factual", "answer": "Paris", "aliases": ["Paris", "巴黎"]}
+    arith = {"kind": "arithmetic", "answer": "8", "aliases": ["8", "八"]}
+    assert _score(" Paris\nQuestion: x", fact)["answer"] == _score("\nThe capital of France is Paris.\n", fact)["answer"] == "paris"
+    assert _score("巴黎\n问题", fact)["correct"] and not _score(" Lyon\n", fact)["correct"]
+    assert _score(" Lyon\nParis", fact)["answer"] == "lyon"  # only the first line is graded
+    assert _score(" 3+5=8\nQuestion: 2+3=5", arith)["answer"] == "8" and _score(" 3+5=8\n", arith)["correct"]
+    assert not _score(" 12\n", arith)["correct"]
+    assert language_of("Paris is nice")[0] == "en" and language_of("巴黎很好")[0] == "zh"
+    assert language_of("Paris 巴黎很")[0] == "mixed" and language_of("42 = 42")[0] == "none"
+
+
+def test_row_patch_identity_rows_and_real_patches(tiny_hooked):
+    """Through real taps on a tiny model: a row untouched, a Z-patch with the run's own Z content, and a
+    Z-perp patch with its own Z-perp content leave the logits unchanged; a full patch with other content does not."""
+    from mlxinterp import taps as T
+    from mlxinterp.studies.subspace import _row_patch
+
+    hm = tiny_hooked("llama", None)
+    text = "The Eiffel Tower is located in the city of"
+    _, cache = hm.run_with_cache(text, names=["blocks.1.hook_resid_pre"])
+    h = np.array(cache["blocks.1.hook_resid_pre"][0], np.float64)  # [T, d]
+    Tn, d = h.shape
+    V = S.z_basis(hm, 1, 6)
+    P, Pp = S.projectors(V)
+    other = np.random.default_rng(0).normal(size=h.shape) * h.std()
+    keep, sign = np.array([1.0, 1.0, 0.0, 0.0]), np.array([0.0, -1.0, 1.0, 0.0])
+    add = np.stack([np.zeros_like(h), h @ P, h @ Pp, other]).astype(np.float32)
+    tap = T.Fn(_row_patch(keep, sign, np.stack([V] * 4), add, Tn), positions=list(range(1, Tn)), when="prompt")
+    base = np.array(hm(text)[0])
+    with hm.hooks({"blocks.1.hook_resid_pre": tap}):
+        out = np.array(hm([text] * 4))
+    for row in range(3):
+        np.testing.assert_allclose(out[row], base, atol=2e-3)
+    assert np.abs(out[3, 1:] - base[1:]).max() > 1e-2
+    np.testing.assert_allclose(out[3, 0], base[0], atol=2e-3)  # position 0 is never patched
