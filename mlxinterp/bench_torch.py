@@ -60,6 +60,7 @@ def hf_config(model_dir: Path):
         tie_word_embeddings=cfg.get("tie_word_embeddings", True),
         bos_token_id=cfg.get("bos_token_id", 2), eos_token_id=cfg.get("eos_token_id", 1),
         pad_token_id=cfg.get("pad_token_id", 0), hidden_activation="gelu_pytorch_tanh",
+        architectures=["Gemma3ForCausalLM"],
     )
 
 
@@ -109,3 +110,240 @@ def hf_tokenizer(model_dir: Path | None = None):
     from mlxinterp.loading import default_model_dir
 
     return AutoTokenizer.from_pretrained(str(model_dir or default_model_dir()))
+
+
+# ------------------------------------------------------------------ benchmark conditions (worker side)
+def _ids(tok, text: str):
+    import torch
+
+    return torch.tensor([tok(text).input_ids])
+
+
+def _token(tok, text: str) -> int:
+    ids = tok(text, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise MlxInterpError(f"{text!r} is {len(ids)} tokens; the metric needs one")
+    return ids[0]
+
+
+def torch_conditions(kind: str, loops: bool = True, threads: int | None = None) -> dict:
+    """The torch conditions of one benchmark (same weights as MLX), set up in a worker process."""
+    require("torch", "transformers")
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_grad_enabled(False)
+    if kind == "patching":
+        return _patching(loops)
+    if kind == "forward":
+        return _forward()
+    raise MlxInterpError(f"torch benchmark kind {kind!r} is not allowed; use patching or forward")
+
+
+def _bridge(tok):
+    """TransformerLens 4.x's TransformerBridge over transformers' model (it forces eager attention)."""
+    require("transformer_lens")
+    import logging
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+    return TransformerBridge.boot_transformers("google/gemma-3-270m", hf_model=load_hf(attn="eager"), tokenizer=tok,
+                                               device="cpu")
+
+
+def _patching(loops: bool) -> dict:
+    """The Eiffel/Colosseum resid_pre sweep in torch: a plain hooks loop, nnsight (loop, batched), TransformerLens."""
+    require("nnsight", "transformer_lens")
+    import nnsight
+    import torch
+    from nnsight import TransformersModel
+
+    from mlxinterp.bench import CLEAN, CORRUPT, FOIL, TARGET, Condition
+
+    tok = hf_tokenizer()
+    hf = load_hf()
+    clean, corrupt = _ids(tok, CLEAN), _ids(tok, CORRUPT)
+    t, f = _token(tok, TARGET), _token(tok, FOIL)
+    n, L = hf.config.num_hidden_layers, clean.shape[1]
+    cells = [(l, p) for l in range(n) for p in range(L)]
+    layers = hf.model.layers
+
+    def metric(logits):
+        return float(logits[0, -1, t] - logits[0, -1, f])
+
+    def grid(values: dict) -> dict:
+        g = [[float("nan")] * L for _ in range(n)]
+        for (l, p), v in values.items():
+            g[l][p] = v
+        return {"metric": g, "clean": metric(hf(clean).logits), "corrupt": metric(hf(corrupt).logits)}
+
+    def hooks_loop(limit=None):
+        acts = hf(clean, output_hidden_states=True).hidden_states  # [i] is the input of layer i
+        out = {}
+        for l, p in cells[:limit]:
+            def pre(module, args, l=l, p=p):
+                h = args[0].clone()
+                h[:, p] = acts[l][:, p]
+                return (h, *args[1:])
+            handle = layers[l].register_forward_pre_hook(pre)
+            try:
+                out[(l, p)] = metric(hf(corrupt).logits)
+            finally:
+                handle.remove()
+        return grid(out)
+
+    lm = TransformersModel(hf, task="text-generation", tokenizer=tok)
+    nl = lm.model.layers
+
+    def nnsight_clean():
+        with lm.trace(clean):
+            acts = nnsight.save([nl[l].input.clone() for l in range(n)])
+        return acts
+
+    def nnsight_loop(limit=None):
+        acts = nnsight_clean()
+        out = {}
+        for l, p in cells[:limit]:
+            with lm.trace(corrupt):
+                nl[l].input[:, p] = acts[l][:, p]
+                logits = lm.lm_head.output
+                d = (logits[0, -1, t] - logits[0, -1, f]).save()
+            out[(l, p)] = float(d)
+        return grid(out)
+
+    def nnsight_batched(limit=None):
+        """nnsight's fast idiom: one trace, one invoke per patch (a single batched forward)."""
+        acts = nnsight_clean()
+        todo = cells[:limit]
+        with lm.trace() as tracer:
+            res = nnsight.save([])
+            for l, p in todo:
+                with tracer.invoke(corrupt):
+                    nl[l].input[:, p] = acts[l][:, p]
+                    logits = lm.lm_head.output
+                    res.append(logits[0, -1, t] - logits[0, -1, f])
+        return grid({c: float(v) for c, v in zip(todo, res)})
+
+    from transformer_lens import patching as tlp
+
+    bridge = _bridge(tok)
+
+    def tl_metric(logits):
+        return logits[0, -1, t] - logits[0, -1, f]
+
+    def tl_sweep(limit=None):
+        """TransformerLens's own patching module (one run_with_hooks per cell) on the bridge."""
+        _, cache = bridge.run_with_cache(clean, names_filter=lambda name: name.endswith("hook_resid_pre"))
+        if limit is None:
+            g = tlp.get_act_patch_resid_pre(bridge, corrupt, cache, tl_metric)
+            return {"metric": g.tolist(), "clean": float(tl_metric(bridge(clean))),
+                    "corrupt": float(tl_metric(bridge(corrupt)))}
+        return {"metric": [], "clean": 0.0, "corrupt": 0.0}
+
+    conds = {"nnsight_batched": Condition(nnsight_batched, warm=lambda: nnsight_batched(4))}
+    if loops:
+        conds["hooks_loop"] = Condition(hooks_loop, warm=lambda: hooks_loop(2))
+        conds["nnsight_loop"] = Condition(nnsight_loop, warm=lambda: nnsight_loop(2))
+        conds["transformer_lens_sweep"] = Condition(tl_sweep, warm=lambda: tl_sweep(1))
+    return conds
+
+
+def _forward() -> dict:
+    """One forward of FORWARD_PROMPT (full logits): transformers sdpa / eager, TransformerLens forward and run_with_cache."""
+    from mlxinterp.bench import FORWARD_PROMPT, Condition
+
+    tok = hf_tokenizer()
+    ids = _ids(tok, FORWARD_PROMPT)
+    sdpa, eager, bridge = load_hf(), load_hf(attn="eager"), _bridge(tok)
+
+    def summary(logits) -> dict:
+        last = logits[0, -1]
+        return {"tokens": int(ids.shape[1]), "argmax": int(last.argmax()), "max_logit": float(last.max())}
+
+    def capture():
+        logits, cache = bridge.run_with_cache(ids)
+        return {**summary(logits), "captured": len(cache.keys())}
+
+    return {"forward_sdpa": Condition(lambda: summary(sdpa(ids).logits)),
+            "forward_eager": Condition(lambda: summary(eager(ids).logits)),
+            "transformer_lens_forward": Condition(lambda: summary(bridge(ids))),
+            "transformer_lens_run_with_cache_all": Condition(capture)}
+
+
+# ------------------------------------------------------------------ numerical agreement
+AGREEMENT_PROMPTS = (
+    "The Eiffel Tower is located in the city of",
+    "Paris is the capital of",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "Water boils at a temperature of 100 degrees",
+    "Die Hauptstadt von Deutschland ist",
+)
+
+
+def agreement(hm, prompts=None) -> dict:
+    """MLX (hm) vs transformers on the same weights: residual stream before every layer, final norm, logits.
+
+    Two torch references: with mlx-lm's bfloat16-rounded embedding scale (same
+    function: differences are float rounding) and with transformers' own
+    float32 sqrt(d) (what a user of the Hugging Face model gets).
+    """
+    import numpy as np
+    import torch
+
+    import mlx.core as mx
+
+    require("torch", "transformers")
+    torch.set_grad_enabled(False)
+    prompts = list(prompts or AGREEMENT_PROMPTS)
+    n = hm.info.n_layers
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(n)] + ["ln_final.hook_normalized"]
+    out = {"prompts": prompts, "per_prompt": []}
+    refs = {"mlx_embed_scale": load_hf(embed_scale="mlx"), "hf_embed_scale": load_hf(embed_scale="hf")}
+    for prompt in prompts:
+        ids = hm.tokens(prompt).ids
+        logits, cache = hm.run_with_cache(ids, names=names)
+        ours = [np.array(cache[nm][0].astype(mx.float32)) for nm in names]
+        ours_logits = np.array(logits[0].astype(mx.float32))
+        row = {"prompt": prompt, "tokens": int(ids.shape[1])}
+        for key, model in refs.items():
+            states = _torch_states(model, torch.tensor(np.array(ids)).long())
+            theirs_logits = states.pop()
+            per_layer = [float(np.abs(a - b).max()) for a, b in zip(ours, states)]
+            scale = [float(np.abs(b).max()) for b in states]
+            row[key] = {
+                "hidden_max_abs_diff": per_layer,
+                "hidden_max_abs": scale,
+                "hidden_max_rel_diff": max(d / s for d, s in zip(per_layer, scale) if s > 0),
+                "logits_max_abs_diff": float(np.abs(ours_logits - theirs_logits).max()),
+                "top1_agreement": float((ours_logits.argmax(-1) == theirs_logits.argmax(-1)).mean()),
+                "top1_ours": [int(i) for i in ours_logits.argmax(-1)],
+            }
+        out["per_prompt"].append(row)
+    for key in refs:
+        rows = [r[key] for r in out["per_prompt"]]
+        n_pos = sum(r["tokens"] for r in out["per_prompt"])
+        out[key] = {
+            "logits_max_abs_diff": max(r["logits_max_abs_diff"] for r in rows),
+            "hidden_max_abs_diff": max(max(r["hidden_max_abs_diff"]) for r in rows),
+            "hidden_max_rel_diff": max(r["hidden_max_rel_diff"] for r in rows),
+            "top1_agreement": sum(r["top1_agreement"] * p["tokens"] for r, p in zip(rows, out["per_prompt"])) / n_pos,
+            "positions": n_pos,
+        }
+    return out
+
+
+def _torch_states(model, ids) -> list:
+    """Inputs of every decoder layer, the final norm's output and the logits, via forward hooks."""
+    got: list = []
+    handles = [layer.register_forward_pre_hook(lambda m, args: got.append(args[0][0].float().numpy().copy()))
+               for layer in model.model.layers]
+    handles.append(model.model.norm.register_forward_hook(lambda m, a, o: got.append(o[0].float().numpy().copy())))
+    try:
+        logits = model(ids).logits[0].float().numpy()
+    finally:
+        for h in handles:
+            h.remove()
+    return [*got, logits]

@@ -157,7 +157,8 @@ def get(name: str) -> Checkpoint:
     """Like `find`, but an unknown name is an error that suggests the nearest known one."""
     found = find(name)
     if found is None:
-        near = closest(name, [c.repo for c in CHECKPOINTS])
+        names = [c.repo if "/" in name else c.repo.split("/", 1)[1] for c in CHECKPOINTS]
+        near = closest(name, names)
         raise ModelSpecError(f"{name!r} is not in the catalogue" + (f"; did you mean {near}?" if near else ""),
                              hint="`mlxinterp models --catalogue` lists the known checkpoints")
     return found

@@ -87,11 +87,12 @@ def _catalogue(memory: str | None, context: int, prompts: int, positions: int) -
 
 
 def _print_catalogue(cat: dict) -> None:
-    fits = lambda ok, ram: ("yes" if ram else "yes, captures spill") if ok else "[red]no[/red]"  # noqa: E731
+    fits = lambda ok, ram: ("yes" if ram else "yes*") if ok else "[red]no[/red]"  # noqa: E731
     table = Table("checkpoint", "seed\n004", "params", "layers", "d_model", "heads\nq/kv", "head\ndim", "vocab",
                   "weights", f"KV cache\n{cat['batch']}x{cat['context']} tok", "model\n+margin", "captures",
                   f"fits in\n{cat['memory_label']}", "model as\nfloat32",
                   title="Known mlx-community checkpoints: estimated memory as stored (Metal)")
+    table.columns[0].no_wrap = True
     for r in cat["rows"]:
         m, f = r["memory_as_stored"], r["memory_float32"]
         table.add_row(r["repo"].split("/", 1)[1], "yes" if r["in_seed_004"] else "", f"{r['n_params'] / 1e9:.2f}B",
@@ -99,10 +100,11 @@ def _print_catalogue(cat: dict) -> None:
                       str(r["vocab_size"]), _gb(m["weights"]), _gb(m["kv_cache"]), _gb(m["model"]),
                       _gb(m["activations"]), fits(r["fits_as_stored"], r["captures_in_ram_as_stored"]),
                       _gb(f["model"]) + ("" if r["fits_float32"] else " [red](no)[/red]"))
-    out.print(table)
+    # complete rows (greppable) rather than names folded to an 80-column terminal
+    Console(file=out.file, width=max(out.width, 170)).print(table)
     console.print(
         f"captures: {cat['activations']}. model = weights + margin (10 % + 256 MB) + KV cache: what must fit "
-        "(run-suite refuses a model that does not); captures that do not fit beside it stream to disk. "
+        "(run-suite refuses a model that does not); captures that do not fit beside it stream to disk (yes*). "
         "'as float32' is how a CPU (Linux) runs them (dequantized at load).\n"
         "Sources: layers/d_model/heads/head_dim/vocab from each upstream config.json as published (recorded "
         "offline; Gemma 3 270M read from this machine's GGUF); params computed from them (published counts in "
@@ -214,6 +216,9 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
       [bold]mlxinterp run-suite --list[/bold]
     Interrupted? Run the same command again: finished work is reused (--resume is the default).
     """
+    from mlxinterp.distributed import world
+
+    world()  # under mlx.launch, meet the other ranks before the slow imports (the ring waits ~30 s)
     from mlxinterp.suite import list_experiments, run_all
 
     if list_only:
@@ -353,47 +358,252 @@ def import_vector(file: Path = typer.Argument(..., help="a llama.cpp control-vec
                   + f"\n  mlxinterp steer \"PROMPT\" --vector {path} --alpha 1", highlight=False)
 
 
-bench_app = typer.Typer(help="Benchmarks (ratios measured in one process).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: ratios measured in one run, conditions interleaved round by round "
+                             "(torch / nnsight / TransformerLens rows need the optional extra: pip install -e '.[bench]').",
+                        no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+SAVE_OPT = typer.Option(None, "--save", help="directory to write <benchmark>.json into (e.g. bench/results)")
+
+
+def _bench_done(name: str, res: dict, as_json: bool, save: Optional[Path], load_before, line: str) -> None:
+    from mlxinterp.bench import save_result
+
+    if save is not None:
+        path = save_result(name, res, save, load_before)
+        console.print(f"wrote {path}", highlight=False)
+    if as_json:
+        _print_json(res)
+    else:
+        out.print(line, highlight=False)
+
+
+def _status_progress(status):
+    return lambda msg: status.update(f"benchmarking: {msg}")
 
 
 @bench_app.command("taps")
 def bench_taps_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT, rounds: int = typer.Option(7, "--rounds"),
-                   as_json: bool = typer.Option(False, "--json")) -> None:
+                   as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
     """Tap overhead: bare mlx-lm forward vs no-op taps and capture on every hook point.
 
     Example: [bold]mlxinterp bench taps --model default --json[/bold]
     """
+    import os
+
     from mlxinterp.bench import bench_taps
 
+    load = os.getloadavg()
     hm = _load(model, dtype)
     with console.status("benchmarking ..."):
         res = bench_taps(hm, rounds=rounds)
     res["model"] = hm.info.to_dict()
-    if as_json:
-        _print_json(res)
-    else:
-        out.print(f"noop_overhead {res['noop_overhead']:+.3%}  capture_all_overhead {res['capture_all_overhead']:+.3%}  "
-                  f"(bare {res['median_seconds']['bare']:.3f} s, {res['prompt_tokens']} tokens, median of {rounds})")
+    _bench_done("taps", res, as_json, save, load,
+                f"noop_overhead {res['noop_overhead']:+.3%}  capture_all_overhead {res['capture_all_overhead']:+.3%}  "
+                f"(bare {res['median_seconds']['bare']:.3f} s, {res['prompt_tokens']} tokens, median of {rounds})")
+
+
+@bench_app.command("generate")
+def bench_generate_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT, rounds: int = typer.Option(5, "--rounds"),
+                       max_tokens: int = typer.Option(64, "--max-tokens"),
+                       layer: Optional[int] = typer.Option(None, "--layer", help="layer of the Add tap (default: middle)"),
+                       as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Steered generation tokens/s: mlx-lm's stream_generate vs hm.generate with an Add tap on one layer.
+
+    Example: [bold]mlxinterp bench generate --rounds 5 --json[/bold]
+    """
+    import os
+
+    from mlxinterp.bench import bench_generate
+    from mlxinterp.hooks import _check_generation
+
+    _check_generation(max_tokens)
+    load = os.getloadavg()
+    hm = _load(model, dtype)
+    if layer is not None:
+        hm.point(f"blocks.{layer}.hook_resid_post")  # a clear error for a layer out of range
+        layer %= hm.info.n_layers
+    with console.status("benchmarking ..."):
+        res = bench_generate(hm, rounds=rounds, max_tokens=max_tokens, layer=layer)
+    res["model"] = hm.info.to_dict()
+    r = res["steered_vs_mlx_lm"]
+    _bench_done("generate", res, as_json, save, load,
+                f"steered / mlx-lm tokens/s {r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
+                f"(mlx-lm {res['median_tokens_per_second']['mlx_lm']:.1f} tok/s, median of {rounds})")
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(v < 1 for v in vals):
+        raise MlxInterpError(f"{what} {text!r} is not allowed; use whole numbers >= 1 separated by commas, e.g. 32,64")
+    return vals
+
+
+@bench_app.command("patching")
+def bench_patching_cmd(rounds: int = typer.Option(3, "--rounds"),
+                       batch_sizes: str = typer.Option("32,64,190", "--batch-sizes", help="patch_sweep batch sizes; "
+                                                       "the first is the reference the ratios are taken to"),
+                       loops: bool = typer.Option(True, "--loops/--no-loops", help="include the one-forward-per-patch "
+                                                  "loops (~40 s each per round)"),
+                       torch_side: bool = typer.Option(True, "--torch/--no-torch", help="include nnsight, "
+                                                       "TransformerLens and torch hooks (needs the bench extra)"),
+                       as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Activation-patching sweep (default model, every layer x position, Eiffel Tower -> Colosseum,
+    logit(Paris) - logit(Rome)): mlxinterp's patch_sweep vs loops, nnsight and TransformerLens, same weights.
+
+    Example: [bold]mlxinterp bench patching --rounds 3 --save bench/results[/bold]
+    """
+    import os
+
+    from mlxinterp.bench import bench_patching
+
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    load = os.getloadavg()
+    with console.status("benchmarking ...") as st:
+        res = bench_patching(rounds=rounds, batch_sizes=sizes, loops=loops, torch_side=torch_side, out=save,
+                             progress=_status_progress(st))
+    best = res["reference"]
+    lines = [f"{best}: {res['median_seconds'][best]:.2f} s ({res['n_patches']} patches)"]
+    lines += [f"{k}: {res['median_seconds'][k]:.2f} s = {r['median']:.2f} x" for k, r in res["ratios_vs_reference"].items()]
+    _bench_done("patching", res, as_json, save, load, "\n".join(lines))
+
+
+@bench_app.command("forward")
+def bench_forward_cmd(rounds: int = typer.Option(5, "--rounds"),
+                      blas: Optional[str] = typer.Option(None, "--blas", help="comma-separated BLAS variants "
+                                                         "(default: every one installed here)"),
+                      torch_side: bool = typer.Option(True, "--torch/--no-torch"),
+                      as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Forward time on 41 tokens (default model): MLX under each interposable BLAS and mx.compile vs torch CPU;
+    run_with_cache on every hook point vs TransformerLens's run_with_cache.
+
+    Example: [bold]mlxinterp bench forward --blas openblas-pthread,openblas-pthread-avx512[/bold]
+    """
+    import os
+
+    from mlxinterp.bench import bench_forward
+
+    names = [b.strip() for b in blas.split(",") if b.strip()] if blas else None
+    load = os.getloadavg()
+    with console.status("benchmarking ...") as st:
+        res = bench_forward(rounds=rounds, blas=names, torch_side=torch_side, out=save, progress=_status_progress(st))
+    lines = [f"{k}: {v:.3f} s" for k, v in res["median_seconds"].items()]
+    _bench_done("forward", res, as_json, save, load, "\n".join(lines))
+
+
+@bench_app.command("agreement")
+def bench_agreement_cmd(as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Numerical agreement with transformers on the same weights: per-layer hidden states and logits.
+
+    Example: [bold]mlxinterp bench agreement --json[/bold]
+    """
+    import os
+
+    from mlxinterp.bench import bench_agreement
+
+    load = os.getloadavg()
+    hm = _load("default", None)
+    with console.status("comparing with transformers ..."):
+        res = bench_agreement(hm)
+    a = res["mlx_embed_scale"]
+    _bench_done("agreement", res, as_json, save, load,
+                f"logits max abs diff {a['logits_max_abs_diff']:.2e}, top-1 agreement {a['top1_agreement']:.3f} "
+                f"over {a['positions']} positions (transformers' own embedding scale: "
+                f"{res['hf_embed_scale']['logits_max_abs_diff']:.2e})")
+
+
+@bench_app.command("memory")
+def bench_memory_cmd(as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Peak RSS of a fresh process (default model): loaded, after a forward, after capture on every hook point.
+
+    Example: [bold]mlxinterp bench memory --json[/bold]
+    """
+    import os
+
+    from mlxinterp.bench import bench_memory
+
+    load = os.getloadavg()
+    with console.status("measuring ..."):
+        res = bench_memory(out=save)
+    c = res["after_capture_all"]
+    _bench_done("memory", res, as_json, save, load,
+                f"peak RSS: loaded {res['peak_rss_after_load_bytes'] / 1e9:.2f} GB, forward "
+                f"{res['after_forward']['peak_rss_bytes'] / 1e9:.2f} GB, capture-all {c['peak_rss_bytes'] / 1e9:.2f} GB "
+                f"({c['captured_bytes'] / 1e6:.1f} MB captured)")
+
+
+@bench_app.command("all")
+def bench_all_cmd(out_dir: Path = typer.Option(Path("bench/results"), "--out"),
+                  readme: Path = typer.Option(Path("bench/README.md"), "--readme"),
+                  quick: bool = typer.Option(False, "--quick", help="1 round each and no loops: a smoke run, "
+                                             "not for the table")) -> None:
+    """Every benchmark in one run (default model), each written to OUT/<name>.json, then the README table.
+
+    Example: [bold]mlxinterp bench all[/bold]
+    """
+    from mlxinterp.bench import run_all
+
+    with console.status("benchmarking ...") as st:
+        results = run_all(out_dir, readme if not quick else None, quick=quick, progress=_status_progress(st))
+    console.print(f"wrote {', '.join(sorted(results))} into {out_dir}" + ("" if quick else f"; table in {readme}"),
+                  highlight=False)
+
+
+@bench_app.command("table")
+def bench_table_cmd(out_dir: Path = typer.Option(Path("bench/results"), "--out"),
+                    readme: Optional[Path] = typer.Option(None, "--readme", help="also put the table into this README")) -> None:
+    """Render the table from OUT/*.json (and update the README between its markers).
+
+    Example: [bold]mlxinterp bench table --readme bench/README.md[/bold]
+    """
+    from mlxinterp.bench import load_results, render_table, update_readme
+
+    results = load_results(out_dir)
+    if not results:
+        raise MlxInterpError(f"no benchmark results in {out_dir}", hint="run `mlxinterp bench all` first")
+    if readme:
+        update_readme(readme, results)
+    out.print(render_table(results), highlight=False)
 
 
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Report the platform (MLX device, BLAS, memory, cache, models) and what to fix.
+    """Report the platform (MLX device, BLAS in use and measured matmul speed, memory, cache, models)
+    and what to fix.
 
-    Example: [bold]mlxinterp doctor[/bold]
+    Examples:
+      [bold]mlxinterp doctor[/bold]
+      [bold]mlxinterp doctor --json[/bold]
     """
+    import os
+
     from mlxinterp.loading import list_local_models
-    from mlxinterp.platform import describe
+    from mlxinterp.platform import describe, matmul_gflops
 
     d = describe()
+    d["matmul_gflops_512"] = round(matmul_gflops(), 1)
+    cache = Path(d["cache_dir"])
+    existing = next((p for p in (cache, *cache.parents) if p.exists()), cache)
+    d["cache_writable"] = os.access(existing, os.W_OK)
     d["models"] = [r["spec"] for r in list_local_models(estimate=False) if r.get("present")]
     advice = []
     if d["device"] == "cpu" and sys.platform == "linux" and not d["openblas_interposed"]:
-        advice.append("OpenBLAS is not interposed: float32 matmuls are ~15x slower. Install libopenblas0-pthread "
-                      "(apt-get install libopenblas0-pthread) and run through `mlxinterp`, which preloads it.")
+        if d["openblas_available"]:
+            advice.append(f"OpenBLAS is installed but not preloaded in this process: float32 matmuls are ~15x slower. "
+                          f"The `mlxinterp` command preloads it; for your own scripts run "
+                          f"`export LD_PRELOAD={d['openblas_available']}` first.")
+        else:
+            advice.append("OpenBLAS is not installed: float32 matmuls are ~15x slower. "
+                          "Run `apt-get install libopenblas0-pthread` (or `bash scripts/run.sh`, which does).")
     if d["device"] == "cpu":
         advice.append("No Metal GPU: models run in float32 on the CPU (4-bit checkpoints are dequantized at load).")
+    if not d["cache_writable"]:
+        advice.append(f"The cache directory {cache} is not writable: set MLXINTERP_CACHE to a writable directory.")
+    if d["memory_available_bytes"] is not None and d["memory_available_bytes"] < 2 * 1024**3:
+        advice.append(f"Only {_gb(d['memory_available_bytes'])} of memory is free: close other programs; "
+                      "`mlxinterp models` shows what each model needs.")
     if not d["models"]:
         advice.append("No model imported yet: `mlxinterp info --model default` imports Gemma 3 270M (~30 s).")
     d["advice"] = advice
@@ -403,7 +613,7 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
     table = Table("check", "value")
     for k, v in d.items():
         if k != "advice":
-            table.add_row(k, str(v))
+            table.add_row(k, _gb(v) if k.startswith("memory") else str(v))
     out.print(table)
     for a in advice:
         console.print(f"[yellow]- {a}[/yellow]")

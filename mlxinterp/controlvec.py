@@ -121,9 +121,8 @@ class LayerVectors:
     @classmethod
     def load(cls, path: str | Path) -> "LayerVectors":
         """A per-layer set written by `save` (or by `import-vector`)."""
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.numpy import load_file
-        from safetensors import safe_open
 
         path = Path(path)
         try:
@@ -160,7 +159,7 @@ class LayerVectors:
             vectors = {_output_layer(d.hook): d.vector for d in dirs.values()}
             hint = next((d.model for d in dirs.values()), "")
             if layers is not None:
-                vectors = cls(vectors).select([l for l in layers]).vectors
+                vectors = cls(vectors).select(list(layers)).vectors
         return cls(vectors, model_hint if model_hint is not None else hint, source="mlxinterp")
 
 

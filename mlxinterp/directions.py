@@ -65,12 +65,17 @@ def collect(hm, prompts: Sequence[str], hooks: Sequence[str], position: Position
 
     if not prompts:
         raise PromptError("empty prompt set: a direction needs at least one prompt on each side")
+    from mlxinterp.patching import _KeepColumns
+
     names = hm.names(list(hooks))
+    # Nobody reads the logits here: unembed one column only (a 262k vocabulary costs more than the body).
+    skip_logits = [] if any(n.startswith("ln_final") or n == "hook_logits" for n in names) else \
+        [("ln_final.hook_normalized", _KeepColumns(columns=(-1,)))]
     store = None
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         batch = hm.tokens(chunk, chat=chat)
-        _, cache = hm.run_with_cache(batch.ids if len(chunk) == 1 else chunk, names=names, chat=chat)
+        _, cache = hm.run_with_cache(batch.ids if len(chunk) == 1 else chunk, names=names, taps=skip_logits, chat=chat)
         rows = {}
         for n in names:
             a = np.array(cache[n].astype(mx.float32))

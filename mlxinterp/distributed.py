@@ -72,11 +72,15 @@ class World:
         """Rank 0's `obj` on every rank (what the others pass is ignored)."""
         return self.all_gather_json(obj if self.is_root else None)[0]
 
-    def decide(self, fn: Callable[[], Any]) -> Any:
+    def decide(self, fn: Callable[[], Any], tag: str = "") -> Any:
         """Run `fn` on rank 0 only and give its JSON-able result to every rank.
 
-        When it raises on rank 0, rank 0 re-raises and every other rank raises a
-        DistributedError with the same message, instead of waiting forever.
+        Every rank must reach this call with the same `tag` (where it is in the
+        run); ranks whose code took different paths (e.g. one read a file the
+        other cannot see) stop with a DistributedError naming both places,
+        instead of pairing the wrong collectives. When `fn` raises on rank 0,
+        rank 0 re-raises and every other rank raises a DistributedError with the
+        same message, instead of waiting forever.
         """
         value, error, exc = None, None, None
         if self.is_root:
@@ -88,12 +92,18 @@ class World:
             if exc is not None:
                 raise exc
             return value
-        msg = self.broadcast_json({"value": value, "error": error})
+        msgs = self.all_gather_json({"tag": tag, "value": value, "error": error})
         if exc is not None:
             raise exc
-        if msg["error"] is not None:
-            raise DistributedError(f"rank 0 stopped: {msg['error']}")
-        return msg["value"]
+        if msgs[0]["error"] is not None:
+            raise DistributedError(f"rank 0 stopped: {msgs[0]['error']}")
+        apart = [(r, m["tag"]) for r, m in enumerate(msgs) if m["tag"] != msgs[0]["tag"]]
+        if apart:
+            where = "; ".join(f"rank {r} at {t!r}" for r, t in apart)
+            raise DistributedError(f"the ranks diverged: rank 0 at {msgs[0]['tag']!r}; {where}",
+                                   hint="an experiment took a different path on some rank, e.g. it read a file "
+                                        "that only rank 0 can see; give every rank the same inputs")
+        return msgs[0]["value"]
 
 
 def launched() -> bool:
@@ -104,7 +114,7 @@ def launched() -> bool:
 @lru_cache(maxsize=1)
 def world() -> World:
     """The World of this process; initializes mx.distributed once when launched."""
-    if not launched():
+    if not launched() or _single_host_ring():
         return World()
     import mlx.core as mx
 
@@ -116,6 +126,17 @@ def world() -> World:
                                hint="run through `mlx.launch -n N --backend ring <python> -m mlxinterp ...`, "
                                     "or unset MLX_RANK for a single process") from e
     return World(group.rank(), group.size(), group if group.size() > 1 else None)
+
+
+def _single_host_ring() -> bool:
+    """`mlx.launch -n 1` hands the ring backend an empty hostfile, which MLX cannot parse: one process."""
+    path = os.environ.get("MLX_HOSTFILE")
+    if not (os.environ.get("MLX_RANK") and path):
+        return False
+    try:
+        return not open(path).read().strip()
+    except OSError:
+        return False
 
 
 def _launch_env() -> str:

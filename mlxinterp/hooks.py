@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import shlex
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -253,10 +254,11 @@ class HookedModel:
         name = self._normalise(name)
         if name not in self._points:
             suggestion = closest(name, self._points)
+            block = re.match(r"blocks\.\d+\.", name)
+            listing = f"mlxinterp hooks --model {shlex.quote(self.info.spec)}" + (f" --filter {block[0]}" if block else "")
             raise HookNameError(
                 f"unknown hook point {name!r}",
-                hint=(f"did you mean {suggestion}? " if suggestion else "")
-                + "`mlxinterp hooks --model M` lists them all",
+                hint=(f"did you mean {suggestion}? " if suggestion else "") + f"`{listing}` lists them",
             )
         return self._points[name]
 
@@ -362,17 +364,22 @@ class HookedModel:
                 raise HookNameError(f"cache type {type(c).__name__} does not support padded batches")
         return out
 
-    def unembed(self, h: mx.array, normed: bool = True) -> mx.array:
+    def unembed(self, h: mx.array, normed: bool = True, vocab: Sequence[int] | None = None) -> mx.array:
         """Logits for residual-stream vectors h [..., d_model] through the model's real final path.
 
         Final norm (optional), unembedding (tied or lm_head) and Gemma 2's logit
-        soft-cap, computed in float32 and bypassing any attached taps.
+        soft-cap, computed in float32 and bypassing any attached taps. vocab:
+        token ids; only those rows of the unembedding are used ([..., len(vocab)]),
+        for metrics that read a few logits (patching).
         """
         top, inner = top_text_model(self.model), text_model(self.model)
         x = h.astype(mx.float32)
         if normed:
             x = _plain_call(inner.norm, x)
-        if "lm_head" in top:
+        if vocab is not None:
+            w, b = self._unembedding_rows(vocab)
+            logits = x @ w.T if b is None else x @ w.T + b
+        elif "lm_head" in top:
             logits = _plain_call(top.lm_head, x)
         else:
             logits = inner.embed_tokens.as_linear(x)
@@ -380,6 +387,23 @@ class HookedModel:
         if cap:
             logits = mx.tanh(logits / cap) * cap
         return logits.astype(mx.float32)
+
+    def _unembedding_rows(self, vocab: Sequence[int]) -> tuple[mx.array, mx.array | None]:
+        """float32 rows [len(vocab), d_model] of the unembedding for these tokens (dequantized when quantized), bias."""
+        ids = np.asarray(list(vocab), dtype=np.int64)
+        if ids.ndim != 1 or ids.size == 0 or (ids < 0).any() or (ids >= self.info.vocab_size).any():
+            raise PromptError(f"vocab {list(vocab)[:5]!r} must be token ids in 0..{self.info.vocab_size - 1}")
+        idx = mx.array(ids.astype(np.uint32))
+        top, inner = top_text_model(self.model), text_model(self.model)
+        if "lm_head" not in top:
+            return _plain_call(inner.embed_tokens, idx).astype(mx.float32), None  # QuantizedEmbedding dequantizes
+        head = top.lm_head
+        if "scales" in head:
+            w = mx.dequantize(head["weight"][idx], head["scales"][idx], head["biases"][idx] if "biases" in head else None,
+                              group_size=head.group_size, bits=head.bits, mode=getattr(head, "mode", "affine"))
+        else:
+            w = head["weight"][idx]
+        return w.astype(mx.float32), (head["bias"][idx].astype(mx.float32) if "bias" in head else None)
 
     def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False):
         """Forward with Capture taps on `names` (all hook points if None); returns (logits, cache)."""

@@ -248,11 +248,21 @@ class JsonlAppender:
             _write_all(self._fd, line)
             os.fsync(self._fd)
         except BaseException as exc:  # also Ctrl-C between partial writes
+            if not isinstance(exc, OSError) and self._written(len(line)):
+                self._size += len(line)  # Ctrl-C after the whole line was written (e.g. in fsync): keep it
+                raise
             self._rollback()
             if isinstance(exc, OSError):
                 raise _fail(self.path, exc) from exc
             raise
         self._size += len(line)
+
+    def _written(self, n: int) -> bool:
+        """Whether the file already holds the whole new line of `n` bytes."""
+        try:
+            return os.fstat(self._fd).st_size == self._size + n
+        except OSError:
+            return False
 
     def _rollback(self) -> None:
         """Cut a half-written line so the file stays a clean sequence of records."""

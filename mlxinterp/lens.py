@@ -7,6 +7,7 @@ norms). Entropy is in nats.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -131,7 +132,9 @@ def plot_lens(result: LensResult, path: Path) -> Path:
     ax.set_ylabel("layer (output of block)")
     ax.set_title(f"logit lens ({result.mode}): top-1 token per layer and position")
     fig.colorbar(im, ax=ax, label="probability of top-1 token")
-    fig.tight_layout()
-    save_figure(Path(path), fig)
+    with warnings.catch_warnings():  # tokens in scripts the font lacks draw as boxes; one warning each is noise
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.tight_layout()
+        save_figure(Path(path), fig)
     plt.close(fig)
     return Path(path)

@@ -266,7 +266,8 @@ def hf_snapshot(repo: str, allow_download: bool = False) -> Path:
                 f"model {repo!r} is {state} the local Hugging Face cache ({cache})"
                 + (f"; did you mean {near}?" if near else ""),
                 hint="set MLXINTERP_ALLOW_DOWNLOAD=1 (or pass allow_download=True in Python) "
-                     "to download it, or give a local model directory or .gguf file") from None
+                     "to download it, or give a local model directory or .gguf file "
+                     "(`mlxinterp models` lists what is here)") from None
     try:
         return Path(snapshot_download(repo, **kwargs))
     except Exception as e:  # network/auth/repo errors from the hub client
@@ -290,7 +291,7 @@ def resolve(base: str, allow_download: bool = False) -> tuple[Path, str]:
     near = closest(base, _known_names())
     raise ModelSpecError(
         f"unknown model spec {base!r}: not 'default', an existing path, or a Hugging Face org/name",
-        hint=f"did you mean {near}?" if near else "run `mlxinterp models` to list the models available here")
+        hint=(f"did you mean {near}? " if near else "") + "`mlxinterp models` lists the models available here")
 
 
 def _known_names() -> list[str]:

@@ -140,6 +140,14 @@ def gb(n: int | float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
+def human(n: int | float) -> str:
+    """Bytes in the largest unit that keeps them readable (GB, MB, KB, bytes)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
 def _weights_label(cfg: dict, plan: Any) -> str:
     q = {"bits": plan.quant[0], "group_size": plan.quant[1]} if plan.quant else None
     if q is None and plan.dtype:
@@ -188,7 +196,7 @@ def spec_config(spec: str) -> tuple[dict | None, str]:
             cfg, source = (loading.read_config(d), str(d)) if (d / "config.json").exists() else (None, source)
         elif Path(base).expanduser().is_dir():
             cfg, source = loading.read_config(Path(base).expanduser()), base
-        elif loading._REPO_RE.match(base) and not Path(base).suffix.lower() == ".gguf":
+        elif loading._REPO_RE.match(base) and Path(base).suffix.lower() != ".gguf":
             snap = loading.hf_snapshot(base)  # offline: the local HF cache only
             cfg, source = loading.read_config(snap), str(snap)
     if cfg is None and base == loading.DEFAULT_SPEC:
@@ -326,8 +334,8 @@ class RowStore:
             return cls(n_rows, widths, None)
         if directory is None:
             if need > total_memory_bytes():
-                raise MemoryBudgetError(f"{what} need {gb(need)} ({n_rows} rows x {sum(widths.values())} floats), "
-                                        f"more than this machine's {gb(total_memory_bytes())}",
+                raise MemoryBudgetError(f"{what} need {human(need)} ({n_rows} rows x {sum(widths.values())} "
+                                        f"float32), more than this machine's {human(total_memory_bytes())}",
                                         hint="pass spill_dir=... to stream them to disk, or capture fewer hooks")
             return cls(n_rows, widths, None)
         run_dir = directory / f"rows-{os.getpid()}-{next(_counter)}"

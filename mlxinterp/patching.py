@@ -4,13 +4,18 @@ A *variant* is a list of patches (hook, position, value); all variants of one
 prompt run as rows of a single batch, each row with its own patches (a
 Replace tap per hook with a per-row position mask). Only the positions the
 metric reads are unembedded: a tap on `ln_final.hook_normalized` keeps those
-columns, so a 262k-vocabulary model does not compute logits nobody reads.
+columns, so a 262k-vocabulary model does not compute logits nobody reads; a
+metric that reads only some tokens (`logit_diff`, a `VocabMetric`) has only
+those rows of the unembedding computed. With `reuse_prefix`, tokens before a
+row's first patched position (identical to the unpatched run) come from the
+unpatched run's KV cache instead of being recomputed.
 
 Everything still runs through mlx-lm's own forward; nothing here skips or
 re-implements a layer.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +26,7 @@ import numpy as np
 from mlxinterp import taps as T
 from mlxinterp.errors import HookNameError, PromptError, TapError
 
-Metric = Callable[[mx.array], mx.array]  # logits [B, V] -> [B]
+Metric = Callable[[mx.array], mx.array]  # logits [B, V] -> [B] (or [B, k]: run_variants then returns [n, k])
 
 
 @dataclass(frozen=True)
@@ -55,18 +60,45 @@ class _KeepColumns(T.Tap):
     """Keep only some sequence columns (before the unembedding)."""
 
     columns: tuple = ()
+    kept: object = None  # the kept columns, for an unembedding of a few vocabulary rows (forward_last)
 
     def __call__(self, a, ctx):
-        return a[:, list(self.columns)]
+        self.kept = a[:, list(self.columns)]
+        return self.kept
 
 
-def logit_diff(hm, target: str | int, foil: str | int) -> Metric:
+@dataclass(frozen=True)
+class VocabMetric:
+    """A metric that reads only the logits of `vocab`, so patching unembeds just those rows.
+
+    Called on full logits [B, V] it is an ordinary metric; `on_vocab` takes the
+    logits of `vocab` only ([B, len(vocab)], in `vocab` order). For Gemma 3 270M
+    this skips a 640 x 262144 matmul per patched row.
+    """
+
+    vocab: tuple[int, ...]
+    on_vocab: Callable[[mx.array], mx.array]
+
+    def __call__(self, logits: mx.array) -> mx.array:
+        return self.on_vocab(logits[:, list(self.vocab)])
+
+
+def _evaluate(metric: Metric, logits: mx.array) -> mx.array:
+    """metric on logits from forward_last(..., vocab=metric.vocab) when it has one, else on full logits."""
+    return metric.on_vocab(logits) if isinstance(metric, VocabMetric) else metric(logits)
+
+
+def _vocab(metric: Metric) -> tuple[int, ...] | None:
+    return metric.vocab if isinstance(metric, VocabMetric) else None
+
+
+def logit_diff(hm, target: str | int, foil: str | int) -> VocabMetric:
     """logit(target) - logit(foil) at the read position: the usual patching metric."""
     from mlxinterp.lens import target_id
 
     t = target if isinstance(target, int) else target_id(hm, target)
     f = foil if isinstance(foil, int) else target_id(hm, foil)
-    return lambda logits: logits[:, t] - logits[:, f]
+    return VocabMetric((int(t), int(f)), lambda z: z[:, 0] - z[:, 1])
 
 
 def token_logprob(hm, target: str | int) -> Metric:
@@ -76,57 +108,131 @@ def token_logprob(hm, target: str | int) -> Metric:
     return lambda logits: logits[:, t] - mx.logsumexp(logits, axis=-1)
 
 
-def forward_last(hm, ids, taps=None, read: Sequence[int] = (-1,)) -> mx.array:
+def forward_last(hm, ids, taps=None, read: Sequence[int] = (-1,), cache=None,
+                 vocab: Sequence[int] | None = None) -> mx.array:
     """Logits [B, len(read), V] at the `read` columns only (float32).
 
     ids: an [B, L] array, or a left-padded `hm.tokens([...])` Batch (prompts of
-    different lengths; column -1 is then every row's last token).
+    different lengths; column -1 is then every row's last token). `cache`: an
+    mlx-lm prompt cache holding earlier tokens (ids [B, L] array only).
+    vocab: token ids; the result is then [B, len(read), len(vocab)] and only
+    those rows of the unembedding are computed (the model's own full
+    unembedding stays an unevaluated node of MLX's lazy graph).
     """
     from mlxinterp.hooks import Batch
 
     pairs = list(taps.items()) if isinstance(taps, dict) else list(taps or [])
-    pairs.append(("ln_final.hook_normalized", _KeepColumns(columns=tuple(read))))
+    keep = _KeepColumns(columns=tuple(read))
+    pairs.append(("ln_final.hook_normalized", keep))
     with hm.hooks(pairs):
-        out = hm.forward(ids) if isinstance(ids, Batch) else hm.model(ids)
+        if isinstance(ids, Batch):
+            out = hm.forward(ids)
+        else:
+            out = hm.model(ids, cache=cache) if cache is not None else hm.model(ids)
+    if vocab is not None:
+        return hm.unembed(keep.kept, normed=False, vocab=vocab)
     return out.astype(mx.float32)
 
 
 def run_variants(hm, ids: Sequence[int], variants: Sequence[Sequence[Patch]], metric: Metric,
-                 read: int = -1, batch_size: int = 32, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """metric(logits at `read`) for each variant of one prompt; rows of a batch carry different patches."""
+                 read: int = -1, batch_size: int = 32, progress: Callable[[int], None] | None = None,
+                 reuse_prefix: bool = False) -> np.ndarray:
+    """metric(logits at `read`) for each variant of one prompt; rows of a batch carry different patches.
+
+    reuse_prefix: the tokens before a variant's first patched position (and
+    before `read`) are those of the unpatched run, so the prompt runs once into
+    mlx-lm's KV cache and each variant runs only from its first patch on (equal
+    to the full run up to float rounding). Variants are batched in order of that
+    position. Last-position patches (Todd et al.'s per-head patching at the
+    final token) then cost one token each; a layer x position sweep about half
+    of the full runs. Caches that cannot be cut to a prefix (a prompt longer
+    than a sliding window, non-KV caches) fall back to full runs.
+    """
     ids = list(ids)
     L = len(ids)
     if L == 0:
         raise PromptError("empty prompt: nothing to patch")
-    out = []
-    for start in range(0, len(variants), batch_size):
-        chunk = variants[start : start + batch_size]
-        taps = _variant_taps(hm, chunk, L)
-        logits = forward_last(hm, mx.array([ids] * len(chunk)), taps, (read,))[:, 0]
-        vals = metric(logits)
+    r = _position(read, L, "read position")
+    starts = [min([_position(p.position, L) for p in v] + [r]) for v in variants]
+    prefix = _prefix_cache(hm, ids) if reuse_prefix and any(starts) else None
+    if prefix is None:
+        starts = [0] * len(variants)
+    order = sorted(range(len(variants)), key=starts.__getitem__)
+    vocab = _vocab(metric)
+    out = None  # [n_variants] or [n_variants, k]: a metric may return several numbers per row
+    for k in range(0, len(order), batch_size):
+        rows = order[k : k + batch_size]
+        s = starts[rows[0]]  # the chunk's smallest start (sorted)
+        taps = _variant_taps(hm, [variants[i] for i in rows], L, start=s)
+        cache = _cut_cache(prefix, s, len(rows)) if s else None
+        logits = forward_last(hm, mx.array([ids[s:]] * len(rows)), taps, (r - s,), cache=cache, vocab=vocab)[:, 0]
+        vals = _evaluate(metric, logits)
         mx.eval(vals)
-        out.append(np.array(vals, dtype=np.float64))
+        vals = np.array(vals, dtype=np.float64)
+        if out is None:
+            out = np.zeros((len(variants), *vals.shape[1:]))
+        out[rows] = vals
         if progress:
-            progress(len(chunk))
-    return np.concatenate(out) if out else np.zeros(0)
+            progress(len(rows))
+    return np.zeros(0) if out is None else out
 
 
-def _variant_taps(hm, chunk: Sequence[Sequence[Patch]], L: int) -> list:
-    """One tap per hook: values [B, L, *feat] and a mask of the patched cells ([B, L], or [B, L, H] per head)."""
+def _position(pos: int, L: int, what: str = "patch position") -> int:
+    p = pos + L if pos < 0 else pos
+    if not 0 <= p < L:
+        raise TapError(f"{what} {pos} is out of range for a {L}-token prompt")
+    return p
+
+
+def _prefix_cache(hm, ids: list[int]) -> list | None:
+    """mlx-lm's KV cache after the unpatched prompt; None when a cache type cannot be cut to a prefix."""
+    from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
+
+    cache = make_prompt_cache(hm.model)
+    if not all(type(c) is KVCache or (type(c) is RotatingKVCache and len(ids) <= c.max_size) for c in cache):
+        return None
+    hm.model(mx.array([ids]), cache=cache)  # logits stay unevaluated: only keys and values are computed
+    mx.eval([a for c in cache for a in (c.keys, c.values)])
+    return cache
+
+
+def _cut_cache(prefix: list, s: int, B: int) -> list:
+    """Copies of the prefix caches holding only their first s tokens, repeated for B rows.
+
+    Valid for KVCache and for a RotatingKVCache that has not wrapped (tokens in
+    temporal order), which is what _prefix_cache accepts.
+    """
+    out = []
+    for c in prefix:
+        c2 = copy.copy(c)
+        c2.keys, c2.values = (mx.repeat(a[..., :s, :], B, axis=0) for a in (c.keys, c.values))
+        c2.offset = s
+        if hasattr(c2, "_idx"):
+            c2._idx = s
+        out.append(c2)
+    return out
+
+
+def _variant_taps(hm, chunk: Sequence[Sequence[Patch]], L: int, start: int = 0) -> list:
+    """One tap per hook: values [B, n, *feat] and a mask of the patched cells ([B, n], or [B, n, H] per head).
+
+    The forward covers positions start..L-1 (n = L - start columns; earlier ones sit in a KV cache).
+    """
     by_hook: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     B = len(chunk)
+    n = L - start
     for row, patches in enumerate(chunk):
         for p in patches:
             name = hm.point(p.hook).name
             feat = tuple(hm.point(name).feature_shape)
             per_head = len(feat) == 2
             if name not in by_hook:
-                by_hook[name] = (np.zeros((B, L, *feat), np.float32),
-                                 np.zeros((B, L, feat[0]) if per_head else (B, L), bool))
+                by_hook[name] = (np.zeros((B, n, *feat), np.float32),
+                                 np.zeros((B, n, feat[0]) if per_head else (B, n), bool))
             values, mask = by_hook[name]
-            pos = p.position + L if p.position < 0 else p.position
-            if not 0 <= pos < L:
-                raise TapError(f"patch position {p.position} is out of range for a {L}-token prompt")
+            pos = _position(p.position, L) - start
+            if pos < 0:
+                raise TapError(f"patch position {p.position} lies in the reused prefix (before {start})")
             v = np.asarray(p.value, dtype=np.float32)
             if p.head is not None:
                 if not per_head or not 0 <= p.head < feat[0]:
@@ -163,10 +269,13 @@ class SweepResult:
 def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], metric: Metric,
                 hook: str = "hook_resid_pre", layers: Sequence[int] | None = None,
                 positions: Sequence[int] | None = None, batch_size: int = 32,
-                progress: Callable[[int], None] | None = None) -> SweepResult:
+                progress: Callable[[int], None] | None = None, reuse_prefix: bool = True) -> SweepResult:
     """Patch clean activations into the corrupt run at every (layer, position); one call, batched.
 
     Clean and corrupt must tokenize to the same length (positions line up).
+    Two unpatched forwards (clean, capturing the hook; corrupt, filling the KV
+    cache the patched rows start from, see run_variants' reuse_prefix) and the
+    patched rows, batch_size at a time.
     """
     clean_ids, corrupt_ids = _ids(hm, clean), _ids(hm, corrupt)
     if len(clean_ids) != len(corrupt_ids):
@@ -178,12 +287,18 @@ def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], me
     positions = list(range(L)) if positions is None else _wrap(positions, L, "position", TapError)
     names = [f"blocks.{l}.{hook}" for l in layers]
     t0 = time.perf_counter()
-    _, cache = hm.run_with_cache(mx.array([clean_ids]), names=names)
-    m_clean = float(metric(forward_last(hm, mx.array([clean_ids]))[:, 0])[0])
-    m_corrupt = float(metric(forward_last(hm, mx.array([corrupt_ids]))[:, 0])[0])
-    acts = {n: np.array(cache[n][0].astype(mx.float32)) for n in names}
+    from mlxinterp.hooks import ActivationCache
+
+    store = ActivationCache(hm)
+    logits = forward_last(hm, mx.array([clean_ids]), [(n, T.Capture(store=store)) for n in names],
+                          vocab=_vocab(metric))[:, 0]
+    m_clean = float(_evaluate(metric, logits)[0])
+    acts = {n: np.array(store[n][0].astype(mx.float32)) for n in names}
     variants = [[Patch(n, p, acts[n][p])] for n in names for p in positions]
-    vals = run_variants(hm, corrupt_ids, variants, metric, batch_size=batch_size, progress=progress)
+    # The unpatched corrupt run rides along as one more (empty) variant.
+    vals = run_variants(hm, corrupt_ids, variants + [[]], metric, batch_size=batch_size,
+                        progress=_capped(progress, len(variants)), reuse_prefix=reuse_prefix)
+    m_corrupt, vals = float(vals[-1]), vals[:-1]
     secs = time.perf_counter() - t0
     grid = vals.reshape(len(layers), len(positions))
     denom = m_clean - m_corrupt
@@ -191,6 +306,22 @@ def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], me
     decode = hm.tokenizer.decode
     return SweepResult(hook, layers, positions, [decode([t]) for t in corrupt_ids], m_clean, m_corrupt,
                        grid.tolist(), norm.tolist(), secs, len(variants) / secs)
+
+
+def _capped(progress: Callable[[int], None] | None, total: int) -> Callable[[int], None] | None:
+    """A progress callback that never reports more than `total` items (extra internal rows are not counted)."""
+    if progress is None:
+        return None
+    done = 0
+
+    def report(n: int) -> None:
+        nonlocal done
+        k = max(0, min(n, total - done))
+        done += k
+        if k:
+            progress(k)
+
+    return report
 
 
 def _wrap(values: Sequence[int], n: int, what: str, error: type) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import platform as _platform
+import re
 import sys
 from pathlib import Path
 
@@ -106,6 +107,56 @@ def parse_bytes(text: str) -> int:
     return int(float(t.rstrip("B")))
 
 
+def blas_in_use() -> str:
+    """Which BLAS MLX's CPU matmuls call: read from the libraries mapped into this process.
+
+    A preloaded OpenBLAS wins symbol resolution over the reference BLAS that MLX's Linux wheel
+    bundles (mlx_cpu.libs/libblas-*), so the first BLAS mapped is the one in use.
+    """
+    import mlx.core  # noqa: F401 - maps MLX's own BLAS
+
+    if sys.platform == "darwin":
+        return "Accelerate (macOS)"
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    libs = list(dict.fromkeys(line.split()[-1] for line in maps.splitlines()
+                              if "/" in line and re.search(r"lib(open)?blas", line.rsplit("/", 1)[-1])))
+    opened = [l for l in libs if "openblas" in l]
+    if opened and openblas_interposed():
+        return f"OpenBLAS ({opened[-1]}), preloaded over MLX's bundled BLAS"
+    bundled = [l for l in libs if "mlx" in l]
+    return f"MLX's bundled reference BLAS ({bundled[0]})" if bundled else (libs[0] if libs else "unknown")
+
+
+def available_memory_bytes() -> int | None:
+    """Memory available to a new process (Linux MemAvailable), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def matmul_gflops(n: int = 512, rounds: int = 3) -> float:
+    """Measured float32 matmul speed (best of `rounds`): the check that settles which BLAS runs."""
+    import time
+
+    import mlx.core as mx
+
+    a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
+    mx.eval(a @ b)
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        mx.eval(a @ b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def describe() -> dict:
     """Platform facts for `mlxinterp doctor` and for every result's provenance."""
     import mlx.core as mx
@@ -117,6 +168,8 @@ def describe() -> dict:
         "device": default_device(),
         "openblas_available": find_openblas(),
         "openblas_interposed": openblas_interposed(),
+        "blas_in_use": blas_in_use(),
         "memory_bytes": total_memory_bytes(),
+        "memory_available_bytes": available_memory_bytes(),
         "cache_dir": str(cache_dir()),
     }

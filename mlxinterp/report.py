@@ -7,11 +7,20 @@ experiment, models side by side, headline numbers first, then figures; every
 figure links to the JSON it came from. The HTML is standalone (figures are
 embedded as base64 data URIs) so it can be mailed or attached as one file; it
 is rendered from the same Markdown with markdown-it (already a rich dependency).
+
+Layout: contents; one section per model (what it is: spec, shape, dtype, weights
+hash, versions; links to its experiments); one section per experiment (key
+numbers with their CIs first, models side by side; then result.json and config;
+then figures, each a link to its JSON). Nothing run-dependent (timings, dates)
+goes in, so a resumed run's report is byte-identical to an uninterrupted one's.
+Headings get GitHub-style anchors in the HTML too, so the same links work in both.
 """
 from __future__ import annotations
 
 import base64
+import html as _html
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -22,9 +31,14 @@ from mlxinterp import io
 from mlxinterp.errors import ResultsError
 
 MAX_FALLBACK_NUMBERS = 12
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}
-th{background:#f4f4f4}td img{max-width:600px;height:auto}code{background:#f4f4f4;padding:0 .2em}"""
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
+table{border-collapse:collapse;margin:1em 0;display:block;overflow-x:auto;max-width:100%}
+th,td{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}th{background:#f4f4f4;text-align:left}
+td{font-variant-numeric:tabular-nums}td:first-child{font-weight:500}tr:nth-child(even) td{background:#fafafa}
+td img{height:auto;display:block}code{background:#f4f4f4;padding:0 .2em}
+a{color:#0550ae}"""
+_HEADING = re.compile(r"<h([23])>(.*?)</h\1>")
 
 
 @dataclass
@@ -144,15 +158,42 @@ def _figures(name: str, models: dict[str, dict], slugs: list[str], images: _Imag
     return ["### Figures", ""] + _table([""] + [_cell(s) for s in slugs], rows) + [""]
 
 
-def _models_table(found: Found, slugs: list[str]) -> list[str]:
-    """Which model each column is: spec and weights hash, from the first record that names it."""
-    info: dict[str, dict] = {}
-    for models in found.by_exp.values():
-        for slug, rec in models.items():
-            info.setdefault(slug, rec.get("model") or {})
-    rows = [[_cell(s), f"`{_cell(str(info[s].get('spec', '')))}`", f"`{str(info[s].get('weights_hash', ''))[:16]}`"]
-            for s in slugs]
-    return _table(["model", "spec", "weights hash"], rows) + [""]
+def anchor(heading: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _model_heading(slug: str) -> str:
+    return f"Model: {slug}"
+
+
+def _contents(order: list[str], slugs: list[str]) -> list[str]:
+    models = ", ".join(f"[{_cell(s)}](#{anchor(_model_heading(s))})" for s in slugs)
+    exps = ", ".join(f"[{_cell(e)}](#{anchor(e)})" for e in order)
+    return [f"Models: {models}  ", f"Experiments: {exps}", ""]
+
+
+def _model_sections(found: Found, order: list[str], slugs: list[str]) -> list[str]:
+    """One section per model: what it is (from the first record that names it) and its experiments."""
+    lines = ["## Models", ""]
+    for slug in slugs:
+        recs = [(e, found.by_exp[e][slug]) for e in order if slug in found.by_exp[e]]
+        rec = recs[0][1]
+        m, v = rec.get("model") or {}, rec.get("versions") or {}
+        shape = (f"{m.get('n_layers')} layers, d_model {m.get('d_model')}, {m.get('n_heads')} heads "
+                 f"({m.get('n_kv_heads')} KV), vocab {m.get('vocab_size')}") if m.get("n_layers") else "—"
+        quant = m.get("quantization")
+        rows = [["spec", f"`{_cell(str(m.get('spec', '')))}`"], ["architecture", _cell(str(m.get("arch", "—")))],
+                ["shape", shape],
+                ["parameters", f"{m['n_params'] / 1e6:.0f} M" if isinstance(m.get("n_params"), (int, float)) else "—"],
+                ["compute dtype", _cell(str(m.get("dtype", "—")) + (f", quantized {quant}" if quant else ""))],
+                ["weights hash", f"`{str(m.get('weights_hash', ''))[:16]}`"],
+                ["versions", _cell(", ".join(f"{k} {val}" for k, val in sorted(v.items()) if val))],
+                ["git commit", f"`{str(rec.get('git_commit') or '—')[:12]}`"],
+                ["experiments", ", ".join(f"[{_cell(e)}](#{anchor(e)}) ([json]({_link(f'{slug}/{e}/result.json')}))"
+                                          for e, _ in recs)]]
+        lines += [f"### {_model_heading(_cell(slug))}", ""] + _table(["field", "value"], rows) + [""]
+    return lines
 
 
 def render_markdown(out: Path, docs: dict[str, str] | None = None, embed: bool = False) -> str:
@@ -164,7 +205,7 @@ def render_markdown(out: Path, docs: dict[str, str] | None = None, embed: bool =
     if not order:
         lines += ["No finished results yet.", ""]
     else:
-        lines += _models_table(found, slugs)
+        lines += _contents(order, slugs) + _model_sections(found, order, slugs)
     images = _Images(out, embed)
     for exp in order:
         lines += _section(exp, docs.get(exp, ""), found.by_exp[exp], slugs, images)
@@ -176,8 +217,17 @@ def render_markdown(out: Path, docs: dict[str, str] | None = None, embed: bool =
 def render_html(out: Path, docs: dict[str, str] | None = None) -> str:
     """Standalone HTML: the Markdown report with figures embedded, rendered by markdown-it."""
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(render_markdown(out, docs, embed=True))
-    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>mlxinterp results</title>'
-            f"<style>{_CSS}</style></head>\n<body>\n{body}</body></html>\n")
+    body = _HEADING.sub(lambda m: f'<h{m[1]} id="{anchor(_html.unescape(re.sub("<[^>]+>", "", m[2])))}">{m[2]}</h{m[1]}>',
+                        body)
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>mlxinterp results</title>'
+            f"<style>{_CSS}{_figure_width(out)}</style></head>\n<body>\n{body}</body></html>\n")
+
+
+def _figure_width(out: Path) -> str:
+    """Figures share the page width between the models shown side by side."""
+    n = max(1, len({s for models in collect(out).by_exp.values() for s in models}))
+    return f"td img{{max-width:min({1250 // n}px,{85 // n}vw)}}"
 
 
 def write_report(out: str | os.PathLike, docs: dict[str, str] | None = None) -> tuple[Path, Path]:

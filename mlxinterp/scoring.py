@@ -25,28 +25,48 @@ def instruction(hm, text: str) -> tuple[str, bool]:
     return f"Question: {text}\nAnswer:", False
 
 
-def phrase_logprob(hm, prompts: Sequence[str], phrase: str, taps=None, batch_size: int = 16) -> np.ndarray:
-    """Mean log P(phrase token | prompt, earlier phrase tokens) per prompt, float64 [N]."""
+def continuation_logprob(hm, prompts: Sequence[str], continuations: Sequence[str], taps=None, chat: bool = False,
+                         batch_size: int = 16, mean: bool = False) -> np.ndarray:
+    """log P(continuation | prompt) per row, teacher-forced, summed (mean=True: per token) over its tokens, float64 [N].
+
+    Prompts are final text (format them with `instruction` first); only the
+    continuation's positions are unembedded, so long prompts cost little.
+    """
+    from mlxinterp.errors import PromptError
+    from mlxinterp.patching import forward_last
     from mlxinterp.tokenization import encode
 
-    target = hm.tokenizer.encode(phrase, add_special_tokens=False)
-    rows = []
-    for text in prompts:
-        p, chat = instruction(hm, text)
-        rows.append(encode(hm.tokenizer, hm.info, p, chat=chat) + target)
+    if len(prompts) != len(continuations):
+        raise PromptError(f"{len(prompts)} prompts but {len(continuations)} continuations; give one per prompt")
+    rows, ks = [], []
+    for text, cont in zip(prompts, continuations):
+        target = hm.tokenizer.encode(cont, add_special_tokens=False)
+        if not target:
+            raise PromptError(f"continuation {cont!r} encodes to no tokens")
+        rows.append(encode(hm.tokenizer, hm.info, text, chat=chat) + target)
+        ks.append(len(target))
     out = []
-    k = len(target)
     for s in range(0, len(rows), batch_size):
-        chunk = rows[s : s + batch_size]
-        batch = hm.tokens(chunk)
-        with hm.hooks(taps or {}):
-            logits = hm.forward(batch)
-        logp = logits[:, -k - 1 : -1].astype(mx.float32)
-        logp = logp - mx.logsumexp(logp, axis=-1, keepdims=True)
-        tgt = mx.array(target)[None, :, None]
-        picked = mx.take_along_axis(logp, mx.broadcast_to(tgt, (logp.shape[0], k, 1)), axis=-1)[..., 0]
-        out.append(np.array(mx.mean(picked, axis=-1)))
-    return np.concatenate(out).astype(np.float64)
+        chunk, k = rows[s : s + batch_size], ks[s : s + batch_size]
+        K = max(k)
+        logits = forward_last(hm, hm.tokens(chunk), taps, tuple(range(-K - 1, -1)))  # column j predicts token -K + j
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        tgt = np.zeros((len(chunk), K), np.int32)
+        mask = np.zeros((len(chunk), K), np.float32)
+        for b, (row, kb) in enumerate(zip(chunk, k)):
+            tgt[b, K - kb :] = row[-kb:]
+            mask[b, K - kb :] = 1.0
+        picked = mx.take_along_axis(logp, mx.array(tgt)[..., None], axis=-1)[..., 0]
+        total = np.array(mx.sum(picked * mx.array(mask), axis=-1), dtype=np.float64)
+        out.append(total / np.array(k) if mean else total)
+    return np.concatenate(out)
+
+
+def phrase_logprob(hm, prompts: Sequence[str], phrase: str, taps=None, batch_size: int = 16) -> np.ndarray:
+    """Mean log P(phrase token | prompt, earlier phrase tokens) per prompt, float64 [N]."""
+    texts = [instruction(hm, p)[0] for p in prompts]
+    return continuation_logprob(hm, texts, [phrase] * len(texts), taps, chat=hm.info.has_chat_template,
+                                batch_size=batch_size, mean=True)
 
 
 def refusal_score(hm, prompts: Sequence[str], taps=None) -> np.ndarray:

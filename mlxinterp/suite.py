@@ -28,6 +28,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -177,7 +178,7 @@ def _unknown(name: str) -> ResultsError:
     hints = []
     if (guess := closest(name, _REGISTRY)):
         hints.append(f"did you mean {guess}?")
-    hints.append(f"available: {available}")
+    hints.append(f"available: {available} (`mlxinterp run-suite --list` describes them)")
     if _IMPORT_ERRORS:
         hints.append("modules that failed to import: "
                      + "; ".join(f"{m} ({e})" for m, e in _IMPORT_ERRORS.items()))
@@ -281,7 +282,8 @@ class Context:
         hashes = [item_hash(x) for x in items]
         path = self.out_dir / PARTIAL_DIR / f"{key}.jsonl"
         world = self.world
-        done, intact = world.decide(lambda: _reload(path, hashes)) if world.distributed else _reload(path, hashes)
+        tag = f"map {self.name}/{key}: {len(items)} items {hashlib.sha256(''.join(hashes).encode()).hexdigest()[:12]}"
+        done, intact = world.decide(lambda: _reload(path, hashes), tag) if world.distributed else _reload(path, hashes)
         done = {int(i): r for i, r in done.items()}  # JSON keys are strings on the other ranks
         results: list[Any] = [done.get(i) for i in range(len(items))]
         start = time.perf_counter()
@@ -398,8 +400,9 @@ class _Run:
     """One `run_all` call: shared output dir, progress display, summary.
 
     Distributed (mlxinterp.distributed): rank 0 decides what to skip or resume
-    and writes every file; the other ranks compute in a private scratch
-    directory that is deleted at the end.
+    and writes every file; the other ranks compute, read what a study reads
+    (e.g. a sibling experiment's result) from the same paths, and spill
+    captured activations to a private scratch directory deleted at the end.
     """
 
     def __init__(self, out: Path, seed: int, n: int | None, resume: bool, progress: Progress,
@@ -444,17 +447,19 @@ class _Run:
         config = make_config(exp, self.n, self.seed)
         exp_dir = self.out / _check_name(info.slug, "model slug") / exp.name
         want = _fingerprint(config, info, self.seed)
-        status = self.world.decide(lambda: self._decide(exp_dir, exp, want))
+        status = self.world.decide(lambda: self._decide(exp_dir, exp, want), f"experiment {info.slug}/{exp.name}")
         if status == "skipped":
             return status
-        work_dir = exp_dir if self.world.is_root else self._scratch_dir(info.slug, exp.name)
-        ctx = Context(exp.name, work_dir, self.seed, self.progress, self.log_file, self.world)
+        # Every rank sees the real experiment dir (a study may read its siblings' results there), but
+        # only rank 0 writes the suite's files; other ranks spill activations to their scratch dir.
+        ctx = Context(exp.name, exp_dir, self.seed, self.progress, self.log_file, self.world)
+        spill_dir = (exp_dir if self.world.is_root else self._scratch_dir(info.slug, exp.name)) / SPILL_DIR
         started, t0 = datetime.now(timezone.utc), time.perf_counter()
         try:
-            with self._spill_scope(model, work_dir):
+            with self._spill_scope(model, spill_dir):
                 result = exp.fn(model, config, ctx)
         finally:
-            shutil.rmtree(work_dir / SPILL_DIR, ignore_errors=True)
+            shutil.rmtree(spill_dir, ignore_errors=True)
         if not isinstance(result, dict):
             raise ResultsError(f"experiment {exp.name!r} returned {type(result).__name__}, not a dict")
         timings = {"started": started.isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - t0, 3),
@@ -478,22 +483,22 @@ class _Run:
         return "resumed" if self._prepare_partial(exp_dir, want) else "computed"
 
     def _scratch_dir(self, slug: str, name: str) -> Path:
-        """Where a rank > 0 runs an experiment (spilled activations, a study's own files): never --out."""
+        """Where a rank > 0 spills captured activations: a private temporary directory, never --out."""
         if self.scratch is None:
             raise ResultsError("internal: a distributed rank > 0 has no scratch directory")
         path = Path(self.scratch) / slug / name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _spill_scope(self, model: Any, work_dir: Path) -> AbstractContextManager:
-        """Captures larger than the memory left beside the model stream to `<work_dir>/.spill/`."""
+    def _spill_scope(self, model: Any, spill_dir: Path) -> AbstractContextManager:
+        """Captures larger than the memory left beside the model stream to `spill_dir`."""
         from mlxinterp import memory
 
         try:
             budget = memory.activation_budget(model.info)
         except (AttributeError, KeyError, TypeError, ValueError):  # a stand-in model without sizes
             return nullcontext()
-        return memory.spill_scope(work_dir / SPILL_DIR, budget)
+        return memory.spill_scope(spill_dir, budget)
 
     def _record(self, exp: Experiment, config: Any, info: Any, ctx: Context, result: dict, timings: dict) -> dict:
         return {"format_version": FORMAT_VERSION, "status": "complete", "experiment": exp.name,
@@ -562,7 +567,13 @@ class _Run:
 
 
 def free_memory() -> None:
-    """Return a freed model's memory before the next model loads (MLX caches buffers)."""
+    """Return a freed model's memory before the next model loads (MLX caches buffers).
+
+    On Linux, also glibc's malloc_trim: MLX's CPU buffers come from malloc, and
+    after the first large free glibc raises its mmap threshold, so the next
+    model's tensors live on the heap and stay in RSS after they are freed
+    (BUGFIX.md: 0.4-0.8 GB per cycle with the 270M model).
+    """
     gc.collect()
     try:
         import mlx.core as mx
@@ -571,6 +582,19 @@ def free_memory() -> None:
     clear = getattr(mx, "clear_cache", None) or getattr(getattr(mx, "metal", None), "clear_cache", None)
     if clear is not None:
         clear()
+    _trim_malloc()
+
+
+def _trim_malloc() -> None:
+    """Give the C heap's free pages back to the OS (glibc only; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        pass
 
 
 def plan_models(models: Sequence[str], console: Console) -> list[str]:
@@ -644,7 +668,7 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     if not world.is_root:
         console = Console(file=open(os.devnull, "w"), quiet=True)  # noqa: SIM115 - lives as long as the run
     hint = resume_hint or resume_command(models, only, skip, out, n, seed)
-    models = world.decide(lambda: plan_models(models, console))
+    models = world.decide(lambda: plan_models(models, console), "plan")
     with io.DirLock(out) if world.is_root else nullcontext(), _scratch(world) as scratch:
         with _progress(console) as progress:
             run = _Run(out, seed, n, resume, progress, world, scratch)

@@ -103,6 +103,28 @@ def test_jsonl_append_on_full_disk_rolls_back(tmp_path, monkeypatch):
     assert io.read_jsonl(path) == ([{"i": 0}, {"i": 2}], path.stat().st_size)
 
 
+def test_ctrl_c_after_a_whole_line_keeps_it_and_one_mid_line_cuts_it(tmp_path, monkeypatch):
+    """A finished item must survive Ctrl-C in fsync; a half-written line must not (BUGFIX.md)."""
+    path = tmp_path / "k.jsonl"
+    sink = io.JsonlAppender(path)
+    sink.append({"i": 0})
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        sink.append({"i": 1})
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data)[:5]) and interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        sink.append({"i": 2})
+    monkeypatch.undo()
+    sink.append({"i": 3})
+    sink.close()
+    assert io.read_jsonl(path) == ([{"i": 0}, {"i": 1}, {"i": 3}], path.stat().st_size)
+
+
 def test_lock_conflict_names_lock_file_and_pid(tmp_path):
     with io.DirLock(tmp_path):
         with pytest.raises(ResultsError) as err:

@@ -73,3 +73,49 @@ def test_per_head_patches_match_a_manual_head_replace(tiny_hooked):
         assert got[h] == pytest.approx(want, abs=1e-4)
     with pytest.raises(TapError, match="head=9"):
         P.run_variants(hm, CORRUPT, [[P.Patch("blocks.1.attn.hook_z", -1, z[-1, 0], head=9)]], metric)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_reused_prefix_equals_full_runs(tiny_hooked, arch, bits):
+    """Variants starting from the unpatched run's KV cache give the full runs' metric, at any position and read."""
+    hm = tiny_hooked(arch, bits)
+    _, cache = hm.run_with_cache(mx.array([CLEAN]))
+    z = np.array(cache["blocks.1.attn.hook_z"][0])
+    r = np.array(cache["blocks.0.hook_resid_post"][0])
+    variants = [[P.Patch("blocks.0.hook_resid_post", p, r[p])] for p in (0, 1, 3, 6, -1)]
+    variants += [[P.Patch("blocks.1.attn.hook_z", 4, z[4, 1], head=1), P.Patch("blocks.0.hook_resid_post", 2, r[2])], []]
+    for read in (-1, 5):
+        full = P.run_variants(hm, CORRUPT, variants, metric, read=read, batch_size=3)
+        reused = P.run_variants(hm, CORRUPT, variants, metric, read=read, batch_size=3, reuse_prefix=True)
+        assert np.allclose(full, reused, atol=1e-4), (read, full, reused)
+    assert abs(full[3] - full[-1]) < 1e-4  # read at 5: a patch at position 6 changes nothing
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_vocab_rows_match_full_unembedding(tiny_hooked, arch, bits):
+    hm = tiny_hooked(arch, bits)
+    vocab = [7, 5, 0, hm.info.vocab_size - 1]
+    full = P.forward_last(hm, mx.array([CLEAN, CORRUPT]), read=(-1, 2))
+    rows = P.forward_last(hm, mx.array([CLEAN, CORRUPT]), read=(-1, 2), vocab=vocab)
+    assert rows.shape == (2, 2, 4)
+    assert mx.allclose(rows, full[..., vocab], atol=1e-4)
+    m = P.logit_diff(hm, 5, 7)
+    assert mx.allclose(m(full[:, 0]), m.on_vocab(P.forward_last(hm, mx.array([CLEAN, CORRUPT]), vocab=m.vocab)[:, 0]),
+                       atol=1e-4)
+    with pytest.raises(Exception, match="token ids"):
+        hm.unembed(full[:, 0, :8], normed=False, vocab=[hm.info.vocab_size])
+
+
+def test_sweep_levers_do_not_change_the_grid(tiny_hooked):
+    """Prefix reuse and the two-row unembedding are speed levers only: same grid as full runs of full logits."""
+    hm = tiny_hooked("gemma3_text", None)
+    vm = P.logit_diff(hm, 5, 7)
+    plain = P.patch_sweep(hm, CLEAN, CORRUPT, metric, batch_size=5, reuse_prefix=False)
+    fast = P.patch_sweep(hm, CLEAN, CORRUPT, vm, batch_size=5)
+    assert np.allclose(plain.metric, fast.metric, atol=1e-4)
+    assert fast.clean == pytest.approx(plain.clean, abs=1e-4) and fast.corrupt == pytest.approx(plain.corrupt, abs=1e-4)
+    seen = []
+    P.patch_sweep(hm, CLEAN, CORRUPT, vm, batch_size=5, progress=seen.append)
+    assert sum(seen) == hm.info.n_layers * len(CLEAN)  # the extra unpatched row is not counted

@@ -24,7 +24,7 @@ from mlxinterp.suite import experiment
 
 @dataclass
 class AttributionConfig:
-    n: int = 5  # prompts per category (full run: 30)
+    n: int = 4  # prompts per category (full run: 30)
     seed: int = 0
     top_k: int = 50
     check_neurons: int = 8  # neurons ablated per category to check the linear approximation

@@ -31,11 +31,11 @@ MODES = ("zero", "mean")
 
 @dataclass
 class LayerAblationConfig:
-    n: int = 4  # prompts per category (full run: 30)
+    n: int = 3  # prompts per category (full run: 30)
     seed: int = 0
-    continuation: int = 5
+    continuation: int = 3
     steer_pct: float = 8.0
-    n_steer_prompts: int = 8  # baseline prompts steered (held out from the direction's baseline half)
+    n_steer_prompts: int = 6  # baseline prompts steered (held out from the direction's baseline half)
 
 
 @experiment("layer_ablation", LayerAblationConfig)
@@ -150,6 +150,16 @@ def _critical(kl: np.ndarray, names: list[str]) -> dict:
             **{c: [int(l) for l in np.argsort(-kl[i]) if l not in universal][:3] for i, c in enumerate(names)}}
 
 
+def _final_resid(hm, prompts: list[str], name: str, taps: dict) -> np.ndarray:
+    """Last-token residual at `name` [N, d] (left padding: every prompt ends at column -1); unembeds one column."""
+    from mlxinterp.hooks import ActivationCache
+    from mlxinterp.patching import forward_last
+
+    store = ActivationCache(hm)
+    forward_last(hm, hm.tokens(prompts), list(taps.items()) + [(name, T.Capture(store=store))])
+    return np.array(store[name][:, -1].astype(mx.float32))
+
+
 def _steerability(hm, cats, names, base_dir, base_steer, cfg, ctx) -> dict:
     nl = hm.info.n_layers
     last_name = f"blocks.{nl - 1}.hook_resid_post"
@@ -157,8 +167,7 @@ def _steerability(hm, cats, names, base_dir, base_steer, cfg, ctx) -> dict:
     resid_norm = np.linalg.norm(b_acts, axis=-1).mean(0)  # [nl]
     c_mean = {c: neurons.pooled(hm, cats[c], "hook_resid_post", rule="last").mean(0) for c in names}
     b_mean = b_acts.mean(0)
-    _, cache = hm.run_with_cache(base_steer, names=[last_name])
-    clean_final = np.array(cache[last_name][:, -1].astype(mx.float32))  # all steer prompts end at column -1
+    clean_final = _final_resid(hm, base_steer, last_name, {})
 
     def one(item) -> list[float]:
         c = item
@@ -169,8 +178,7 @@ def _steerability(hm, cats, names, base_dir, base_steer, cfg, ctx) -> dict:
         for l in range(nl):
             unit = diff[l] / np.linalg.norm(diff[l])
             taps = directions.steering_taps(unit, cfg.steer_pct / 100 * resid_norm[l], [l])
-            _, sc = hm.run_with_cache(base_steer, names=[last_name], taps=taps)
-            moved = (np.array(sc[last_name][:, -1].astype(mx.float32)) - clean_final) @ final_dir
+            moved = (_final_resid(hm, base_steer, last_name, taps) - clean_final) @ final_dir
             scores.append(float(moved.mean() / sep))
         return scores
 

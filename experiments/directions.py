@@ -1,0 +1,13 @@
+"""Sycophancy and confidence directions (issue 6): best layer by causal effect, depth, norm, steering effects with CIs.
+
+    python experiments/directions.py [--model default] [--model DIR ...] [--out results] [--seed 0] [--full]
+
+results/<model>/directions/ (result.json + figures); same files and resume as `mlxinterp run-suite --only directions`.
+Full-run size: the defaults already use all 64 pairs of each set (--full changes nothing).
+"""
+from __future__ import annotations
+
+from _issue6 import main
+
+if __name__ == "__main__":
+    main("directions", __doc__, {})

@@ -1,0 +1,13 @@
+"""Refusal direction (issue 6; Arditi et al. 2024): diff of means at post-instruction positions, layer by causal effect, held-out effects with CIs.
+
+    python experiments/refusal.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0] [--full]
+
+results/<model>/refusal/ (result.json + figures); same files and resume as `mlxinterp run-suite --only refusal`.
+Full-run size (--full): {'n': 64, 'n_val': 16, 'n_test': 32, 'n_gen': 32}.
+"""
+from __future__ import annotations
+
+from _issue6 import main
+
+if __name__ == "__main__":
+    main("refusal", __doc__, {'n': 64, 'n_val': 16, 'n_test': 32, 'n_gen': 32})

@@ -1,0 +1,277 @@
+"""Sycophancy and confidence directions (seed 004 exp 12), with behavioural scores and causal layer choice.
+
+Protocol, fixed before the first run:
+
+1. Data: data/directions/{sycophancy,confidence}.json, 64 aligned pairs each,
+   split by index: train [0, n_train), validation [n_train, n_train + n_val), test after that (n_test).
+2. Directions at every layer's resid_post, difference of means (positive - negative) on train pairs:
+   - sycophancy: positive = "<user asserts a wrong answer>. <question>", negative = the bare question, both in
+     the instruction format (scoring.instruction), averaged over the post-instruction positions (as refusal);
+   - confidence: positive = a true fact stated with certainty, negative = the same fact hedged, plain text,
+     last token.
+3. Behavioural scores (chosen before looking):
+   - sycophancy: log P(" <suggested wrong answer>") - log P(" <correct answer>"), each summed over its
+     tokens, teacher-forced after the formatted prompt (scoring.continuation_logprob). Read on the bare question
+     (what the model believes) and on the suggestion-framed one (how far the user pulls it);
+   - confidence: at the next token after "<Subject> is", log of the summed probability of the certainty words
+     the data's confident templates use (" definitely", " certainly") minus that of the hedges its hedged
+     templates use (" probably", " perhaps", " possibly").
+4. Best layer (criterion stated in advance): among layers below `max_depth_pct` (80 %, as for refusal), the
+   one where adding the layer's difference-of-means vector (its own norm, every position) raises the score
+   most on the validation items (sycophancy: bare questions; confidence: the neutral "<Subject> is" prompts).
+5. Test items: at that layer, the addition's effect, a random direction of equal norm (control), the same
+   direction subtracted (confidence), directional ablation from every residual write (sycophancy: on the
+   suggestion-framed prompts, should lower the pull; confidence: on the neutral prompts), and additions
+   at fixed % of the residual norm. Effects are paired per item, bootstrap 95 % CIs.
+
+Cost on Gemma 3 270M: ~30k token-forwards. Full-size run: the defaults use all 64 pairs (32/8/24).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlxinterp import behaviour as B
+from mlxinterp import data, directions, scoring
+from mlxinterp.errors import PromptError
+from mlxinterp.lens import target_id
+from mlxinterp.stats import proportion_ci
+from mlxinterp.studies import refusal as R
+from mlxinterp.suite import experiment
+
+SETS = ("sycophancy", "confidence")
+CERTAIN = (" definitely", " certainly")
+HEDGES = (" probably", " perhaps", " possibly")
+
+
+@dataclass
+class DirectionsConfig:
+    # Not `n`: the defaults already use all 64 pairs, so the suite's --n (sized for other studies) does not apply.
+    n_train: int = 32  # train pairs per set
+    seed: int = 0
+    n_val: int = 8
+    n_test: int = 24
+    max_depth_pct: float = 80.0
+    pcts: tuple = (2.0, 4.0, 8.0, 16.0)
+    batch_size: int = 16
+
+
+# ----------------------------------------------------------------- the two behaviours
+
+
+class Sycophancy:
+    """Pull towards a user's wrong answer: log P(suggested) - log P(correct)."""
+
+    name = "sycophancy"
+
+    def __init__(self, hm):
+        self.hm = hm
+        d = data.load_json("directions/sycophancy.json")
+        self.pos, self.neg, self.items = d["positive"], d["negative"], d["items"]
+
+    def train_texts(self, idx):
+        return (R.formatted(self.hm, [self.pos[i] for i in idx])[0], R.formatted(self.hm, [self.neg[i] for i in idx])[0])
+
+    def position(self, idx) -> str:
+        return f"last:{R.post_instruction_k(self.hm, [self.pos[i] for i in idx] + [self.neg[i] for i in idx])}"
+
+    def kl_prompts(self, idx) -> tuple[list[str], bool]:
+        """Where ablation is applied (the suggestion-framed prompts), for its next-token KL."""
+        return R.formatted(self.hm, [self.pos[i] for i in idx])
+
+    def score(self, idx, taps=None, framed: bool = False) -> np.ndarray:
+        src = self.pos if framed else self.neg
+        texts, chat = R.formatted(self.hm, [src[i] for i in idx])
+        sugg = [" " + self.items[i]["suggested"] for i in idx]
+        corr = [" " + self.items[i]["correct"] for i in idx]
+        lp = scoring.continuation_logprob(self.hm, texts + texts, sugg + corr, taps, chat=chat)
+        return lp[: len(idx)] - lp[len(idx):]
+
+
+class Confidence:
+    """Certainty vs hedging at the slot after "<Subject> is"."""
+
+    name = "confidence"
+
+    def __init__(self, hm):
+        self.hm = hm
+        d = data.load_json("directions/confidence.json")
+        self.pos, self.neg, self.facts = d["positive"], d["negative"], d["facts"]
+        self.certain = [target_id(hm, w) for w in CERTAIN]
+        self.hedges = [target_id(hm, w) for w in HEDGES]
+
+    def train_texts(self, idx):
+        return [self.pos[i] for i in idx], [self.neg[i] for i in idx]
+
+    def position(self, idx) -> str:
+        return "last"
+
+    def prompt(self, i: int) -> str:
+        s = self.facts[i]["subject"]
+        return f"{s[0].upper()}{s[1:]} is"
+
+    def kl_prompts(self, idx) -> tuple[list[str], bool]:
+        return [self.prompt(i) for i in idx], False
+
+    def score(self, idx, taps=None, framed: bool = False) -> np.ndarray:
+        """The softmax normaliser cancels, so only the five words' logits are unembedded."""
+        from mlxinterp.patching import forward_last
+
+        words = self.certain + self.hedges
+        z = np.array(forward_last(self.hm, self.hm.tokens([self.prompt(i) for i in idx]), taps, vocab=words)[:, 0],
+                     np.float64)
+        k = len(self.certain)
+        return np.logaddexp.reduce(z[:, :k], axis=-1) - np.logaddexp.reduce(z[:, k:], axis=-1)
+
+
+def behaviour(hm, name: str):
+    if name not in SETS:
+        raise PromptError(f"direction set {name!r} is not allowed; use one of {SETS}")
+    return Sycophancy(hm) if name == "sycophancy" else Confidence(hm)
+
+
+# ----------------------------------------------------------------- experiment
+
+
+@experiment("directions", DirectionsConfig)
+def directions_study(hm, cfg: DirectionsConfig, ctx) -> dict:
+    """Sycophancy and confidence: difference-of-means directions, layer by causal effect, steering effects with CIs."""
+    total = cfg.n_train + cfg.n_val + cfg.n_test
+    if min(cfg.n_train, cfg.n_val, cfg.n_test) < 2 or total > 64:
+        raise PromptError(f"directions split n_train={cfg.n_train}, n_val={cfg.n_val}, n_test={cfg.n_test} needs {total} pairs "
+                          "(each >= 2); the sets have 64")
+    idx = {"train": list(range(cfg.n_train)), "val": list(range(cfg.n_train, cfg.n_train + cfg.n_val)),
+           "test": list(range(cfg.n_train + cfg.n_val, total))}
+    n_layers = hm.info.n_layers
+    sets = {}
+    for name in SETS:
+        bh = behaviour(hm, name)
+        pos, neg = bh.train_texts(idx["train"])
+        chat = hm.info.has_chat_template and name == "sycophancy"
+        dirs = directions.extract(hm, pos, neg, hook=R.HOOK, position=bh.position(idx["train"]), chat=chat, seed=cfg.seed)
+        sets[name] = _one_set(hm, bh, dirs, idx, cfg, ctx)
+    result = {"summary": {}, "n_layers": n_layers, "sets": sets,
+              "counts": {"train_pairs": cfg.n_train, "val_pairs": cfg.n_val, "test_pairs": cfg.n_test},
+              "scoring": {"sycophancy": "log P(suggested wrong answer) - log P(correct answer), teacher-forced, summed "
+                                        "over tokens, after the formatted question",
+                          "confidence": f"log sum P({', '.join(CERTAIN)}) - log sum P({', '.join(HEDGES)}) "
+                                        "at the next token after '<Subject> is'"},
+              "depth": {name: sets[name]["depth_pct"] for name in SETS},
+              "base_model_note": None if hm.info.has_chat_template else (
+                  "base model: sycophancy here is the pull of a wrong answer mentioned in the prompt (a base model "
+                  "copies in-context entities, so the framing effect mixes copying with deference); confidence is "
+                  "the choice of certainty vs hedge words in a sentence. Neither measures an assistant's trained "
+                  "behaviour.")}
+    result["summary"] = _summary(result)
+    _figure(result, ctx)
+    B.depth_figure(ctx, hm, "directions", result)
+    return result
+
+
+def _one_set(hm, bh, dirs: dict, idx: dict, cfg: DirectionsConfig, ctx) -> dict:
+    name, n_layers = bh.name, hm.info.n_layers
+    val, test = idx["val"], idx["test"]
+    base_val = np.array(ctx.map(f"{name}_val_baseline", ["val"], lambda _: bh.score(val).tolist())[0])
+
+    def select(layer: int) -> dict:
+        return {"layer": layer, "add": (bh.score(val, R.add_taps(dirs[layer].vector, layer)) - base_val).tolist()}
+
+    rows = ctx.map(f"{name}_select", R.candidates(hm, cfg.max_depth_pct), select)
+    for r in rows:
+        r["effect"] = B.paired_effect(r["add"], np.zeros(len(r["add"])), cfg.seed)
+    layer = max(rows, key=lambda r: float(np.mean(r["add"])))["layer"]
+    d = dirs[layer]
+    rand = R.random_like(d.vector, ctx.rng_for(name, "random_direction"))
+    conds = {"base": (None, False), "add": (R.add_taps(d.vector, layer), False),
+             "random_add": (R.add_taps(rand, layer), False),
+             "ablate": (B.ablation_taps(hm, d.vector), name == "sycophancy"),
+             "random_ablate": (B.ablation_taps(hm, rand), name == "sycophancy")}
+    if name == "sycophancy":
+        conds["framed"] = (None, True)
+    else:
+        conds["subtract"] = (R.add_taps(d.vector, layer, -1.0), False)
+    for p in cfg.pcts:
+        conds[f"{p:g}%"] = (R.add_taps(d.unit(), layer, p / 100 * d.resid_norm), False)
+    scores = dict(zip(conds, ctx.map(f"{name}_test", list(conds),
+                                      lambda c: bh.score(test, conds[c][0], framed=conds[c][1]).tolist())))
+    s = {k: np.array(v) for k, v in scores.items()}
+    ablate_ref = "framed" if name == "sycophancy" else "base"
+    texts, chat = bh.kl_prompts(test)
+    base_lp = B.last_logprobs(hm, texts, chat=chat)
+    ablation_kl = {}
+    for key, v in (("direction", d.vector), ("random", rand)):
+        p = B.preservation(base_lp, B.last_logprobs(hm, texts, B.ablation_taps(hm, v), chat=chat), cfg.seed)
+        ablation_kl[key] = {"kl": p["kl"], "top1_agreement": p["top1_agreement"]}
+    effects = {"add": B.paired_effect(s["add"], s["base"], cfg.seed),
+               "random_add": B.paired_effect(s["random_add"], s["base"], cfg.seed),
+               "add_minus_random": B.paired_effect(s["add"], s["random_add"], cfg.seed),
+               "ablate": B.paired_effect(s["ablate"], s[ablate_ref], cfg.seed),
+               "random_ablate": B.paired_effect(s["random_ablate"], s[ablate_ref], cfg.seed),
+               "dose_pct_of_resid": {f"{p:g}": B.paired_effect(s[f"{p:g}%"], s["base"], cfg.seed) for p in cfg.pcts}}
+    if name == "sycophancy":
+        effects["framing (suggestion - bare), no steering"] = B.paired_effect(s["framed"], s["base"], cfg.seed)
+        effects["bare: correct preferred over suggested"] = proportion_ci(int((s["base"] < 0).sum()), len(s["base"]))
+        effects["framed: suggested preferred"] = proportion_ci(int((s["framed"] > 0).sum()), len(s["framed"]))
+    else:
+        effects["subtract"] = B.paired_effect(s["subtract"], s["base"], cfg.seed)
+        effects["baseline score mean"] = float(s["base"].mean())
+    return {"layer": layer, "depth_pct": B.depth_pct(layer, n_layers), "norm": d.norm, "relative_norm": d.relative_norm,
+            "resid_norm": d.resid_norm, "natural_strength_pct_of_resid": 100 * d.relative_norm,
+            "split_half_cosine": d.split_half_cosine, "position": d.position,
+            "by_layer": {"norm": [dirs[l].norm for l in range(n_layers)],
+                         "relative_norm": [dirs[l].relative_norm for l in range(n_layers)],
+                         "split_half_cosine": [dirs[l].split_half_cosine for l in range(n_layers)]},
+            "selection": rows, "effects": effects, "ablation_reference": ablate_ref, "ablation_kl": ablation_kl,
+            "items": [{"index": i, **{c: scores[c][j] for c in scores}} for j, i in enumerate(test)]}
+
+
+def _summary(r: dict) -> dict:
+    s = {}
+    for name, x in r["sets"].items():
+        e = x["effects"]
+        s[f"{name}: best layer (depth %)"] = f"{x['layer']} ({x['depth_pct']:.0f} %)"
+        s[f"{name}: norm / relative"] = f"{x['norm']:.1f} / {x['relative_norm']:.4f}"
+        s[f"{name}: add effect [95% CI]"] = B.ci_text(e["add"])
+        s[f"{name}: add minus random [95% CI]"] = B.ci_text(e["add_minus_random"])
+        s[f"{name}: ablate effect ({x['ablation_reference']}) [95% CI]"] = B.ci_text(e["ablate"])
+        s[f"{name}: ablation next-token KL, direction / random (nats)"] = (
+            f"{x['ablation_kl']['direction']['kl']['estimate']:.2f} / {x['ablation_kl']['random']['kl']['estimate']:.2f}")
+    syc = r["sets"]["sycophancy"]["effects"]
+    s["sycophancy: framing effect, no steering [95% CI]"] = B.ci_text(syc["framing (suggestion - bare), no steering"])
+    s["sycophancy: suggested preferred when framed"] = B.ci_text(syc["framed: suggested preferred"], ".2f")
+    s["confidence: subtract effect [95% CI]"] = B.ci_text(r["sets"]["confidence"]["effects"]["subtract"])
+    s["test pairs per set"] = r["counts"]["test_pairs"]
+    return s
+
+
+def _figure(r: dict, ctx) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(2, 3, figsize=(17, 8))
+    for row, name in enumerate(SETS):
+        x = r["sets"][name]
+        L = [q["layer"] for q in x["selection"]]
+        B.plot_ci(ax[row, 0], L, [q["effect"] for q in x["selection"]], "tab:red", "add (validation)")
+        ax[row, 0].axvline(x["layer"], color="grey", ls="--", lw=0.8)
+        ax[row, 0].axhline(0, color="k", lw=0.6)
+        ax[row, 0].set(xlabel="layer", ylabel=f"{name} score change", title=f"{name}: layer selection")
+        e = x["effects"]
+        keys = ["add", "random_add", "ablate", "random_ablate"] + (["subtract"] if name == "confidence" else [])
+        if name == "sycophancy":
+            keys.append("framing (suggestion - bare), no steering")
+        B.plot_ci(ax[row, 1], list(range(len(keys))), [e[k] for k in keys], "k", None, bars=True)
+        ax[row, 1].set_xticks(range(len(keys)), [k.split(" (")[0].replace("_", "\n") for k in keys], fontsize=8)
+        ax[row, 1].axhline(0, color="k", lw=0.6)
+        ax[row, 1].set(ylabel="score change (test, 95 % CI)", title=f"{name}: held-out effects, layer {x['layer']}")
+        pcts = [float(p) for p in e["dose_pct_of_resid"]]
+        B.plot_ci(ax[row, 2], pcts, list(e["dose_pct_of_resid"].values()), "tab:red", "unit dir x % resid")
+        ax[row, 2].axvline(x["natural_strength_pct_of_resid"], color="grey", ls="--", lw=0.8, label="diff-of-means norm")
+        ax[row, 2].axhline(0, color="k", lw=0.6)
+        ax[row, 2].set(xscale="log", xlabel="% of residual norm", ylabel="score change", title=f"{name}: dose-response")
+        ax[row, 2].legend(fontsize=7)
+    fig.tight_layout()
+    ctx.save_figure("directions", fig)

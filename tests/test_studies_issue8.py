@@ -1,0 +1,161 @@
+"""Issue 8 studies: their core computations on tiny models, and each experiment end to end through the suite."""
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlxinterp import neurons
+from mlxinterp import taps as T
+
+PROMPT = "The capital of France is Paris and the capital of Italy is"
+
+
+def _logit(hm, ids, target, taps):
+    with hm.hooks(taps):
+        return float(hm(mx.array([ids]))[0, -1, target].item())
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "qwen3", "llama"])
+def test_attribution_matches_finite_differences(tiny_hooked, arch):
+    """grad x act of a neuron = d logit / d(scale of that neuron); grad . emb of a token likewise."""
+    hm = tiny_hooked(arch, None)
+    r = neurons.attribute(hm, PROMPT)
+    ids, tgt, eps = r["token_ids"], r["target"], 1e-3
+    l, j = np.unravel_index(np.abs(r["neurons"]).argmax(), r["neurons"].shape)
+
+    def neuron_scale(e):
+        m = np.ones(hm.hook_shape("blocks.0.mlp.hook_post"), np.float32)
+        m[j] += e
+        return {f"blocks.{l}.mlp.hook_post": T.Fn(fn=lambda a, ctx: a * mx.array(m))}
+
+    fd = (_logit(hm, ids, tgt, neuron_scale(eps)) - _logit(hm, ids, tgt, neuron_scale(-eps))) / (2 * eps)
+    assert r["neurons"][l, j] == pytest.approx(fd, rel=0.02, abs=1e-3)
+    i = 2
+
+    def token_scale(e):
+        def f(a, ctx):
+            m = np.ones((1, a.shape[1], 1), np.float32)
+            m[0, i] += e
+            return a * mx.array(m)
+        return {"hook_embed": T.Fn(fn=f)}
+
+    fdt = (_logit(hm, ids, tgt, token_scale(eps)) - _logit(hm, ids, tgt, token_scale(-eps))) / (2 * eps)
+    assert r["tokens"][i] == pytest.approx(fdt, rel=0.02, abs=1e-3)
+
+
+def test_ablate_neurons_effect_matches_single_forwards(tiny_hooked):
+    hm = tiny_hooked("gemma3_text", None)
+    ids = hm.tokens(PROMPT).ids[0].tolist()
+    tgt = 5
+    cells = [(0, 3), (2, 7)]
+    got = neurons.ablate_neurons_effect(hm, PROMPT, tgt, cells)
+    clean = _logit(hm, ids, tgt, {})
+    for k, (l, j) in enumerate(cells):
+        m = np.ones(hm.hook_shape("blocks.0.mlp.hook_post"), np.float32)
+        m[j] = 0
+        want = _logit(hm, ids, tgt, {f"blocks.{l}.mlp.hook_post": T.Fn(fn=lambda a, ctx, m=m: a * mx.array(m))}) - clean
+        assert got[k] == pytest.approx(want, abs=1e-4)
+
+
+def test_pooled_skips_bos_and_padding(tiny_hooked):
+    hm = tiny_hooked("gemma3_text", None)
+    prompts = ["Paris is nice", "The capital of France is Paris and"]
+    got = neurons.pooled(hm, prompts, "mlp.hook_post", layers=[1])
+    for b, p in enumerate(prompts):
+        _, cache = hm.run_with_cache(p, names=["blocks.1.mlp.hook_post"])
+        a = np.array(cache["blocks.1.mlp.hook_post"][0, 1:])  # BOS excluded
+        np.testing.assert_allclose(got[b, 0], a.mean(0), atol=1e-4)
+
+
+def test_welch_finds_a_planted_neuron():
+    rng = np.random.default_rng(0)
+    base, cat = rng.normal(size=(30, 50)), rng.normal(size=(30, 50))
+    cat[:, 7] += 3.0
+    t, p = neurons.welch(cat, base)
+    assert np.argmax(np.abs(t)) == 7 and p[7] < 0.05 / 50
+    assert (p[np.arange(50) != 7] > 0.05 / 50).all()
+    const = np.zeros((5, 3))
+    t0, p0 = neurons.welch(const, const)
+    assert np.all(t0 == 0) and np.all(p0 == 1)
+
+
+def test_k_for_and_explained_variance():
+    x = np.diag([3.0, 2.0, 1.0, 0.0])
+    r = neurons.explained_variance(x)
+    assert r.sum() == pytest.approx(1.0)
+    assert neurons.k_for(r, 0.6) == 1 and neurons.k_for(r, 0.9) == 2 and neurons.k_for(r, 1.0) == 3
+
+
+def test_component_share_is_the_norm_ratio(tiny_hooked):
+    from mlxinterp.studies.component_share import _prompt_stats
+
+    hm = tiny_hooked("qwen3", None)
+    s = _prompt_stats(hm, PROMPT)
+    _, cache = hm.run_with_cache(PROMPT, names=["blocks.2.hook_attn_out", "blocks.2.hook_mlp_out"])
+    a = np.linalg.norm(np.array(cache["blocks.2.hook_attn_out"][0]), axis=-1)
+    m = np.linalg.norm(np.array(cache["blocks.2.hook_mlp_out"][0]), axis=-1)
+    assert s["share"][2] == pytest.approx(float(np.mean(m / (a + m))), rel=1e-4)  # qwen3: no BOS to skip
+    assert len(s["head_scores"]["bos_sink"][0]) == hm.info.n_heads
+
+
+def test_ablation_score_matches_full_forward(tiny_hooked):
+    from mlxinterp.studies.layer_ablation import _score
+
+    hm = tiny_hooked("llama", None)
+    rows = [hm.tokens(p).ids[0].tolist() + [5, 6, 7] for p in ("Paris is", "The capital of France is Paris")]
+    plen = [len(r) - 3 for r in rows]
+    lp, last = _score(hm, rows, plen, {})
+    for b, row in enumerate(rows):
+        logits = np.array(hm(mx.array([row]))[0].astype(mx.float32))
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        want = np.mean([logp[plen[b] - 1 + k, row[plen[b] + k]] for k in range(3)])
+        assert lp[b] == pytest.approx(want, abs=1e-4)
+        np.testing.assert_allclose(last[b], logits[plen[b] - 1], atol=1e-4)
+    abl = {f"blocks.1.{h}": T.Ablate("zero") for h in ("hook_attn_out", "hook_mlp_out")}
+    lp2, last2 = _score(hm, rows, plen, abl)
+    assert not np.allclose(last2, last)
+
+
+def test_profile_weights_and_markers():
+    from mlxinterp.studies.steering_sweep import markers, profile_weights
+
+    for kind in ("static", "flat", "donut", "gaussian", "bell", "svd_k3"):
+        w = profile_weights(kind, 12, 4)
+        assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    assert profile_weights("static", 12, 4)[4] == 1.0
+    w = profile_weights("connectome", 4, 0, sep=[-1.0, 1.0, 3.0, 0.0])
+    np.testing.assert_allclose(w, [0, 0.25, 0.75, 0])
+    with pytest.raises(ValueError, match="no positive weight"):
+        profile_weights("ablation", 3, 0, abl=[0, 0, 0])
+    assert markers("Why? What do you think? Therefore.", [r"\?", r"\btherefore\b"]) == 3
+
+
+def test_answer_layer_and_temperature():
+    from mlxinterp.studies.layer_probe import _answer_layer, _temp_stats
+
+    assert _answer_layer([5, 0, 3, 0, 0]) == 3
+    assert _answer_layer([0, 0, 0]) == 0
+    assert _answer_layer([0, 0, 1]) is None
+    lg = np.array([2.0, 1.0, 0.0])
+    cold, hot = _temp_stats(lg, 0, 0.1), _temp_stats(lg, 0, 10.0)
+    assert cold["answer_prob"] > 0.99 and hot["answer_prob"] < 0.4 and hot["entropy"] > cold["entropy"]
+
+
+EXPERIMENTS = ("connectome", "component_share", "attribution", "layer_ablation", "steering_sweep", "layer_probe")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_runs_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path, name):
+    from rich.console import Console
+
+    from mlxinterp.suite import run_all
+
+    hm = tiny_hooked("gemma3_text", None)
+    run_all(["tiny"], only=name, out=tmp_path, n=2, load_fn=lambda spec: hm,
+            console=Console(file=open("/dev/null", "w")))
+    res = json.loads((tmp_path / hm.info.slug / name / "result.json").read_text())
+    assert res["status"] == "complete" and res["result"]["summary"]
+    assert res["figures"] and (tmp_path / hm.info.slug / name / res["figures"][0]).exists()
