@@ -454,14 +454,14 @@ def mlx_conditions(kind: str, model: str = "default", batch_sizes: Sequence[int]
     """The MLX conditions of one benchmark, set up (model loaded) in a worker."""
     from mlxinterp.hooks import load
 
+    if kind not in ("patching", "forward", "memory"):
+        raise MlxInterpError(f"MLX benchmark kind {kind!r} is not allowed; use patching, forward or memory")
     hm = load(model)
     if kind == "patching":
         return _mlx_patching(hm, batch_sizes, loops)
     if kind == "forward":
         return _mlx_forward(hm, prompt, compiled)
-    if kind == "memory":
-        return _mlx_memory(hm, prompt)
-    raise MlxInterpError(f"MLX benchmark kind {kind!r} is not allowed; use patching, forward or memory")
+    return _mlx_memory(hm, prompt)
 
 
 def _grid_value(res) -> dict:
@@ -474,16 +474,18 @@ def _mlx_patching(hm: HookedModel, batch_sizes: Sequence[int], loops: bool) -> d
     metric = P.logit_diff(hm, TARGET, FOIL)
     full_vocab = metric.__call__  # same metric, but a plain callable: every patched row unembeds 262k logits
 
-    def sweep(bs: int, reuse: bool = True, m=metric):
-        return lambda: _grid_value(P.patch_sweep(hm, CLEAN, CORRUPT, m, batch_size=bs, reuse_prefix=reuse))
+    def sweep(bs: int, reuse: bool = True, skip: bool = True, m=metric):
+        return lambda: _grid_value(P.patch_sweep(hm, CLEAN, CORRUPT, m, batch_size=bs, reuse_prefix=reuse,
+                                                 skip_identical=skip))
 
     conds: dict[str, Condition] = {}
     for bs in batch_sizes:
         conds[f"sweep_b{bs}"] = Condition(sweep(bs))
-    bs0 = batch_sizes[0]
+    bs0 = batch_sizes[0]  # each lever switched off alone, then all of them (batching + last-column unembedding only)
     conds[f"sweep_b{bs0}_no_prefix_reuse"] = Condition(sweep(bs0, reuse=False))
+    conds[f"sweep_b{bs0}_no_skip_identical"] = Condition(sweep(bs0, skip=False))
     conds[f"sweep_b{bs0}_full_vocab"] = Condition(sweep(bs0, m=full_vocab))
-    conds[f"sweep_b{bs0}_neither"] = Condition(sweep(bs0, reuse=False, m=full_vocab))  # batching + last column only
+    conds[f"sweep_b{bs0}_no_levers"] = Condition(sweep(bs0, reuse=False, skip=False, m=full_vocab))
     if loops:
         conds["loop_full_logits"] = Condition(lambda: _mlx_loop(hm, metric), warm=lambda: _mlx_loop(hm, metric, 2))
     return conds
@@ -537,20 +539,61 @@ def _mlx_forward(hm: HookedModel, prompt: str, compiled: bool) -> dict[str, Cond
 
 
 def _mlx_memory(hm: HookedModel, prompt: str) -> dict[str, Condition]:
-    """Peak RSS is monotonic, so the orchestrator asks in order: loaded, plain forward, capture-all."""
+    """Memory of one forward and of capture on every hook point: process RSS (current and peak) and MLX's
+    allocator (active memory, and its peak during the call alone)."""
     ids = hm.tokens(prompt).ids
+    held: list = []
 
-    def plain():
-        mx.eval(hm.model(ids))
-        return {"peak_rss_bytes": peak_rss_bytes(), "mlx_peak_bytes": _mlx_peak()}
+    def measured(fn) -> dict:
+        held.clear()
+        gc_collect()
+        before = _mlx_active()
+        _mlx_reset_peak()
+        held.extend(fn())
+        mx.eval(*held)
+        return {"rss_bytes": current_rss_bytes(), "peak_rss_bytes": peak_rss_bytes(), "mlx_active_before_bytes": before,
+                "mlx_active_after_bytes": _mlx_active(), "mlx_peak_bytes": _mlx_peak(), "tokens": int(ids.shape[1])}
 
     def capture():
-        logits, cache = hm.run_with_cache(ids)
-        nbytes = sum(a.nbytes for a in cache.arrays())
-        return {"peak_rss_bytes": peak_rss_bytes(), "captured_bytes": int(nbytes), "hook_points": len(cache.keys()),
-                "tokens": int(ids.shape[1]), "mlx_peak_bytes": _mlx_peak()}
+        store = ActivationCache(hm)
+        with hm.hooks({n: T.Capture(store=store) for n in hm.hook_names}):
+            logits = hm.model(ids)
+        return [logits, *store.arrays()]
 
-    return {"forward": Condition(plain), "capture_all": Condition(capture)}
+    def plain():
+        return [hm.model(ids)]
+
+    def capture_all():
+        res = measured(capture)
+        res["captured_bytes"] = int(sum(a.nbytes for a in held[1:]))
+        res["hook_points"] = len(held) - 1
+        return res
+
+    return {"forward": Condition(lambda: measured(plain)), "capture_all": Condition(capture_all)}
+
+
+def gc_collect() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        mx.clear_cache()
+    except AttributeError:  # older MLX
+        pass
+
+
+def _mlx_active() -> int | None:
+    try:
+        return int(mx.get_active_memory())
+    except AttributeError:
+        return None
+
+
+def _mlx_reset_peak() -> None:
+    try:
+        mx.reset_peak_memory()
+    except AttributeError:
+        pass
 
 
 def _mlx_peak() -> int | None:
@@ -567,7 +610,7 @@ def _log_dir(out: Path | None) -> Path:
     return d
 
 
-def bench_patching(rounds: int = 3, batch_sizes: Sequence[int] = (32, 64, 190), loops: bool = True,
+def bench_patching(rounds: int = 3, batch_sizes: Sequence[int] = (32, 64), loops: bool = True,
                    torch_side: bool = True, out: Path | None = None, progress=None) -> dict:
     """The Eiffel/Colosseum sweep (every layer x position): mlxinterp vs loops, nnsight and TransformerLens."""
     from mlxinterp.bench_torch import require
@@ -651,14 +694,16 @@ def bench_forward(rounds: int = 5, blas: Sequence[str] | None = None, group: int
 
 
 def bench_memory(out: Path | None = None) -> dict:
-    """Peak RSS of a fresh MLX process: after loading, after a forward, after capture on every hook point."""
+    """A fresh MLX process (the default model): memory after loading, after a forward, with every hook point captured."""
     logs = _log_dir(out)
     with Worker("mlx", "mlx", {"kind": "memory"}, env=worker_env(), log=logs / "memory-mlx.log") as w:
-        loaded = w.info["peak_rss_bytes"]
+        loaded = {"peak_rss_bytes": w.info["peak_rss_bytes"], **w.request(op="rss")}
         fwd = w.run("forward")["value"]
         cap = w.run("capture_all")["value"]
-    return {"prompt": FORWARD_PROMPT, "peak_rss_after_load_bytes": loaded, "after_forward": fwd, "after_capture_all": cap,
-            "capture_all_extra_peak_bytes": cap["peak_rss_bytes"] - fwd["peak_rss_bytes"]}
+    return {"prompt": FORWARD_PROMPT, "after_load": loaded, "forward": fwd, "capture_all": cap,
+            "capture_all_extra_rss_bytes": cap["rss_bytes"] - fwd["rss_bytes"],
+            "capture_all_extra_mlx_peak_bytes": (cap["mlx_peak_bytes"] - fwd["mlx_peak_bytes"])
+            if cap["mlx_peak_bytes"] is not None and fwd["mlx_peak_bytes"] is not None else None}
 
 
 def bench_agreement(hm: HookedModel, prompts: Sequence[str] | None = None) -> dict:
@@ -790,12 +835,15 @@ def render_table(results: dict[str, dict]) -> str:
                     f"hidden max rel diff {r['hidden_max_rel_diff']:.1e}", "")
     if "memory" in results:
         m = results["memory"]
-        gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
-        add("memory (peak RSS)", "after load", gb(m["peak_rss_after_load_bytes"]), "", "", "")
-        add("", "after a forward", gb(m["after_forward"]["peak_rss_bytes"]), "", "", "")
-        c = m["after_capture_all"]
-        add("", f"after capture-all ({c['hook_points']} hook points, {c['tokens']} tokens; "
-                f"{c['captured_bytes'] / 1e6:.1f} MB captured)", gb(c["peak_rss_bytes"]), "", "", "")
+        gb = lambda b: f"{b / 1e9:.2f} GB" if b is not None else "n/a"  # noqa: E731
+        f, c = m["forward"], m["capture_all"]
+        add("memory", "process after loading (RSS now / peak)",
+            f"{gb(m['after_load']['rss_bytes'])} / {gb(m['after_load']['peak_rss_bytes'])}", "", "", "")
+        add("", f"forward, {f['tokens']} tokens: MLX allocator peak during the call", gb(f["mlx_peak_bytes"]),
+            f"RSS {gb(f['rss_bytes'])}", "", "")
+        add("", f"capture-all ({c['hook_points']} hook points, {c['captured_bytes'] / 1e6:.1f} MB captured): "
+                "MLX allocator peak during the call", gb(c["mlx_peak_bytes"]),
+            f"RSS {gb(c['rss_bytes'])} (+{(m['capture_all_extra_rss_bytes']) / 1e6:.0f} MB vs forward)", "", "")
     return "\n".join(rows)
 
 

@@ -253,6 +253,8 @@ def _patching(loops: bool) -> dict:
 
 def _forward() -> dict:
     """One forward of FORWARD_PROMPT (full logits): transformers sdpa / eager, TransformerLens forward and run_with_cache."""
+    import torch
+
     from mlxinterp.bench import FORWARD_PROMPT, Condition
 
     tok = hf_tokenizer()
@@ -267,7 +269,17 @@ def _forward() -> dict:
         logits, cache = bridge.run_with_cache(ids)
         return {**summary(logits), "captured": len(cache.keys())}
 
+    def one_thread():
+        """torch pinned to one thread: immune to OpenMP's spin-waiting when other processes share the cores."""
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return summary(sdpa(ids).logits)
+        finally:
+            torch.set_num_threads(n)
+
     return {"forward_sdpa": Condition(lambda: summary(sdpa(ids).logits)),
+            "forward_sdpa_1thread": Condition(one_thread),
             "forward_eager": Condition(lambda: summary(eager(ids).logits)),
             "transformer_lens_forward": Condition(lambda: summary(bridge(ids))),
             "transformer_lens_run_with_cache_all": Condition(capture)}

@@ -374,7 +374,7 @@ def _bench_done(name: str, res: dict, as_json: bool, save: Optional[Path], load_
     if as_json:
         _print_json(res)
     else:
-        out.print(line, highlight=False)
+        out.print(line, highlight=False, markup=False)
 
 
 def _status_progress(status):
@@ -443,7 +443,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 @bench_app.command("patching")
 def bench_patching_cmd(rounds: int = typer.Option(3, "--rounds"),
-                       batch_sizes: str = typer.Option("32,64,190", "--batch-sizes", help="patch_sweep batch sizes; "
+                       batch_sizes: str = typer.Option("32,64", "--batch-sizes", help="patch_sweep batch sizes; "
                                                        "the first is the reference the ratios are taken to"),
                        loops: bool = typer.Option(True, "--loops/--no-loops", help="include the one-forward-per-patch "
                                                   "loops (~40 s each per round)"),
@@ -527,11 +527,12 @@ def bench_memory_cmd(as_json: bool = typer.Option(False, "--json"), save: Option
     load = os.getloadavg()
     with console.status("measuring ..."):
         res = bench_memory(out=save)
-    c = res["after_capture_all"]
+    c, f = res["capture_all"], res["forward"]
+    gb = lambda b: f"{b / 1e9:.2f} GB" if b is not None else "n/a"  # noqa: E731
     _bench_done("memory", res, as_json, save, load,
-                f"peak RSS: loaded {res['peak_rss_after_load_bytes'] / 1e9:.2f} GB, forward "
-                f"{res['after_forward']['peak_rss_bytes'] / 1e9:.2f} GB, capture-all {c['peak_rss_bytes'] / 1e9:.2f} GB "
-                f"({c['captured_bytes'] / 1e6:.1f} MB captured)")
+                f"after loading: RSS {gb(res['after_load']['rss_bytes'])} (peak {gb(res['after_load']['peak_rss_bytes'])}); "
+                f"MLX peak during a forward {gb(f['mlx_peak_bytes'])}, during capture-all {gb(c['mlx_peak_bytes'])} "
+                f"({c['captured_bytes'] / 1e6:.1f} MB captured, RSS {gb(c['rss_bytes'])})")
 
 
 @bench_app.command("all")

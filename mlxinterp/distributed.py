@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 import traceback
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,6 +31,9 @@ from mlxinterp.errors import MlxInterpError
 
 # Set by mlx.launch (ring, jaccl, nccl), or by mpirun (MPI).
 LAUNCH_VARS = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+# mlx.launch kills every rank as soon as one exits with an error; a failing rank > 0 waits
+# this long first, so rank 0 can regenerate the report and print how to resume.
+LINGER_SECONDS = 5.0
 
 
 class DistributedError(MlxInterpError):
@@ -96,10 +101,12 @@ class World:
         if exc is not None:
             raise exc
         if msgs[0]["error"] is not None:
+            linger(self)
             raise DistributedError(f"rank 0 stopped: {msgs[0]['error']}")
         apart = [(r, m["tag"]) for r, m in enumerate(msgs) if m["tag"] != msgs[0]["tag"]]
         if apart:
             where = "; ".join(f"rank {r} at {t!r}" for r, t in apart)
+            linger(self)
             raise DistributedError(f"the ranks diverged: rank 0 at {msgs[0]['tag']!r}; {where}",
                                    hint="an experiment took a different path on some rank, e.g. it read a file "
                                         "that only rank 0 can see; give every rank the same inputs")
@@ -151,9 +158,10 @@ def rounds(indices: list[int], size: int) -> list[list[int]]:
 def run_round(world: World, round_: list[int], compute: Callable[[int], Any]) -> list[tuple[int, Any]]:
     """Each rank computes its index of the round; every rank gets every (index, result) in order.
 
-    A rank whose item raised reports it; then every rank raises (the failing rank
-    its own exception, the others a DistributedError naming the item and rank),
-    so no rank waits on a collective that will never come.
+    A rank whose item raised reports it; then every rank raises, so no rank waits
+    on a collective that will never come: rank 0 its own exception when the item
+    was its own (as a single process would), else a DistributedError naming the
+    item, the rank and its traceback; ranks > 0 linger first so rank 0 can report.
     """
     mine = round_[world.rank] if world.rank < len(round_) else None
     payload, exc = None, None
@@ -164,12 +172,20 @@ def run_round(world: World, round_: list[int], compute: Callable[[int], Any]) ->
             payload = {"i": mine, "r": compute(mine)}
         except Exception as e:  # noqa: BLE001 - reported to every rank below
             exc = e
-            payload = {"i": mine, "error": f"{type(e).__name__}: {e}",
-                       "where": traceback.format_exc(limit=3)}
+            payload = {"i": mine, "error": f"{type(e).__name__}: {e}", "where": traceback.format_exc(limit=4)}
+            sys.stderr.write(f"[rank {world.rank}] item {mine} failed:\n{payload['where']}")
     gathered = world.all_gather_json(payload)
-    if exc is not None:
+    if exc is not None and world.is_root:
         raise exc
     for rank, got in enumerate(gathered):
         if got is not None and "error" in got:
-            raise DistributedError(f"item {got['i']} failed on rank {rank}: {got['error']}")
+            linger(world)
+            raise DistributedError(f"item {got['i']} failed on rank {rank}: {got['error']}",
+                                   hint=f"rank {rank}'s traceback:\n{got['where'].rstrip()}") from exc
     return [(got["i"], got["r"]) for got in gathered if got is not None]
+
+
+def linger(world: World) -> None:
+    """On a rank > 0 about to fail with rank 0: let rank 0 write and report first (see LINGER_SECONDS)."""
+    if world.distributed and not world.is_root:
+        time.sleep(LINGER_SECONDS)

@@ -177,6 +177,7 @@ def test_a_failing_item_on_one_rank_stops_both_and_a_rerun_resumes(script, tmp_p
     out, calls = tmp_path / "out", tmp_path / "calls"
     proc = launch([str(script), str(out)], env={"CALLS": str(calls), "FAIL": "3"})
     assert "item 3 failed on rank 1: ValueError: bad item 3" in proc.stderr  # rank 0's message
+    assert "rank 1's traceback:" in proc.stderr and 'raise ValueError(f"bad item {i}")' in proc.stderr
     assert "Resume with" in proc.stderr and not (out / "m" / "squares" / "result.json").exists()
     assert sorted(_calls(calls)) == ["0:0", "0:2", "1:1"]  # round 2 (items 2, 3) failed as a whole
     assert _single(script, out, calls).returncode == 0  # resumes single-process from items 0, 1

@@ -109,13 +109,25 @@ def test_vocab_rows_match_full_unembedding(tiny_hooked, arch, bits):
 
 
 def test_sweep_levers_do_not_change_the_grid(tiny_hooked):
-    """Prefix reuse and the two-row unembedding are speed levers only: same grid as full runs of full logits."""
+    """Prefix reuse, skipping identical cells and the two-row unembedding are speed levers only: same grid as
+    full runs of full logits."""
     hm = tiny_hooked("gemma3_text", None)
     vm = P.logit_diff(hm, 5, 7)
-    plain = P.patch_sweep(hm, CLEAN, CORRUPT, metric, batch_size=5, reuse_prefix=False)
+    plain = P.patch_sweep(hm, CLEAN, CORRUPT, metric, batch_size=5, reuse_prefix=False, skip_identical=False)
     fast = P.patch_sweep(hm, CLEAN, CORRUPT, vm, batch_size=5)
     assert np.allclose(plain.metric, fast.metric, atol=1e-4)
     assert fast.clean == pytest.approx(plain.clean, abs=1e-4) and fast.corrupt == pytest.approx(plain.corrupt, abs=1e-4)
+    # skipped: position 0 in every layer, and every position but 1 in layer 0 (embeddings of identical tokens)
+    assert plain.meta["skipped"] == 0 and fast.meta["skipped"] == hm.info.n_layers + len(CLEAN) - 2
     seen = []
     P.patch_sweep(hm, CLEAN, CORRUPT, vm, batch_size=5, progress=seen.append)
     assert sum(seen) == hm.info.n_layers * len(CLEAN)  # the extra unpatched row is not counted
+
+
+def test_chunks_group_rows_by_start():
+    """Rows run from their chunk's smallest start: a later group joins only when that is cheaper than a forward."""
+    starts = [0] * 18 + [1] * 18 + [9] * 3
+    chunks = P._chunks(starts, batch_size=64)
+    assert [(len(r), s) for r, s in chunks] == [(36, 0), (3, 9)]  # 18 extra token-rows < a forward; 3 x 9 = 27 is not
+    assert sorted(i for r, _ in chunks for i in r) == list(range(len(starts)))
+    assert [(len(r), s) for r, s in P._chunks(starts, batch_size=20)] == [(18, 0), (18, 1), (3, 9)]

@@ -87,7 +87,8 @@ def test_backpatch_fix_rates_oracle_controls_and_leave_one_out():
     assert own["per_pair_fixes"] == [0, 2, 1] and own["pairs_fixing_per_query"] == [1, 2, 0]
     assert own["loo_best_pair_fix_rate"]["k"] == 2  # a and b are each fixed by the pair the others favour
     assert own["best_pair_post_hoc"]["pair"] == [2, 0] and own["best_pair_post_hoc"]["k"] == 2
-    assert a["oracle_own_vs_control"] == {"both": 1, "own_only": 1, "control_only": 0, "neither": 1}
+    assert a["oracle_own_vs_control"] == {"both": 1, "own_only": 1, "control_only": 0, "neither": 1, "mcnemar_exact_p": 1.0}
+    assert a["oracle_by_baseline_rank"]["rank_2_or_more"]["own"] == proportion_ci(2, 3)
     assert own["delta_logprob_best_pair"]["estimate"] == pytest.approx((2 + 2 + 1) / 3)
     assert a["baseline_rank_median"] == {"fixed": 3.0, "not_fixed": 40.0}
     assert own["fixed_ids"] == ["a", "b"]
@@ -163,6 +164,10 @@ def test_crossprompt_batched_sweep_equals_one_forward_per_patch(tiny_hooked, arc
     assert corrupt == pytest.approx(float(metric(hm(q["prompt"])[:, -1].astype(mx.float32))[0]), abs=1e-3)
     # layer 0 at the entity's last token with the bridge vector: a real change somewhere in the sweep
     assert np.abs(batched - corrupt).max() > 1e-4
+    timing = CP.time_loop(hm, {"query": q, "foil": foil}, CP.CrosspromptConfig(loop_cells=20, batch_size=8))
+    assert timing["cells"] == 20 and timing["loop_patches_per_second"] > 0
+    for m in ("batched", "batched_reuse_prefix"):
+        assert timing[m]["max_abs_difference"] < 1e-3 and timing[m]["speedup_vs_loop"] > 0
 
 
 def test_roles_and_spans_on_every_query(tiny_hooked):

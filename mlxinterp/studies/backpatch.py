@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from scipy.stats import binomtest
+
 from mlxinterp import patching as P
 from mlxinterp import twohop as TH
 from mlxinterp.stats import bootstrap_ci, proportion_ci
@@ -101,6 +103,7 @@ DEFINITIONS = {
     "donor control": "same pairs, written vector from another query's two-hop prompt (same family, layer s)",
     "a priori pair": "one (s, t) per query drawn at random before measuring",
     "leave-one-out best pair": "the pair with most fixes among the other queries, evaluated on this query",
+    "McNemar p": "exact binomial test on the queries fixed by own-state pairs only vs by donor pairs only",
 }
 
 
@@ -180,11 +183,16 @@ def analyse(done: list[dict], pairs: list[tuple[int, int]]) -> dict:
             "delta_logprob_mean_over_pairs": bootstrap_ci(dlp.mean(axis=1)),
             "fixed_ids": [d["id"] for d, f in zip(ds, fx.any(axis=1)) if f],
         }
+    ranks = np.array([d["baseline"]["rank"] for d in kept])
     if out.get("own") and out.get("control"):
         a, b = fix_matrix(kept, "own").any(axis=1), fix_matrix(kept, "control").any(axis=1)
-        out["oracle_own_vs_control"] = {"both": int((a & b).sum()), "own_only": int((a & ~b).sum()),
-                                        "control_only": int((~a & b).sum()), "neither": int((~a & ~b).sum())}
-    ranks = np.array([d["baseline"]["rank"] for d in kept])
+        own_only, ctl_only = int((a & ~b).sum()), int((~a & b).sum())
+        out["oracle_own_vs_control"] = {
+            "both": int((a & b).sum()), "own_only": own_only, "control_only": ctl_only, "neither": int((~a & ~b).sum()),
+            "mcnemar_exact_p": float(binomtest(own_only, own_only + ctl_only).pvalue) if own_only + ctl_only else None}
+        out["oracle_by_baseline_rank"] = {  # answer already second (rank 1) vs further down
+            name: {"own": proportion_ci(int(a[m].sum()), int(m.sum())), "control": proportion_ci(int(b[m].sum()), int(m.sum()))}
+            for name, m in (("rank_1", ranks <= 1), ("rank_2_or_more", ranks > 1))}
     if out.get("own") and len(kept):
         fixed = fix_matrix(kept, "own").any(axis=1)
         out["baseline_rank_median"] = {"fixed": float(np.median(ranks[fixed])) if fixed.any() else None,
@@ -201,6 +209,11 @@ def _summary(an: dict, n_queries: int, n_wrong: int) -> dict:
             if a.get(arm):
                 out[f"{s}: oracle fix rate, {name}"] = ci_text(a[arm]["oracle_fix_rate"])
                 out[f"{s}: a priori pair fix rate, {name}"] = ci_text(a[arm]["a_priori_pair_fix_rate"])
+        if a.get("oracle_own_vs_control"):
+            c = a["oracle_own_vs_control"]
+            p = c["mcnemar_exact_p"]
+            out[f"{s}: oracle own-only / donor-only (McNemar p)"] = (
+                f"{c['own_only']} / {c['control_only']} (p = {p:.3g})" if p is not None else "0 / 0")
         if a.get("own"):
             out[f"{s}: leave-one-out best pair fix rate"] = ci_text(a["own"]["loo_best_pair_fix_rate"])
         for arm, name in (("own", "own"), ("control", "donor")):

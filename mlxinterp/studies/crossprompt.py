@@ -65,7 +65,7 @@ class CrosspromptConfig:
     source: str = "bridge_token"  # or "hop1_last"
     control: bool = True  # also patch the foil query's bridge into the same cells
     min_gap: float = 1.0  # clean - corrupt logit difference (nats) needed to normalise
-    loop_cells: int = 24  # cells of the first query also run one forward per patch, for the speed factor
+    loop_cells: int = 64  # cells of the first swept query timed three ways (loop, batched, batched + prefix)
     batch_size: int = 32
     chunk: int = 8  # status chunking; equal to twohop's so its statuses are reused
     reuse_prefix: bool = True  # positions before a patch come from the unpatched KV cache (run_variants)
@@ -200,29 +200,38 @@ def sweep_query(hm, job: dict, cfg: CrosspromptConfig) -> dict:
 
 
 def time_loop(hm, job: dict, cfg: CrosspromptConfig) -> dict:
-    """Same cells, batched (run_variants) vs one full forward per patch; agreement and patches per second."""
+    """Same cells three ways: one full forward per patch (loop), run_variants, run_variants with reuse_prefix.
+
+    The cells are split into rounds of `batch_size`; each round runs all three
+    methods in a rotated order, so load changes on a shared machine hit them alike.
+    """
     q, foil = job["query"], job["foil"]
     metric = metric_for(hm, q, foil)
     ids = hm.tokens(q["prompt"]).ids[0].tolist()
     src = source_vectors(hm, q, cfg.source)
     grid = cells(hm.info.n_layers, len(ids))
     pick = [grid[int(i)] for i in np.linspace(0, len(grid) - 1, min(cfg.loop_cells, len(grid))).round()]
-    timed = {}
-    for name, fn in (("loop", lambda: loop_sweep(hm, ids, src, pick, metric)),
-                     ("batched", lambda: P.run_variants(hm, ids, sweep_variants(src, pick), metric,
-                                                        batch_size=cfg.batch_size)),
-                     ("batched_reuse_prefix", lambda: P.run_variants(hm, ids, sweep_variants(src, pick), metric,
-                                                                     batch_size=cfg.batch_size, reuse_prefix=True))):
-        t0 = time.perf_counter()
-        vals = fn()
-        timed[name] = (time.perf_counter() - t0, vals)
-    t_loop, loop = timed["loop"]
-    out = {"id": q["id"], "cells": len(pick), "tokens": len(ids), "loop_seconds": round(t_loop, 3),
-           "loop_patches_per_second": round(len(pick) / t_loop, 2), "load_average": list(os.getloadavg())}
-    for name in ("batched", "batched_reuse_prefix"):
-        t, vals = timed[name]
-        out[name] = {"seconds": round(t, 3), "patches_per_second": round(len(pick) / t, 2),
-                     "speedup_vs_loop": round(t_loop / t, 2), "max_abs_difference": float(np.max(np.abs(vals - loop)))}
+    methods = {
+        "loop": lambda cs: loop_sweep(hm, ids, src, cs, metric),
+        "batched": lambda cs: P.run_variants(hm, ids, sweep_variants(src, cs), metric, batch_size=cfg.batch_size),
+        "batched_reuse_prefix": lambda cs: P.run_variants(hm, ids, sweep_variants(src, cs), metric,
+                                                          batch_size=cfg.batch_size, reuse_prefix=True)}
+    secs = dict.fromkeys(methods, 0.0)
+    vals: dict[str, list] = {m: [] for m in methods}
+    names = list(methods)
+    for r, k in enumerate(range(0, len(pick), cfg.batch_size)):
+        cs = pick[k : k + cfg.batch_size]
+        for m in names[r % 3:] + names[: r % 3]:
+            t0 = time.perf_counter()
+            vals[m].append(methods[m](cs))
+            secs[m] += time.perf_counter() - t0
+    loop = np.concatenate(vals["loop"])
+    out = {"id": q["id"], "cells": len(pick), "tokens": len(ids), "loop_seconds": round(secs["loop"], 3),
+           "loop_patches_per_second": round(len(pick) / secs["loop"], 2), "load_average": list(os.getloadavg())}
+    for m in ("batched", "batched_reuse_prefix"):
+        out[m] = {"seconds": round(secs[m], 3), "patches_per_second": round(len(pick) / secs[m], 2),
+                  "speedup_vs_loop": round(secs["loop"] / secs[m], 2),
+                  "max_abs_difference": float(np.max(np.abs(np.concatenate(vals[m]) - loop)))}
     return out
 
 

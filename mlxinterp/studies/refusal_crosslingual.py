@@ -222,7 +222,7 @@ def _figure(r: dict, ctx) -> None:
         xs = x + (j - 1) * 0.27
         B.plot_ci(ax[2], xs, [r["languages"][l]["kl"][key] for l in langs], c, key)
     ax[2].set_xticks(x, langs)
-    ax[2].set(ylabel="KL(base || steered), nats", title="(c) harmless next token: KL")
+    ax[2].set(yscale="log", ylabel="KL(base || steered), nats (log)", title="(c) harmless next token: KL")
     ax[2].legend(fontsize=7)
     for j, (key, c) in enumerate((("in_script_base", "k"), ("in_script_add", "tab:red"), ("identical_to_base", "tab:purple"))):
         xs = x + (j - 1) * 0.27
