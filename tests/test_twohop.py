@@ -272,6 +272,29 @@ def test_cross_model_figure_appears_with_a_second_model(tiny_dirs, tmp_path):
     assert "twohop_models.png" in rec["figures"]
 
 
+def test_backpatch_and_crossprompt_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path, monkeypatch):
+    from rich.progress import Progress
+
+    hm = tiny_hooked("gemma3_text", None)
+    recs = [{"id": q["id"], "twohop": False, "hop1": True, "hop2": True} for q in QUERIES[:40]]
+    monkeypatch.setattr(BP, "statuses", lambda hm, ctx, chunk: (recs, "test"))
+    monkeypatch.setattr(CP, "statuses", lambda hm, ctx, chunk: (recs, "test"))
+    with Progress() as progress:
+        ctx = suite.Context("backpatch", tmp_path / "m" / "backpatch", 0, progress)
+        bp = BP.backpatch(hm, BP.BackpatchConfig(n=3), ctx)
+        ctx2 = suite.Context("crossprompt", tmp_path / "m" / "crossprompt", 0, progress)
+        cp = CP.crossprompt(hm, CP.CrosspromptConfig(n=2, min_gap=-1e9, loop_cells=8, batch_size=8), ctx2)
+    L = hm.info.n_layers
+    assert len(bp["queries"]) == 3 and len(bp["pairs"]) == L * (L - 1) // 2
+    assert all(len(q["own"]["top1"]) == len(bp["pairs"]) == len(q["control"]["top1"]) for q in bp["queries"])
+    assert sorted(ctx.figures) == ["backpatch_pairs.png", "backpatch_rates.png"]
+    assert cp["analysis"]["n"] == 2 and cp["timing"]["cells"] == 8 and ctx2.figures == ["crossprompt_sweep.png"]
+    grid = np.array(cp["queries"][0]["normalised"])
+    assert grid.shape == (L, len(cp["queries"][0]["roles"]))
+    with pytest.raises(MlxInterpError, match="source='nowhere'"):
+        CP.crossprompt(hm, CP.CrosspromptConfig(source="nowhere"), ctx2)
+
+
 def test_registration_order_runs_twohop_before_the_studies_that_reuse_it():
     suite.register_builtin()
     names = [e.name for e in suite.select(["crossprompt", "backpatch", "twohop"])]

@@ -34,7 +34,9 @@ one-forward-per-patch loop (`with hm.hooks({hook: Replace(...)}): hm(ids)`,
 full logits), run_variants batched, and batched with `reuse_prefix` (the
 default for the sweep: positions before a patch come from the unpatched KV
 cache); factor = loop time / batched time, plus the largest difference.
-Cost on Gemma 3 270M: 2 x 18 layers x ~13 positions = ~470 patches per query.
+Cost on Gemma 3 270M: 2 x 18 layers x ~13 positions = ~470 patches per query,
+~25-55 s on 2 shared CPU cores; default n = 4 in 3.6 min; --n 16 in 6.6 min;
+--n 144 (every query answering hop2) ~1 h estimated.
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ from mlxinterp import taps as T
 from mlxinterp import twohop as TH
 from mlxinterp.errors import MlxInterpError
 from mlxinterp.stats import bootstrap_ci
-from mlxinterp.studies.twohop import _label, _plt, ci_text, cross_model_figure, statuses
+from mlxinterp.studies.twohop import ci_text, cross_model_figure, model_label, pyplot, statuses
 from mlxinterp.suite import experiment
 
 SOURCES = ("bridge_token", "hop1_last")
@@ -309,7 +311,7 @@ def _summary(an: dict, done: list[dict], timing: dict | None, cfg: CrosspromptCo
 
 
 def _figure(an: dict, L: int, cfg: CrosspromptConfig, ctx) -> None:
-    plt = _plt()
+    plt = pyplot()
     arms = [a for a in ("normalised", "control") if an.get(a)]
     if not arms:
         fig, ax = plt.subplots(figsize=(5, 2))
@@ -342,7 +344,7 @@ def _cross_panels(plt, models):
         hi = np.array([p.get("high", np.nan) if p.get("high") is not None else np.nan for p in pk], float)
         ax.errorbar(x + (j - 0.5) * 0.2, est, yerr=[est - lo, hi - est], fmt="o", color=c, capsize=3, label=f"peak at {r}")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(x, [_label(i) for i, _ in models], fontsize=7)
+    ax.set_xticks(x, [model_label(i) for i, _ in models], fontsize=7)
     ax.set(ylabel="normalised effect (95 % CI)", title="cross-prompt patching across models")
     ax.legend(fontsize=7)
     fig.tight_layout()

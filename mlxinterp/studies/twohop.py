@@ -17,8 +17,9 @@ batches; a chunk is the unit `ctx.map` checkpoints (at most one chunk is
 redone after a kill). The per-query statuses are reused by the backpatch and
 crossprompt experiments (`statuses`).
 
-Cost (Gemma 3 270M, 2 shared CPU cores): ~0.5-0.9 s per query (3 forwards,
-an 18-layer x 262k lens); all 344 queries in ~3-5 min, the default.
+Cost (Gemma 3 270M, 2 shared CPU cores): ~0.8-1.2 s per query (3 forwards,
+an 18-layer x 262k lens); all 344 queries, the default (so backpatch and
+crossprompt can reuse the statuses), took 6.6 min at load ~13.
 """
 from __future__ import annotations
 
@@ -252,7 +253,8 @@ def _summary(an: dict, recs: list[dict]) -> dict:
 # ----------------------------------------------------------------- figures
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (the suite runs headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,7 +264,7 @@ def _plt():
 
 
 def _figures(recs: list[dict], an: dict, cfg: TwohopConfig, L: int, ctx) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     styles = {"bridge": ("tab:blue", "-"), "answer": ("tab:red", "-"),
               "foil_bridge": ("tab:blue", ":"), "foil_answer": ("tab:red", ":")}
@@ -307,7 +309,7 @@ def _figures(recs: list[dict], an: dict, cfg: TwohopConfig, L: int, ctx) -> None
     x = np.arange(len(rows))
     for j, (s, c) in enumerate(zip(SUBSETS, ("tab:grey", "tab:green"))):
         cis = [f(an[s]) for _, f in rows]
-        _bars(ax, x + (j - 0.5) * 0.38, cis, 0.38, c, f"{s.replace('_', ' ')} (n={an[s]['n']})")
+        bars(ax, x + (j - 0.5) * 0.38, cis, 0.38, c, f"{s.replace('_', ' ')} (n={an[s]['n']})")
     ax.set_xticks(x, [r for r, _ in rows], rotation=20, ha="right")
     ax.set(ylabel="proportion (95 % Wilson CI)", ylim=(0, 1.05), title="two-hop outcomes")
     ax.legend(fontsize=8)
@@ -315,7 +317,8 @@ def _figures(recs: list[dict], an: dict, cfg: TwohopConfig, L: int, ctx) -> None
     ctx.save_figure("twohop_rates", fig)
 
 
-def _bars(ax, x, cis: list[dict], width: float, color, label: str) -> None:
+def bars(ax, x, cis: list[dict], width: float, color, label: str) -> None:
+    """Bars of proportion estimates with their CI whiskers (a missing estimate draws nothing)."""
     est = np.array([c["estimate"] if c["estimate"] is not None else np.nan for c in cis], float)
     lo = np.array([c["low"] if c["low"] is not None else np.nan for c in cis], float)
     hi = np.array([c["high"] if c["high"] is not None else np.nan for c in cis], float)
@@ -351,24 +354,25 @@ def cross_model_figure(ctx, hm, name: str, current: dict, panels) -> None:
     models = sibling_results(ctx, hm, name, current)
     if len(models) < 2:
         return
-    plt = _plt()
+    plt = pyplot()
     fig = panels(plt, models)
     ctx.save_figure(f"{name}_models", fig)
 
 
-def _label(info: dict) -> str:
+def model_label(info: dict) -> str:
+    """'slug' and its size on two lines, for cross-model axes."""
     p = info.get("n_params") or 0
     return f"{info.get('slug', '?')}\n{p / 1e9:.2f}B" if p >= 1e8 else f"{info.get('slug', '?')}\n{p / 1e6:.0f}M"
 
 
 def _cross_panels(plt, models):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    labels = [_label(i) for i, _ in models]
+    labels = [model_label(i) for i, _ in models]
     x = np.arange(len(models))
     for j, (s, c) in enumerate(zip(SUBSETS, ("tab:grey", "tab:green"))):
         off = x + (j - 0.5) * 0.38
-        _bars(axes[0], off, [r["analysis"][s]["accuracy"]["twohop"] for _, r in models], 0.38, c, s)
-        _bars(axes[1], off, [r["analysis"][s]["sequential_of_both_entered"] for _, r in models], 0.38, c, s)
+        bars(axes[0], off, [r["analysis"][s]["accuracy"]["twohop"] for _, r in models], 0.38, c, s)
+        bars(axes[1], off, [r["analysis"][s]["sequential_of_both_entered"] for _, r in models], 0.38, c, s)
         g = [r["analysis"][s]["gap_mean"] for _, r in models]
         est = np.array([v["estimate"] if v["estimate"] is not None else np.nan for v in g], float)
         lo = np.array([v["low"] if v["low"] is not None else np.nan for v in g], float)
