@@ -7,7 +7,7 @@ Full-run size (--full): {'n_gen': 12, 'gen_tokens': 24}; the 60 parallel items b
 """
 from __future__ import annotations
 
-from _issue6 import main
+from _cli import main
 
 if __name__ == "__main__":
     main("crosslingual", __doc__, {'n_gen': 12, 'gen_tokens': 24})

@@ -7,7 +7,7 @@ Full-run size: the defaults already use all 64 pairs of each set (--full changes
 """
 from __future__ import annotations
 
-from _issue6 import main
+from _cli import main
 
 if __name__ == "__main__":
     main("directions", __doc__, {})

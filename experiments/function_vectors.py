@@ -7,7 +7,7 @@ Full-run size (--full): {'n': 20, 'tasks': ('antonym', 'country_capital', 'engli
 """
 from __future__ import annotations
 
-from _issue6 import main
+from _cli import main
 
 if __name__ == "__main__":
     main("function_vectors", __doc__, {'n': 20, 'tasks': ('antonym', 'country_capital', 'english_french', 'english_spanish', 'singular_plural', 'present_past', 'uppercase', 'sentiment'), 'n_demos': 10, 'n_eval': 30})

@@ -7,7 +7,7 @@ Full-run size (--full): {'n': 64, 'n_val': 16, 'n_test': 32, 'n_gen': 32}.
 """
 from __future__ import annotations
 
-from _issue6 import main
+from _cli import main
 
 if __name__ == "__main__":
     main("refusal", __doc__, {'n': 64, 'n_val': 16, 'n_test': 32, 'n_gen': 32})

@@ -207,28 +207,34 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
               n: Optional[int] = typer.Option(None, "--n", help="items per experiment (smaller = faster)"),
               seed: int = typer.Option(0, "--seed"),
               resume: bool = typer.Option(True, "--resume/--no-resume", help="skip finished experiments and items"),
-              list_only: bool = typer.Option(False, "--list", help="list the experiments and exit")) -> None:
+              sets: Optional[List[str]] = typer.Option(None, "--set", help="config override exp.field=value or "
+                                                       "field=value (repeatable; see --list --fields)"),
+              list_only: bool = typer.Option(False, "--list", help="list the experiments and exit"),
+              fields: bool = typer.Option(False, "--fields", help="with --list: each experiment's config fields "
+                                          "and defaults")) -> None:
     """Run the experiment suite; JSON, figures and report.md/report.html under --out.
 
     Examples:
       [bold]mlxinterp run-suite --model default[/bold]
       [bold]mlxinterp run-suite --model default --only validation[/bold]
-      [bold]mlxinterp run-suite --list[/bold]
+      [bold]mlxinterp run-suite --model default --only ard_mmd --set ard_mmd.steps=1000 --out results-full[/bold]
+      [bold]mlxinterp run-suite --list --fields[/bold]
+    A run with --set has its own config, so give it its own --out (or --no-resume).
     Interrupted? Run the same command again: finished work is reused (--resume is the default).
     """
     from mlxinterp.distributed import world
 
     world()  # under mlx.launch, meet the other ranks before the slow imports (the ring waits ~30 s)
-    from mlxinterp.suite import list_experiments, run_all
+    from mlxinterp.suite import config_fields, list_experiments, run_all
 
     if list_only:
-        table = Table("experiment", "what it does")
+        table = Table("experiment", "config fields (defaults)" if fields else "what it does")
         for name, doc in list_experiments():
-            table.add_row(name, doc)
+            table.add_row(name, config_fields(name) if fields else doc)
         out.print(table)
         return
     summary = run_all(model or ["default"], only=only, skip=skip, out=out_dir, n=n, seed=seed, resume=resume,
-                      console=console)
+                      console=console, sets=sets or ())
     if summary["report"]:  # rank 0 (or the only process) writes the report
         console.print(f"report: {summary['report']['md']} and {summary['report']['html']}")
 

@@ -14,6 +14,11 @@ numbers with their CIs first, models side by side; then result.json and config;
 then figures, each a link to its JSON). Nothing run-dependent (timings, dates)
 goes in, so a resumed run's report is byte-identical to an uninterrupted one's.
 Headings get GitHub-style anchors in the HTML too, so the same links work in both.
+
+Discussion: `<out>/discussion/<experiment>.md`, when present, is written by
+people (what the numbers mean, caveats, what the model cannot show); the suite
+never writes or deletes it, and the report shows it under the experiment's
+numbers. Numbers quoted there must come from the result.json beside it.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from mlxinterp import io
 from mlxinterp.errors import ResultsError
 
 MAX_FALLBACK_NUMBERS = 12
+DISCUSSION_DIR = "discussion"
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
 h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
 table{border-collapse:collapse;margin:1em 0;display:block;overflow-x:auto;max-width:100%}
@@ -130,8 +136,17 @@ def _section(name: str, doc: str, models: dict[str, dict], slugs: list[str], ima
                               for s in slugs])
     rows.append(["config"] + [_cell(_config_text(models[s])) if s in models else "" for s in slugs])
     lines += _table([""] + [_cell(s) for s in slugs], rows) + [""]
+    lines += _discussion(images.out / DISCUSSION_DIR / f"{name}.md")
     lines += _figures(name, models, slugs, images)
     return lines
+
+
+def _discussion(path: Path) -> list[str]:
+    """The people-written discussion of one experiment, if there is one (never generated)."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8").strip()
+    return ["### Discussion", "", text, ""] if text else []
 
 
 def _config_text(record: dict) -> str:

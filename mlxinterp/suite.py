@@ -15,6 +15,7 @@ between runs lives under that key.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import gc
 import hashlib
@@ -151,6 +152,15 @@ def list_experiments() -> list[tuple[str, str]]:
     return [(e.name, e.doc) for e in _REGISTRY.values()]
 
 
+def config_fields(name: str) -> str:
+    """`field=default` for every config field of experiment `name` (what `--set` can change)."""
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    exp = _REGISTRY[name]
+    return ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=<factory>"
+                     for f in dataclasses.fields(exp.config_cls))
+
+
 def select(only: str | Sequence[str] | None = None,
            skip: str | Sequence[str] | None = None) -> list[Experiment]:
     """The experiments to run, in registration order; unknown names are an error."""
@@ -185,19 +195,83 @@ def _unknown(name: str) -> ResultsError:
     return ResultsError(f"unknown experiment {name!r}", hint=" ".join(hints))
 
 
-def make_config(exp: Experiment, n: int | None = None, seed: int = 0) -> Any:
-    """The experiment's config, with `n` (when given) and `seed` filled in where it has those fields."""
+def make_config(exp: Experiment, n: int | None = None, seed: int = 0,
+                overrides: dict[str, Any] | None = None) -> Any:
+    """The experiment's config: defaults, then `overrides` (field -> value), then `n` and `seed`.
+
+    `n` (when given) and `seed` are filled in where the config has those fields;
+    an explicit override of `n` wins over the suite-wide `n`.
+    """
     fields = {f.name for f in dataclasses.fields(exp.config_cls)}
     kwargs: dict[str, Any] = {}
     if "seed" in fields:
         kwargs["seed"] = seed
     if "n" in fields and n is not None:
         kwargs["n"] = n
+    kwargs.update(overrides or {})
     try:
         return exp.config_cls(**kwargs)
     except TypeError as exc:
         raise MlxInterpError(f"experiment {exp.name!r}: cannot build its config: {exc}",
                              hint="give every config field a default") from exc
+
+
+def parse_overrides(sets: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`--set` strings -> {experiment: {field: value}}, checked against the experiments' configs.
+
+    `exp.field=value` sets one experiment's field; `field=value` sets it in every
+    selected experiment (`names`) whose config has it. Values are Python literals
+    (numbers, True/False, strings, tuples or lists; unparseable text is a string); a list given for a
+    tuple field becomes a tuple, an int for a float field a float, and anything
+    else of the wrong type is refused here rather than deep inside a study.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for text in sets:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ResultsError(f"--set {text!r} is not key=value", hint="e.g. --set ard_mmd.steps=1000 or --set n=48")
+        value = _literal(raw)
+        exp_name, dot, field = key.rpartition(".")
+        targets = [exp_name] if dot else list(names)
+        if dot and exp_name not in _REGISTRY:
+            raise _unknown(exp_name)
+        hits = [t for t in targets if field in {f.name for f in dataclasses.fields(_REGISTRY[t].config_cls)}]
+        if not hits:
+            allowed = sorted({f.name for t in targets for f in dataclasses.fields(_REGISTRY[t].config_cls)})
+            guess = closest(field, allowed)
+            raise ResultsError(f"--set {text!r}: no config field {field!r} in {', '.join(targets) or 'the selection'}",
+                               hint=(f"did you mean {guess}? " if guess else "") + f"fields: {', '.join(allowed)}")
+        for t in hits:
+            out.setdefault(t, {})[field] = _coerce(text, _REGISTRY[t], field, value)
+    return out
+
+
+def _literal(raw: str) -> Any:
+    """A Python literal, or the bare text itself (so `--set exp.lang=zh` needs no shell-proof quotes)."""
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return raw.strip()
+
+
+def _coerce(text: str, exp: Experiment, field: str, value: Any) -> Any:
+    """`value` converted to the type of the field's default, or a ResultsError naming both."""
+    default = next(f for f in dataclasses.fields(exp.config_cls) if f.name == field)
+    ref = default.default if default.default is not dataclasses.MISSING else default.default_factory()
+    if ref is None or value is None:
+        return value
+    if isinstance(ref, bool) or isinstance(value, bool):  # bool is an int subclass: match it exactly
+        if isinstance(ref, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(value, type(ref)):
+        return value
+    elif isinstance(ref, tuple) and isinstance(value, list):
+        return tuple(value)
+    elif isinstance(ref, float) and isinstance(value, int):
+        return float(value)
+    raise ResultsError(f"--set {text!r}: {exp.name}.{field} takes {type(ref).__name__} "
+                       f"(default {ref!r}), not {type(value).__name__} {value!r}")
 
 
 # ------------------------------------------------------------------- context
@@ -406,8 +480,10 @@ class _Run:
     """
 
     def __init__(self, out: Path, seed: int, n: int | None, resume: bool, progress: Progress,
-                 world: distributed.World | None = None, scratch: Path | None = None):
+                 world: distributed.World | None = None, scratch: Path | None = None,
+                 overrides: dict[str, dict[str, Any]] | None = None):
         self.out, self.seed, self.n, self.resume, self.progress = out, seed, n, resume, progress
+        self.overrides = overrides or {}
         self.world = world or distributed.World()
         self.scratch = scratch
         self.console = progress.console
@@ -444,7 +520,7 @@ class _Run:
         interrupted fresh run loses nothing that was finished before.
         """
         info = model.info
-        config = make_config(exp, self.n, self.seed)
+        config = make_config(exp, self.n, self.seed, self.overrides.get(exp.name))
         exp_dir = self.out / _check_name(info.slug, "model slug") / exp.name
         want = _fingerprint(config, info, self.seed)
         status = self.world.decide(lambda: self._decide(exp_dir, exp, want), f"experiment {info.slug}/{exp.name}")
@@ -617,7 +693,7 @@ def _default_load(spec: str) -> Any:
 
 
 def resume_command(models: Sequence[str], only: Any = None, skip: Any = None, out: str | Path = "results",
-                   n: int | None = None, seed: int = 0) -> str:
+                   n: int | None = None, seed: int = 0, sets: Sequence[str] = ()) -> str:
     """The `mlxinterp run-suite` command that continues this run."""
     args = ["mlxinterp", "run-suite"]
     for spec in models:
@@ -628,6 +704,8 @@ def resume_command(models: Sequence[str], only: Any = None, skip: Any = None, ou
         args += ["--skip", ",".join(_names(skip))]
     if n is not None:
         args += ["--n", str(n)]
+    for text in sets:
+        args += ["--set", text]
     args += ["--seed", str(seed), "--out", str(out)]
     return shlex.join(args)
 
@@ -640,7 +718,7 @@ def _progress(console: Console) -> Progress:
 def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: str | Sequence[str] | None = None,
             out: str | Path = "results", n: int | None = None, seed: int = 0, resume: bool = True,
             load_fn: Callable[[str], Any] | None = None, *, console: Console | None = None,
-            resume_hint: str | None = None) -> dict:
+            resume_hint: str | None = None, sets: Sequence[str] = ()) -> dict:
     """Run the selected experiments on every model; return a summary.
 
     Summary: {"out": str, "runs": [{"model", "spec", "experiment", "status", "path"}],
@@ -653,9 +731,13 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     Under `mlx.launch -n N` (mlxinterp.distributed) the ranks share every
     experiment's items; rank 0 alone writes files and its summary has the report;
     the other ranks' summaries have "report": None.
+    `sets` are config overrides, `exp.field=value` or `field=value` (parse_overrides);
+    a run with overrides has its own config fingerprint, so resuming a different
+    configuration into the same --out is refused: use another --out or --no-resume.
     """
     register_builtin()
     exps = select(only, skip)
+    overrides = parse_overrides(sets, [e.name for e in exps])
     if not models:
         raise ResultsError("no models given", hint="pass at least one --model")
     if not isinstance(seed, int) or seed < 0:
@@ -667,11 +749,11 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     console = console or Console(stderr=True)
     if not world.is_root:
         console = Console(file=open(os.devnull, "w"), quiet=True)  # noqa: SIM115 - lives as long as the run
-    hint = resume_hint or resume_command(models, only, skip, out, n, seed)
+    hint = resume_hint or resume_command(models, only, skip, out, n, seed, sets)
     models = world.decide(lambda: plan_models(models, console), "plan")
     with io.DirLock(out) if world.is_root else nullcontext(), _scratch(world) as scratch:
         with _progress(console) as progress:
-            run = _Run(out, seed, n, resume, progress, world, scratch)
+            run = _Run(out, seed, n, resume, progress, world, scratch, overrides)
             overall = progress.add_task("suite", total=len(models) * len(exps))
             try:
                 for spec in models:

@@ -75,3 +75,12 @@ def test_console_script_runs_and_preloads_blas(tmp_path):
     assert d["openblas_interposed"] is bool(find_openblas())  # the entry point re-executed itself with the preload
     r = subprocess.run([exe, "info", "--model", "no-such-model"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "no-such-model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_run_suite_lists_config_fields_and_refuses_a_bad_set(tmp_path, capsys):
+    code, out, _ = run(["run-suite", "--list", "--fields"], capsys)
+    assert code == 0 and "steps=" in out and "ard_mmd" in out
+    code, out, err = run(["run-suite", "--model", "default", "--only", "ard_mmd", "--set", "ard_mmd.stepz=9",
+                          "--out", str(tmp_path / "r")], capsys)
+    assert code != 0 and "no config field 'stepz'" in out + err and "steps" in out + err
+    assert not (tmp_path / "r").exists()

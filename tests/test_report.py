@@ -133,3 +133,13 @@ def test_anchor_matches_github():
 def test_empty_results_dir(tmp_path):
     md, html = write_report(tmp_path)
     assert "No finished results yet." in md.read_text() and "<h1" in html.read_text()
+
+
+def test_discussion_files_appear_under_their_experiment(results):
+    (results / "discussion").mkdir()
+    (results / "discussion" / "patching.md").write_text("A 270M model *cannot* show this.\n")
+    md = write_report(results)[0].read_text()
+    sec = md.split("## patching")[1]
+    assert "### Discussion\n\nA 270M model *cannot* show this." in sec
+    assert sec.index("### Discussion") < sec.index("### Figures")
+    assert "### Discussion" not in md.split("## patching")[0]  # validation has none

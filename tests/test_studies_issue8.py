@@ -159,3 +159,20 @@ def test_experiment_runs_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path, name)
     res = json.loads((tmp_path / hm.info.slug / name / "result.json").read_text())
     assert res["status"] == "complete" and res["result"]["summary"]
     assert res["figures"] and (tmp_path / hm.info.slug / name / res["figures"][0]).exists()
+
+
+def test_connectome_sd_floor_stops_one_constant_neuron_owning_the_svd():
+    """A neuron constant on the baseline must not get a z of 1e6 (BUGFIX: music k80 = 1)."""
+    from mlxinterp.studies.connectome import _floored_sd
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(20, 2, 50))
+    base[:, 1, 7] = 0.3  # constant neuron
+    sd = _floored_sd(base, 0.1)
+    med = np.median(base.std(0, ddof=1), axis=-1)
+    assert sd[1, 7] >= 0.1 * med[1] and np.allclose(sd[0], np.maximum(base[:, 0].std(0, ddof=1), 0.1 * med[0] + 1e-6))
+    acts = rng.normal(size=(20, 2, 50))
+    acts[:, 1, 7] = 0.3 + rng.normal(scale=1e-3, size=20)
+    z = ((acts - base.mean(0)) / sd).reshape(20, -1)
+    _, s, _ = np.linalg.svd(z - z.mean(0), full_matrices=False)
+    assert s[0] ** 2 / (s ** 2).sum() < 0.5  # no single direction dominates

@@ -345,3 +345,53 @@ def test_report_sections_side_by_side_with_embedded_figures(registry, tmp_path):
     assert "[![org--a line](org--a/plots/line.png)](org--a/plots/result.json)" in md
     assert html.count('<img src="data:image/png;base64,') == 2
     assert '<a href="b/plots/result.json"><img' in html and "line.png" not in html
+
+
+def test_set_overrides_reach_the_config_and_are_checked(registry, tmp_path):
+    """`--set` values land in the config (and its fingerprint); bad ones are refused before any work."""
+    assert suite.parse_overrides(["validation.n=7", "seed=2"], ["validation"]) == {"validation": {"n": 7, "seed": 2}}
+    summary, _ = _run_all(tmp_path, sets=["validation.n=7"])
+    record = io.read_json(tmp_path / "out/org--m/validation/result.json")
+    assert record["config"]["n"] == 7 and len(record["result"]["vals"]) == 7
+    with pytest.raises(ResultsError, match=r"config\.n 7 \(now 4\)"):  # a different config is not resumed into
+        _run_all(tmp_path)
+    for bad, match in [("validation.nn=3", r"(?s)no config field 'nn'.*did you mean 'n'"),
+                       ("validation.n=three", r"validation\.n takes int \(default 4\), not str 'three'"),
+                       ("validation.n=True", r"takes int .* not bool"),
+                       ("nosuch.n=3", r"unknown experiment 'nosuch'"),
+                       ("n", r"is not key=value")]:
+        with pytest.raises(ResultsError, match=match):
+            _run_all(tmp_path / "bad", sets=[bad])
+        assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_set_coerces_lists_to_tuples_and_ints_to_floats(monkeypatch):
+    @dataclasses.dataclass
+    class C:
+        layers: tuple = (0.5,)
+        lam: float = 0.1
+        name: str = "en"
+
+    monkeypatch.setattr(suite, "_REGISTRY", {})
+    suite.experiment("x", C)(lambda m, c, ctx: {})
+    got = suite.parse_overrides(["layers=[0.25, 0.75]", "lam=1", "name=zh"], ["x"])["x"]
+    assert got == {"layers": (0.25, 0.75), "lam": 1.0, "name": "zh"} and isinstance(got["lam"], float)
+    assert "lam=0.1" in suite.config_fields("x")
+
+
+def test_every_experiment_script_names_a_registered_experiment():
+    """experiments/*.py are thin: each calls _cli.main with registered experiment names."""
+    import ast as pyast
+
+    suite.register_builtin()
+    scripts = sorted((Path(__file__).parent.parent / "experiments").glob("[!_]*.py"))
+    assert len(scripts) >= 15
+    for script in scripts:
+        tree = pyast.parse(script.read_text())
+        calls = [n for n in pyast.walk(tree) if isinstance(n, pyast.Call) and getattr(n.func, "id", "") == "main"]
+        assert len(calls) == 1, script.name
+        arg = calls[0].args[0]
+        names = ([arg.value] if isinstance(arg, pyast.Constant) else
+                 [e.value for n in pyast.walk(tree) if isinstance(n, pyast.Tuple) for e in n.elts
+                  if isinstance(e, pyast.Constant) and isinstance(e.value, str)])
+        assert names and all(n in suite._REGISTRY for n in names), (script.name, names)

@@ -30,6 +30,19 @@ class ConnectomeConfig:
     hub_min_frac: float = 0.8  # hub: significant in >= this fraction of categories
     top_k: int = 10
     svd_k: int = 5
+    sd_floor: float = 0.1  # z-space SVD: baseline std floored at this fraction of its layer median (see below)
+
+
+def _floored_sd(base: np.ndarray, floor: float) -> np.ndarray:
+    """Baseline std per neuron [nl, d], floored at `floor` x the layer's median std.
+
+    Why: a neuron that is nearly constant on the baseline (std ~ 0) turns any
+    small category shift into a z of thousands, and then one neuron is the whole
+    z-space SVD (the first run's music k80 = 1 was exactly that). The Welch tests
+    use their own per-neuron variances and are unaffected.
+    """
+    sd = base.std(0, ddof=1)
+    return np.maximum(sd, floor * np.median(sd, axis=-1, keepdims=True) + 1e-6)
 
 
 @experiment("connectome", ConnectomeConfig)
@@ -39,7 +52,7 @@ def connectome(hm, cfg: ConnectomeConfig, ctx) -> dict:
     names = list(cats)
     base = neurons.pooled(hm, neurons.baseline(cfg.n), "mlp.hook_post")  # [N, nl, d]
     nl, d = base.shape[1:]
-    mu, sd = base.mean(0), base.std(0, ddof=1) + 1e-6
+    mu, sd = base.mean(0), _floored_sd(base, cfg.sd_floor)
     n_tests = nl * d
     thresh = cfg.alpha / n_tests
     pool = [p for c in names for p in cats[c]]

@@ -1,0 +1,39 @@
+"""The one command line every script in experiments/ shares (each script is a thin wrapper).
+
+    --model M (repeatable; default: default)   --n N   --out DIR   --seed S   --no-resume
+    --set key=value or exp.key=value (repeatable; a config override, exactly as `mlxinterp run-suite --set`)
+    --full  the experiment's documented full-run size, where it has one (a different config: use another --out)
+
+A script run and `mlxinterp run-suite --only NAME` write the same files and resume the same way.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from mlxinterp import suite
+from mlxinterp.platform import ensure_fast_blas
+
+
+def main(names: str | Sequence[str], doc: str, full: dict | None = None) -> None:
+    """Parse the shared flags and run `names` (one experiment or several) through `suite.run_all`."""
+    ensure_fast_blas()  # Linux CPU: re-run once with OpenBLAS preloaded (no-op on a Mac)
+    names = [names] if isinstance(names, str) else list(names)
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help="model spec (repeatable); default: default")
+    if len(names) > 1:
+        p.add_argument("--only", default=",".join(names), help="comma-separated subset of " + ", ".join(names))
+    p.add_argument("--n", type=int, default=None, help="items (see the experiment's config for what n counts)")
+    p.add_argument("--out", default="results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    if full:
+        p.add_argument("--full", action="store_true", help=f"full-run size: {full}")
+    a = p.parse_args()
+    chosen = [n.strip() for n in getattr(a, "only", ",".join(names)).split(",") if n.strip()]
+    if bad := [n for n in chosen if n not in names]:
+        p.error(f"unknown experiment(s) {bad}; choose from {', '.join(names)}")
+    sets = [f"{k}={v!r}" for k, v in full.items()] if full and a.full else []
+    suite.run_all(a.model or ["default"], only=chosen, out=a.out, n=a.n, seed=a.seed, resume=not a.no_resume,
+                  sets=sets + a.set)
