@@ -232,8 +232,14 @@ def render_markdown(out: Path, docs: dict[str, str] | None = None, embed: bool =
 def render_html(out: Path, docs: dict[str, str] | None = None) -> str:
     """Standalone HTML: the Markdown report with figures embedded, rendered by markdown-it."""
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(render_markdown(out, docs, embed=True))
-    body = _HEADING.sub(lambda m: f'<h{m[1]} id="{anchor(_html.unescape(re.sub("<[^>]+>", "", m[2])))}">{m[2]}</h{m[1]}>',
-                        body)
+    seen: dict[str, int] = {}
+
+    def with_id(m: re.Match) -> str:  # GitHub's rule: a repeated anchor gets -1, -2, ...
+        a = anchor(_html.unescape(re.sub("<[^>]+>", "", m[2])))
+        n, seen[a] = seen.get(a, 0), seen.get(a, 0) + 1
+        return f'<h{m[1]} id="{a}{f"-{n}" if n else ""}">{m[2]}</h{m[1]}>'
+
+    body = _HEADING.sub(with_id, body)
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>mlxinterp results</title>'
             f"<style>{_CSS}{_figure_width(out)}</style></head>\n<body>\n{body}</body></html>\n")

@@ -143,3 +143,13 @@ def test_discussion_files_appear_under_their_experiment(results):
     assert "### Discussion\n\nA 270M model *cannot* show this." in sec
     assert sec.index("### Discussion") < sec.index("### Figures")
     assert "### Discussion" not in md.split("## patching")[0]  # validation has none
+
+
+def test_html_heading_ids_are_unique(results):
+    (results / "discussion").mkdir()
+    for exp in ("validation", "patching"):
+        (results / "discussion" / f"{exp}.md").write_text("Words.\n")
+    page = _Page()
+    page.feed(write_report(results)[1].read_text())
+    ids = [i for _, i, _ in page.headings if i]
+    assert len(ids) == len(set(ids)) and {"discussion", "discussion-1", "figures", "figures-1"} <= set(ids)
