@@ -176,3 +176,17 @@ def test_connectome_sd_floor_stops_one_constant_neuron_owning_the_svd():
     z = ((acts - base.mean(0)) / sd).reshape(20, -1)
     _, s, _ = np.linalg.svd(z - z.mean(0), full_matrices=False)
     assert s[0] ** 2 / (s ** 2).sum() < 0.5  # no single direction dominates
+
+
+def test_logits_processor_bias_lives_on_the_head_of_the_distribution():
+    """The baseline biases tokens the model could emit, not the far tail (BUGFIX: baseline moved nothing)."""
+    from mlxinterp.studies.steering_sweep import _logit_bias
+
+    V = 1000
+    lp = np.full((2, V), -30.0, np.float32)
+    ln = lp.copy()
+    lp[:, :5], ln[:, :5] = [5, 4, 3, 2, 1], [1, 2, 3, 4, 5]  # head: the two sides rank 5 tokens differently
+    lp[:, 900], ln[:, 900] = -10.0, -30.0  # a 20-nat difference far in the tail
+    bias = _logit_bias(mx.array(lp), mx.array(ln), top=5)
+    assert bias[900] == 0 and np.count_nonzero(bias) == 5
+    assert bias[0] == pytest.approx(4.0, abs=1e-4) and bias[4] == pytest.approx(-4.0, abs=1e-4)
