@@ -214,16 +214,52 @@ def ot_transport(X_src: np.ndarray, plan: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ ARD-RBF MMD
+#
+# Two objectives over log lengthscales (fit_ard), both with the L1 penalty lam * sum_j 1/ell_j:
+#
+# - "seed" (seed 001 verbatim): MINIMISE sum_pairs unbiased MMD^2. Degenerate: every ell_j -> inf sends
+#   MMD^2 -> 0 and the penalty -> 0, so nothing keeps a lengthscale finite, and the unbiased estimator's
+#   negative values (sampling noise) are a lower target the optimiser finds instead. Kept so that finding
+#   stays reproducible (BUGFIX 22).
+# - "power": MAXIMISE sum_pairs biased MMD^2 (the V-statistic, >= 0). The penalty now opposes the data
+#   term, so the loss is bounded below by -sum_pairs (1/n + 1/m) and a coordinate keeps a finite
+#   lengthscale only if it helps tell the languages apart: the short-ell set D is a sparse set of
+#   language-discriminating coordinates. Plain MMD^2, not Sutherland et al.'s (2017) MMD^2 / std ratio.
+#   Caveat: as all ell -> 0 the V-statistic tends to 1/n + 1/m for ANY two distinct clouds (each token
+#   only "sees" itself), so a gain is only evidence of discrimination when it beats the same fit on
+#   label-shuffled clouds (the study runs that control) -- the unbiased value is reported alongside.
+
+MMD_ESTIMATORS = ("biased", "unbiased")
+ARD_OBJECTIVES = {"seed": ("unbiased", 1.0), "power": ("biased", -1.0)}  # objective -> (estimator, sign of MMD^2 in the loss)
 
 
-def mmd2_unbiased(X: np.ndarray, Y: np.ndarray, lengthscales: np.ndarray) -> float:
-    """Unbiased MMD^2 between clouds X (n x d) and Y (m x d) under the ARD-RBF kernel (numpy reference)."""
+def _check_estimator(estimator: str) -> str:
+    if estimator not in MMD_ESTIMATORS:
+        raise MlxInterpError(f"MMD estimator {estimator!r} not allowed; use one of {MMD_ESTIMATORS}")
+    return estimator
+
+
+def check_objective(objective: str) -> str:
+    """The objective name, or a clear error listing the allowed ones."""
+    if objective not in ARD_OBJECTIVES:
+        raise MlxInterpError(f"ARD objective {objective!r} not allowed; use one of {tuple(ARD_OBJECTIVES)}")
+    return objective
+
+
+def mmd2_reference(X: np.ndarray, Y: np.ndarray, lengthscales: np.ndarray, estimator: str = "unbiased") -> float:
+    """MMD^2 between clouds X (n x d) and Y (m x d) under the ARD-RBF kernel (numpy reference).
+
+    unbiased: within-cloud sums skip the diagonal and divide by n(n-1); biased (V-statistic): keep it, divide by n^2.
+    """
     from scipy.spatial.distance import cdist
 
+    _check_estimator(estimator)
     ell = np.asarray(lengthscales, np.float64)
     Xs, Ys = np.asarray(X, np.float64) / ell, np.asarray(Y, np.float64) / ell
     kxx, kyy, kxy = (np.exp(-0.5 * cdist(a, b, "sqeuclidean")) for a, b in ((Xs, Xs), (Ys, Ys), (Xs, Ys)))
     n, m = len(X), len(Y)
+    if estimator == "biased":
+        return float(kxx.mean() + kyy.mean() - 2 * kxy.mean())
     return float((kxx.sum() - n) / (n * (n - 1)) + (kyy.sum() - m) / (m * (m - 1)) - 2 * kxy.mean())
 
 
@@ -240,8 +276,10 @@ def pad_clouds(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[mx.array, mx
     return mx.array(X), mx.array(Y), mx.array(wx), mx.array(wy)
 
 
-def mmd2_batch(log_ell: mx.array, X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array) -> mx.array:
-    """Unbiased ARD-RBF MMD^2 of each padded pair [P] (MLX, differentiable in log_ell)."""
+def mmd2_batch(log_ell: mx.array, X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array,
+               estimator: str = "unbiased") -> mx.array:
+    """ARD-RBF MMD^2 of each padded pair [P] (MLX, differentiable in log_ell); estimator as in mmd2_reference."""
+    _check_estimator(estimator)
     inv = mx.exp(-log_ell)
     Xs, Ys = X * inv, Y * inv
 
@@ -251,38 +289,54 @@ def mmd2_batch(log_ell: mx.array, X: mx.array, Y: mx.array, wx: mx.array, wy: mx
 
     def within(a, w):
         n = w.sum(-1)
-        total = (w[:, :, None] * gram(a, a) * w[:, None, :]).sum((1, 2)) - n  # drop the diagonal (k(x,x) = 1)
-        return total / (n * (n - 1))
+        total = (w[:, :, None] * gram(a, a) * w[:, None, :]).sum((1, 2))
+        if estimator == "biased":
+            return total / (n * n)
+        return (total - n) / (n * (n - 1))  # drop the diagonal (k(x,x) = 1)
 
     cross = (wx[:, :, None] * gram(Xs, Ys) * wy[:, None, :]).sum((1, 2)) / (wx.sum(-1) * wy.sum(-1))
     return within(Xs, wx) + within(Ys, wy) - 2 * cross
 
 
+def mmd2_sums(log_ell, X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array) -> dict[str, float]:
+    """sum over pairs of MMD^2 under each estimator, for reporting (both, whatever the objective used)."""
+    p = mx.array(np.asarray(log_ell, np.float32))
+    return {e: float(mmd2_batch(p, X, Y, wx, wy, e).sum()) for e in MMD_ESTIMATORS}
+
+
 @dataclass
 class ARDFit:
-    """Result of an ARD-MMD fit: final log lengthscales and the loss trace."""
+    """Result of an ARD-MMD fit: final log lengthscales, the loss trace, and MMD^2 sums at start and end."""
 
     log_ell: np.ndarray
     history: list[dict]
     steps: int
     converged: bool
+    mmd2_start: dict[str, float]
+    mmd2_end: dict[str, float]
+    window_change: float | None  # |loss change| over the last `window` steps / the convergence scale (< tol: converged)
 
 
-def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.ndarray, lam: float,
-            lr: float = 0.01, steps: int = 500, tol: float = 1e-4, window: int = 100, log_every: int = 25,
-            on_log=None) -> ARDFit:
-    """Minimise sum_pairs MMD^2 + lam * sum_j 1/ell_j over log ell with Adam (mx.grad, mx.compile).
+def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.ndarray, lam: float, *,
+            objective: str, lr: float = 0.01, steps: int = 500, tol: float = 1e-4, window: int = 100,
+            log_every: int = 25, on_log=None) -> ARDFit:
+    """Fit log lengthscales with Adam (mx.grad, mx.compile): loss = sign * sum_pairs MMD^2 + lam * sum_j 1/ell_j.
 
-    Convergence: stop once the loss moved by less than tol * (|loss| + 1e-8) over the last `window` steps.
+    objective "seed": sign +1, unbiased MMD^2 (seed 001, degenerate); "power": sign -1, biased MMD^2
+    (bounded, well-posed); see the section comment above. `history[i]["mmd2_sum"]` uses the objective's estimator.
+    Convergence: stop once the loss moved by less than tol * max(|loss|, |loss - loss at step 1|) over the
+    last `window` steps (relative to the distance travelled too, so a loss passing through 0 can converge).
     """
     import mlx.optimizers as optim
 
+    check_objective(objective)
     if lam < 0 or steps < 1 or lr <= 0:
         raise MlxInterpError(f"ARD fit needs lam >= 0, steps >= 1, lr > 0; got lam={lam}, steps={steps}, lr={lr}")
+    estimator, sign = ARD_OBJECTIVES[objective]
 
     def loss_fn(log_ell):
-        mmd = mmd2_batch(log_ell, X, Y, wx, wy).sum()
-        return mmd + lam * mx.exp(-log_ell).sum(), mmd
+        mmd = mmd2_batch(log_ell, X, Y, wx, wy, estimator).sum()
+        return sign * mmd + lam * mx.exp(-log_ell).sum(), mmd
 
     grad_fn = mx.value_and_grad(lambda p: loss_fn(p)[0])
     opt = optim.Adam(learning_rate=lr)
@@ -293,6 +347,7 @@ def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.n
     def step_values(p):
         return grad_fn(p)
 
+    start = mmd2_sums(log_ell0, X, Y, wx, wy)
     history, trace, converged, step = [], [], False, 0
     for step in range(1, steps + 1):
         loss, g = step_values(state["p"])
@@ -304,13 +359,17 @@ def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.n
             history.append({"step": step, "loss": trace[-1], "mmd2_sum": mmd})
             if on_log:
                 on_log(history[-1])
-        if step > window and abs(trace[-1] - trace[-1 - window]) < tol * (abs(trace[-1]) + 1e-8):
+        scale = max(abs(trace[-1]), abs(trace[-1] - trace[0]), 1e-8)
+        if step > window and abs(trace[-1] - trace[-1 - window]) < tol * scale:
             converged = True
             break
     final = {"step": step, "loss": trace[-1], "mmd2_sum": float(loss_fn(state["p"])[1])}
     if not history or history[-1]["step"] != step:
         history.append(final)
-    return ARDFit(np.array(state["p"], np.float64), history, step, converged)
+    log_ell = np.array(state["p"], np.float64)
+    change = (abs(trace[-1] - trace[-1 - window]) / max(abs(trace[-1]), abs(trace[-1] - trace[0]), 1e-8)
+              if len(trace) > window else None)
+    return ARDFit(log_ell, history, step, converged, start, mmd2_sums(log_ell, X, Y, wx, wy), change)
 
 
 def svd_warm_start(V: np.ndarray, scale: float, eps: float = 1e-3) -> np.ndarray:

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from mlxinterp import catalogue, memory
-from mlxinterp.cli import main
 from mlxinterp.errors import ModelSpecError
+from cli_runner import run
 
 # Seed 004's table (its own source: the checkpoints it ran): repo -> layers.
 SEED_004_LAYERS = {
@@ -19,14 +19,6 @@ SEED_004_LAYERS = {
 MULTIMODAL = {"google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"}
 
 
-def run(argv, capsys):
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_seed_004_checkpoints_are_all_there_with_the_seeds_layer_counts():

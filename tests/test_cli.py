@@ -6,18 +6,9 @@ import os
 import subprocess
 import sys
 
-from mlxinterp.cli import main
+from cli_runner import run
 
 
-def run(argv, capsys):
-    """(exit code, stdout, stderr) of `mlxinterp argv` in-process."""
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_info_json_on_tiny_model(tiny_dirs, capsys):

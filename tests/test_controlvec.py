@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from mlxinterp import taps as T
-from mlxinterp.cli import main
 from mlxinterp.controlvec import (ControlVectorError, LayerVectors, export_llama_cpp, import_llama_cpp,
                                   is_layer_vectors, load_vectors)
 from mlxinterp.directions import diff_of_means
 from mlxinterp.errors import TapError
+from cli_runner import run
 
 
 def _direction(hook: str, d: int = 64, seed: int = 0):
@@ -135,37 +135,29 @@ def test_import_rejects_what_is_not_a_control_vector(tmp_path):
         import_llama_cpp(tmp_path / "missing.gguf")
 
 
-def _run(argv, capsys):
-    code = 0
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        code = e.code or 0
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_cli_export_import_then_steer(tiny_dirs, tmp_path, capsys):
     d = _direction("blocks.1.hook_resid_post")
     d.save(tmp_path / "v")
-    code, out, err = _run(["export-vector", str(tmp_path / "v"), "--format", "llama-cpp", "--out",
+    code, out, err = run(["export-vector", str(tmp_path / "v"), "--format", "llama-cpp", "--out",
                            str(tmp_path / "v.gguf"), "--layers", "1-2", "--scale", "2", "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
     assert info["layers"] == [1, 2] and info["d_model"] == 64
     assert info["norms"]["1"] == pytest.approx(2 * d.norm, rel=1e-5)
-    code, out, err = _run(["import-vector", str(tmp_path / "v.gguf"), "--out", str(tmp_path / "imp"), "--json"], capsys)
+    code, out, err = run(["import-vector", str(tmp_path / "v.gguf"), "--out", str(tmp_path / "imp"), "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["layers"] == [1, 2]
     model = str(tiny_dirs[("llama", None)])
-    code, out, err = _run(["steer", "hi", "--model", model, "--dtype", "native", "--vector",
+    code, out, err = run(["steer", "hi", "--model", model, "--dtype", "native", "--vector",
                            str(tmp_path / "imp.safetensors"), "--alpha", "1", "--max-tokens", "3", "--json"], capsys)
     assert code == 0, err
     res = json.loads(out)
     assert res["layers"] == [1, 2] and res["perturbation_pct_of_resid"] is None
-    code, _, err = _run(["export-vector", str(tmp_path / "v"), "--format", "onnx", "--out", str(tmp_path / "x")], capsys)
+    code, _, err = run(["export-vector", str(tmp_path / "v"), "--format", "onnx", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "'onnx' is not supported; allowed: llama-cpp" in err
-    code, _, err = _run(["export-vector", str(tmp_path / "v"), "--layers", "0-1", "--out", str(tmp_path / "x")], capsys)
+    code, _, err = run(["export-vector", str(tmp_path / "v"), "--layers", "0-1", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "direction.0" in err and "hint" in err
-    code, _, err = _run(["steer", "hi", "--model", model, "--vector", str(tmp_path / "v"), "--alpha", "1"], capsys)
+    code, _, err = run(["steer", "hi", "--model", model, "--vector", str(tmp_path / "v"), "--alpha", "1"], capsys)
     assert code == 2 and "--layers is needed" in err

@@ -67,22 +67,89 @@ def test_mmd2_matches_direct_computation_numpy_and_mlx_padded():
     pairs = [(rng.normal(size=(6, 5)), rng.normal(loc=0.5, size=(4, 5))),
              (rng.normal(size=(3, 5)), rng.normal(size=(7, 5)))]
     direct = [_direct_mmd2(x, y, ell) for x, y in pairs]
-    assert [S.mmd2_unbiased(x, y, ell) for x, y in pairs] == pytest.approx(direct, abs=1e-10)
+    assert [S.mmd2_reference(x, y, ell) for x, y in pairs] == pytest.approx(direct, abs=1e-10)
     X, Y, wx, wy = S.pad_clouds(pairs)
     got = np.array(S.mmd2_batch(mx.array(np.log(ell).astype(np.float32)), X, Y, wx, wy))
     np.testing.assert_allclose(got, direct, atol=1e-5)
     assert direct[0] > direct[1]  # the shifted pair is further apart
 
 
-def test_ard_fit_decreases_the_objective():
+def test_seed_ard_fit_decreases_the_objective():
     rng = np.random.default_rng(0)
     pairs = [(rng.normal(size=(6, 4)), rng.normal(size=(5, 4)) + np.array([2.0, 0, 0, 0])) for _ in range(3)]
     X, Y, wx, wy = S.pad_clouds(pairs)
-    fit = S.fit_ard(X, Y, wx, wy, np.zeros(4), lam=0.01, steps=60, log_every=10)
+    fit = S.fit_ard(X, Y, wx, wy, np.zeros(4), lam=0.01, objective="seed", steps=60, log_every=10)
     assert fit.history[-1]["loss"] < fit.history[0]["loss"]
     assert fit.log_ell.shape == (4,) and np.isfinite(fit.log_ell).all()
     # the coordinate that separates the clouds is switched off first (its lengthscale grows most)
     assert int(np.argmax(fit.log_ell)) == 0
+
+
+def _padded_pairs_unequal(seed=1, d=5):
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=(6, d)), rng.normal(loc=0.7, size=(3, d))),
+            (rng.normal(size=(2, d)), rng.normal(size=(7, d)))]
+
+
+def test_biased_mmd2_matches_scipy_cdist_on_padded_pairs_and_is_nonnegative():
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(1)
+    ell = rng.uniform(0.3, 2.0, size=5)
+    pairs = _padded_pairs_unequal()
+
+    def v_stat(x, y):  # biased MMD^2 straight from the definition: mean of each Gram block, diagonal kept
+        k = lambda a, b: np.exp(-0.5 * cdist(a / ell, b / ell, "sqeuclidean"))  # noqa: E731
+        return k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
+
+    direct = [v_stat(x, y) for x, y in pairs]
+    assert [S.mmd2_reference(x, y, ell, "biased") for x, y in pairs] == pytest.approx(direct, abs=1e-12)
+    X, Y, wx, wy = S.pad_clouds(pairs)
+    got = np.array(S.mmd2_batch(mx.array(np.log(ell).astype(np.float32)), X, Y, wx, wy, "biased"))
+    np.testing.assert_allclose(got, direct, atol=1e-5)
+    unbiased = np.array(S.mmd2_batch(mx.array(np.log(ell).astype(np.float32)), X, Y, wx, wy, "unbiased"))
+    assert not np.allclose(got, unbiased, atol=1e-3)  # the padded estimator really switches
+    # the V-statistic is a squared RKHS norm: >= 0 even for same-distribution clouds, where the unbiased one dips below 0
+    same = [(rng.normal(size=(5, 5)), rng.normal(size=(4, 5))) for _ in range(20)]
+    Xs, Ys, wxs, wys = S.pad_clouds(same)
+    log_ell = mx.array(np.zeros(5, np.float32))
+    assert float(S.mmd2_batch(log_ell, Xs, Ys, wxs, wys, "biased").min()) >= 0
+    assert float(S.mmd2_batch(log_ell, Xs, Ys, wxs, wys, "unbiased").min()) < 0
+    with pytest.raises(MlxInterpError, match="'median'.*biased"):
+        S.mmd2_batch(log_ell, Xs, Ys, wxs, wys, "median")
+    with pytest.raises(MlxInterpError, match="'minimise'.*power"):
+        S.fit_ard(Xs, Ys, wxs, wys, np.zeros(5), 0.01, objective="minimise")
+
+
+def _two_coordinate_shift(d=8, n_pairs=4, seed=0):
+    """Clouds that differ only in coordinates 0 and 1 (mean shift); the other d - 2 are the same N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    shift = np.zeros(d)
+    shift[:2] = 1.5
+    return [(rng.normal(size=(12, d)), rng.normal(size=(10, d)) + shift) for _ in range(n_pairs)]
+
+
+def test_power_fit_raises_mmd2_and_selects_the_discriminating_coordinates():
+    d = 8
+    X, Y, wx, wy = S.pad_clouds(_two_coordinate_shift(d))
+    fit = S.fit_ard(X, Y, wx, wy, np.full(d, np.log(np.sqrt(d))), lam=0.01, objective="power", steps=300)
+    assert fit.mmd2_end["biased"] > fit.mmd2_start["biased"] + 0.5
+    assert fit.mmd2_end["unbiased"] > fit.mmd2_start["unbiased"]  # not only the V-statistic's self-similarity
+    assert set(np.argsort(fit.log_ell)[:2].tolist()) == {0, 1}
+    assert fit.log_ell[2:].min() > fit.log_ell[:2].max() + 1.0  # the noise coordinates are switched off
+    assert fit.history[-1]["mmd2_sum"] == pytest.approx(fit.mmd2_end["biased"], rel=1e-4)
+    seed = S.fit_ard(X, Y, wx, wy, np.full(d, np.log(np.sqrt(d))), lam=0.01, objective="seed", steps=300)
+    assert set(np.argsort(seed.log_ell)[-2:].tolist()) == {0, 1}  # the seed objective switches exactly those off
+
+
+def test_seed_objective_on_identical_distributions_drives_mmd2_below_its_start():
+    """Documents seed 001's degeneracy: with no difference to find, minimising the unbiased MMD^2 fits noise below 0."""
+    rng = np.random.default_rng(0)
+    d = 8
+    X, Y, wx, wy = S.pad_clouds([(rng.normal(size=(12, d)), rng.normal(size=(10, d))) for _ in range(4)])
+    fit = S.fit_ard(X, Y, wx, wy, np.zeros(d), lam=0.01, objective="seed", steps=200)
+    assert fit.mmd2_end["unbiased"] < fit.mmd2_start["unbiased"]
+    assert fit.mmd2_end["unbiased"] < 0  # below the population value 0: the optimiser exploits the estimator's noise
 
 
 def test_effective_rank_and_similarity():
@@ -191,3 +258,54 @@ def test_row_patch_identity_rows_and_real_patches(tiny_hooked):
         np.testing.assert_allclose(out[row], base, atol=2e-3)
     assert np.abs(out[3, 1:] - base[1:]).max() > 1e-2
     np.testing.assert_allclose(out[3, 0], base[0], atol=2e-3)  # position 0 is never patched
+
+
+def test_ard_runs_cover_the_grid_and_controls_and_refuse_a_bad_objective():
+    from mlxinterp.studies import subspace as study
+
+    cfg = study.ARDConfig(lambdas=(0.001, 0.1), power_lambdas=(0.1, 1.0), control_lambda=0.01)
+    runs = study._ard_runs(cfg, [3, 5])
+    power = [r for r in runs if r["objective"] == "power"]
+    seed = [r for r in runs if r["objective"] == "seed"]
+    assert len(power) == 2 * 2 + 2 + 2 and len(seed) == 2 * 2 + 2
+    assert {r["init"] for r in power if r["labels"] == "true" and r["lambda"] != 0.01} == {"uniform"}
+    assert {r["init"] for r in seed if r["lambda"] != 0.01} == {"svd"}
+    assert {r["lambda"] for r in power if r["init"] == "uniform" and r["labels"] == "true"} == {0.1, 1.0}
+    assert sum(r["labels"] == "shuffled" for r in runs) == 2 and all(r["labels"] == "true" for r in seed)
+    assert len(study._ard_runs(study.ARDConfig(objective=("seed",), control_lambda=None), [3])) == 3
+    with pytest.raises(MlxInterpError, match="'exact'"):
+        study._ard_runs(study.ARDConfig(objective=("exact",)), [3])
+
+
+def test_ard_selection_overlap_and_hypergeometric_null():
+    from mlxinterp.studies import subspace as study
+
+    d, tau = 20, 1.0
+    energy = np.arange(d, 0, -1.0)  # coordinate 0 carries the most SVD-Z energy
+    log_ell = np.full(d, 2.0)
+    log_ell[[0, 1, 15]] = -1.0  # selected: two of the top-3 SVD coordinates and one outside
+    sel = study._ard_selection(log_ell, energy, tau)
+    assert sel["n_active"] == 3 and sel["overlap_with_svd_top"] == pytest.approx(2 / 3)
+    assert sel["overlap_chance"] == pytest.approx(3 / 20)
+    assert 0 < sel["overlap_p_high"] < 0.05 < sel["overlap_p_low"] <= 1
+    empty = study._ard_selection(np.full(d, 2.0), energy, tau)
+    assert empty["n_active"] == 0 and empty["overlap_with_svd_top"] is None
+
+
+def test_ard_mmd_runs_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path):
+    from rich.console import Console
+
+    from mlxinterp.suite import run_all
+
+    hm = tiny_hooked("gemma3_text", None)
+    run_all(["tiny"], only="ard_mmd", out=tmp_path, n=2, load_fn=lambda spec: hm,
+            console=Console(file=open("/dev/null", "w")),
+            sets=["ard_mmd.steps=30", "ard_mmd.k=8", "ard_mmd.lambdas=[0.01]", "ard_mmd.power_lambdas=[0.1]"])
+    res = json.loads((tmp_path / hm.info.slug / "ard_mmd" / "result.json").read_text())
+    assert res["status"] == "complete" and set(res["result"]["objective"]) == {"power", "seed"}
+    runs = res["result"]["runs"]
+    assert len(runs) == 5 * len(res["result"]["layers"])  # power: grid + SVD-init + shuffled; seed: grid + uniform-init
+    for it in runs:
+        assert it["mmd2_end"]["biased"] >= 0 and it["steps"] <= 30 and "overlap_p_low" in it
+    power = [it for it in runs if it["objective"] == "power" and it["labels"] == "true" and it["init"] == "uniform"]
+    assert all(it["mmd2_end"]["biased"] > it["mmd2_start"]["biased"] for it in power)
