@@ -26,7 +26,7 @@ import numpy as np
 
 from mlxinterp import taps as T
 from mlxinterp.errors import PromptError
-from mlxinterp.stats import bootstrap_ci, kl_divergence
+from mlxinterp.stats import bootstrap_ci, paired_binary_diff_ci, kl_divergence
 
 # Arditi et al. 2024 (appendix: refusal substring matching), verbatim; case-sensitive as there.
 REFUSAL_SUBSTRINGS = ("I'm sorry", "I am sorry", "I apologize", "As an AI", "As a language model", "As an assistant",
@@ -84,10 +84,16 @@ def ablation_taps(hm, vector: np.ndarray, spare_first: bool = False) -> list[tup
 
 
 def paired_effect(new: Sequence[float], base: Sequence[float], seed: int = 0) -> dict:
-    """Mean per-item difference new - base with its 95 % bootstrap CI (and n)."""
+    """Mean per-item difference new - base with its 95 % bootstrap CI (and n).
+
+    0/1 outcomes (accuracy) go through `paired_binary_diff_ci`, so "no item
+    changed" gets an honest interval rather than the bootstrap's [0, 0].
+    """
     a, b = np.asarray(new, np.float64), np.asarray(base, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired effect needs equal shapes, got {a.shape} and {b.shape}")
+    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
+        return paired_binary_diff_ci(a - b, seed=seed)
     return bootstrap_ci(a - b, seed=seed)
 
 

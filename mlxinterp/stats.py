@@ -27,6 +27,24 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable = np.mean, level: 
             "high": float(res.confidence_interval.high), "n": int(x.size)}
 
 
+def paired_binary_diff_ci(diffs: Sequence[float], level: float = 0.95, seed: int = 0) -> dict:
+    """CI of the mean of paired 0/1 outcome differences (each in {-1, 0, 1}), e.g. an accuracy lift.
+
+    The percentile bootstrap collapses to [0, 0] when no pair is discordant,
+    which claims certainty that 0/24 cannot give. Then the bound comes from the
+    discordant-pair rate instead: |lift| <= P(discordant), whose Wilson upper
+    bound for 0 of n is used on both sides.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size and not np.isin(d, (-1.0, 0.0, 1.0)).all():
+        raise ValueError(f"paired binary differences must be -1, 0 or 1; got {sorted(set(d.tolist()))[:5]}")
+    if d.size == 0 or np.any(d != 0):
+        return bootstrap_ci(d, level=level, seed=seed)
+    bound = proportion_ci(0, int(d.size), level)["high"]
+    return {"estimate": 0.0, "low": -bound, "high": bound, "n": int(d.size)}
+
+
 def proportion_ci(successes: int, n: int, level: float = 0.95) -> dict:
     """{'estimate', 'low', 'high', 'k', 'n'}: Wilson score interval for k/n."""
     if n == 0:

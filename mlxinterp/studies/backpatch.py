@@ -207,6 +207,9 @@ def _summary(an: dict, n_queries: int, n_wrong: int) -> dict:
     for s in SUBSETS:
         a = an[s]
         out[f"{s}: patched"] = a["n"]
+        if s == "all_wrong" and a["n"] == an["both_hops"]["n"]:  # both-hops queries are patched first
+            out["all_wrong: patched"] = f"{a['n']} (the same queries as both_hops: raise --n past them)"
+            continue
         for arm, name in (("own", "own"), ("control", "donor control")):
             if a.get(arm):
                 out[f"{s}: oracle fix rate, {name}"] = ci_text(a[arm]["oracle_fix_rate"])

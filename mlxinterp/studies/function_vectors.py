@@ -43,7 +43,7 @@ from mlxinterp import fv as F
 from mlxinterp import taps as T
 from mlxinterp.errors import PromptError
 from mlxinterp.patching import run_variants
-from mlxinterp.stats import bootstrap_ci, proportion_ci
+from mlxinterp.stats import bootstrap_ci, paired_binary_diff_ci, proportion_ci
 from mlxinterp.suite import experiment
 
 VECTORS = ("v1", "v2", "v3")
@@ -245,8 +245,8 @@ def _headline(zs: dict, chosen: dict, cfg) -> dict:
             k0, k1 = (sum(bool(r[key]) for r in test) for key in ("base_top1", "icl_top1"))
             per[t] = {"zero_shot": proportion_ci(k0, len(test)),
                       "with_vector": proportion_ci(sum(bool(r["top1"][v][l]) for r in test), len(test)),
-                      "icl": proportion_ci(k1, len(test)), "lift": bootstrap_ci(lift, seed=cfg.seed)}
-        out[v] = {"layer": l, "by_task": per, "pooled_lift": bootstrap_ci(pooled, seed=cfg.seed)}
+                      "icl": proportion_ci(k1, len(test)), "lift": paired_binary_diff_ci(lift, seed=cfg.seed)}
+        out[v] = {"layer": l, "by_task": per, "pooled_lift": paired_binary_diff_ci(pooled, seed=cfg.seed)}
     return out
 
 
