@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mlxinterp.errors import MlxInterpError
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(os.environ.get("MLXINTERP_DATA") or Path(__file__).resolve().parent.parent / "data")
 
 
 def load_json(relpath: str) -> dict:
@@ -14,7 +15,9 @@ def load_json(relpath: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise MlxInterpError(f"cannot read data file {path}: {e}") from None
+        hint = ("data/ ships with the repository: install from a clone with `pip install -e .` (scripts/run.sh does), "
+                "or point MLXINTERP_DATA at a copy of it") if not DATA_DIR.is_dir() else None
+        raise MlxInterpError(f"cannot read data file {path}: {e}", hint=hint) from None
 
 
 def prompts(relpath: str) -> list[str]:

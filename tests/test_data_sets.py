@@ -156,3 +156,13 @@ def test_confidence_pairs_share_the_fact():
     for p, n, f in zip(d["positive"], d["negative"], d["facts"]):
         for s in (p, n):
             assert f["subject"].lower() in s.lower() and f["value"] in s
+
+
+def test_missing_data_dir_says_how_to_get_it(monkeypatch, tmp_path):
+    from mlxinterp import data
+    from mlxinterp.errors import MlxInterpError
+
+    monkeypatch.setattr(data, "DATA_DIR", tmp_path / "nowhere")
+    with pytest.raises(MlxInterpError) as err:
+        data.load_json("styles/styles.json")
+    assert "nowhere" in str(err.value) and "MLXINTERP_DATA" in err.value.hint
