@@ -298,15 +298,20 @@ def mmd2_batch(log_ell: mx.array, X: mx.array, Y: mx.array, wx: mx.array, wy: mx
     return within(Xs, wx) + within(Ys, wy) - 2 * cross
 
 
-def mmd2_sums(log_ell, X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array) -> dict[str, float]:
-    """sum over pairs of MMD^2 under each estimator, for reporting (both, whatever the objective used)."""
+def mmd2_per_pair(log_ell, X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array) -> dict[str, np.ndarray]:
+    """MMD^2 of each pair [P] under each estimator (both, whatever the objective used): per-item records and CIs over pairs."""
     p = mx.array(np.asarray(log_ell, np.float32))
-    return {e: float(mmd2_batch(p, X, Y, wx, wy, e).sum()) for e in MMD_ESTIMATORS}
+    return {e: np.array(mmd2_batch(p, X, Y, wx, wy, e), np.float64) for e in MMD_ESTIMATORS}
+
+
+def mmd2_sums(per_pair: dict[str, np.ndarray]) -> dict[str, float]:
+    """sum over pairs of mmd2_per_pair's values, per estimator: the quantity the fit's objective uses."""
+    return {e: float(v.sum()) for e, v in per_pair.items()}
 
 
 @dataclass
 class ARDFit:
-    """Result of an ARD-MMD fit: final log lengthscales, the loss trace, and MMD^2 sums at start and end."""
+    """Result of an ARD-MMD fit: final log lengthscales, the loss trace, and MMD^2 (summed and per pair) at start and end."""
 
     log_ell: np.ndarray
     history: list[dict]
@@ -315,6 +320,8 @@ class ARDFit:
     mmd2_start: dict[str, float]
     mmd2_end: dict[str, float]
     window_change: float | None  # |loss change| over the last `window` steps / the convergence scale (< tol: converged)
+    mmd2_start_pairs: dict[str, np.ndarray]  # per-pair values [P] behind mmd2_start / mmd2_end (they sum to them)
+    mmd2_end_pairs: dict[str, np.ndarray]
 
 
 def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.ndarray, lam: float, *,
@@ -347,7 +354,7 @@ def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.n
     def step_values(p):
         return grad_fn(p)
 
-    start = mmd2_sums(log_ell0, X, Y, wx, wy)
+    start_pairs = mmd2_per_pair(log_ell0, X, Y, wx, wy)
     history, trace, converged, step = [], [], False, 0
     for step in range(1, steps + 1):
         loss, g = step_values(state["p"])
@@ -369,7 +376,9 @@ def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.n
     log_ell = np.array(state["p"], np.float64)
     change = (abs(trace[-1] - trace[-1 - window]) / max(abs(trace[-1]), abs(trace[-1] - trace[0]), 1e-8)
               if len(trace) > window else None)
-    return ARDFit(log_ell, history, step, converged, start, mmd2_sums(log_ell, X, Y, wx, wy), change)
+    end_pairs = mmd2_per_pair(log_ell, X, Y, wx, wy)
+    return ARDFit(log_ell, history, step, converged, mmd2_sums(start_pairs), mmd2_sums(end_pairs), change,
+                  start_pairs, end_pairs)
 
 
 def svd_warm_start(V: np.ndarray, scale: float, eps: float = 1e-3) -> np.ndarray:

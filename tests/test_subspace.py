@@ -142,6 +142,43 @@ def test_power_fit_raises_mmd2_and_selects_the_discriminating_coordinates():
     assert set(np.argsort(seed.log_ell)[-2:].tolist()) == {0, 1}  # the seed objective switches exactly those off
 
 
+def test_per_pair_mmd2_sums_to_the_fit_sums_and_its_change_ci_brackets_the_mean():
+    from mlxinterp.studies import subspace as study
+
+    clouds = _two_coordinate_shift(d=6, n_pairs=5)
+    X, Y, wx, wy = S.pad_clouds(clouds)
+    fit = S.fit_ard(X, Y, wx, wy, np.full(6, np.log(np.sqrt(6))), lam=0.01, objective="power", steps=80)
+    for e in S.MMD_ESTIMATORS:
+        assert fit.mmd2_start_pairs[e].shape == (5,)
+        assert fit.mmd2_start_pairs[e].sum() == pytest.approx(fit.mmd2_start[e], rel=1e-6)
+        assert fit.mmd2_end_pairs[e].sum() == pytest.approx(fit.mmd2_end[e], rel=1e-6)
+        ref = [S.mmd2_reference(x, y, np.exp(fit.log_ell), e) for x, y in clouds]  # each pair, against the numpy reference
+        np.testing.assert_allclose(fit.mmd2_end_pairs[e], ref, atol=1e-4)
+    rec = study._ard_pair_records(fit, [{"id": f"p{i}"} for i in range(5)], seed=0)
+    assert [r["id"] for r in rec["pairs"]] == [f"p{i}" for i in range(5)]
+    for e in S.MMD_ESTIMATORS:
+        assert sum(r[f"{e}_end"] for r in rec["pairs"]) == pytest.approx(fit.mmd2_end[e], rel=1e-6)
+        ci = rec["mmd2_change_ci"][e]
+        change = fit.mmd2_end_pairs[e] - fit.mmd2_start_pairs[e]
+        assert ci["estimate"] == pytest.approx(change.mean()) and ci["n"] == 5
+        assert ci["low"] <= ci["estimate"] <= ci["high"] and ci["low"] < ci["high"]
+        assert ci["low"] > 0  # every pair gains: the shift is in all of them
+
+
+def test_shuffle_contrast_pairs_true_and_shuffled_runs_by_position():
+    from mlxinterp.studies import subspace as study
+
+    def run(labels, ends):
+        return {"objective": "power", "layer": 3, "lambda": 0.01, "init": "uniform", "labels": labels,
+                "pairs": [{"biased_end": b, "unbiased_end": b - 0.1} for b in ends]}
+
+    items = [run("true", [2.0, 2.5, 3.0, 2.2]), run("shuffled", [0.5, 0.4, 0.6, 0.5])]
+    ci = study._ard_shuffle_contrast(items, seed=0)["L3 lambda=0.01"]
+    for e in ("biased", "unbiased"):
+        assert ci[e]["estimate"] == pytest.approx(np.mean([1.5, 2.1, 2.4, 1.7]))
+        assert 0 < ci[e]["low"] <= ci[e]["estimate"] <= ci[e]["high"]
+
+
 def test_seed_objective_on_identical_distributions_drives_mmd2_below_its_start():
     """Documents seed 001's degeneracy: with no difference to find, minimising the unbiased MMD^2 fits noise below 0."""
     rng = np.random.default_rng(0)
@@ -309,3 +346,50 @@ def test_ard_mmd_runs_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path):
         assert it["mmd2_end"]["biased"] >= 0 and it["steps"] <= 30 and "overlap_p_low" in it
     power = [it for it in runs if it["objective"] == "power" and it["labels"] == "true" and it["init"] == "uniform"]
     assert all(it["mmd2_end"]["biased"] > it["mmd2_start"]["biased"] for it in power)
+    for it in runs:  # per-pair records behind the sums, with a CI over pairs
+        assert len(it["pairs"]) == 2
+        for e in ("biased", "unbiased"):
+            assert sum(p[f"{e}_end"] for p in it["pairs"]) == pytest.approx(it["mmd2_end"][e], rel=1e-5, abs=1e-6)
+            assert it["mmd2_change_ci"][e]["n"] == 2
+    main = [key for key in res["result"]["summary"] if "per-pair mean MMD2 change" in key]
+    assert len(main) == 1 and res["result"]["summary"][main[0]]
+    contrast = res["result"]["shuffle_contrast"]  # control_lambda 0.01 is not in power_lambdas [0.1]: no true-label twin
+    assert contrast == {f"L{l} lambda=0.01": None for l in res["result"]["layers"]}
+
+
+def _linear_bridge_data(n=40, k=5, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    E = rng.normal(size=(n, k))
+    return E, E @ rng.normal(size=(k, k)) + noise * rng.normal(size=(n, k)), rng.normal(size=(n, k)), rng.normal(size=(n, k))
+
+
+@pytest.mark.parametrize("method", ["heldout", "refit"])
+def test_bridge_loo_ci_is_high_and_tight_when_a_linear_map_exists(method):
+    from mlxinterp.studies import subspace as study
+
+    E, C, E_null, C_null = _linear_bridge_data()
+    ci = study.bridge_loo_cis(E, C, E_null, C_null, method=method, n_resamples=100)
+    z, null, diff = ci["Z"], ci["random"], ci["Z - random"]
+    assert z["estimate"] == pytest.approx(study.loo_r2(E, C)) and z["estimate"] > 0.99
+    assert z["low"] > 0.98 and z["high"] - z["low"] < 0.02
+    assert null["high"] < 0.2  # unrelated clouds: no held-out predictive power
+    assert diff["low"] > 0.8
+    if method == "heldout":  # refit resamples have fewer distinct pairs, so only the primary CI must bracket the estimate
+        for c in (z, null, diff):
+            assert c["low"] <= c["estimate"] <= c["high"]
+
+
+def test_grouped_loo_holds_out_every_copy_of_a_pair_and_bad_method_is_refused():
+    from mlxinterp.studies import subspace as study
+
+    rng = np.random.default_rng(1)
+    E, C = rng.normal(size=(12, 3)), rng.normal(size=(12, 3))  # no linear relation at all
+    idx = np.repeat(np.arange(12), 2)
+    leaky = study.loo_r2(E[idx], C[idx])  # a duplicate stays in the training set
+    grouped = study.loo_r2(E[idx], C[idx], groups=idx)
+    assert grouped == pytest.approx(study.loo_r2(E, C))  # equal to plain LOO on the distinct pairs
+    assert leaky > grouped + 0.1
+    with pytest.raises(MlxInterpError, match="bootstrap|allowed"):
+        study.bridge_loo_cis(E, C, E, C, method="jackknife")
+    with pytest.raises(MlxInterpError, match="same pairs"):
+        study.bridge_loo_cis(E, C, E[:5], C[:5])

@@ -632,8 +632,14 @@ def ard_mmd(hm, cfg: ARDConfig, ctx) -> dict:
                           "sum MMD2 biased start->end, unbiased start->end, converged (steps, relative loss change "
                           f"over the last 100 steps vs tol {cfg.tol:g}, seconds)"}
     summary.update({_ard_label(it): _ard_line(it) for it in items})
+    summary[f"layer {main_l}: per-pair mean MMD2 change end - start, 95% bootstrap CI over {len(pairs)} pairs"] = \
+        _ard_change_summary(items, main_l)
+    contrast = _ard_shuffle_contrast(items, cfg.seed)
+    summary["power, true minus shuffled labels: per-pair mean end MMD2, 95% bootstrap CI over pairs"] = {
+        name: ("n/a: no true-label run at this lambda (control_lambda not in power_lambdas)" if ci is None
+               else ", ".join(f"{e} {_num(ci[e], '+.4f')}" for e in S.MMD_ESTIMATORS)) for name, ci in contrast.items()}
     _ard_figure(items, main_l, tau, cfg, ctx)
-    return {"summary": summary, "layers": layers, "runs": items, "standardisation":
+    return {"summary": summary, "layers": layers, "runs": items, "shuffle_contrast": contrast, "standardisation":
             "each coordinate standardised by the pooled mean/std over both languages' content tokens of the pairs at that layer",
             "objective": {"power": "maximise sum over pairs of biased (V-statistic) ARD-RBF MMD^2 - lambda * sum_j 1/ell_j "
                                    "(plain MMD^2, not the MMD^2/std test-power ratio); primary; init uniform ell = sqrt(d)",
@@ -670,9 +676,44 @@ def _ard_run(hm, run: dict, pairs: list[dict], cfg: ARDConfig, ctx) -> dict:
                     if h["step"] % 250 == 0 or h["step"] == 1 else None)
     ctx.log(f"{tag}: {fit.steps} steps, converged {fit.converged}, {time.perf_counter() - t0:.1f} s")
     return {**run, "log_ell": np.round(fit.log_ell, 4), "log_ell_init": np.round(init, 4), "history": fit.history,
-            "mmd2_start": fit.mmd2_start, "mmd2_end": fit.mmd2_end, "steps": fit.steps, "converged": fit.converged,
-            "window_change": fit.window_change,
+            "mmd2_start": fit.mmd2_start, "mmd2_end": fit.mmd2_end, **_ard_pair_records(fit, pairs, cfg.seed),
+            "steps": fit.steps, "converged": fit.converged, "window_change": fit.window_change,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _ard_pair_records(fit: S.ARDFit, pairs: list[dict], seed: int) -> dict:
+    """Per-pair MMD^2 at the start and end lengthscales, and a bootstrap CI over pairs of the mean change (end - start).
+
+    The objective is a sum over pairs, so one pair could carry the whole gain; the per-pair
+    values and the CI over pairs show whether the change is shared.
+    """
+    records = [{"id": p["id"], **{f"{e}_{when}": float(v[i]) for e in S.MMD_ESTIMATORS
+                                  for when, v in (("start", fit.mmd2_start_pairs[e]), ("end", fit.mmd2_end_pairs[e]))}}
+               for i, p in enumerate(pairs)]
+    ci = {e: bootstrap_ci(fit.mmd2_end_pairs[e] - fit.mmd2_start_pairs[e], seed=seed) for e in S.MMD_ESTIMATORS}
+    return {"pairs": records, "mmd2_change_ci": ci}
+
+
+def _ard_change_summary(items: list[dict], layer: int) -> dict:
+    """Summary lines for one layer: mean per-pair MMD^2 change with its 95% CI over pairs, per run."""
+    return {_ard_label(it): ", ".join(f"{e} {_num(it['mmd2_change_ci'][e], '+.4f')}" for e in S.MMD_ESTIMATORS)
+            for it in items if it["layer"] == layer}
+
+
+def _ard_shuffle_contrast(items: list[dict], seed: int) -> dict:
+    """Per layer: per-pair end MMD^2 of the power fit on true labels minus the same fit on shuffled labels, CI over pairs.
+
+    Same lambda and init, pairs matched by position: a gain that is a language difference, not
+    the V-statistic's self-similarity, gives an interval above 0.
+    """
+    out = {}
+    for sh in [it for it in items if it["labels"] == "shuffled"]:
+        true = next((it for it in items if it["labels"] == "true" and it["layer"] == sh["layer"]
+                     and it["objective"] == sh["objective"] and it["lambda"] == sh["lambda"] and it["init"] == sh["init"]), None)
+        out[f"L{sh['layer']} lambda={sh['lambda']}"] = None if true is None else {  # None: control_lambda not in power_lambdas
+            e: bootstrap_ci([t[f"{e}_end"] - u[f"{e}_end"] for t, u in zip(true["pairs"], sh["pairs"])], seed=seed)
+            for e in S.MMD_ESTIMATORS}
+    return out
 
 
 def _ard_selection(log_ell: np.ndarray, z_energy: np.ndarray, tau: float) -> dict:
@@ -736,6 +777,7 @@ class BridgeConfig:
     ks: tuple = (20, 50)
     layer_fracs: tuple = SEED_FRACS  # the first is used (experiment A's primary layer)
     n_shuffles: int = 20
+    n_boot: int = 200  # bootstrap resamples of the pairs for the LOO R^2 CIs (bridge_loo_cis)
 
 
 @experiment("linear_bridge", BridgeConfig)
@@ -752,25 +794,48 @@ def linear_bridge(hm, cfg: BridgeConfig, ctx) -> dict:
     fits = {}
     for k in ks:
         for which in ("Z", "random"):
-            E = np.array([i[f"{which}{k}"]["en"] for i in items])
-            C = np.array([i[f"{which}{k}"]["zh"] for i in items])
+            E, C = _bridge_matrices(items, which, k)
             fits[f"{which} k={k}"] = {**bridge_fit(E, C), "loo_r2_shuffled_pairs": float(np.mean([loo_r2(E[p], C) for p in perms]))}
+    # the refit diagnostic only where a resample's ~63% distinct pairs still outnumber k (elsewhere it is costly and moot)
+    cis = {m: {k: bridge_loo_cis(*_bridge_matrices(items, "Z", k), *_bridge_matrices(items, "random", k), method=m,
+                                 n_resamples=cfg.n_boot, seed=cfg.seed)
+               for k in ks if m == "heldout" or 0.632 * len(items) > k} for m in BRIDGE_CI_METHODS}
+    for m, per_k in cis.items():
+        suffix = "" if m == "heldout" else f"_{m}"
+        for k, ci in per_k.items():
+            fits[f"Z k={k}"][f"loo_r2_ci{suffix}"], fits[f"random k={k}"][f"loo_r2_ci{suffix}"] = ci["Z"], ci["random"]
     summary = {"layer": l, "pairs": len(items)}
     for name, f in fits.items():
         summary[f"{name}: R2 / LOO R2 / LOO R2 shuffled pairs / orth. error"] = (
             f"{f['r2']:.3f} / {f['loo_r2']:.3f} / {f['loo_r2_shuffled_pairs']:.3f} / {f['orthogonality_error']:.3f}")
+    for m, per_k in cis.items():
+        summary[f"LOO R2, 95% bootstrap CI over pairs ({m}, {cfg.n_boot} resamples): Z / random / Z - random"] = {
+            f"k={k}": " / ".join(_num(ci[w]) for w in ("Z", "random", "Z - random")) for k, ci in per_k.items()}
     _bridge_figure(fits, ctx)
-    return {"summary": summary, "layer": l, "fits": fits, "items": items,
+    return {"summary": summary, "layer": l, "fits": fits,
+            "loo_r2_difference_ci": {m: {f"k={k}": ci["Z - random"] for k, ci in per_k.items()} for m, per_k in cis.items()},
+            "items": items,
             "definitions": {"W*": "argmin_W |C - E W|_F (numpy lstsq, no intercept), E/C = en/zh mean-pooled content "
                                   "tokens projected on the k basis vectors (N x k)",
                             "r2": "1 - |C - E W*|^2 / |C - mean(C)|^2", "orthogonality_error": "|W*^T W* - I|_F / k",
                             "loo_r2": "same R^2 with each row predicted by a W fitted without it",
+                            "loo_r2_ci": "percentile bootstrap over pairs (mlxinterp.stats.bootstrap_ci, n_boot resamples, "
+                                         "Z / random / Z - random on the same resamples): the pairs' (truth, LOO prediction) "
+                                         "rows resampled, R^2 recomputed (primary: every map fitted on n - 1 pairs)",
+                            "loo_r2_ci_refit": "diagnostic: each resample refitted and its LOO R^2 recomputed, copies of a pair "
+                                               "held out together; biased because a resample has ~63% distinct pairs; "
+                                               "only for k < 0.632 n",
                             "random": "a uniformly random k-dim subspace, as a control"}}
 
 
 def _bridge_coords(hm, pair, l, bases) -> dict:
     m = {lang: _content(activations(hm, prompt(pair, lang)), l).mean(0) for lang in ("en", "zh")}
     return {f"{w}{k}": {lang: bases[k][w] @ m[lang] for lang in m} for k in bases for w in ("Z", "random")}
+
+
+def _bridge_matrices(items: list[dict], which: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(E, C): the en and zh coordinates of every pair in basis `which` of size k, rows in pair order."""
+    return tuple(np.array([i[f"{which}{k}"][lang] for i in items]) for lang in ("en", "zh"))
 
 
 def bridge_fit(E: np.ndarray, C: np.ndarray) -> dict:
@@ -786,13 +851,59 @@ def _r2(C, pred) -> float:
     return float(1 - ((C - pred) ** 2).sum() / ((C - C.mean(0)) ** 2).sum())
 
 
-def loo_r2(E: np.ndarray, C: np.ndarray) -> float:
+def loo_predictions(E: np.ndarray, C: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Held-out predictions: each group of rows (default: each row) predicted by a W fitted without it.
+
+    Groups matter for bootstrap resamples: a duplicated pair left in the training set would
+    leak its own answer, so every copy of a pair is held out together.
+    """
+    g = np.arange(len(E)) if groups is None else np.asarray(groups)
     pred = np.empty_like(C)
-    for i in range(len(E)):
-        keep = np.arange(len(E)) != i
-        W, *_ = np.linalg.lstsq(E[keep], C[keep], rcond=None)
-        pred[i] = E[i] @ W
-    return _r2(C, pred)
+    for u in np.unique(g):
+        out = g == u
+        W, *_ = np.linalg.lstsq(E[~out], C[~out], rcond=None)
+        pred[out] = E[out] @ W
+    return pred
+
+
+def loo_r2(E: np.ndarray, C: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """R^2 of loo_predictions."""
+    return _r2(C, loo_predictions(E, C, groups))
+
+
+BRIDGE_CI_METHODS = ("heldout", "refit")
+
+
+def bridge_loo_cis(E: np.ndarray, C: np.ndarray, E_ref: np.ndarray, C_ref: np.ndarray, *, method: str = "heldout",
+                   n_resamples: int = 200, seed: int = 0) -> dict:
+    """Bootstrap CIs over pairs of LOO R^2 for (E, C) ("Z"), (E_ref, C_ref) ("random") and their difference.
+
+    Rows are pairs (same order in both); the same seed gives all three the same resamples (paired).
+    "heldout" (primary): the LOO predictions of the full data are fixed and the pairs' (truth, held-out
+    prediction) rows are resampled, so every R^2 comes from maps fitted on n - 1 pairs like the estimate.
+    "refit": a resample is refitted and its LOO R^2 recomputed (copies of a pair held out together); a
+    resample holds only ~63 % distinct pairs, so with k parameters per column its maps are fitted on far
+    fewer pairs than the estimate's and the interval is biased (for k near n it can miss the estimate).
+    """
+    if method not in BRIDGE_CI_METHODS:
+        raise MlxInterpError(f"bridge CI method {method!r} not allowed; use one of {BRIDGE_CI_METHODS}")
+    if len(E) != len(E_ref):
+        raise MlxInterpError(f"bridge CIs need the same pairs in both conditions; got {len(E)} and {len(E_ref)} rows")
+    held = {"Z": (C, loo_predictions(E, C)), "random": (C_ref, loo_predictions(E_ref, C_ref))} if method == "heldout" else {}
+    data = {"Z": (E, C), "random": (E_ref, C_ref)}
+
+    def on(idx: np.ndarray, which: str) -> float:
+        i = idx.astype(int)
+        if method == "heldout":
+            truth, pred = held[which]
+            return _r2(truth[i], pred[i])
+        E_, C_ = data[which]
+        return loo_r2(E_[i], C_[i], groups=i)
+
+    idx = np.arange(len(E))
+    stats = {"Z": lambda i: on(i, "Z"), "random": lambda i: on(i, "random"),
+             "Z - random": lambda i: on(i, "Z") - on(i, "random")}
+    return {name: bootstrap_ci(idx, f, n_resamples=n_resamples, seed=seed) for name, f in stats.items()}
 
 
 def _bridge_figure(fits, ctx) -> None:
