@@ -190,3 +190,134 @@ def test_logits_processor_bias_lives_on_the_head_of_the_distribution():
     bias = _logit_bias(mx.array(lp), mx.array(ln), top=5)
     assert bias[900] == 0 and np.count_nonzero(bias) == 5
     assert bias[0] == pytest.approx(4.0, abs=1e-4) and bias[4] == pytest.approx(-4.0, abs=1e-4)
+
+
+# ---- steering_sweep and layer_probe: their core computations checked against independent measurements
+
+
+def _last_resid(hm, prompts: list[str], layers: list[int], taps=None) -> dict[int, np.ndarray]:
+    """Last-token hook_resid_post [N, d] per layer, as captured after any taps at that point."""
+    names = [f"blocks.{l}.hook_resid_post" for l in layers]
+    _, cache = hm.run_with_cache(prompts, names=names, taps=taps)
+    return {l: np.array(cache[n][:, -1].astype(mx.float32), np.float64) for l, n in zip(layers, names)}
+
+
+def _style_setup(hm, style: str = "formal"):
+    from mlxinterp.studies.steering_sweep import SteeringSweepConfig, _fit_style, style_data
+
+    sd, cfg = style_data(), SteeringSweepConfig()
+    qs = sd["questions"][:4]
+    st = sd["styles"][style]
+    prompts = [sd["template"].format(instruction=st[k], question=q) for k in ("positive", "negative") for q in qs]
+    return cfg, _fit_style(hm, sd, style, qs, cfg), prompts
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "qwen3", "llama"])
+def test_static_steering_adds_the_requested_percent_of_the_residual_norm(tiny_hooked, arch):
+    """Static ActAdd at pct % : ||steered - clean|| / mean ||clean|| = pct / 100 at the steered layer, nothing before it."""
+    from mlxinterp.studies.steering_sweep import _taps
+
+    hm = tiny_hooked(arch, None)
+    cfg, fit, prompts = _style_setup(hm)
+    nl, layer = hm.info.n_layers, hm.info.n_layers // 2
+    for pct in (4.0, 24.0):
+        taps = _taps(hm, fit, {"family": "static", "pct": pct, "layer": layer}, nl, layer, cfg)
+        assert list(taps) == [f"blocks.{layer}.hook_resid_post"]
+        clean = _last_resid(hm, prompts, [layer - 1, layer])
+        steered = _last_resid(hm, prompts, [layer - 1, layer], taps)
+        np.testing.assert_allclose(steered[layer - 1], clean[layer - 1], atol=1e-5)  # upstream untouched
+        delta = np.linalg.norm(steered[layer] - clean[layer], axis=-1)
+        ratio = delta / np.linalg.norm(clean[layer], axis=-1).mean()
+        np.testing.assert_allclose(ratio, pct / 100, rtol=2e-3)
+        # and the direction added is the style direction of that layer
+        d = (steered[layer] - clean[layer])[0]
+        v = fit["vectors"][layer]
+        assert d @ v / (np.linalg.norm(d) * np.linalg.norm(v)) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["flat", "donut", "gaussian", "bell", "connectome", "ablation"])
+def test_multi_layer_profile_spends_exactly_the_budget(tiny_hooked, family):
+    """Per steered layer, the measured ||added|| / mean ||clean resid|| follows the profile and sums to pct / 100."""
+    from mlxinterp.hooks import ActivationCache
+    from mlxinterp.studies.steering_sweep import _taps, profile_weights
+
+    hm = tiny_hooked("gemma3_text", None)
+    cfg, fit, prompts = _style_setup(hm)
+    nl, pct = hm.info.n_layers, 8.0
+    taps = _taps(hm, fit, {"family": family, "pct": pct, "layer": None}, nl, 1, cfg)
+    pre, post = ActivationCache(hm), ActivationCache(hm)
+    pairs = []
+    for name, add in taps.items():  # capture right before and right after each Add: the difference is what it added
+        pairs += [(name, T.Capture(store=pre)), (name, add), (name, T.Capture(store=post))]
+    with hm.hooks(pairs):
+        mx.eval(hm(prompts))
+    clean = _last_resid(hm, prompts, list(range(nl)))
+    share = np.zeros(nl)
+    for name in taps:
+        l = int(name.split(".")[1])
+        added = np.linalg.norm(np.array(post[name][:, -1] - pre[name][:, -1], np.float64), axis=-1)
+        ref = np.linalg.norm(clean[l], axis=-1).mean()
+        share[l] = added.mean() / ref
+        np.testing.assert_allclose(added, added.mean(), rtol=1e-3, atol=1e-6 * ref)  # one vector for every prompt
+    assert share.sum() == pytest.approx(pct / 100, rel=2e-3)
+    want = profile_weights(family, nl, 1, fit["sep"], fit["ablation_kl"])
+    np.testing.assert_allclose(share / share.sum(), want, atol=1e-4)
+    assert (share > 0).sum() >= 2
+
+
+def _np_rms_norm(x: np.ndarray, w: np.ndarray, eps: float, gemma: bool) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * ((1.0 + w) if gemma else w)
+
+
+def _np_softmax_stats(lg: np.ndarray, ans: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entropy (nats), top-1 id and rank of `ans` per row of logits [n, V]."""
+    z = lg - lg.max(-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    ent = -(p * np.log(np.where(p > 0, p, 1))).sum(-1)
+    return ent, lg.argmax(-1), (lg > lg[:, ans: ans + 1]).sum(-1)
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "qwen3", "llama"])
+def test_layer_probe_lenses_match_numpy_and_the_models_own_logits(tiny_hooked, arch):
+    """raw lens = resid @ W_U^T, normed lens = RMSNorm(resid) @ W_U^T (numpy, from the weights); last normed = logits."""
+    from mlx.utils import tree_flatten
+
+    from mlxinterp.archs import text_model
+    from mlxinterp.lens import target_id
+    from mlxinterp.studies.layer_probe import TEMPLATES, LayerProbeConfig, _probe
+
+    hm = tiny_hooked(arch, None)
+    cfg = LayerProbeConfig(temperatures=(1.0,))
+    it = {"country": "France", "capital": "Paris", "template": 1}
+    got = _probe(hm, it, cfg)
+    prompt, ans, nl = TEMPLATES[1].format(x="France"), target_id(hm, " Paris"), hm.info.n_layers
+    params = {k: np.array(v.astype(mx.float32), np.float64) for k, v in tree_flatten(hm.model.parameters())}
+    wu = params.get("lm_head.weight", params["model.embed_tokens.weight"])
+    resid = np.stack(list(_last_resid(hm, [prompt], list(range(nl))).values()))[:, 0]  # [nl, d]
+    lenses = {"raw": resid @ wu.T,
+              "normed": _np_rms_norm(resid, params["model.norm.weight"], text_model(hm.model).norm.eps,
+                                     arch.startswith("gemma")) @ wu.T}
+    for mode, lg in lenses.items():
+        ent, top1, rank = _np_softmax_stats(lg, ans)
+        np.testing.assert_allclose(got[mode]["entropy"], ent, atol=1e-4, err_msg=mode)
+        assert got[mode]["top1"] == top1.tolist() and got[mode]["rank"] == rank.tolist(), mode
+    assert not np.allclose(lenses["raw"], lenses["normed"], atol=1e-3)  # the two modes really differ
+    model_logits = np.array(hm(prompt)[0, -1].astype(mx.float32), np.float64)
+    np.testing.assert_allclose(lenses["normed"][-1], model_logits, atol=1e-4)
+    z = np.exp(model_logits - model_logits.max())
+    assert got["final"]["1.0"]["answer_prob"] == pytest.approx(z[ans] / z.sum(), abs=1e-5)
+
+
+def test_collapse_threshold_ignores_the_layer_sweep_rows():
+    """A collapsed 8 % row at another layer is not the static layer's collapse threshold."""
+    from mlxinterp.studies.steering_sweep import SteeringSweepConfig, _collapse_threshold
+
+    cfg = SteeringSweepConfig(styles=("terse",))
+
+    def row(pct, layer, collapsed):
+        return {"style": "terse", "family": "static", "pct": pct, "layer": layer, "collapsed": collapsed,
+                "fluency_drop_nats": 3.0 if collapsed else 0.1}
+
+    table = [row(p, 7, p == 24.0) for p in cfg.static_pcts] + [row(8.0, 0, True), row(8.0, 11, False)]
+    got = _collapse_threshold(table, cfg, 7)["terse"]
+    assert got["collapse_pct"] == 24.0 and got["tested_pcts"] == list(cfg.static_pcts)

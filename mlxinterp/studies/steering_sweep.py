@@ -60,6 +60,9 @@ class SteeringSweepConfig:
     static_depth: float = 0.4  # static layer = round(static_depth * (n_layers - 1))
     logit_beta: float = 1.0
     logit_top: int = 200  # bias the union of both sides' top-200 tokens by probability
+    # 16 / 12 tokens keep the default run ~6.5 min on 2 cores. A 40 / 32-token run (results/full/)
+    # did not make the regex markers informative (this base model does not write them; 0/5 in 33 of
+    # 35 conditions), halved the per-token style score (the model repeats itself) and under-called collapse.
     max_tokens: int = 16
     n_bleed: int = 5
     bleed_tokens: int = 12
@@ -132,9 +135,9 @@ def steering_sweep(hm, cfg: SteeringSweepConfig, ctx) -> dict:
     for r in table:  # the family comparison: every family at family_pct on family_style (static at its layer)
         r["family_compare"] = bool(r["style"] == cfg.family_style and r["family"] in cfg.families
                                    and r["pct"] == cfg.family_pct and r["layer"] in (None, static_layer))
-    collapse = _collapse_threshold(table, cfg)
-    _figure(ctx, table, cfg)
-    summary = _summary(table, collapse, cfg, fit)
+    collapse = _collapse_threshold(table, cfg, static_layer)
+    _figure(ctx, table, cfg, static_layer)
+    summary = _summary(table, collapse, cfg, static_layer)
     return {"summary": summary, "static_layer": static_layer, "conditions": table, "collapse": collapse,
             "directions": {s: {k: v for k, v in fit[s].items() if k in ("relative_norm", "split_half", "sep")}
                            for s in cfg.styles},
@@ -277,12 +280,21 @@ def _summarise(r: dict, ref: dict, cfg) -> dict:
         "examples": r["examples"]}
 
 
-def _collapse_threshold(table: list[dict], cfg) -> dict:
+def _strength_rows(table: list[dict], style: str, cfg, static_layer: int) -> list[dict]:
+    """One style's static-ActAdd strength sweep at the static layer, by strength.
+
+    The layer-sweep rows are static too, at the same 8 %, but at other layers:
+    mixing them in put five "8 %" points into terse's collapse list and curve.
+    """
+    return sorted((r for r in table if r["style"] == style and r["family"] == "static"
+                   and r["layer"] == static_layer and r["pct"] in cfg.static_pcts), key=lambda r: r["pct"])
+
+
+def _collapse_threshold(table: list[dict], cfg, static_layer: int) -> dict:
     """Per style: the smallest static strength (% of residual norm) whose answers collapse, or None."""
     out = {}
     for s in cfg.styles:
-        rows = sorted((r for r in table if r["style"] == s and r["family"] == "static" and r["layer"] is not None
-                       and r["pct"] in cfg.static_pcts), key=lambda r: r["pct"])
+        rows = _strength_rows(table, s, cfg, static_layer)
         hit = [r["pct"] for r in rows if r["collapsed"]]
         out[s] = {"collapse_pct": hit[0] if hit else None, "tested_pcts": [r["pct"] for r in rows],
                   "fluency_drop_nats": [round(r["fluency_drop_nats"], 3) for r in rows]}
@@ -293,10 +305,10 @@ def _ci(c: dict) -> str:
     return f"{c['estimate']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]" if c.get("estimate") is not None else "n/a"
 
 
-def _summary(table, collapse, cfg, fit) -> dict:
+def _summary(table, collapse, cfg, static_layer: int) -> dict:
     out = {}
     for s in cfg.styles:
-        best = max((r for r in table if r["style"] == s and r["family"] == "static" and not r["collapsed"]),
+        best = max((r for r in _strength_rows(table, s, cfg, static_layer) if not r["collapsed"]),
                    key=lambda r: r["style_delta"]["estimate"], default=None)
         if best:
             out[f"{s}: best non-collapsed static (pct, style-score change [95% CI])"] = f"{best['pct']:g}%: {_ci(best['style_delta'])}"
@@ -311,7 +323,7 @@ def _summary(table, collapse, cfg, fit) -> dict:
     return out
 
 
-def _figure(ctx, table, cfg) -> None:
+def _figure(ctx, table, cfg, static_layer: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,8 +331,7 @@ def _figure(ctx, table, cfg) -> None:
 
     fig, ax = plt.subplots(1, 4, figsize=(22, 4.6))
     for s in cfg.styles:
-        rows = sorted([r for r in table if r["style"] == s and ((r["family"] == "static" and r["pct"] in cfg.static_pcts
-                       and r["layer"] is not None) or r["family"] == "none")], key=lambda r: r["pct"])
+        rows = [r for r in table if r["style"] == s and r["family"] == "none"] + _strength_rows(table, s, cfg, static_layer)
         x = [r["pct"] for r in rows]
         ax[0].errorbar(x, [r["style_delta"]["estimate"] for r in rows], fmt="o-", label=s,
                        yerr=np.array([[r["style_delta"]["estimate"] - r["style_delta"]["low"],
