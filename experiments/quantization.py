@@ -1,7 +1,10 @@
 """Does quantization change the science? Float vs MLX 8-bit / 4-bit variants of one model.
 
     python experiments/quantization.py [--model default] [--n 6] [--out results]
-On Metal, raise --n (4-bit matmuls are slow on MLX's CPU backend).
+Compares next-token and logit-lens agreement, refusal / sycophancy / function-vector (v2) directions,
+refusal steering (the refusal study's protocol), a patching map, two-hop and back-patching outcomes.
+On Metal, raise --n (4-bit matmuls are slow on MLX's CPU backend), e.g.
+    --n 24 --set n_twohop=48 --set n_steer=24 --set n_refusal=40 --set n_backpatch=27 --set backpatch_layer_step=1
 """
 from __future__ import annotations
 

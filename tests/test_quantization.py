@@ -29,10 +29,65 @@ def test_quantization_study_on_a_tiny_model(tiny_dirs, tmp_path):
         assert nt["top1_agreement"]["n"] == 6 and 0 <= nt["top1_agreement"]["low"] <= nt["top1_agreement"]["high"] <= 1
         assert len(v["directions"]["refusal_cosine_by_layer"]) == 4
         assert all(-1.0001 <= c <= 1.0001 for c in v["directions"]["refusal_cosine_by_layer"])
+        d = v["directions"]
+        assert set(d["function_vector_cosine_by_layer"]) == {"antonym", "country_capital"}
+        assert all(len(c) == 4 for c in d["function_vector_cosine_by_layer"].values())
+        assert d["min_cosine_at_layer"] <= d["refusal_cosine_by_layer"][d["layer"]] + 1e-9
+        ch = v["twohop"]["accuracy_change"]
+        assert ch["low"] <= ch["estimate"] <= ch["high"] and ch["n"] == 12
+        assert v["steering"]["float"]["n"] == 12 and v["steering"]["quantized"]["n"] == 12
     eight = next(v for v in res["variants"] if v["variant"] == "8bit")
     four = next(v for v in res["variants"] if v["variant"] == "4bit")
     assert eight["next_token"]["kl"]["estimate"] < four["next_token"]["kl"]["estimate"]  # more bits, closer to float
-    assert (tmp_path / next(tmp_path.glob("*/quantization")).relative_to(tmp_path) / "quantization.png").exists()
+    out = next(tmp_path.glob("*/quantization"))
+    for name in ("quantization", "quantization_next_token", "quantization_logit_lens", "quantization_directions",
+                 "quantization_steering", "quantization_patching", "quantization_twohop_backpatch"):
+        assert (out / f"{name}.png").exists(), name
+
+
+def test_grid_pairs():
+    from mlxinterp.studies.quantization import grid_pairs
+
+    assert len(grid_pairs(18, 1)) == 153
+    assert grid_pairs(4, 2) == [(2, 0), (3, 0), (3, 2)]  # layers 0, 2 and the last
+    with pytest.raises(Exception, match="backpatch_layer_step=0"):
+        grid_pairs(4, 0)
+
+
+def test_backpatch_outcomes_match_the_full_grid(tiny_hooked):
+    """Restricting twohop.backpatch_variants to a grid gives the full grid's numbers for those pairs."""
+    from mlxinterp import patching as P
+    from mlxinterp import twohop as TH
+    from mlxinterp.studies.quantization import backpatch_outcomes, grid_pairs
+
+    hm = tiny_hooked("qwen3", None)
+    q = TH.load_queries()[0]
+    pairs = grid_pairs(hm.info.n_layers, 2)
+    (rec,) = backpatch_outcomes(hm, [q], pairs)
+    assert len(rec["fixed_by_pair"]) == len(pairs) and rec["fixed"] == any(rec["fixed_by_pair"])
+    _, resid = TH.last_states(hm, [q["prompt"]])
+    all_pairs, variants = TH.backpatch_variants(resid[:, 0])
+    full = P.run_variants(hm, hm.tokens(q["prompt"]).ids[0].tolist(), [[]] + variants,
+                          TH.target_metric(TH.target(hm, q["answer_aliases"])))
+    expect = [bool(full[1 + all_pairs.index(p), 2]) for p in pairs]
+    assert rec["fixed_by_pair"] == expect and rec["base_top1"] == bool(full[0, 2])
+
+
+def test_compare_backpatch_counts_and_paired_change():
+    from mlxinterp.studies.quantization import compare_backpatch
+
+    def side(fixed):
+        return {"pairs": [[1, 0], [2, 0]], "queries": [{"id": str(i), "base_top1": False, "fixed_by_pair": f,
+                                                        "fixed": any(f)} for i, f in enumerate(fixed)]}
+
+    ref = side([[True, False], [False, False], [True, True], [False, True]])
+    q = side([[True, False], [False, True], [False, False], [False, False]])
+    c = compare_backpatch(ref, q)
+    assert c["agreement"]["k"] == 1 and c["agreement"]["n"] == 4  # only query 0 keeps its outcome
+    assert c["fix_rate_float"]["k"] == 3 and c["fix_rate_quantized"]["k"] == 2
+    assert c["fix_rate_change"]["estimate"] == pytest.approx(-0.25)
+    assert c["fix_rate_change"]["low"] < -0.25 < c["fix_rate_change"]["high"] or c["fix_rate_change"]["n"] == 4
+    assert c["pair_agreement"]["k"] == 4 and c["pair_agreement"]["n"] == 8
 
 
 def test_ci_verdicts():

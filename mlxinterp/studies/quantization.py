@@ -3,13 +3,29 @@
 For each variant (default: 8-bit and 4-bit, group size 64) against the float
 reference, on the same prompts: next-token KL and top-1 agreement; logit-lens
 agreement per layer (top-1 agreement, Spearman correlation of the reference's
-top-k logits, rate of "odd" tokens); cosine between refusal and sycophancy
-directions extracted on each; the refusal steering effect; an activation
-patching map; and two-hop outcomes. Thresholds for "the finding survives" are
-fixed here, before any run (VERDICT_RULES), not tuned to the results.
+top-k logits, rate of "odd" tokens); cosine between directions extracted on
+each (refusal, sycophancy, and a function vector per task: Todd et al.'s
+simple v2 = mean resid_post at the last position of ICL prompts minus
+zero-shot prompts, built from the function-vector study's prompts); the
+refusal steering effect, measured as the refusal study measures it; an
+activation patching map; two-hop outcomes; and back-patching outcomes on a
+few wrong two-hop queries. Thresholds for "the finding survives" are in
+VERDICT_RULES (fixed before the first run; the function-vector and
+back-patching rules were added with those measurements, see the discussion).
+
+Steering protocol (the refusal study's, so the float model has the effect the
+refusal study found to preserve): refusal direction = difference of means of
+resid_post over the post-instruction positions (studies.refusal.layer_directions)
+on the refusal study's train pairs; added, as a unit vector times 8 % of the
+mean residual norm, at every position of the refusal study's chosen layer
+(studies.refusal.reuse_or_select, read from the float model's refusal result
+when present) to its held-out harmless test prompts; score =
+scoring.refusal_score; effect = paired steered - unsteered (behaviour.paired_effect).
 
 4-bit matmuls are slow on MLX's CPU backend (~75 ms per token for the default
-model vs ~10 ms in float32), so defaults are small; raise --n on Metal.
+model vs ~10 ms in float32), so defaults are small; raise --n on Metal, with
+e.g. --set n_backpatch=27 --set backpatch_layer_step=1 for the full
+back-patching grid.
 """
 from __future__ import annotations
 
@@ -20,8 +36,12 @@ import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
+from mlxinterp import behaviour as B
 from mlxinterp import data, directions, scoring
+from mlxinterp import fv as F
 from mlxinterp import patching as P
+from mlxinterp import twohop as TH
+from mlxinterp.errors import PromptError
 from mlxinterp.lens import layer_logits
 from mlxinterp.stats import bootstrap_ci, kl_divergence, proportion_ci
 from mlxinterp.suite import experiment
@@ -37,11 +57,13 @@ VERDICT_RULES = {
     "next_token": "top-1 agreement >= 0.90 (survives if the 95% CI's low end clears it, changes if its high end "
                   "misses it, else inconclusive)",
     "logit_lens": "top-1 agreement over the last third of layers >= 0.80 (same CI rule)",
-    "directions": "cosine with the float direction at the 60%-depth layer >= 0.90 (refusal and sycophancy)",
+    "directions": "cosine with the float direction at the 60%-depth layer >= 0.90 for every direction (refusal, "
+                  "sycophancy, function vector v2 of each task)",
     "steering": "refusal-score change under steering: same sign and overlapping 95% CIs; inconclusive when the "
                 "float effect's CI contains 0 (nothing to preserve)",
     "patching": "Spearman correlation of the normalised patching map >= 0.90",
     "twohop": "agreement on whether the two-hop answer is top-1 >= 0.90 (same CI rule as next_token)",
+    "backpatch": "agreement on whether the best back-patching pair fixes a wrong two-hop query >= 0.90 (same CI rule)",
 }
 
 
@@ -51,10 +73,18 @@ class QuantizationConfig:
     seed: int = 0
     variants: tuple = ("8bit", "4bit")
     top_k: int = 20
-    n_directions: int = 8  # prompts per side for each direction
-    steer_pct: float = 8.0
+    n_directions: int = 8  # sycophancy contrast pairs per side
+    n_refusal: int = 16  # refusal-study train pairs for the refusal direction (the refusal study uses 40)
+    n_steer: int = 12  # refusal-study held-out harmless test prompts steered (the refusal study uses 24)
+    steer_pct: float = 8.0  # % of the mean residual norm at the steering layer
+    fv_tasks: tuple = ("antonym", "country_capital")
+    n_fv: int = 6  # ICL / zero-shot prompt pairs per task for the v2 function vector
+    fv_demos: int = 5  # demonstrations per ICL prompt (the function-vector study's default)
     patch_layer_step: int = 4  # patching map over every k-th layer (4-bit is slow on CPU)
     n_twohop: int = 12
+    n_backpatch: int = 4  # wrong two-hop queries whose hops the float model answers (27 on the default model)
+    backpatch_layer_step: int = 3  # (s, t) grid over every k-th layer and the last; 1 = all n(n-1)/2 pairs
+    batch_size: int = 32
 
 
 def is_odd_token(token: str) -> bool:
@@ -77,9 +107,12 @@ def is_odd_token(token: str) -> bool:
 def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
     """Same findings on float, 8-bit and 4-bit variants of one model: agreement and verdicts."""
     from mlxinterp.hooks import load
+    from mlxinterp.studies.refusal import RefusalConfig, reuse_or_select
 
     ref = hm if not hm.info.quantization else load(_base(hm.info.spec) + "@f32")
-    inputs = _inputs(cfg)
+    inputs = _inputs(cfg, ctx)
+    inputs["steer_layer"], inputs["steer_layer_source"] = reuse_or_select(ref, ctx, RefusalConfig(seed=cfg.seed))
+    inputs["backpatch"] = _backpatch_queries(ref, cfg, ctx)
     reference = _measure(ref, cfg, inputs)
 
     def one(variant: str) -> dict:
@@ -93,14 +126,21 @@ def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
 
     per_variant = ctx.map("variants", list(cfg.variants), one)
     verdicts = {r["variant"]: r["verdict"] for r in per_variant}
-    _figure(reference, per_variant, ctx)
+    _figures(reference, per_variant, ctx)
     summary = {f"{v}: {k}": verdict for v, ver in verdicts.items() for k, verdict in ver.items()}
     for r in per_variant:
-        summary[f"{r['variant']}: next-token top-1 agreement"] = _fmt(r["next_token"]["top1_agreement"])
-        summary[f"{r['variant']}: next-token KL (nats)"] = _fmt(r["next_token"]["kl"])
-    shown = ("layer", "steering_delta", "patch_map", "patch_pair", "twohop_correct", "odd_rate_by_layer")
+        v = r["variant"]
+        summary[f"{v}: next-token top-1 agreement"] = _fmt(r["next_token"]["top1_agreement"])
+        summary[f"{v}: next-token KL (nats)"] = _fmt(r["next_token"]["kl"])
+        summary[f"{v}: steering effect, float / quantized"] = (f"{_fmt(r['steering']['float'])} / "
+                                                              f"{_fmt(r['steering']['quantized'])}")
+        summary[f"{v}: two-hop accuracy change"] = _fmt(r["twohop"]["accuracy_change"])
+        summary[f"{v}: back-patching fix-rate change"] = _fmt(r["backpatch"]["fix_rate_change"])
+    shown = ("layer", "steer_layer", "steer_layer_source", "steering_delta", "steering_items", "patch_map",
+             "patch_pair", "twohop_correct", "odd_rate_by_layer", "backpatch")
     return {"summary": summary, "verdict_rules": VERDICT_RULES, "verdicts": verdicts,
-            "reference": {"slug": ref.info.slug, **{k: reference[k] for k in shown}}, "variants": per_variant}
+            "reference": {"slug": ref.info.slug, **{k: reference[k] for k in shown}},
+            "backpatch_eligible": inputs["backpatch"]["eligible"], "variants": per_variant}
 
 
 def _base(spec: str) -> str:
@@ -109,23 +149,84 @@ def _base(spec: str) -> str:
     return parse_spec(spec)[0]
 
 
-def _inputs(cfg) -> dict:
+def _inputs(cfg, ctx) -> dict:
+    """Prompts shared by every variant (drawn once, from the float side)."""
+    from mlxinterp.studies.function_vectors import FunctionVectorsConfig, task_split
+    from mlxinterp.studies.refusal import RefusalConfig, split
+
     items = data.load_json("twohop/queries.json")["items"]
     rng = np.random.default_rng(cfg.seed)
     pick = [items[i] for i in sorted(rng.choice(len(items), size=max(cfg.n, cfg.n_twohop), replace=False))]
     syc = data.load_json("directions/sycophancy.json")
+    sp = split(RefusalConfig(seed=cfg.seed))  # the refusal study's train / val / test pairs
+    if not 2 <= cfg.n_refusal <= len(sp["train"]["harmful"]) or not 2 <= cfg.n_steer <= len(sp["test"]["harmless"]):
+        raise PromptError(f"n_refusal={cfg.n_refusal} must be in [2, {len(sp['train']['harmful'])}] and "
+                         f"n_steer={cfg.n_steer} in [2, {len(sp['test']['harmless'])}] (the refusal study's split)")
+    fcfg = FunctionVectorsConfig(n=cfg.n_fv, n_demos=cfg.fv_demos, seed=cfg.seed)
+    fv = {}
+    for task in cfg.fv_tasks:
+        sets = task_split(task, fcfg, ctx)["aie"]
+        fv[task] = {"icl": [s.clean for s in sets], "zero": [F.zero_shot_prompt(s.query[0]) for s in sets]}
     return {
         "prompts": [it["hop2_prompt"] for it in pick[: cfg.n]],
         "twohop": pick[: cfg.n_twohop],
-        "harmful": data.prompts("refusal/harmful_en.json"),
-        "harmless": data.prompts("refusal/harmless_en.json"),
+        "harmful": sp["train"]["harmful"][: cfg.n_refusal],
+        "harmless": sp["train"]["harmless"][: cfg.n_refusal],
+        "steer_prompts": sp["test"]["harmless"][: cfg.n_steer],
         "syc_pos": syc["positive"][: cfg.n_directions],
         "syc_neg": syc["negative"][: cfg.n_directions],
+        "fv": fv,
     }
+
+
+def _backpatch_queries(ref, cfg, ctx) -> dict:
+    """Wrong two-hop queries whose two single hops the float model answers, in a seeded order; the first n.
+
+    Statuses come from the float model's twohop result when it matches (studies.twohop.statuses),
+    the order from the back-patching study's rule (studies.backpatch.choose).
+    """
+    from mlxinterp.studies.backpatch import choose
+    from mlxinterp.studies.twohop import statuses
+
+    recs, source = statuses(ref, ctx)
+    ordered = [r for r in choose(recs, len(recs), ctx.rng_for("backpatch_order")) if r["hop1"] and r["hop2"]]
+    pool = {q["id"]: q for q in TH.load_queries()}
+    return {"queries": [pool[r["id"]] for r in ordered[: cfg.n_backpatch]], "eligible": len(ordered),
+            "status_source": source}
+
+
+def grid_pairs(n_layers: int, step: int) -> list[tuple[int, int]]:
+    """(source s, target t < s) over every step-th layer and the last one; step 1 gives all n(n-1)/2 pairs."""
+    if step < 1:
+        raise PromptError(f"backpatch_layer_step={step} must be >= 1")
+    layers = sorted(set(range(0, n_layers, step)) | {n_layers - 1})
+    return [(s, t) for s in layers for t in layers if t < s]
+
+
+def backpatch_outcomes(hm, queries: list[dict], pairs: list[tuple[int, int]], batch_size: int = 32) -> list[dict]:
+    """Per query: is the answer top-1 unpatched, and after each back-patch (s, t) in `pairs` (the model's own states).
+
+    The patches are mlxinterp.twohop.backpatch_variants restricted to `pairs`, run with the prompt's KV cache reused.
+    """
+    out = []
+    for q in queries:
+        _, resid = TH.last_states(hm, [q["prompt"]])
+        all_pairs, variants = TH.backpatch_variants(resid[:, 0])
+        index = {p: i for i, p in enumerate(all_pairs)}
+        chosen = [[]] + [variants[index[p]] for p in pairs]
+        vals = P.run_variants(hm, hm.tokens(q["prompt"]).ids[0].tolist(), chosen,
+                              TH.target_metric(TH.target(hm, q["answer_aliases"])), batch_size=batch_size,
+                              reuse_prefix=True)
+        fixed = [bool(v) for v in vals[1:, 2]]
+        out.append({"id": q["id"], "base_top1": bool(vals[0, 2]), "fixed_by_pair": fixed, "fixed": any(fixed),
+                    "best_logprob_gain": float(np.max(vals[1:, 0]) - vals[0, 0])})
+    return out
 
 
 def _measure(hm, cfg, inp) -> dict:
     """Everything the comparison needs, from one model."""
+    from mlxinterp.studies.refusal import add_taps, layer_directions, post_instruction_k
+
     n = hm.info.n_layers
     layer = int(round(0.6 * (n - 1)))
     last, lens = [], []
@@ -133,34 +234,61 @@ def _measure(hm, cfg, inp) -> dict:
         logits, cache = hm.run_with_cache(p, names="hook_resid_post")
         last.append(np.array(logits[0, -1].astype(mx.float32)))
         lens.append(np.array(layer_logits(hm, cache, -1, "normed")))  # [n_layers, V]
-    fmt = lambda ps: [scoring.instruction(hm, x)[0] for x in ps]  # noqa: E731
-    k = cfg.n_directions
-    ref_dirs = directions.extract(hm, fmt(inp["harmful"][:k]), fmt(inp["harmless"][:k]), seed=cfg.seed)
+    k = post_instruction_k(hm, inp["harmful"] + inp["harmless"])
+    ref_dirs = layer_directions(hm, inp["harmful"], inp["harmless"], k, cfg.seed)
     syc_dirs = directions.extract(hm, inp["syc_pos"], inp["syc_neg"], seed=cfg.seed)
-    d = ref_dirs[layer]
-    held = inp["harmless"][k : k + 6]
-    base = scoring.refusal_score(hm, held)
-    steered = scoring.refusal_score(hm, held, directions.steering_taps(d.unit(), cfg.steer_pct / 100 * d.resid_norm, [layer]))
+    fv_dirs = {t: directions.extract(hm, s["icl"], s["zero"], seed=cfg.seed) for t, s in inp["fv"].items()}
+    sl = inp["steer_layer"]
+    d = ref_dirs[sl]
+    base = scoring.refusal_score(hm, inp["steer_prompts"])
+    steered = scoring.refusal_score(hm, inp["steer_prompts"], add_taps(d.unit(), sl, cfg.steer_pct / 100 * d.resid_norm))
     pair = next((p for p in PATCH_PAIRS if hm.tokens(p[0]).ids.shape[1] == hm.tokens(p[1]).ids.shape[1]), None)
     sweep = None if pair is None else P.patch_sweep(hm, pair[0], pair[1], P.logit_diff(hm, pair[2], pair[3]),
                                                     layers=list(range(0, n, cfg.patch_layer_step)))
-    twohop = []
-    for it in inp["twohop"]:
-        logits = P.forward_last(hm, hm.tokens(it["prompt"]).ids)[0, 0]
-        answer = hm.tokenizer.encode(" " + it["answer"], add_special_tokens=False)[0]
-        twohop.append(int(mx.argmax(logits).item()) == answer)
+    th_prompts = [it["prompt"] for it in inp["twohop"]]
+    th_logits, _ = TH.last_states(hm, th_prompts, capture=False)
+    twohop = TH.judge(hm, th_prompts, th_logits, [TH.target(hm, it["answer_aliases"]) for it in inp["twohop"]])
+    pairs = grid_pairs(n, cfg.backpatch_layer_step)
     decode = hm.tokenizer.decode
     return {
         "layer": layer,
+        "steer_layer": sl, "steer_layer_source": inp["steer_layer_source"],
         "_private": {"last": last, "lens": lens},
         "refusal_dirs": {l: ref_dirs[l].unit() for l in ref_dirs},
         "syc_dirs": {l: syc_dirs[l].unit() for l in syc_dirs},
-        "steering_delta": bootstrap_ci(steered - base, seed=cfg.seed),
+        "fv_dirs": {t: {l: v[l].unit() for l in v} for t, v in fv_dirs.items()},
+        "steering_delta": B.paired_effect(steered, base, cfg.seed),
+        "steering_items": (steered - base).tolist(),
         "patch_map": None if sweep is None else sweep.normalised,
         "patch_pair": pair,
-        "twohop_correct": twohop,
+        "twohop_correct": [bool(x) for x in twohop],
+        "backpatch": {"pairs": [list(p) for p in pairs],
+                      "queries": backpatch_outcomes(hm, inp["backpatch"]["queries"], pairs, cfg.batch_size)},
         "odd_rate_by_layer": [float(np.mean([is_odd_token(decode([int(i)])) for L in lens for i in np.argsort(-L[l])[:5]]))
                               for l in range(n)],
+    }
+
+
+def _cosines(a: dict, b: dict) -> list[float]:
+    """Cosine per layer between two {layer: vector} maps."""
+    return [float(np.dot(a[l], b[l]) / (np.linalg.norm(a[l]) * np.linalg.norm(b[l]))) for l in sorted(a)]
+
+
+def compare_backpatch(ref: dict, q: dict, seed: int = 0) -> dict:
+    """Per-query agreement on "fixed by the best pair", fix rates and their paired change (quantized - float)."""
+    rf = [r["fixed"] for r in ref["queries"]]
+    qf = [r["fixed"] for r in q["queries"]]
+    cells = [a == b for r, s in zip(ref["queries"], q["queries"]) for a, b in zip(r["fixed_by_pair"], s["fixed_by_pair"])]
+    return {
+        "per_query": [{"id": r["id"], "fixed_float": r["fixed"], "fixed_quantized": s["fixed"],
+                       "base_top1_float": r["base_top1"], "base_top1_quantized": s["base_top1"]}
+                      for r, s in zip(ref["queries"], q["queries"])],
+        "agreement": proportion_ci(sum(a == b for a, b in zip(rf, qf)), len(rf)),
+        "pair_agreement": proportion_ci(int(sum(cells)), len(cells)),
+        "fix_rate_float": proportion_ci(int(sum(rf)), len(rf)),
+        "fix_rate_quantized": proportion_ci(int(sum(qf)), len(qf)),
+        "fix_rate_change": B.paired_effect(np.array(qf, float), np.array(rf, float), seed),
+        "pairs": ref["pairs"],
     }
 
 
@@ -172,19 +300,23 @@ def _compare(ref: dict, q: dict, cfg) -> dict:
     n_layers = len(rl["lens"][0])
     lens_top1 = np.array([[a[l].argmax() == b[l].argmax() for l in range(n_layers)] for a, b in zip(rl["lens"], ql["lens"])])
     rho = np.array([[_topk_spearman(a[l], b[l], cfg.top_k) for l in range(n_layers)] for a, b in zip(rl["lens"], ql["lens"])])
-    cos = lambda x, y: float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y)))  # noqa: E731
-    ref_cos = [cos(ref["refusal_dirs"][l], q["refusal_dirs"][l]) for l in sorted(ref["refusal_dirs"])]
-    syc_cos = [cos(ref["syc_dirs"][l], q["syc_dirs"][l]) for l in sorted(ref["syc_dirs"])]
+    ref_cos = _cosines(ref["refusal_dirs"], q["refusal_dirs"])
+    syc_cos = _cosines(ref["syc_dirs"], q["syc_dirs"])
+    fv_cos = {t: _cosines(ref["fv_dirs"][t], q["fv_dirs"][t]) for t in ref["fv_dirs"]}
     patch = {"skipped": "no clean/corrupt pair tokenizes to equal lengths"}
     patch_rho = float("nan")
     if ref["patch_map"] is not None and q["patch_map"] is not None:
         a, b = np.array(ref["patch_map"], float).ravel(), np.array(q["patch_map"], float).ravel()
         patch_rho = float(sps.spearmanr(a, b).statistic)
-        patch = {"spearman": patch_rho, "max_abs_diff": float(np.nanmax(np.abs(a - b))), "pair": ref["patch_pair"]}
-    th_agree = [int(x == y) for x, y in zip(ref["twohop_correct"], q["twohop_correct"])]
+        patch = {"spearman": patch_rho, "max_abs_diff": float(np.nanmax(np.abs(a - b))), "pair": ref["patch_pair"],
+                 "map": q["patch_map"]}
+    rc, qc = ref["twohop_correct"], q["twohop_correct"]
+    th_agree = [int(x == y) for x, y in zip(rc, qc)]
     sr, sq = ref["steering_delta"], q["steering_delta"]
     tail = slice(2 * n_layers // 3, n_layers)
     L = ref["layer"]
+    bp = compare_backpatch(ref["backpatch"], q["backpatch"], cfg.seed)
+    at_L = [ref_cos[L], syc_cos[L]] + [c[L] for c in fv_cos.values()]
     out = {
         "next_token": {"top1_agreement": proportion_ci(sum(agree), len(agree)), "kl": bootstrap_ci(kls, seed=cfg.seed),
                        "per_prompt": [{"top1_agree": bool(x), "kl": y} for x, y in zip(agree, kls)]},
@@ -192,20 +324,28 @@ def _compare(ref: dict, q: dict, cfg) -> dict:
                        "spearman_topk_by_layer": np.nanmean(rho, 0).tolist(),
                        "top1_agreement_last_third": proportion_ci(int(lens_top1[:, tail].sum()), lens_top1[:, tail].size),
                        "odd_rate_by_layer": q["odd_rate_by_layer"], "odd_rate_by_layer_float": ref["odd_rate_by_layer"]},
-        "directions": {"refusal_cosine_by_layer": ref_cos, "sycophancy_cosine_by_layer": syc_cos, "layer": L},
-        "steering": {"float": sr, "quantized": sq},
+        "directions": {"refusal_cosine_by_layer": ref_cos, "sycophancy_cosine_by_layer": syc_cos,
+                       "function_vector_cosine_by_layer": fv_cos, "layer": L, "min_cosine_at_layer": float(min(at_L))},
+        "steering": {"float": sr, "quantized": sq, "layer": ref["steer_layer"], "pct_of_resid": cfg.steer_pct,
+                     "quantized_minus_float": bootstrap_ci(np.array(q["steering_items"]) - np.array(ref["steering_items"]),
+                                                           seed=cfg.seed),
+                     "items_quantized": q["steering_items"]},
         "patching": patch,
         "twohop": {"agreement": proportion_ci(sum(th_agree), len(th_agree)),
-                   "accuracy_float": proportion_ci(sum(ref["twohop_correct"]), len(th_agree)),
-                   "accuracy_quantized": proportion_ci(sum(q["twohop_correct"]), len(th_agree))},
+                   "accuracy_float": proportion_ci(sum(rc), len(rc)),
+                   "accuracy_quantized": proportion_ci(sum(qc), len(qc)),
+                   "accuracy_change": B.paired_effect(np.array(qc, float), np.array(rc, float), cfg.seed),
+                   "correct_quantized": qc},
+        "backpatch": bp,
     }
     out["verdict"] = {
         "next_token": _ci_verdict(out["next_token"]["top1_agreement"], 0.90),
         "logit_lens": _ci_verdict(out["logit_lens"]["top1_agreement_last_third"], 0.80),
-        "directions": _verdict(ref_cos[L] >= 0.90 and syc_cos[L] >= 0.90),
+        "directions": _verdict(min(at_L) >= 0.90),
         "steering": _steering_verdict(sr, sq),
         "patching": "inconclusive" if np.isnan(patch_rho) else _verdict(patch_rho >= 0.90),
         "twohop": _ci_verdict(out["twohop"]["agreement"], 0.90),
+        "backpatch": _ci_verdict(bp["agreement"], 0.90),
     }
     return out
 
@@ -215,6 +355,8 @@ def _verdict(ok: bool) -> str:
 
 
 def _ci_verdict(ci: dict, threshold: float) -> str:
+    if ci.get("low") is None:
+        return "inconclusive"
     if ci["low"] >= threshold:
         return "survives"
     return "changes" if ci["high"] < threshold else "inconclusive"
@@ -236,34 +378,99 @@ def _fmt(c: dict) -> str:
     return f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" if c.get("estimate") is not None else "n/a"
 
 
-def _figure(ref: dict, rows: list[dict], ctx) -> None:
-    import matplotlib
+# ----------------------------------------------------------------- figures (one per quantity, plus the verdicts)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+def _figures(ref: dict, rows: list[dict], ctx) -> None:
+    from mlxinterp.studies.twohop import bars, pyplot
+
+    if not rows:
+        return
+    plt = pyplot()
+    names = [r["variant"] for r in rows]
+    x = np.arange(len(rows))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    bars(axes[0], x, [r["next_token"]["top1_agreement"] for r in rows], 0.6, "tab:blue", "top-1 agreement")
+    axes[0].set(ylim=(0, 1.05), ylabel="next-token top-1 agreement with float (Wilson CI)", title="next token")
+    axes[0].set_xticks(x, names)
+    for i, r in enumerate(rows):
+        axes[1].plot(np.full(len(r["next_token"]["per_prompt"]), i), [p["kl"] for p in r["next_token"]["per_prompt"]], "o")
+    axes[1].set(yscale="symlog", ylabel="KL(float || variant), nats, per prompt", title="next-token KL")
+    axes[1].set_xticks(x, names)
+    _save(ctx, "quantization_next_token", fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for r in rows:
         lens = r["logit_lens"]
         axes[0].plot(lens["top1_agreement_by_layer"], "o-", label=r["variant"])
-        axes[1].plot(lens["odd_rate_by_layer"], "o-", label=r["variant"])
-        axes[2].plot(r["directions"]["refusal_cosine_by_layer"], "o-", label=f"{r['variant']} refusal")
-        axes[2].plot(r["directions"]["sycophancy_cosine_by_layer"], "s--", label=f"{r['variant']} sycophancy")
-    axes[1].plot(rows[0]["logit_lens"]["odd_rate_by_layer_float"] if rows else [], "k:", label="float")
-    axes[0].set(xlabel="layer", ylabel="lens top-1 agreement with float", ylim=(-0.05, 1.05), title="logit lens")
-    axes[1].set(xlabel="layer", ylabel="odd-token rate in lens top-5", title="odd tokens (rare script, archaic, fragments)")
-    axes[2].set(xlabel="layer", ylabel="cosine with float direction", title="directions")
-    names = list(VERDICT_RULES)
+        axes[1].plot(lens["spearman_topk_by_layer"], "o-", label=r["variant"])
+        axes[2].plot(lens["odd_rate_by_layer"], "o-", label=r["variant"])
+    axes[2].plot(ref["odd_rate_by_layer"], "k:", label="float")
+    axes[0].set(xlabel="layer", ylabel="lens top-1 agreement with float", ylim=(-0.05, 1.05), title="logit lens: top-1")
+    axes[1].set(xlabel="layer", ylabel="Spearman of float's top-k logits", title="logit lens: top-k rank correlation")
+    axes[2].set(xlabel="layer", ylabel="odd-token rate in lens top-5", title="odd tokens (rare script, archaic, fragments)")
+    _save(ctx, "quantization_logit_lens", fig, legend=axes)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in rows:
+        d = r["directions"]
+        line = ax.plot(d["refusal_cosine_by_layer"], "o-", label=f"{r['variant']} refusal")[0]
+        ax.plot(d["sycophancy_cosine_by_layer"], "s--", color=line.get_color(), label=f"{r['variant']} sycophancy")
+        for t, c in d["function_vector_cosine_by_layer"].items():
+            ax.plot(c, "^:", color=line.get_color(), label=f"{r['variant']} FV v2 {t}")
+    ax.axvline(ref["layer"], color="grey", lw=0.8)
+    ax.axhline(0.9, color="tab:red", ls="--", lw=0.8)
+    ax.set(xlabel="layer", ylabel="cosine with the float direction", title="directions (grey: 60 % depth)")
+    _save(ctx, "quantization_directions", fig, legend=[ax])
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    effects = [ref["steering_delta"]] + [r["steering"]["quantized"] for r in rows]
+    est = np.array([e["estimate"] for e in effects], float)
+    ax.errorbar(np.arange(len(effects)), est, yerr=[est - [e["low"] for e in effects], [e["high"] for e in effects] - est],
+                fmt="o", capsize=4)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(effects)), ["float"] + names)
+    ax.set(ylabel="refusal-score change (95 % CI)",
+           title=f"steering: +{rows[0]['steering']['pct_of_resid']:g} % of resid at layer {ref['steer_layer']}")
+    _save(ctx, "quantization_steering", fig)
+
+    maps = [("float", ref["patch_map"])] + [(r["variant"], r["patching"].get("map")) for r in rows]
+    maps = [(n, m) for n, m in maps if m is not None]
+    if maps:
+        fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 3.6), squeeze=False)
+        for ax, (n, m) in zip(axes[0], maps):
+            ax.imshow(np.array(m, float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+            ax.set(xlabel="position", ylabel="layer index (sampled)", title=f"patching map: {n}")
+        _save(ctx, "quantization_patching", fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    acc = [rows[0]["twohop"]["accuracy_float"]] + [r["twohop"]["accuracy_quantized"] for r in rows]
+    bars(axes[0], np.arange(len(acc)), acc, 0.6, "tab:green", "two-hop accuracy")
+    axes[0].set_xticks(range(len(rows) + 1), ["float"] + names)
+    axes[0].set(ylim=(0, 1.05), ylabel="two-hop answer top-1 (Wilson CI)", title="two-hop accuracy")
+    bp = [rows[0]["backpatch"]["fix_rate_float"]] + [r["backpatch"]["fix_rate_quantized"] for r in rows]
+    bars(axes[1], np.arange(len(bp)), bp, 0.6, "tab:purple", "fixed by the best pair")
+    axes[1].set_xticks(range(len(bp)), ["float"] + names)
+    axes[1].set(ylim=(0, 1.05), ylabel="wrong queries fixed by the best pair (Wilson CI)", title="back-patching")
+    _save(ctx, "quantization_twohop_backpatch", fig)
+
+    keys = list(VERDICT_RULES)
     level = {"changes": 0.0, "inconclusive": 0.5, "survives": 1.0}
-    grid = np.array([[level[r["verdict"][k]] for k in names] for r in rows]) if rows else np.zeros((0, len(names)))
-    axes[3].imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    grid = np.array([[level[r["verdict"][k]] for k in keys] for r in rows])
+    fig, ax = plt.subplots(figsize=(8, 1 + 0.8 * len(rows)))
+    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for i, r in enumerate(rows):
-        for j, k in enumerate(names):
-            axes[3].text(j, i, r["verdict"][k], ha="center", va="center", fontsize=7)
-    axes[3].set_xticks(range(len(names)), names, rotation=45, ha="right")
-    axes[3].set_yticks(range(len(rows)), [r["variant"] for r in rows])
-    axes[3].set_title("verdict per finding (rules in result.json)")
-    for ax in axes[:3]:
+        for j, k in enumerate(keys):
+            ax.text(j, i, r["verdict"][k], ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), names)
+    ax.set_title("verdict per finding (rules in result.json)")
+    _save(ctx, "quantization", fig)
+
+
+def _save(ctx, name: str, fig, legend=()) -> None:
+    for ax in legend:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    ctx.save_figure("quantization", fig)
+    ctx.save_figure(name, fig)
