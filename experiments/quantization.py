@@ -3,7 +3,7 @@
     python experiments/quantization.py [--model default] [--n 6] [--out results]
 Compares next-token and logit-lens agreement, refusal / sycophancy / function-vector (v2) directions,
 refusal steering (the refusal study's protocol), a patching map, two-hop and back-patching outcomes.
-On Metal, raise --n (4-bit matmuls are slow on MLX's CPU backend), e.g.
+Full size (on a CPU the variants compute with dequantized weights, so this is affordable here too), e.g.
     --n 24 --set n_twohop=48 --set n_steer=24 --set n_refusal=40 --set n_backpatch=27 --set backpatch_layer_step=1
 """
 from __future__ import annotations

@@ -101,3 +101,22 @@ def test_ci_verdicts():
     pos = {"estimate": 0.2, "low": 0.1, "high": 0.3}
     assert _steering_verdict(pos, {"estimate": 0.25, "low": 0.15, "high": 0.35}) == "survives"
     assert _steering_verdict(pos, {"estimate": -0.2, "low": -0.3, "high": -0.1}) == "changes"
+
+
+def test_dequantized_variant_computes_with_exactly_the_quantized_weights(tiny_dirs):
+    """'dequantized' compute (the CPU default) gives the native quantized kernel's logits up to float rounding."""
+    import mlx.core as mx
+
+    from mlxinterp.studies.quantization import compute_mode, load_variant
+
+    spec = str(tiny_dirs[("llama", None)]) + "@4bit"
+    native, deq = load_variant(spec, "native"), load_variant(spec, "dequantized")
+    ids = mx.array([[1, 5, 9, 23, 7, 3]])
+    a, b = native.model(ids).astype(mx.float32), deq.model(ids).astype(mx.float32)
+    scale = float(mx.abs(a).max())
+    assert float(mx.abs(a - b).max()) < 1e-4 * scale + 1e-5
+    plain = load_variant(str(tiny_dirs[("llama", None)]), "native")  # the unquantized model differs visibly
+    assert float(mx.abs(plain.model(ids).astype(mx.float32) - a).max()) > 100 * float(mx.abs(a - b).max())
+    assert compute_mode("auto") in ("native", "dequantized")
+    with pytest.raises(Exception, match="quantization.compute must be one of"):
+        compute_mode("fast")

@@ -22,14 +22,16 @@ mean residual norm, at every position of the refusal study's chosen layer
 when present) to its held-out harmless test prompts; score =
 scoring.refusal_score; effect = paired steered - unsteered (behaviour.paired_effect).
 
-4-bit matmuls are slow on MLX's CPU backend (~75 ms per token for the default
-model vs ~10 ms in float32), so defaults are small; raise --n on Metal, with
-e.g. --set n_backpatch=27 --set backpatch_layer_step=1 for the full
-back-patching grid.
+MLX's CPU quantized matmul is ~7x slower than float32 with OpenBLAS, so on a CPU
+the variants compute with their quantized weights expanded to float32 once
+(`compute`; the default model's numbers match native kernels to 1.1e-5).
+Defaults are small; for full size raise --n, with e.g. --set n_backpatch=27
+--set backpatch_layer_step=1 for the full back-patching grid.
 """
 from __future__ import annotations
 
 import unicodedata
+import dataclasses
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -41,7 +43,7 @@ from mlxinterp import data, directions, scoring
 from mlxinterp import fv as F
 from mlxinterp import patching as P
 from mlxinterp import twohop as TH
-from mlxinterp.errors import PromptError
+from mlxinterp.errors import MlxInterpError, PromptError
 from mlxinterp.lens import layer_logits
 from mlxinterp.stats import bootstrap_ci, kl_divergence, proportion_ci
 from mlxinterp.suite import experiment
@@ -72,6 +74,10 @@ class QuantizationConfig:
     n: int = 6  # prompts for next-token and lens agreement
     seed: int = 0
     variants: tuple = ("8bit", "4bit")
+    # auto: "dequantized" on a CPU (the MLX-quantized weights expanded back to float32 once, so every matmul
+    # uses exactly the quantized weights but float kernels: MLX's CPU quantized matmul is ~7x slower),
+    # "native" (QuantizedLinear kernels) on Metal. Either can be forced.
+    compute: str = "auto"
     top_k: int = 20
     n_directions: int = 8  # sycophancy contrast pairs per side
     n_refusal: int = 16  # refusal-study train pairs for the refusal direction (the refusal study uses 40)
@@ -103,6 +109,37 @@ def is_odd_token(token: str) -> bool:
     return bool(letters) and not text.startswith(" ") and len(stripped) <= 2 and stripped.isalpha()
 
 
+COMPUTE_MODES = ("auto", "native", "dequantized")
+
+
+def compute_mode(mode: str) -> str:
+    """'native' or 'dequantized' for the variants (see QuantizationConfig.compute)."""
+    if mode not in COMPUTE_MODES:
+        raise MlxInterpError(f"quantization.compute must be one of {', '.join(COMPUTE_MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode
+    return "dequantized" if mx.default_device() == mx.cpu else "native"
+
+
+def load_variant(spec: str, compute: str):
+    """A quantized variant with hooks; 'dequantized' expands its quantized weights to float once.
+
+    Why this is the same model: dequantize(quantize(W)) is exactly the weight the
+    quantized kernel multiplies by; only the kernel (and so float rounding order)
+    differs. tests/test_quantization.py checks the logits agree.
+    """
+    from mlx_lm.utils import dequantize_model
+
+    from mlxinterp.hooks import HookedModel
+    from mlxinterp.loading import load_model
+
+    lm = load_model(spec)
+    if compute == "dequantized":
+        lm = dataclasses.replace(lm, model=dequantize_model(lm.model))
+        mx.eval(lm.model.parameters())
+    return HookedModel(lm)
+
+
 @experiment("quantization", QuantizationConfig)
 def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
     """Same findings on float, 8-bit and 4-bit variants of one model: agreement and verdicts."""
@@ -118,12 +155,13 @@ def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
     def one(variant: str) -> dict:
         from mlxinterp.suite import free_memory
 
-        q = load(f"{_base(ref.info.spec)}@{variant}")
+        q = load_variant(f"{_base(ref.info.spec)}@{variant}", compute)
         result = _compare(reference, _measure(q, cfg, inputs), cfg) | {"variant": variant, "slug": q.info.slug}
         del q
         free_memory()
         return result
 
+    compute = compute_mode(cfg.compute)
     per_variant = ctx.map("variants", list(cfg.variants), one)
     verdicts = {r["variant"]: r["verdict"] for r in per_variant}
     _figures(reference, per_variant, ctx)
@@ -138,7 +176,8 @@ def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
         summary[f"{v}: back-patching fix-rate change"] = _fmt(r["backpatch"]["fix_rate_change"])
     shown = ("layer", "steer_layer", "steer_layer_source", "steering_delta", "steering_items", "patch_map",
              "patch_pair", "twohop_correct", "odd_rate_by_layer", "backpatch")
-    return {"summary": summary, "verdict_rules": VERDICT_RULES, "verdicts": verdicts,
+    summary["variant compute"] = compute
+    return {"summary": summary, "verdict_rules": VERDICT_RULES, "verdicts": verdicts, "compute": compute,
             "reference": {"slug": ref.info.slug, **{k: reference[k] for k in shown}},
             "backpatch_eligible": inputs["backpatch"]["eligible"], "variants": per_variant}
 
