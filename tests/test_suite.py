@@ -99,7 +99,9 @@ SCRIPT = textwrap.dedent('''
 
 def _run(script: Path, out: Path, calls: Path, kill: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "KILL": kill, "CALLS": str(calls)}
-    return subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=60)
+    # SIGINT as in a terminal: a shell's background job (e.g. CI under `cmd &`) inherits it ignored (BUGFIX.md)
+    return subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _calls(path: Path) -> list[str]:

@@ -127,7 +127,8 @@ def test_ctrl_c_on_the_command_line_stops_cleanly_and_its_resume_command_works(m
     out = tmp_path / "out"
     cli = [sys.executable, "-m", "mlxinterp"]
     argv = ["run-suite", "--model", model, "--only", "validation", "--seed", str(SEED), "--out", str(out)]
-    proc = subprocess.Popen(cli + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
     if not _kill_when(proc, out, 2, signal.SIGINT):
         proc.communicate()
         pytest.skip("the run finished before it could be interrupted (machine too fast for this probe)")
