@@ -317,11 +317,19 @@ class ARDFit:
     history: list[dict]
     steps: int
     converged: bool
-    mmd2_start: dict[str, float]
-    mmd2_end: dict[str, float]
     window_change: float | None  # |loss change| over the last `window` steps / the convergence scale (< tol: converged)
-    mmd2_start_pairs: dict[str, np.ndarray]  # per-pair values [P] behind mmd2_start / mmd2_end (they sum to them)
+    mmd2_start_pairs: dict[str, np.ndarray]  # per-pair values [P], per estimator
     mmd2_end_pairs: dict[str, np.ndarray]
+
+    @property
+    def mmd2_start(self) -> dict[str, float]:
+        """Summed MMD^2 per estimator at the initial lengthscales."""
+        return mmd2_sums(self.mmd2_start_pairs)
+
+    @property
+    def mmd2_end(self) -> dict[str, float]:
+        """Summed MMD^2 per estimator at the fitted lengthscales."""
+        return mmd2_sums(self.mmd2_end_pairs)
 
 
 def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.ndarray, lam: float, *,
@@ -366,19 +374,20 @@ def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.n
             history.append({"step": step, "loss": trace[-1], "mmd2_sum": mmd})
             if on_log:
                 on_log(history[-1])
-        scale = max(abs(trace[-1]), abs(trace[-1] - trace[0]), 1e-8)
-        if step > window and abs(trace[-1] - trace[-1 - window]) < tol * scale:
+        if step > window and abs(trace[-1] - trace[-1 - window]) < tol * _loss_scale(trace):
             converged = True
             break
     final = {"step": step, "loss": trace[-1], "mmd2_sum": float(loss_fn(state["p"])[1])}
     if not history or history[-1]["step"] != step:
         history.append(final)
     log_ell = np.array(state["p"], np.float64)
-    change = (abs(trace[-1] - trace[-1 - window]) / max(abs(trace[-1]), abs(trace[-1] - trace[0]), 1e-8)
-              if len(trace) > window else None)
-    end_pairs = mmd2_per_pair(log_ell, X, Y, wx, wy)
-    return ARDFit(log_ell, history, step, converged, mmd2_sums(start_pairs), mmd2_sums(end_pairs), change,
-                  start_pairs, end_pairs)
+    change = abs(trace[-1] - trace[-1 - window]) / _loss_scale(trace) if len(trace) > window else None
+    return ARDFit(log_ell, history, step, converged, change, start_pairs, mmd2_per_pair(log_ell, X, Y, wx, wy))
+
+
+def _loss_scale(trace: list[float]) -> float:
+    """What 'the loss moved little' is relative to: its size or the distance it travelled (it may cross 0)."""
+    return max(abs(trace[-1]), abs(trace[-1] - trace[0]), 1e-8)
 
 
 def svd_warm_start(V: np.ndarray, scale: float, eps: float = 1e-3) -> np.ndarray:
