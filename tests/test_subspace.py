@@ -355,6 +355,11 @@ def test_ard_mmd_runs_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path):
     assert len(main) == 1 and res["result"]["summary"][main[0]]
     contrast = res["result"]["shuffle_contrast"]  # control_lambda 0.01 is not in power_lambdas [0.1]: no true-label twin
     assert contrast == {f"L{l} lambda=0.01": None for l in res["result"]["layers"]}
+    run_all(["tiny"], only="ard_mmd", out=tmp_path / "again", n=2, load_fn=lambda spec: hm,
+            console=Console(file=open("/dev/null", "w")),
+            sets=["ard_mmd.steps=30", "ard_mmd.k=8", "ard_mmd.lambdas=[0.01]", "ard_mmd.power_lambdas=[0.1]"])
+    again = json.loads((tmp_path / "again" / hm.info.slug / "ard_mmd" / "result.json").read_text())
+    assert again["result"] == res["result"]  # only "timings" may vary between runs (suite's resume invariant)
 
 
 def _linear_bridge_data(n=40, k=5, noise=0.05, seed=0):

@@ -630,7 +630,7 @@ def ard_mmd(hm, cfg: ARDConfig, ctx) -> dict:
     summary = {"layers": layers, "pairs": len(pairs), "selected if ell <": f"{cfg.active_factor:g} sqrt(d) = {tau:.0f} (standardised units)",
                "columns": "|set| (coordinates whose ell ended below its start), overlap with SVD-Z's top-|set| coordinates (chance |set|/d; P(X<=x), P(X>=x) hypergeometric), "
                           "sum MMD2 biased start->end, unbiased start->end, converged (steps, relative loss change "
-                          f"over the last 100 steps vs tol {cfg.tol:g}, seconds)"}
+                          f"over the last 100 steps vs tol {cfg.tol:g})"}
     summary.update({_ard_label(it): _ard_line(it) for it in items})
     summary[f"layer {main_l}: per-pair mean MMD2 change end - start, 95% bootstrap CI over {len(pairs)} pairs"] = \
         _ard_change_summary(items, main_l)
@@ -677,8 +677,7 @@ def _ard_run(hm, run: dict, pairs: list[dict], cfg: ARDConfig, ctx) -> dict:
     ctx.log(f"{tag}: {fit.steps} steps, converged {fit.converged}, {time.perf_counter() - t0:.1f} s")
     return {**run, "log_ell": np.round(fit.log_ell, 4), "log_ell_init": np.round(init, 4), "history": fit.history,
             "mmd2_start": fit.mmd2_start, "mmd2_end": fit.mmd2_end, **_ard_pair_records(fit, pairs, cfg.seed),
-            "steps": fit.steps, "converged": fit.converged, "window_change": fit.window_change,
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "steps": fit.steps, "converged": fit.converged, "window_change": fit.window_change}
 
 
 def _ard_pair_records(fit: S.ARDFit, pairs: list[dict], seed: int) -> dict:
@@ -742,7 +741,7 @@ def _ard_line(it: dict) -> str:
     s, e = it["mmd2_start"], it["mmd2_end"]
     change = "n/a" if it["window_change"] is None else f"{it['window_change']:.1e}"
     return (f"{it['n_active']} (shrunk below init: {it['n_shrunk']}), {ov}, biased {s['biased']:.4f}->{e['biased']:.4f}, unbiased {s['unbiased']:.4f}->{e['unbiased']:.4f}, "
-            f"{it['converged']} ({it['steps']} steps, last-100-step change {change} of scale, {it['seconds']:.1f} s)")
+            f"{it['converged']} ({it['steps']} steps, last-100-step change {change} of scale)")
 
 
 def _ard_figure(items, main_l, tau, cfg, ctx) -> None:
