@@ -7,7 +7,7 @@ they are identical and runs this script). Edit the Markdown, then regenerate thi
 # %% 1. Load the model
 from pathlib import Path
 
-from mlxinterp.platform import ensure_fast_blas
+from mlxinterp.core.platform import ensure_fast_blas
 
 ensure_fast_blas()
 
@@ -19,7 +19,7 @@ out.mkdir(exist_ok=True)
 print(hm.info.arch, hm.info.n_layers, "layers, d_model", hm.info.d_model)
 
 # %% 2. Logit lens: when does the model know the answer?
-from mlxinterp.lens import logit_lens, plot_lens
+from mlxinterp.analysis.lens import logit_lens, plot_lens
 
 prompt = "The Eiffel Tower is located in the city of"
 lens = logit_lens(hm, prompt, targets=[" Paris"], grid=True)
@@ -29,7 +29,7 @@ for layer in lens.layers:
 print("figure:", plot_lens(lens, out / "lens.png"))
 
 # %% 3. A steering vector from two prompt sets
-from mlxinterp import directions
+from mlxinterp.analysis import directions
 
 happy = ["The party was wonderful.", "I got the job I wanted.", "We won the final match.",
          "My friends surprised me with a gift.", "The sun is shining and the birds sing.",
@@ -44,7 +44,7 @@ direction = dirs[10]
 direction.save(out / "happy_L10")
 
 # %% 4. Steered generation, measured
-from mlxinterp.patching import forward_last, logit_diff
+from mlxinterp.analysis.patching import forward_last, logit_diff
 
 probe = hm.tokens("Today I went to the office. I feel")
 happy_minus_sad = logit_diff(hm, " happy", " sad")
@@ -59,7 +59,7 @@ for pct in (0, 8, -8):
     print(f"{pct:+3d}%: Today I went to the office and{text}")
 
 # %% 5. Activation patching: where is "Paris" computed?
-from mlxinterp.patching import patch_sweep, plot_sweep
+from mlxinterp.analysis.patching import patch_sweep, plot_sweep
 
 sweep = patch_sweep(hm, "The Eiffel Tower is located in the city of", "The Colosseum is located in the city of",
                     logit_diff(hm, " Paris", " Rome"))
@@ -68,7 +68,7 @@ print(f"clean {sweep.clean:+.2f}, corrupt {sweep.corrupt:+.2f}; "
 print("figure:", plot_sweep(sweep, out / "patching.png"))
 
 # %% 6. One suite experiment and its report
-from mlxinterp import io
+from mlxinterp.core import io
 
 summary = mi.run_all(["default"], only="validation", out=out / "results", load_fn=lambda spec: hm)
 record = io.read_json(out / "results" / "default" / "validation" / "result.json")
@@ -77,7 +77,7 @@ for key, value in record["result"]["summary"].items():
 print("report:", summary["report"]["html"])
 
 # %% 7. Take the steering vector to llama.cpp
-from mlxinterp.controlvec import LayerVectors, export_llama_cpp, import_llama_cpp
+from mlxinterp.analysis.controlvec import LayerVectors, export_llama_cpp, import_llama_cpp
 
 vectors = LayerVectors.from_directions(direction, model_hint="gemma3")
 gguf_path = export_llama_cpp(vectors, out / "happy.gguf", scale=0.08 / direction.relative_norm)

@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 
 from mlxinterp import suite
-from mlxinterp.platform import ensure_fast_blas
+from mlxinterp.core.platform import ensure_fast_blas
 
 
 def main(names: str | Sequence[str], doc: str, full: dict | None = None) -> None:

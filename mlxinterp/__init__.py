@@ -1,7 +1,7 @@
 """mlxinterp: look inside mlx-lm models.
 
     import mlxinterp as mi
-    from mlxinterp import taps as T
+    from mlxinterp.core import taps as T
 
     hm = mi.load("default")                       # Gemma 3 270M, imported from its PyPI package
     logits, cache = hm.run_with_cache("The Eiffel Tower is located in the city of")
@@ -14,21 +14,21 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from mlxinterp.errors import MlxInterpError
+from mlxinterp.core.errors import MlxInterpError
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": "mlxinterp.hooks",
-    "HookedModel": "mlxinterp.hooks",
-    "ActivationCache": "mlxinterp.hooks",
-    "load_model": "mlxinterp.loading",
-    "LoadedModel": "mlxinterp.loading",
-    "ModelInfo": "mlxinterp.loading",
-    "logit_lens": "mlxinterp.lens",
-    "Direction": "mlxinterp.directions",
+    "load": "mlxinterp.core.hooks",
+    "HookedModel": "mlxinterp.core.hooks",
+    "ActivationCache": "mlxinterp.core.hooks",
+    "load_model": "mlxinterp.core.loading",
+    "LoadedModel": "mlxinterp.core.loading",
+    "ModelInfo": "mlxinterp.core.loading",
+    "logit_lens": "mlxinterp.analysis.lens",
+    "Direction": "mlxinterp.analysis.directions",
     "run_all": "mlxinterp.suite",
-    "taps": "mlxinterp.taps",
+    "taps": "mlxinterp.core.taps",
 }
 
 __all__ = ["MlxInterpError", *_LAZY]

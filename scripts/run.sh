@@ -38,7 +38,7 @@ setup() {
   fi
   # Preload OpenBLAS for everything below (the `mlxinterp` command also does this itself).
   local blas
-  blas="$("$venv/bin/python" -c 'from mlxinterp.platform import find_openblas; print(find_openblas() or "")')"
+  blas="$("$venv/bin/python" -c 'from mlxinterp.core.platform import find_openblas; print(find_openblas() or "")')"
   if [ -n "$blas" ]; then export LD_PRELOAD="$blas${LD_PRELOAD:+:$LD_PRELOAD}"; fi
 }
 

@@ -24,7 +24,7 @@ def tiny_dirs(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_hooked(tiny_dirs):
     """(arch, bits) -> HookedModel, loaded as stored (quantized stays quantized)."""
-    from mlxinterp.hooks import load
+    from mlxinterp.core.hooks import load
 
     cache: dict = {}
 
@@ -46,6 +46,6 @@ def real_hm():
     """The real default model (Gemma 3 270M), imported once from its PyPI package."""
     if os.environ.get("MLXINTERP_SKIP_REAL"):
         pytest.skip("MLXINTERP_SKIP_REAL is set")
-    from mlxinterp.hooks import load
+    from mlxinterp.core.hooks import load
 
     return load("default")

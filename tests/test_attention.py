@@ -5,7 +5,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp import attention
+from mlxinterp.analysis import attention
 
 PROMPT = "The capital of France is Paris and the capital of Italy is Rome. Once upon a time"
 

@@ -37,14 +37,17 @@ from rich.console import Console
 from test_gguf import write_gguf
 from test_suite import registry  # noqa: F401  (fixture: a stand-in experiment named "validation")
 
-from mlxinterp import cli, directions as D, io, patching as P, taps as T
-from mlxinterp.bench import bench_taps
-from mlxinterp.errors import MlxInterpError
-from mlxinterp.gguf_import import import_gguf
-from mlxinterp.hooks import load
-from mlxinterp.lens import logit_lens
+from mlxinterp.cli import commands as cli_app
+from mlxinterp.cli import common as cli_common
+from mlxinterp.analysis import directions as D, patching as P
+from mlxinterp.core import io, taps as T
+from bench.harness import bench_taps
+from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.gguf import import_gguf
+from mlxinterp.core.hooks import load
+from mlxinterp.analysis.lens import logit_lens
 from mlxinterp.suite import run_all
-from mlxinterp.tokenization import encode, encode_batch
+from mlxinterp.core.tokenization import encode, encode_batch
 
 IDS = [1, 287, 414, 417, 279, 280, 300, 301]  # 8 tokens of the tiny vocabulary
 LONG = "word " * 300  # > the tiny models' max context of 256
@@ -460,7 +463,7 @@ CASES = [
          api=lambda e: (e.locked(), suite_api(e)), cli=lambda e: (e.locked(), suite_cli(e))[1]),
     # -- other commands
     Case("bench-rounds-not-positive", ("rounds=0 is not allowed", ">= 1"),
-         api=lambda e: bench_taps(e.hm, rounds=0), cli=lambda e: ["bench", "taps", "--model", e.model, "--rounds", "0"]),
+         api=lambda e: bench_taps(e.hm, rounds=0)),
     Case("cli-unknown-option", ("No such option: --bogus",), cli=lambda e: ["info", "--bogus"]),
 ]
 
@@ -540,11 +543,13 @@ def test_api(case: Case, env: Env):
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.cli], ids=lambda c: c.id)
 def test_cli(case: Case, env: Env, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "console", Console(stderr=True, width=10_000))  # no wrapping inside messages
+    wide = Console(stderr=True, width=10_000)  # no wrapping inside messages
+    monkeypatch.setattr(cli_common, "console", wide)
+    monkeypatch.setattr(cli_app, "console", wide)
     argv = case.cli(env)
     code = 0
     try:
-        cli.main(argv)
+        cli_app.main(argv)
     except SystemExit as e:
         code = e.code or 0
     finally:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from mlxinterp import bench as B
-from mlxinterp.errors import MlxInterpError
+from bench import harness as B
+from mlxinterp.core.errors import MlxInterpError
 
 
 def test_worker_runs_conditions_and_reports_its_errors(tiny_dirs, tmp_path):
@@ -103,9 +103,9 @@ def test_table_marks_met_and_missed_targets(tmp_path):
 def test_bench_cli_rejects_bad_numbers(tmp_path):
     from typer.testing import CliRunner
 
-    from mlxinterp.cli import app
+    from bench.cli import bench_app
 
-    res = CliRunner().invoke(app, ["bench", "patching", "--batch-sizes", "32,0", "--no-torch"])
+    res = CliRunner().invoke(bench_app, ["patching", "--batch-sizes", "32,0", "--no-torch"])
     assert res.exit_code != 0 and "--batch-sizes" in str(res.exception or res.output)
 
 

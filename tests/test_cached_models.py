@@ -7,7 +7,7 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from mlxinterp.errors import ModelSpecError
+from mlxinterp.core.errors import ModelSpecError
 
 pytestmark = pytest.mark.cached
 REPOS = [
@@ -22,8 +22,8 @@ REPOS = [
 
 @pytest.fixture(params=REPOS, scope="module")
 def cached(request, monkeypatch_module):
-    from mlxinterp.hooks import load
-    from mlxinterp.loading import hf_cache_dir, hf_snapshot
+    from mlxinterp.core.hooks import load
+    from mlxinterp.core.loading import hf_cache_dir, hf_snapshot
 
     monkeypatch_module.delenv("MLXINTERP_ALLOW_DOWNLOAD", raising=False)
     try:

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from mlxinterp import catalogue, memory
-from mlxinterp.errors import ModelSpecError
+from mlxinterp.suite import catalogue
+from mlxinterp.core import memory
+from mlxinterp.core.errors import ModelSpecError
 from cli_runner import run
 
 # Seed 004's table (its own source: the checkpoints it ran): repo -> layers.

@@ -36,7 +36,7 @@ def test_lens_json_and_png(tiny_dirs, tmp_path, capsys):
 
 
 def test_steer_json(tiny_dirs, tmp_path, capsys):
-    from mlxinterp.directions import diff_of_means
+    from mlxinterp.analysis.directions import diff_of_means
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -60,7 +60,7 @@ def test_console_script_runs_and_preloads_blas(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MLXINTERP_BLAS_REEXEC")}
     r = subprocess.run([exe, "doctor", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
-    from mlxinterp.platform import find_openblas
+    from mlxinterp.core.platform import find_openblas
 
     d = json.loads(r.stdout)
     assert d["openblas_interposed"] is bool(find_openblas())  # the entry point re-executed itself with the preload

@@ -8,11 +8,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp import taps as T
-from mlxinterp.controlvec import (ControlVectorError, LayerVectors, export_llama_cpp, import_llama_cpp,
+from mlxinterp.core import taps as T
+from mlxinterp.analysis.controlvec import (ControlVectorError, LayerVectors, export_llama_cpp, import_llama_cpp,
                                   is_layer_vectors, load_vectors)
-from mlxinterp.directions import diff_of_means
-from mlxinterp.errors import TapError
+from mlxinterp.analysis.directions import diff_of_means
+from mlxinterp.core.errors import TapError
 from cli_runner import run
 
 

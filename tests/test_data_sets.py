@@ -60,7 +60,7 @@ def test_refusal_en_pairs_matched_and_head_frozen():
 
 
 def test_refusal_python_loader_reads_sets():
-    from mlxinterp import data
+    from mlxinterp.tasks import data
 
     assert len(data.prompts("refusal/harmful_en.json")) >= 110
     assert len(data.prompts("refusal/harmless_zh.json")) == 60
@@ -159,8 +159,8 @@ def test_confidence_pairs_share_the_fact():
 
 
 def test_missing_data_dir_says_how_to_get_it(monkeypatch, tmp_path):
-    from mlxinterp import data
-    from mlxinterp.errors import MlxInterpError
+    from mlxinterp.tasks import data
+    from mlxinterp.core.errors import MlxInterpError
 
     monkeypatch.setattr(data, "DATA_DIR", tmp_path / "nowhere")
     with pytest.raises(MlxInterpError) as err:

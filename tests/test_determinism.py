@@ -19,10 +19,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp import directions as D
-from mlxinterp import io
-from mlxinterp import patching as P
-from mlxinterp.lens import logit_lens
+from mlxinterp.analysis import directions as D
+from mlxinterp.core import io
+from mlxinterp.analysis import patching as P
+from mlxinterp.analysis.lens import logit_lens
 
 ARCH = ("gemma3_text", None)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlxinterp import directions as D
-from mlxinterp.errors import PromptError
+from mlxinterp.analysis import directions as D
+from mlxinterp.core.errors import PromptError
 
 
 def test_diff_of_means_recovers_a_planted_direction():
@@ -53,7 +53,6 @@ def test_steering_taps_weights():
 
 
 def test_extract_on_a_tiny_model_is_finite_and_steers(tiny_hooked):
-    import mlx.core as mx
 
     hm = tiny_hooked("qwen3", None)
     pos = ["Paris is lovely in spring.", "The city of Paris is big.", "Paris has a tower.", "I love Paris."]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxinterp import distributed
+from mlxinterp.suite import distributed
 from mlxinterp.suite import list_experiments, run_all
 
 LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).parent / "mlx.launch")
@@ -94,8 +94,9 @@ def test_two_ranks_give_the_single_process_json(tiny_dirs, tmp_path):
 SCRIPT = textwrap.dedent('''
     import dataclasses, os, signal, sys
     from mlxinterp import suite
+    from mlxinterp.suite import registry as reg
 
-    suite._builtin_modules = lambda: []
+    reg._builtin_modules = lambda: []
     RANK = os.environ.get("MLX_RANK", "-")
     KILL, FAIL, CALLS = os.environ.get("KILL", ""), os.environ.get("FAIL", ""), os.environ["CALLS"]
 

@@ -178,7 +178,7 @@ def test_every_command_help_has_examples(capsys):
     from mlxinterp.cli import app, main
 
     commands = list(_commands(typer.main.get_command(app)))
-    assert {("export-vector",), ("import-vector",), ("doctor",), ("bench", "taps")} <= set(commands)
+    assert {("export-vector",), ("import-vector",), ("doctor",)} <= set(commands)
     for cmd in commands:
         try:
             main([*cmd, "--help"])
@@ -186,6 +186,18 @@ def test_every_command_help_has_examples(capsys):
             assert not e.code, cmd
         text = capsys.readouterr().out
         assert "Example" in text and "mlxinterp " + " ".join(cmd) in text, f"`mlxinterp {' '.join(cmd)} --help` has no example"
+
+
+def test_every_benchmark_help_has_examples():
+    """The benchmarks run from a checkout (`python -m bench`); each shows an example of itself."""
+    import typer
+    from typer.testing import CliRunner
+
+    from bench.cli import bench_app
+
+    for (cmd,) in _commands(typer.main.get_command(bench_app)):
+        res = CliRunner().invoke(bench_app, [cmd, "--help"])
+        assert res.exit_code == 0 and "Example" in res.output and f"python -m bench {cmd}" in res.output, cmd
 
 
 @pytest.mark.parametrize("argv, next_command", [
@@ -203,7 +215,7 @@ def test_errors_suggest_the_next_command(argv, next_command, capsys, tmp_path):
 
 
 def test_unknown_hook_suggests_the_listing_command(tiny_hooked):
-    from mlxinterp.errors import HookNameError
+    from mlxinterp.core.errors import HookNameError
 
     hm = tiny_hooked("llama", None)
     with pytest.raises(HookNameError) as e:
@@ -216,7 +228,7 @@ def test_doctor_reports_blas_speed_memory_cache_models_and_what_to_fix():
     """As a user runs it: with OpenBLAS preloaded (the entry point's re-exec) and without (plain python)."""
     import json
 
-    from mlxinterp.platform import find_openblas
+    from mlxinterp.core.platform import find_openblas
 
     exe = [os.path.join(os.path.dirname(sys.executable), "mlxinterp")]  # the installed entry point
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MLXINTERP_BLAS_REEXEC")}

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from mlxinterp import gguf_import
-from mlxinterp.errors import ModelFileError
-from mlxinterp.loading import load_model
-from mlxinterp.tokenization import encode
+from mlxinterp.core import gguf as gguf_import
+from mlxinterp.core.errors import ModelFileError
+from mlxinterp.core.loading import load_model
+from mlxinterp.core.tokenization import encode
 
 GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3"}
 TEXTS = ["The Eiffel Tower is located in the city of Paris.", "Steering adds a direction, layer by layer!"]

@@ -10,8 +10,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlxinterp import taps as T
-from mlxinterp.hooks import ActivationCache
+from mlxinterp.core import taps as T
+from mlxinterp.core.hooks import ActivationCache
 
 IDS = [1, 287, 414, 417, 279, 280, 300, 301, 302, 303, 304, 305]  # 12 > gemma3 tiny window of 8
 SHORT = [1, 290, 291, 292, 293]
@@ -225,7 +225,7 @@ def test_generation_phases(hm):
 
 
 def test_remove_hooks_restores_the_model(tiny_dirs):
-    from mlxinterp.hooks import load
+    from mlxinterp.core.hooks import load
 
     hm = load(str(tiny_dirs[("llama", None)]), dtype="native")
     classes = {name: type(m) for name, m in hm.model.named_modules()}

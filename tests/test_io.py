@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mlxinterp import io  # noqa: E402
-from mlxinterp.errors import ResultsError  # noqa: E402
+from mlxinterp.core import io  # noqa: E402
+from mlxinterp.core.errors import ResultsError  # noqa: E402
 
 
 def _enospc(*args, **kwargs):
@@ -135,7 +135,7 @@ def test_lock_conflict_names_lock_file_and_pid(tmp_path):
 
 
 def test_stale_lock_of_a_killed_process_does_not_block(tmp_path):
-    code = ("import sys, time; from mlxinterp.io import DirLock; DirLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from mlxinterp.core.io import DirLock; DirLock(sys.argv[1]).acquire(); "
             "print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -155,7 +155,7 @@ def test_stale_lock_of_a_killed_process_does_not_block(tmp_path):
 def test_atomic_files_get_normal_permissions(tmp_path):
     import stat
 
-    from mlxinterp.io import write_json
+    from mlxinterp.core.io import write_json
 
     path = write_json(tmp_path / "r.json", {"a": 1})
     mode = stat.S_IMODE(path.stat().st_mode)

@@ -1,11 +1,10 @@
 """Logit lens against an independent numpy computation from the weights."""
 from __future__ import annotations
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp.lens import logit_lens, plot_lens
+from mlxinterp.analysis.lens import logit_lens, plot_lens
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -55,7 +54,7 @@ def test_real_lens_eiffel_paris(real_hm):
 
 
 def test_lens_at_a_chosen_position(tiny_hooked):
-    from mlxinterp.errors import PromptError
+    from mlxinterp.core.errors import PromptError
 
     hm = tiny_hooked("llama", None)
     res = logit_lens(hm, PROMPT, position=2, grid=True)

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from tiny import ARCHS, BOS_ARCHS, tiny_config
 
-from mlxinterp import loading
-from mlxinterp.errors import ModelSpecError
-from mlxinterp.loading import ModelInfo, estimate_memory, list_local_models, load_model
-from mlxinterp.tokenization import encode
+from mlxinterp.core import loading, memory, specs
+from mlxinterp.core.errors import ModelSpecError
+from mlxinterp.core.loading import ModelInfo, list_local_models, load_model
+from mlxinterp.core.memory import estimate_memory
+from mlxinterp.core.tokenization import encode
 
 PARAMS = [(a, b) for a in ARCHS for b in (None, 4)]
 
@@ -68,7 +69,7 @@ def test_tiny_models_load_with_correct_info(arch, bits, tiny_dirs):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
 def test_cpu_default_dequantizes_to_float32_close_to_native(arch, tiny_dirs, monkeypatch):
-    monkeypatch.setattr(loading, "default_device", lambda: "cpu")
+    monkeypatch.setattr(specs, "default_device", lambda: "cpu")
     path = tiny_dirs[(arch, 4)]
     auto, native = load_model(path), load_model(path, dtype="native")
     assert not _has(auto.model, nn.QuantizedLinear) and auto.info.quantization is None
@@ -78,10 +79,10 @@ def test_cpu_default_dequantizes_to_float32_close_to_native(arch, tiny_dirs, mon
 
 
 def test_metal_default_keeps_checkpoint_as_stored(tiny_dirs, monkeypatch):
-    monkeypatch.setattr(loading, "default_device", lambda: "gpu")
-    assert loading.plan_dtype(None).dtype is None
-    monkeypatch.setattr(loading, "default_device", lambda: "cpu")
-    assert loading.plan_dtype(None).dtype == "float32"
+    monkeypatch.setattr(specs, "default_device", lambda: "gpu")
+    assert specs.plan_dtype(None).dtype is None
+    monkeypatch.setattr(specs, "default_device", lambda: "cpu")
+    assert specs.plan_dtype(None).dtype == "float32"
 
 
 def test_explicit_dtype_casts(tiny_dirs):
@@ -195,7 +196,7 @@ def test_estimate_memory(tiny_dirs):
     f32 = estimate_memory(info)
     assert f32 > info.n_params * 4 and estimate_memory(info, "bfloat16") < f32
     cfg = tiny_config("llama")
-    n = loading.config_n_params(cfg)
+    n = memory.config_n_params(cfg)
     assert abs(n - info.n_params) / info.n_params < 0.05  # norms are not counted
     q = estimate_memory({**cfg, "quantization": {"bits": 4, "group_size": 64}}, "native")
     assert q < estimate_memory(cfg, "float32")

@@ -17,9 +17,13 @@ import pytest
 from mlx.utils import tree_flatten
 from rich.console import Console
 
-from mlxinterp import directions, loading, memory, suite
+from mlxinterp.analysis import directions
+from mlxinterp.core import loading, memory, specs
+from mlxinterp import suite
+from mlxinterp.suite import runner
+from mlxinterp.suite import registry as reg
 from mlxinterp.cli import main
-from mlxinterp.errors import MemoryBudgetError
+from mlxinterp.core.errors import MemoryBudgetError
 
 PROMPTS = ["The Eiffel Tower is in Paris.", "Rome is the capital of Italy.", "Once upon a time",
            "Steering adds a direction.", "Patching copies an activation.", "The city of"]
@@ -34,9 +38,9 @@ class Cfg:
 @pytest.fixture
 def registry(monkeypatch):
     """A private registry with one experiment that captures activations through directions.collect."""
-    monkeypatch.setattr(suite, "_REGISTRY", {})
-    monkeypatch.setattr(suite, "_IMPORT_ERRORS", {})
-    monkeypatch.setattr(suite, "_builtin_modules", lambda: [])
+    monkeypatch.setattr(reg, "_REGISTRY", {})
+    monkeypatch.setattr(reg, "_IMPORT_ERRORS", {})
+    monkeypatch.setattr(reg, "_builtin_modules", lambda: [])
     seen: dict = {}
 
     @suite.experiment("capture", Cfg)
@@ -45,7 +49,7 @@ def registry(monkeypatch):
         if not hasattr(hm, "names"):  # a stand-in model (planner tests)
             return {"ok": True}
         acts = directions.collect(hm, PROMPTS, HOOKS, batch_size=4)
-        spill = ctx.out_dir / suite.SPILL_DIR
+        spill = ctx.out_dir / runner.SPILL_DIR
         seen["spilled"] = {k: isinstance(v, np.memmap) for k, v in acts.items()}
         seen["files"] = sorted(p.name for p in spill.rglob("*.npy")) if spill.exists() else []
         seen["acts"] = {k: np.array(v) for k, v in acts.items()}
@@ -59,7 +63,7 @@ class Stand:
     """A stand-in model: the planner only needs the spec, the driver only .info."""
 
     def __init__(self, spec):
-        self.info = type("Info", (), {"slug": loading.slugify(spec.split("/")[-1]), "weights_hash": "h",
+        self.info = type("Info", (), {"slug": specs.slugify(spec.split("/")[-1]), "weights_hash": "h",
                                       "to_dict": lambda self: {}})()
 
 
@@ -77,7 +81,7 @@ def test_float32_weight_formula_matches_the_real_default_model(real_hm):
     est = memory.estimate(cfg, dtype="float32")
     actual = sum(v.nbytes for _, v in tree_flatten(real_hm.model.parameters()))
     assert est.weights == pytest.approx(actual, rel=1e-3)  # norms are the only difference
-    assert loading.estimate_memory(real_hm.info) == pytest.approx(est.weights + est.margin, abs=300_000)
+    assert memory.estimate_memory(real_hm.info) == pytest.approx(est.weights + est.margin, abs=300_000)
 
 
 def test_quantized_weight_formula_matches_mlx_quantization(tiny_dirs):
@@ -162,7 +166,7 @@ def test_suite_spills_captures_that_do_not_fit_beside_the_model(registry, tiny_h
     suite.run_all([hm.info.source], out=tmp_path / "out", console=console, load_fn=lambda s: hm)
     assert all(registry["spilled"].values()) and len(registry["files"]) == 2
     assert all(np.array_equal(registry["acts"][k], ram[k]) for k in ram)
-    assert not list((tmp_path / "out").rglob(suite.SPILL_DIR))  # removed after the experiment
+    assert not list((tmp_path / "out").rglob(runner.SPILL_DIR))  # removed after the experiment
     # with the real machine's memory nothing spills
     monkeypatch.delenv("MLXINTERP_MEMORY_LIMIT")
     suite.run_all([hm.info.source], out=tmp_path / "out2", console=console, load_fn=lambda s: hm)
@@ -181,7 +185,7 @@ def test_captures_larger_than_the_machine_without_a_spill_dir_are_refused(tiny_h
 
 
 def test_each_model_is_freed_before_the_next_loads(registry, tiny_dirs, tmp_path):
-    from mlxinterp.hooks import load
+    from mlxinterp.core.hooks import load
 
     active = []
 
@@ -200,17 +204,17 @@ def test_each_model_is_freed_before_the_next_loads(registry, tiny_dirs, tmp_path
 
 FREE_SCRIPT = """
 import json, mlx.core as mx
-from mlxinterp import memory
-from mlxinterp.hooks import load
+from mlxinterp.core import spill
+from mlxinterp.core.hooks import load
 from mlxinterp.suite import free_memory
-out = {"rss0": memory.rss_bytes()}
+out = {"rss0": spill.rss_bytes()}
 for i in range(2):
     hm = load("default")
     hm("The Eiffel Tower is located in the city of")
-    out[f"rss_loaded{i}"], out[f"active_loaded{i}"] = memory.rss_bytes(), mx.get_active_memory()
+    out[f"rss_loaded{i}"], out[f"active_loaded{i}"] = spill.rss_bytes(), mx.get_active_memory()
     del hm
     free_memory()
-    out[f"rss_freed{i}"], out[f"active_freed{i}"] = memory.rss_bytes(), mx.get_active_memory()
+    out[f"rss_freed{i}"], out[f"active_freed{i}"] = spill.rss_bytes(), mx.get_active_memory()
 print(json.dumps(out))
 """
 

@@ -5,9 +5,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp import patching as P
-from mlxinterp import taps as T
-from mlxinterp.errors import TapError
+from mlxinterp.analysis import patching as P
+from mlxinterp.core import taps as T
+from mlxinterp.core.errors import TapError
 
 CLEAN = [1, 287, 414, 417, 279, 280, 300, 301]
 CORRUPT = [1, 290, 414, 417, 279, 280, 300, 301]  # differs at position 1 only

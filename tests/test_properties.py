@@ -21,8 +21,8 @@ from conftest import VARIANTS
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mlxinterp import patching as P
-from mlxinterp import taps as T
+from mlxinterp.analysis import patching as P
+from mlxinterp.core import taps as T
 
 SETTINGS = settings(max_examples=60, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -56,8 +56,8 @@ def test_grid_pairs():
 
 def test_backpatch_outcomes_match_the_full_grid(tiny_hooked):
     """Restricting twohop.backpatch_variants to a grid gives the full grid's numbers for those pairs."""
-    from mlxinterp import patching as P
-    from mlxinterp import twohop as TH
+    from mlxinterp.analysis import patching as P
+    from mlxinterp.tasks import twohop as TH
     from mlxinterp.studies.quantization import backpatch_outcomes, grid_pairs
 
     hm = tiny_hooked("qwen3", None)

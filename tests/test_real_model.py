@@ -5,8 +5,8 @@ import mlx.core as mx
 import pytest
 from mlx_lm import generate
 
-from mlxinterp import taps as T
-from mlxinterp.hooks import ActivationCache
+from mlxinterp.core import taps as T
+from mlxinterp.core.hooks import ActivationCache
 
 pytestmark = pytest.mark.real
 EIFFEL = "The Eiffel Tower is located in the city of"

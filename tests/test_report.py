@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlxinterp import io
-from mlxinterp.report import anchor, write_report
+from mlxinterp.core import io
+from mlxinterp.suite.report import anchor, write_report
 
 
 class _Page(HTMLParser):

@@ -25,9 +25,9 @@ import pytest
 from test_gguf import write_gguf
 
 import mlxinterp
-from mlxinterp import gguf_import
-from mlxinterp.errors import ModelFileError, ModelSpecError
-from mlxinterp.loading import load_model
+from mlxinterp.core import gguf as gguf_import
+from mlxinterp.core.errors import ModelFileError, ModelSpecError
+from mlxinterp.core.loading import load_model
 
 
 def _evil(marker: Path) -> str:

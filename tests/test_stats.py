@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlxinterp.behaviour import paired_effect
-from mlxinterp.stats import bootstrap_ci, paired_binary_diff_ci, proportion_ci
+from mlxinterp.tasks.behaviour import paired_effect
+from mlxinterp.analysis.stats import bootstrap_ci, paired_binary_diff_ci, proportion_ci
 
 
 def test_no_discordant_pair_gives_the_wilson_bound_not_zero_width():

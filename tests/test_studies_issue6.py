@@ -13,12 +13,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp import behaviour as B
-from mlxinterp import directions, scoring, suite
-from mlxinterp import fv as F
-from mlxinterp import taps as T
-from mlxinterp.errors import PromptError
-from mlxinterp.patching import forward_last
+from mlxinterp.tasks import behaviour as B
+from mlxinterp.analysis import directions, scoring
+from mlxinterp import suite
+from mlxinterp.tasks import function_vectors as F
+from mlxinterp.core import taps as T
+from mlxinterp.core.errors import PromptError
+from mlxinterp.analysis.patching import forward_last
 from mlxinterp.studies import function_vectors as FVS
 from mlxinterp.studies import refusal_crosslingual as XL
 

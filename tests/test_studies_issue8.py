@@ -7,8 +7,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp import neurons
-from mlxinterp import taps as T
+from mlxinterp.analysis import neurons
+from mlxinterp.core import taps as T
 
 PROMPT = "The capital of France is Paris and the capital of Italy is"
 
@@ -238,7 +238,7 @@ def test_static_steering_adds_the_requested_percent_of_the_residual_norm(tiny_ho
 @pytest.mark.parametrize("family", ["flat", "donut", "gaussian", "bell", "connectome", "ablation"])
 def test_multi_layer_profile_spends_exactly_the_budget(tiny_hooked, family):
     """Per steered layer, the measured ||added|| / mean ||clean resid|| follows the profile and sums to pct / 100."""
-    from mlxinterp.hooks import ActivationCache
+    from mlxinterp.core.hooks import ActivationCache
     from mlxinterp.studies.steering_sweep import _taps, profile_weights
 
     hm = tiny_hooked("gemma3_text", None)
@@ -282,8 +282,8 @@ def test_layer_probe_lenses_match_numpy_and_the_models_own_logits(tiny_hooked, a
     """raw lens = resid @ W_U^T, normed lens = RMSNorm(resid) @ W_U^T (numpy, from the weights); last normed = logits."""
     from mlx.utils import tree_flatten
 
-    from mlxinterp.archs import text_model
-    from mlxinterp.lens import target_id
+    from mlxinterp.core.archs import text_model
+    from mlxinterp.analysis.lens import target_id
     from mlxinterp.studies.layer_probe import TEMPLATES, LayerProbeConfig, _probe
 
     hm = tiny_hooked(arch, None)

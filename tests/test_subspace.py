@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp import subspace as S
-from mlxinterp.errors import MlxInterpError
+from mlxinterp.analysis import subspace as S
+from mlxinterp.core.errors import MlxInterpError
 
 
 def _rand_basis(k=5, d=12, seed=0):
@@ -207,7 +208,7 @@ def test_kernel_construction_on_a_tiny_model(tiny_hooked, arch, bits):
     w = S.head_weights(hm, 1)
     H, Hkv, dh, d = info.n_heads, info.n_kv_heads, info.head_dim, info.d_model
     assert w.A.shape == (H, dh, d) and w.O.shape == (H, d, dh)
-    from mlxinterp.archs import text_model
+    from mlxinterp.core.archs import text_model
 
     attn = text_model(hm.model).layers[1].self_attn
     g = S.norm_gain(hm, 1)
@@ -233,7 +234,7 @@ def test_kernel_construction_on_a_tiny_model(tiny_hooked, arch, bits):
 
 def test_norm_gain_is_the_norm_weight(tiny_hooked):
     hm = tiny_hooked("llama", None)
-    from mlxinterp.archs import text_model
+    from mlxinterp.core.archs import text_model
 
     ln = text_model(hm.model).layers[0].input_layernorm
     np.testing.assert_allclose(S.norm_gain(hm, 0), np.array(ln.weight), rtol=1e-4)
@@ -242,7 +243,7 @@ def test_norm_gain_is_the_norm_weight(tiny_hooked):
 def test_pairs_file_is_complete_and_answers_check():
     from mlxinterp.studies.subspace import language_of, layers_at, load_pairs
 
-    raw = json.load(open(S.__file__.replace("mlxinterp/subspace.py", "data/crosslingual/pairs.json"), encoding="utf-8"))
+    raw = json.load(open(str(Path(__file__).resolve().parents[1] / "data/crosslingual/pairs.json"), encoding="utf-8"))
     pairs = raw["pairs"]
     assert len(pairs) >= 40 and "not been checked by a native speaker" in raw["provenance"].replace("NOT", "not")
     assert len({p["id"] for p in pairs}) == len(pairs)
@@ -274,7 +275,7 @@ def test_score_extracts_canonical_answers_and_language():
 def test_row_patch_identity_rows_and_real_patches(tiny_hooked):
     """Through real taps on a tiny model: a row untouched, a Z-patch with the run's own Z content, and a
     Z-perp patch with its own Z-perp content leave the logits unchanged; a full patch with other content does not."""
-    from mlxinterp import taps as T
+    from mlxinterp.core import taps as T
     from mlxinterp.studies.subspace import _row_patch
 
     hm = tiny_hooked("llama", None)

@@ -19,16 +19,20 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from mlxinterp import io, suite
-from mlxinterp.errors import ResultsError
+from mlxinterp.core import io
+from mlxinterp import suite
+from mlxinterp.suite import provenance
+from mlxinterp.suite import registry as reg
+from mlxinterp.core.errors import ResultsError
 
 SCRIPT = textwrap.dedent('''
     import dataclasses, os, signal, sys, time
     import matplotlib; matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from mlxinterp import suite
+    from mlxinterp.suite import registry as reg
 
-    suite._builtin_modules = lambda: []
+    reg._builtin_modules = lambda: []
     KILL, CALLS = os.environ.get("KILL", ""), os.environ["CALLS"]
     _write = os.write
 
@@ -210,9 +214,9 @@ class FakeModel:
 @pytest.fixture
 def registry(monkeypatch):
     """A private registry with one experiment; `calls` counts computed items."""
-    monkeypatch.setattr(suite, "_REGISTRY", {})
-    monkeypatch.setattr(suite, "_IMPORT_ERRORS", {})
-    monkeypatch.setattr(suite, "_builtin_modules", lambda: [])
+    monkeypatch.setattr(reg, "_REGISTRY", {})
+    monkeypatch.setattr(reg, "_IMPORT_ERRORS", {})
+    monkeypatch.setattr(reg, "_builtin_modules", lambda: [])
     calls: list[int] = []
 
     @suite.experiment("validation", Cfg)
@@ -239,7 +243,7 @@ def _run_all(tmp_path, **kw):
 
 def test_registry_lists_names_and_docs_and_fills_n_and_seed(registry):
     assert suite.list_experiments() == [("validation", "Check that things are valid.")]
-    cfg = suite.make_config(suite.select("validation")[0], n=9, seed=3)
+    cfg = reg.make_config(suite.select("validation")[0], n=9, seed=3)
     assert cfg == Cfg(n=9, seed=3)
 
 
@@ -248,12 +252,12 @@ def test_register_builtin_tolerates_a_broken_module(registry, tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.warns(UserWarning, match="broken_study"):
         assert suite.register_builtin(["broken_study"]) == []
-    assert "half written" in str(suite._unknown("other"))
+    assert "half written" in str(reg._unknown("other"))
 
 
 def test_builtin_discovery_without_a_studies_package(monkeypatch):
-    monkeypatch.setattr(suite, "BUILTIN_PACKAGE", "mlxinterp.no_such_studies")
-    assert suite._builtin_modules() == []
+    monkeypatch.setattr(reg, "BUILTIN_PACKAGE", "mlxinterp.no_such_studies")
+    assert reg._builtin_modules() == []
 
 
 def test_layout_loads_once_and_skips_finished_work(registry, tmp_path):
@@ -266,7 +270,7 @@ def test_layout_loads_once_and_skips_finished_work(registry, tmp_path):
         ".lock", "b/validation/result.json", "org--a/validation/result.json", "report.html", "report.md", "suite.log"]
     record = json.loads((out / "org--a/validation/result.json").read_text())
     assert record["status"] == "complete" and record["config"] == {"n": 4, "seed": 0}
-    assert record["model"]["weights_hash"] == "h1" and record["format_version"] == suite.FORMAT_VERSION
+    assert record["model"]["weights_hash"] == "h1" and record["format_version"] == provenance.FORMAT_VERSION
     assert set(record["versions"]) == {"python", "mlx", "mlx_lm", "numpy", "mlxinterp"}
     assert "git_commit" in record and "seconds" in record["timings"]
     n_calls = len(registry)
@@ -316,7 +320,7 @@ def test_interrupt_in_process_keeps_items_and_prints_default_command(registry, t
     def interrupted(model, cfg, ctx):
         ctx.map("items", list(range(4)), lambda i: (_ for _ in ()).throw(KeyboardInterrupt) if i == 2 else i)
 
-    monkeypatch.setitem(suite._REGISTRY, "validation", dataclasses.replace(suite._REGISTRY["validation"], fn=interrupted))
+    monkeypatch.setitem(reg._REGISTRY, "validation", dataclasses.replace(reg._REGISTRY["validation"], fn=interrupted))
     console, buf = _quiet()
     with pytest.raises(KeyboardInterrupt):
         suite.run_all(["org/m"], out=tmp_path / "out", n=4, load_fn=FakeModel, console=console)
@@ -374,7 +378,7 @@ def test_set_coerces_lists_to_tuples_and_ints_to_floats(monkeypatch):
         lam: float = 0.1
         name: str = "en"
 
-    monkeypatch.setattr(suite, "_REGISTRY", {})
+    monkeypatch.setattr(reg, "_REGISTRY", {})
     suite.experiment("x", C)(lambda m, c, ctx: {})
     got = suite.parse_overrides(["layers=[0.25, 0.75]", "lam=1", "name=zh"], ["x"])["x"]
     assert got == {"layers": (0.25, 0.75), "lam": 1.0, "name": "zh"} and isinstance(got["lam"], float)
@@ -396,4 +400,4 @@ def test_every_experiment_script_names_a_registered_experiment():
         names = ([arg.value] if isinstance(arg, pyast.Constant) else
                  [e.value for n in pyast.walk(tree) if isinstance(n, pyast.Tuple) for e in n.elts
                   if isinstance(e, pyast.Constant) and isinstance(e.value, str)])
-        assert names and all(n in suite._REGISTRY for n in names), (script.name, names)
+        assert names and all(n in reg._REGISTRY for n in names), (script.name, names)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxinterp import io
+from mlxinterp.core import io
 from mlxinterp.suite import run_all
 
 ARCH = ("gemma3_text", None)

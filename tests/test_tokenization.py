@@ -7,9 +7,9 @@ import mlx.core as mx
 import pytest
 from tiny import ARCHS, BOS_ARCHS
 
-from mlxinterp.errors import PromptError
-from mlxinterp.loading import load_model
-from mlxinterp.tokenization import encode, encode_batch
+from mlxinterp.core.errors import PromptError
+from mlxinterp.core.loading import load_model
+from mlxinterp.core.tokenization import encode, encode_batch
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp import patching as P
+from mlxinterp.analysis import patching as P
 from mlxinterp import suite
-from mlxinterp import taps as T
-from mlxinterp import twohop as TH
-from mlxinterp.errors import MlxInterpError
-from mlxinterp.stats import proportion_ci
+from mlxinterp.core import taps as T
+from mlxinterp.tasks import twohop as TH
+from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.analysis.stats import proportion_ci
 from mlxinterp.studies import backpatch as BP
 from mlxinterp.studies import crossprompt as CP
 from mlxinterp.studies import twohop as TW
@@ -252,7 +252,7 @@ def test_statuses_reuse_a_full_twohop_result_and_equal_a_fresh_computation(tiny_
     model = str(tiny_dirs[("llama", None)])
     suite.run_all([model], only="twohop", out=tmp_path, n=len(QUERIES), seed=0)
     slug = next(p.name for p in tmp_path.iterdir() if p.is_dir())
-    from mlxinterp.hooks import load
+    from mlxinterp.core.hooks import load
 
     hm = load(model, dtype="native")
     with Progress() as progress:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from mlxinterp import neurons
-from mlxinterp.stats import bootstrap_ci
+from mlxinterp.analysis import neurons
+from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.suite import experiment
 
 

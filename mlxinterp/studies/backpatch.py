@@ -1,11 +1,11 @@
 """Back-patching (Biran et al., "Hopping Too Late", ICLR 2025; seed 004 section 2.2).
 
 For two-hop queries the model gets wrong (the answer is not its top-1 token;
-mlxinterp.twohop), take the last position's resid_post at every source layer
+mlxinterp.tasks.twohop), take the last position's resid_post at every source layer
 s and write it over the resid_post of every earlier target layer t < s (same
 prompt, same position), then let the model run on: n(n-1)/2 = 153 (s, t)
 pairs on an 18-layer model, all of one query in batched forwards
-(mlxinterp.patching.run_variants; only the last position is unembedded).
+(mlxinterp.analysis.patching.run_variants; only the last position is unembedded).
 A query is *fixed* by a pair when the answer becomes top-1.
 
 Reported, with Wilson CIs and counts:
@@ -42,9 +42,9 @@ import numpy as np
 
 from scipy.stats import binomtest
 
-from mlxinterp import patching as P
-from mlxinterp import twohop as TH
-from mlxinterp.stats import bootstrap_ci, proportion_ci
+from mlxinterp.analysis import patching as P
+from mlxinterp.tasks import twohop as TH
+from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
 from mlxinterp.studies.twohop import bars, ci_text, cross_model_figure, model_label, pyplot, statuses
 from mlxinterp.suite import experiment
 
@@ -100,7 +100,7 @@ def backpatch(hm, cfg: BackpatchConfig, ctx) -> dict:
 
 DEFINITIONS = {
     "patch": "resid_post at the last position of layer t replaced by resid_post of layer s (> t) at the last position",
-    "fixed": "the answer's first token (mlxinterp.twohop) becomes the top-1 next token",
+    "fixed": "the answer's first token (mlxinterp.tasks.twohop) becomes the top-1 next token",
     "oracle": "fixed by at least one of the pairs, chosen per query after the fact (the paper's count)",
     "donor control": "same pairs, written vector from another query's two-hop prompt (same family, layer s)",
     "a priori pair": "one (s, t) per query drawn at random before measuring",

@@ -5,7 +5,7 @@ Share: per prompt, layer and token (BOS excluded), ||mlp_out|| / (||attn_out|| +
 `hook_mlp_out`: after Gemma's post-norms), averaged over tokens; per category
 the mean over prompts with a bootstrap CI. Seed 000 saw 70-78 % MLP on Qwen3-VL-8B.
 
-Heads: patterns recomputed from captured q/k (`mlxinterp.attention`, checked
+Heads: patterns recomputed from captured q/k (`mlxinterp.analysis.attention`, checked
 against `attn.hook_z`). A head is *identity* / *previous-token* / *BOS-sink*
 when its mean attention to itself / the previous token / position 0 exceeds
 `type_threshold` (fixed before running). *Category-selective*: one-way ANOVA of
@@ -20,8 +20,8 @@ import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
-from mlxinterp import attention, neurons
-from mlxinterp.stats import bootstrap_ci
+from mlxinterp.analysis import attention, neurons
+from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.suite import experiment
 
 TYPES = ("identity", "previous_token", "bos_sink")

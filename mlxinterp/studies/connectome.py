@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlxinterp import io, neurons
+from mlxinterp.core import io
+from mlxinterp.analysis import neurons
 from mlxinterp.suite import experiment
 
 

@@ -8,7 +8,7 @@ Source (cfg.source):
   in the country of"), where the model is about to say the bridge.
 The source vector of layer l (hook_resid_pre, as patch_sweep) replaces layer
 l's resid_pre of the two-hop prompt at one position: a layer x position
-sweep, every cell a row of a batched forward (mlxinterp.patching.run_variants).
+sweep, every cell a row of a batched forward (mlxinterp.analysis.patching.run_variants).
 
 Metric: logit(answer) - logit(foil answer) at the last position; the foil
 is the answer of another query of the same family (no shared first token,
@@ -24,7 +24,7 @@ negative (toward the foil answer) for the foil's.
 
 Positions are summarised by role in the two-hop prompt: BOS, template before
 the first-hop entity, entity (all but its last token), entity last token,
-template after it, last token (mlxinterp.twohop.E1_PATTERNS).
+template after it, last token (mlxinterp.tasks.twohop.E1_PATTERNS).
 
 Queries: those whose hop2_prompt the model answers, in a seeded order, those
 it gets wrong in two hops first (52 of them on Gemma 3 270M), then the rest.
@@ -47,11 +47,11 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from mlxinterp import patching as P
-from mlxinterp import taps as T
-from mlxinterp import twohop as TH
-from mlxinterp.errors import MlxInterpError
-from mlxinterp.stats import bootstrap_ci
+from mlxinterp.analysis import patching as P
+from mlxinterp.core import taps as T
+from mlxinterp.tasks import twohop as TH
+from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.studies.twohop import ci_text, cross_model_figure, model_label, pyplot, statuses
 from mlxinterp.suite import experiment
 
@@ -161,7 +161,7 @@ def sweep_variants(src: np.ndarray, grid: list[tuple[int, int]]) -> list[list[P.
 
 
 def metric_for(hm, item: dict, foil: dict) -> P.Metric:
-    """logit(answer) - logit(foil answer), first tokens (articles stripped, as in mlxinterp.twohop)."""
+    """logit(answer) - logit(foil answer), first tokens (articles stripped, as in mlxinterp.tasks.twohop)."""
     a = TH.target(hm, [item["answer"]]).first[0]
     f = TH.target(hm, [foil["answer"]]).first[0]
     return P.logit_diff(hm, a, f)

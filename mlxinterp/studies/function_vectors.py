@@ -1,6 +1,6 @@
 """Function vectors: layer mean (v1), ICL minus zero-shot (v2) and Todd et al.'s head-level FV (v3).
 
-Protocol, fixed before the first run (mlxinterp.fv has the method):
+Protocol, fixed before the first run (mlxinterp.tasks.function_vectors has the method):
 
 1. Per task, the pairs are shuffled with a seeded generator and split: `n_pool`
    pairs for demonstrations and AIE queries, the next `n_eval` held out as
@@ -37,13 +37,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlxinterp import behaviour as B
-from mlxinterp import directions
-from mlxinterp import fv as F
-from mlxinterp import taps as T
-from mlxinterp.errors import PromptError
-from mlxinterp.patching import run_variants
-from mlxinterp.stats import bootstrap_ci, paired_binary_diff_ci, proportion_ci
+from mlxinterp.tasks import behaviour as B
+from mlxinterp.analysis import directions
+from mlxinterp.tasks import function_vectors as F
+from mlxinterp.core import taps as T
+from mlxinterp.core.errors import PromptError
+from mlxinterp.analysis.patching import run_variants
+from mlxinterp.analysis.stats import bootstrap_ci, paired_binary_diff_ci, proportion_ci
 from mlxinterp.suite import experiment
 
 VECTORS = ("v1", "v2", "v3")
@@ -207,7 +207,7 @@ def function_vectors(hm, cfg: FunctionVectorsConfig, ctx) -> dict:
 def _save_vectors(ctx, vecs: dict, heads: list) -> None:
     from safetensors.numpy import save as st_save
 
-    from mlxinterp.io import atomic_write_bytes
+    from mlxinterp.core.io import atomic_write_bytes
 
     arrays = {f"{t}.{v}": np.asarray(a, np.float32) for t, d in vecs.items() for v, a in d.items()}
     atomic_write_bytes(ctx.out_dir / "function_vectors.safetensors",

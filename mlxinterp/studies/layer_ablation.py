@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from mlxinterp import directions, neurons
-from mlxinterp import taps as T
-from mlxinterp.stats import bootstrap_ci
+from mlxinterp.analysis import directions, neurons
+from mlxinterp.core import taps as T
+from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.suite import experiment
 
 MODES = ("zero", "mean")
@@ -115,7 +115,7 @@ def _score(hm, rows: list[list[int]], plen: list[int], taps) -> tuple[np.ndarray
     Rows are left-padded, so every row ends at the last column; only the last
     max-continuation + 1 columns are unembedded (262k-vocab logits are the cost).
     """
-    from mlxinterp.patching import forward_last
+    from mlxinterp.analysis.patching import forward_last
 
     batch = hm.tokens(rows)
     L = batch.ids.shape[1]
@@ -138,7 +138,7 @@ def _score(hm, rows: list[list[int]], plen: list[int], taps) -> tuple[np.ndarray
 
 
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
-    from mlxinterp.stats import kl_divergence
+    from mlxinterp.analysis.stats import kl_divergence
 
     return kl_divergence(p_logits, q_logits)
 
@@ -152,8 +152,8 @@ def _critical(kl: np.ndarray, names: list[str]) -> dict:
 
 def _final_resid(hm, prompts: list[str], name: str, taps: dict) -> np.ndarray:
     """Last-token residual at `name` [N, d] (left padding: every prompt ends at column -1); unembeds one column."""
-    from mlxinterp.hooks import ActivationCache
-    from mlxinterp.patching import forward_last
+    from mlxinterp.core.hooks import ActivationCache
+    from mlxinterp.analysis.patching import forward_last
 
     store = ActivationCache(hm)
     forward_last(hm, hm.tokens(prompts), list(taps.items()) + [(name, T.Capture(store=store))])

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from mlxinterp import taps as T
-from mlxinterp.data import load_json
-from mlxinterp.hooks import ActivationCache
-from mlxinterp.lens import entropy, layer_logits, target_id
-from mlxinterp.patching import forward_last
-from mlxinterp.stats import bootstrap_ci, proportion_ci
+from mlxinterp.core import taps as T
+from mlxinterp.tasks.data import load_json
+from mlxinterp.core.hooks import ActivationCache
+from mlxinterp.analysis.lens import entropy, layer_logits, target_id
+from mlxinterp.analysis.patching import forward_last
+from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
 from mlxinterp.suite import experiment
 
 TEMPLATES = ("Question: What is the capital of {x}? Answer:", "The capital of {x} is", "{x}'s capital city is")

@@ -38,14 +38,15 @@ import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
-from mlxinterp import behaviour as B
-from mlxinterp import data, directions, scoring
-from mlxinterp import fv as F
-from mlxinterp import patching as P
-from mlxinterp import twohop as TH
-from mlxinterp.errors import MlxInterpError, PromptError
-from mlxinterp.lens import layer_logits
-from mlxinterp.stats import bootstrap_ci, kl_divergence, proportion_ci
+from mlxinterp.tasks import behaviour as B
+from mlxinterp.tasks import data
+from mlxinterp.analysis import directions, scoring
+from mlxinterp.tasks import function_vectors as F
+from mlxinterp.analysis import patching as P
+from mlxinterp.tasks import twohop as TH
+from mlxinterp.core.errors import MlxInterpError, PromptError
+from mlxinterp.analysis.lens import layer_logits
+from mlxinterp.analysis.stats import bootstrap_ci, kl_divergence, proportion_ci
 from mlxinterp.suite import experiment
 
 ARCHAIC = set("ſꝛþƿȝꝑꝓꝗꞇ")  # long s, r rotunda, thorn, wynn, yogh, scribal abbreviations
@@ -130,8 +131,8 @@ def load_variant(spec: str, compute: str):
     """
     from mlx_lm.utils import dequantize_model
 
-    from mlxinterp.hooks import HookedModel
-    from mlxinterp.loading import load_model
+    from mlxinterp.core.hooks import HookedModel
+    from mlxinterp.core.loading import load_model
 
     lm = load_model(spec)
     if compute == "dequantized":
@@ -143,7 +144,7 @@ def load_variant(spec: str, compute: str):
 @experiment("quantization", QuantizationConfig)
 def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
     """Same findings on float, 8-bit and 4-bit variants of one model: agreement and verdicts."""
-    from mlxinterp.hooks import load
+    from mlxinterp.core.hooks import load
     from mlxinterp.studies.refusal import RefusalConfig, reuse_or_select
 
     ref = hm if not hm.info.quantization else load(_base(hm.info.spec) + "@f32")
@@ -183,7 +184,7 @@ def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
 
 
 def _base(spec: str) -> str:
-    from mlxinterp.loading import parse_spec
+    from mlxinterp.core.loading import parse_spec
 
     return parse_spec(spec)[0]
 
@@ -245,7 +246,7 @@ def grid_pairs(n_layers: int, step: int) -> list[tuple[int, int]]:
 def backpatch_outcomes(hm, queries: list[dict], pairs: list[tuple[int, int]], batch_size: int = 32) -> list[dict]:
     """Per query: is the answer top-1 unpatched, and after each back-patch (s, t) in `pairs` (the model's own states).
 
-    The patches are mlxinterp.twohop.backpatch_variants restricted to `pairs`, run with the prompt's KV cache reused.
+    The patches are mlxinterp.tasks.twohop.backpatch_variants restricted to `pairs`, run with the prompt's KV cache reused.
     """
     out = []
     for q in queries:

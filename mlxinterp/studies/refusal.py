@@ -52,10 +52,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlxinterp import behaviour as B
-from mlxinterp import data, directions, scoring
-from mlxinterp.errors import PromptError
-from mlxinterp.stats import bootstrap_ci, proportion_ci
+from mlxinterp.tasks import behaviour as B
+from mlxinterp.tasks import data
+from mlxinterp.analysis import directions, scoring
+from mlxinterp.core.errors import PromptError
+from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
 from mlxinterp.suite import experiment
 
 HOOK = "hook_resid_post"
@@ -104,7 +105,7 @@ def formatted(hm, prompts: list[str]) -> tuple[list[str], bool]:
 
 def post_instruction_k(hm, prompts: list[str]) -> int:
     """How many trailing tokens the instruction format adds (see behaviour.post_instruction_count)."""
-    from mlxinterp.tokenization import encode
+    from mlxinterp.core.tokenization import encode
 
     texts, chat = formatted(hm, prompts)
     return B.post_instruction_count([encode(hm.tokenizer, hm.info, t, chat=chat) for t in texts])
@@ -176,7 +177,7 @@ def reuse_or_select(hm, ctx, cfg: RefusalConfig) -> tuple[int, str]:
     else the same selection run here. Returns (layer, where it came from)."""
     from pathlib import Path
 
-    from mlxinterp import io
+    from mlxinterp.core import io
 
     path = Path(ctx.out_dir).parent / "refusal" / "result.json"
     if path.exists():
@@ -245,7 +246,7 @@ def refusal(hm, cfg: RefusalConfig, ctx) -> dict:
         "counts": {"train_pairs": cfg.n, "val_pairs": cfg.n_val, "test_pairs": cfg.n_test,
                    "generation_pairs": len(gens["harmful"]["base"])},
         "scoring": "refusal score = mean per-token log-prob of the refusal phrase minus the compliance phrase "
-                   "(mlxinterp.scoring), teacher-forced; generations judged by Arditi et al.'s refusal substrings",
+                   "(mlxinterp.analysis.scoring), teacher-forced; generations judged by Arditi et al.'s refusal substrings",
         "base_model_note": None if chat else (
             "base model (no chat template): it does not refuse, so 'refusal' here is a harmful-vs-harmless "
             "direction and a phrase log-prob score. Measurable: whether the score separates harmful from harmless "
@@ -356,7 +357,7 @@ def _generations(hm, ctx, d: directions.Direction, layer: int, test: dict, cfg: 
 
 
 def _tail_text(hm, prompt: str, k: int) -> list[str]:
-    from mlxinterp.tokenization import encode
+    from mlxinterp.core.tokenization import encode
 
     texts, chat = formatted(hm, [prompt])
     ids = encode(hm.tokenizer, hm.info, texts[0], chat=chat)

@@ -40,10 +40,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlxinterp import behaviour as B
-from mlxinterp import data, scoring
-from mlxinterp.errors import PromptError
-from mlxinterp.stats import bootstrap_ci, proportion_ci
+from mlxinterp.tasks import behaviour as B
+from mlxinterp.tasks import data
+from mlxinterp.analysis import scoring
+from mlxinterp.core.errors import PromptError
+from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
 from mlxinterp.studies import refusal as R
 from mlxinterp.suite import experiment
 
@@ -116,7 +117,7 @@ def crosslingual(hm, cfg: CrosslingualConfig, ctx) -> dict:
         "items": rows,
         "counts": {"train_pairs_per_language": cfg.n_train, "test_pairs_per_language": len(test_items("en", cfg)["harmful"]),
                    "generation_prompts_per_language": cfg.n_gen},
-        "scoring": "refusal score (English refusal minus compliance phrase, teacher-forced; mlxinterp.scoring); "
+        "scoring": "refusal score (English refusal minus compliance phrase, teacher-forced; mlxinterp.analysis.scoring); "
                    "KL/top-1 of the next token at the last prompt position; generation quality = script share, "
                    "bigram repetition, identical-to-unsteered",
         "base_model_note": None if hm.info.has_chat_template else (

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from mlxinterp import directions
-from mlxinterp import taps as T
-from mlxinterp.data import load_json
-from mlxinterp.lens import entropy
-from mlxinterp.patching import forward_last
-from mlxinterp.stats import bootstrap_ci, kl_divergence, proportion_ci
+from mlxinterp.analysis import directions
+from mlxinterp.core import taps as T
+from mlxinterp.tasks.data import load_json
+from mlxinterp.analysis.lens import entropy
+from mlxinterp.analysis.patching import forward_last
+from mlxinterp.analysis.stats import bootstrap_ci, kl_divergence, proportion_ci
 from mlxinterp.suite import experiment
 
 FAMILIES = ("static", "flat", "donut", "gaussian", "bell", "connectome", "ablation", "svd_k3")

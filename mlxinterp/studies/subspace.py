@@ -3,7 +3,7 @@
 Five experiments over paired English / Chinese prompts (data/crosslingual/pairs.json):
 
 - `subspace_structure`: per layer, the Z mask (top-k right singular vectors of the stacked
-  multi-head attention kernel, mlxinterp.subspace), each head's effective rank, adjacent-layer
+  multi-head attention kernel, mlxinterp.analysis.subspace), each head's effective rank, adjacent-layer
   subspace similarity, and how much of the MLP's output lands in Z vs chance (k/d).
 - `subspace_patching` (experiment A): patch the English run's residual (hook_resid_pre of the
   layer, i.e. what that layer's attention reads) with Chinese content in Z, in Z-perp, or in full,
@@ -29,11 +29,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from mlxinterp import data, io
-from mlxinterp import subspace as S
-from mlxinterp import taps as T
-from mlxinterp.errors import MlxInterpError
-from mlxinterp.stats import bootstrap_ci
+from mlxinterp.tasks import data
+from mlxinterp.core import io
+from mlxinterp.analysis import subspace as S
+from mlxinterp.core import taps as T
+from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.suite import experiment
 
 PAIRS_FILE = "crosslingual/pairs.json"
@@ -574,7 +575,7 @@ class ARDConfig:
     n: int = 6  # prompt pairs in the objective (kept small for the suite's 10-minute budget)
     seed: int = 0
     layer_fracs: tuple = (0.5, *SEED_FRACS)  # full run: (0.25, 0.5, 0.75, *SEED_FRACS)
-    objective: tuple = ("power", "seed")  # subset of mlxinterp.subspace.ARD_OBJECTIVES; "power" is the primary
+    objective: tuple = ("power", "seed")  # subset of mlxinterp.analysis.subspace.ARD_OBJECTIVES; "power" is the primary
     lambdas: tuple = (0.001, 0.01, 0.1)  # "seed" grid (seed 001's)
     power_lambdas: tuple = (0.01, 0.1, 0.3, 1.0)  # "power" grid: its MMD^2 sum is O(pairs), so the penalty needs larger lambda to bite
     steps: int = 500
@@ -818,7 +819,7 @@ def linear_bridge(hm, cfg: BridgeConfig, ctx) -> dict:
                                   "tokens projected on the k basis vectors (N x k)",
                             "r2": "1 - |C - E W*|^2 / |C - mean(C)|^2", "orthogonality_error": "|W*^T W* - I|_F / k",
                             "loo_r2": "same R^2 with each row predicted by a W fitted without it",
-                            "loo_r2_ci": "percentile bootstrap over pairs (mlxinterp.stats.bootstrap_ci, n_boot resamples, "
+                            "loo_r2_ci": "percentile bootstrap over pairs (mlxinterp.analysis.stats.bootstrap_ci, n_boot resamples, "
                                          "Z / random / Z - random on the same resamples): the pairs' (truth, LOO prediction) "
                                          "rows resampled, R^2 recomputed (primary: every map fitted on n - 1 pairs)",
                             "loo_r2_ci_refit": "diagnostic: each resample refitted and its LOO R^2 recomputed, copies of a pair "

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlxinterp import behaviour as B
-from mlxinterp import data, directions, scoring
-from mlxinterp.errors import PromptError
-from mlxinterp.lens import target_id
-from mlxinterp.stats import proportion_ci
+from mlxinterp.tasks import behaviour as B
+from mlxinterp.tasks import data
+from mlxinterp.analysis import directions, scoring
+from mlxinterp.core.errors import PromptError
+from mlxinterp.analysis.lens import target_id
+from mlxinterp.analysis.stats import proportion_ci
 from mlxinterp.studies import refusal as R
 from mlxinterp.suite import experiment
 
@@ -116,7 +117,7 @@ class Confidence:
 
     def score(self, idx, taps=None, framed: bool = False) -> np.ndarray:
         """The softmax normaliser cancels, so only the five words' logits are unembedded."""
-        from mlxinterp.patching import forward_last
+        from mlxinterp.analysis.patching import forward_last
 
         words = self.certain + self.hedges
         z = np.array(forward_last(self.hm, self.hm.tokens([self.prompt(i) for i in idx]), taps, vocab=words)[:, 0],

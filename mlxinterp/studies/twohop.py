@@ -2,7 +2,7 @@
 
 Per query of data/twohop/queries.json: does the model answer each single hop
 (hop1_prompt -> bridge, hop2_prompt -> answer) and the two-hop prompt
-(definition of "answers": mlxinterp.twohop); and, through the logit lens at
+(definition of "answers": mlxinterp.tasks.twohop); and, through the logit lens at
 the two-hop prompt's last position, the rank of the bridge and of the answer
 at every layer, the first layer each enters the top-k (k = 30, seed 004's
 choice), and the gap answer layer - bridge layer. A query is *sequential*
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlxinterp import io
-from mlxinterp import twohop as TH
-from mlxinterp.stats import bootstrap_ci, proportion_ci
+from mlxinterp.core import io
+from mlxinterp.tasks import twohop as TH
+from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
 from mlxinterp.suite import experiment
 
 SUBSETS = ("all", "both_hops")  # every query; queries whose two single hops the model answers
@@ -172,7 +172,7 @@ def twohop(hm, cfg: TwohopConfig, ctx) -> dict:
 
 DEFINITIONS = {
     "answers": "top-1 next token after the prompt is the first token of ' ' + an alias (an alias 'the X' counts "
-               "through X's first token, or when the greedy continuation is the whole ' the X'); mlxinterp.twohop",
+               "through X's first token, or when the greedy continuation is the whole ' the X'); mlxinterp.tasks.twohop",
     "twohop_full_sequence": "stricter: the greedy continuation reproduces every token of some answer alias",
     "rank": "tokens with a strictly larger logit than the best of the target's first tokens (0 = top-1)",
     "entry layer": "first layer whose logit-lens rank at the last position is < top_k (block output, final norm)",

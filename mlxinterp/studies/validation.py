@@ -17,10 +17,10 @@ import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
-from mlxinterp import data, directions, scoring
-from mlxinterp import taps as T
-from mlxinterp.lens import logit_lens
-from mlxinterp.stats import bootstrap_ci, kl_divergence
+from mlxinterp.tasks import data
+from mlxinterp.analysis import directions, scoring
+from mlxinterp.analysis.lens import logit_lens
+from mlxinterp.analysis.stats import bootstrap_ci, kl_divergence
 from mlxinterp.suite import experiment
 
 CHECKS = ("steering", "logit_lens", "refusal_direction", "tokenization", "numerics")
@@ -157,7 +157,7 @@ def _refusal(hm, cfg, ctx) -> dict:
             "steering_delta_by_pct_of_resid": sweep, "decisive_pct": cfg.steer_pass_pct,
             "steering_raises_refusal_score": raises,
             "scoring": "refusal score = mean per-token log-prob of a refusal phrase minus a compliance phrase, "
-                       "teacher-forced after the prompt (mlxinterp.scoring); steering adds the unit direction x "
+                       "teacher-forced after the prompt (mlxinterp.analysis.scoring); steering adds the unit direction x "
                        "(pct/100 x mean residual norm) at every position of held-out harmless prompts",
             "protocol_note": "the decisive strength (8 % of the residual norm, seed 002's operating point) was "
             "fixed after a first run that steered with 8x the direction's norm (~27 % of the residual norm on "
@@ -167,7 +167,7 @@ def _refusal(hm, cfg, ctx) -> dict:
 
 
 def _tokenization(hm, cfg, ctx) -> dict:
-    from mlxinterp.tokenization import encode
+    from mlxinterp.core.tokenization import encode
 
     info, tok = hm.info, hm.tokenizer
     ids = encode(tok, info, "Hello world")
@@ -210,8 +210,8 @@ def _quant_agreement(hm, prompts, bits: int) -> dict:
 
     from mlx_lm.utils import quantize_model
 
-    from mlxinterp.hooks import HookedModel
-    from mlxinterp.loading import LoadedModel
+    from mlxinterp.core.hooks import HookedModel
+    from mlxinterp.core.loading import LoadedModel
 
     if hm.info.quantization:
         return {"skipped": "model is already quantized; compare against a float load instead"}

@@ -1,0 +1,4 @@
+from bench.cli import bench_app
+from mlxinterp.cli.common import run
+
+run(bench_app)

@@ -1,0 +1,225 @@
+"""`python -m bench ...`: the benchmarks, run from a checkout (they are not part of the installed package).
+
+Ratios measured in one run, conditions interleaved round by round; torch / nnsight /
+TransformerLens rows need the optional extra (pip install -e '.[bench]').
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out, print_json
+from mlxinterp.core.errors import MlxInterpError
+
+bench_app = typer.Typer(help="Benchmarks: ratios measured in one run, conditions interleaved round by round "
+                             "(torch / nnsight / TransformerLens rows need the optional extra: pip install -e '.[bench]').",
+                        no_args_is_help=True)
+SAVE_OPT = typer.Option(None, "--save", help="directory to write <benchmark>.json into (e.g. bench/results)")
+
+
+def _bench_done(name: str, res: dict, as_json: bool, save: Optional[Path], load_before, line: str) -> None:
+    from bench.harness import save_result
+
+    if save is not None:
+        path = save_result(name, res, save, load_before)
+        console.print(f"wrote {path}", highlight=False)
+    if as_json:
+        print_json(res)
+    else:
+        out.print(line, highlight=False, markup=False)
+
+
+def _status_progress(status):
+    return lambda msg: status.update(f"benchmarking: {msg}")
+
+
+@bench_app.command("taps")
+def bench_taps_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT, rounds: int = typer.Option(7, "--rounds"),
+                   as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Tap overhead: bare mlx-lm forward vs no-op taps and capture on every hook point.
+
+    Example: [bold]python -m bench taps --model default --json[/bold]
+    """
+    import os
+
+    from bench.harness import bench_taps
+
+    load = os.getloadavg()
+    hm = load_model(model, dtype)
+    with console.status("benchmarking ..."):
+        res = bench_taps(hm, rounds=rounds)
+    res["model"] = hm.info.to_dict()
+    _bench_done("taps", res, as_json, save, load,
+                f"noop_overhead {res['noop_overhead']:+.3%}  capture_all_overhead {res['capture_all_overhead']:+.3%}  "
+                f"(bare {res['median_seconds']['bare']:.3f} s, {res['prompt_tokens']} tokens, median of {rounds})")
+
+
+@bench_app.command("generate")
+def bench_generate_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT, rounds: int = typer.Option(5, "--rounds"),
+                       max_tokens: int = typer.Option(64, "--max-tokens"),
+                       layer: Optional[int] = typer.Option(None, "--layer", help="layer of the Add tap (default: middle)"),
+                       as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Steered generation tokens/s: mlx-lm's stream_generate vs hm.generate with an Add tap on one layer.
+
+    Example: [bold]python -m bench generate --rounds 5 --json[/bold]
+    """
+    import os
+
+    from bench.harness import bench_generate
+    from mlxinterp.core.hooks import _check_generation
+
+    _check_generation(max_tokens)
+    load = os.getloadavg()
+    hm = load_model(model, dtype)
+    if layer is not None:
+        hm.point(f"blocks.{layer}.hook_resid_post")  # a clear error for a layer out of range
+        layer %= hm.info.n_layers
+    with console.status("benchmarking ..."):
+        res = bench_generate(hm, rounds=rounds, max_tokens=max_tokens, layer=layer)
+    res["model"] = hm.info.to_dict()
+    r = res["steered_vs_mlx_lm"]
+    _bench_done("generate", res, as_json, save, load,
+                f"steered / mlx-lm tokens/s {r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
+                f"(mlx-lm {res['median_tokens_per_second']['mlx_lm']:.1f} tok/s, median of {rounds})")
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(v < 1 for v in vals):
+        raise MlxInterpError(f"{what} {text!r} is not allowed; use whole numbers >= 1 separated by commas, e.g. 32,64")
+    return vals
+
+
+@bench_app.command("patching")
+def bench_patching_cmd(rounds: int = typer.Option(3, "--rounds"),
+                       batch_sizes: str = typer.Option("32,64", "--batch-sizes", help="patch_sweep batch sizes; "
+                                                       "the first is the reference the ratios are taken to"),
+                       loops: bool = typer.Option(True, "--loops/--no-loops", help="include the one-forward-per-patch "
+                                                  "loops (~40 s each per round)"),
+                       torch_side: bool = typer.Option(True, "--torch/--no-torch", help="include nnsight, "
+                                                       "TransformerLens and torch hooks (needs the bench extra)"),
+                       as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Activation-patching sweep (default model, every layer x position, Eiffel Tower -> Colosseum,
+    logit(Paris) - logit(Rome)): mlxinterp's patch_sweep vs loops, nnsight and TransformerLens, same weights.
+
+    Example: [bold]python -m bench patching --rounds 3 --save bench/results[/bold]
+    """
+    import os
+
+    from bench.harness import bench_patching
+
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    load = os.getloadavg()
+    with console.status("benchmarking ...") as st:
+        res = bench_patching(rounds=rounds, batch_sizes=sizes, loops=loops, torch_side=torch_side, out=save,
+                             progress=_status_progress(st))
+    best = res["reference"]
+    lines = [f"{best}: {res['median_seconds'][best]:.2f} s ({res['n_patches']} patches)"]
+    lines += [f"{k}: {res['median_seconds'][k]:.2f} s = {r['median']:.2f} x" for k, r in res["ratios_vs_reference"].items()]
+    _bench_done("patching", res, as_json, save, load, "\n".join(lines))
+
+
+@bench_app.command("forward")
+def bench_forward_cmd(rounds: int = typer.Option(5, "--rounds"),
+                      blas: Optional[str] = typer.Option(None, "--blas", help="comma-separated BLAS variants "
+                                                         "(default: every one installed here)"),
+                      torch_side: bool = typer.Option(True, "--torch/--no-torch"),
+                      as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Forward time on 41 tokens (default model): MLX under each interposable BLAS and mx.compile vs torch CPU;
+    run_with_cache on every hook point vs TransformerLens's run_with_cache.
+
+    Example: [bold]python -m bench forward --blas openblas-pthread,openblas-pthread-avx512[/bold]
+    """
+    import os
+
+    from bench.harness import bench_forward
+
+    names = [b.strip() for b in blas.split(",") if b.strip()] if blas else None
+    load = os.getloadavg()
+    with console.status("benchmarking ...") as st:
+        res = bench_forward(rounds=rounds, blas=names, torch_side=torch_side, out=save, progress=_status_progress(st))
+    lines = [f"{k}: {v:.3f} s" for k, v in res["median_seconds"].items()]
+    _bench_done("forward", res, as_json, save, load, "\n".join(lines))
+
+
+@bench_app.command("agreement")
+def bench_agreement_cmd(as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Numerical agreement with transformers on the same weights: per-layer hidden states and logits.
+
+    Example: [bold]python -m bench agreement --json[/bold]
+    """
+    import os
+
+    from bench.harness import bench_agreement
+
+    load = os.getloadavg()
+    hm = load_model("default", None)
+    with console.status("comparing with transformers ..."):
+        res = bench_agreement(hm)
+    a = res["mlx_embed_scale"]
+    _bench_done("agreement", res, as_json, save, load,
+                f"logits max abs diff {a['logits_max_abs_diff']:.2e}, top-1 agreement {a['top1_agreement']:.3f} "
+                f"over {a['positions']} positions (transformers' own embedding scale: "
+                f"{res['hf_embed_scale']['logits_max_abs_diff']:.2e})")
+
+
+@bench_app.command("memory")
+def bench_memory_cmd(as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Peak RSS of a fresh process (default model): loaded, after a forward, after capture on every hook point.
+
+    Example: [bold]python -m bench memory --json[/bold]
+    """
+    import os
+
+    from bench.harness import bench_memory
+
+    load = os.getloadavg()
+    with console.status("measuring ..."):
+        res = bench_memory(out=save)
+    c, f = res["capture_all"], res["forward"]
+    gb = lambda b: f"{b / 1e9:.2f} GB" if b is not None else "n/a"  # noqa: E731
+    _bench_done("memory", res, as_json, save, load,
+                f"after loading: RSS {gb(res['after_load']['rss_bytes'])} (peak {gb(res['after_load']['peak_rss_bytes'])}); "
+                f"MLX peak during a forward {gb(f['mlx_peak_bytes'])}, during capture-all {gb(c['mlx_peak_bytes'])} "
+                f"({c['captured_bytes'] / 1e6:.1f} MB captured, RSS {gb(c['rss_bytes'])})")
+
+
+@bench_app.command("all")
+def bench_all_cmd(out_dir: Path = typer.Option(Path("bench/results"), "--out"),
+                  readme: Path = typer.Option(Path("bench/README.md"), "--readme"),
+                  quick: bool = typer.Option(False, "--quick", help="1 round each and no loops: a smoke run, "
+                                             "not for the table")) -> None:
+    """Every benchmark in one run (default model), each written to OUT/<name>.json, then the README table.
+
+    Example: [bold]python -m bench all[/bold]
+    """
+    from bench.harness import run_all
+
+    with console.status("benchmarking ...") as st:
+        results = run_all(out_dir, readme if not quick else None, quick=quick, progress=_status_progress(st))
+    console.print(f"wrote {', '.join(sorted(results))} into {out_dir}" + ("" if quick else f"; table in {readme}"),
+                  highlight=False)
+
+
+@bench_app.command("table")
+def bench_table_cmd(out_dir: Path = typer.Option(Path("bench/results"), "--out"),
+                    readme: Optional[Path] = typer.Option(None, "--readme", help="also put the table into this README")) -> None:
+    """Render the table from OUT/*.json (and update the README between its markers).
+
+    Example: [bold]python -m bench table --readme bench/README.md[/bold]
+    """
+    from bench.harness import load_results, render_table, update_readme
+
+    results = load_results(out_dir)
+    if not results:
+        raise MlxInterpError(f"no benchmark results in {out_dir}", hint="run `python -m bench all` first")
+    if readme:
+        update_readme(readme, results)
+    out.print(render_table(results), highlight=False)
+
+

@@ -1,0 +1,114 @@
+"""Where each hook point lives in each mlx-lm architecture.
+
+A hook point is a (module, side) pair inside mlx-lm's own block: the input or
+output of an existing submodule. Nothing here re-implements a forward pass;
+the table only says which of mlx-lm's modules computes what TransformerLens
+calls `hook_attn_out`, `hook_resid_mid`, and so on.
+
+Gemma's blocks are "sandwich" blocks: the attention and MLP outputs pass
+through an extra RMSNorm before they are added to the residual, so
+`hook_attn_out` / `hook_mlp_out` (what is added to the residual) are the
+outputs of those post-norms, while `attn.hook_out` / `mlp.hook_out` are the raw
+sublayer outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlxinterp.core.errors import UnsupportedArchitectureError
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hook point's place in a block: submodule path ('' = the block) and side."""
+
+    path: str
+    side: str  # "in" (transform the module's first argument) or "out" (its result)
+    kind: str = "d_model"  # feature shape: d_model | heads | kv_heads | d_mlp
+
+
+_SHARED = {
+    "hook_resid_pre": Site("", "in"),
+    "ln1.hook_normalized": Site("input_layernorm", "out"),
+    "attn.hook_q": Site("self_attn.q_proj", "out", "heads"),
+    "attn.hook_k": Site("self_attn.k_proj", "out", "kv_heads"),
+    "attn.hook_v": Site("self_attn.v_proj", "out", "kv_heads"),
+    "attn.hook_z": Site("self_attn.o_proj", "in", "heads"),
+    "attn.hook_out": Site("self_attn", "out"),
+    "mlp.hook_pre": Site("mlp.gate_proj", "out", "d_mlp"),
+    "mlp.hook_post": Site("mlp.down_proj", "in", "d_mlp"),
+    "mlp.hook_out": Site("mlp", "out"),
+    "hook_resid_post": Site("", "out"),
+}
+
+LLAMA_SITES = {
+    **_SHARED,
+    "hook_attn_out": Site("self_attn", "out"),
+    "hook_resid_mid": Site("post_attention_layernorm", "in"),
+    "ln2.hook_normalized": Site("post_attention_layernorm", "out"),
+    "hook_mlp_out": Site("mlp", "out"),
+}
+
+GEMMA_SITES = {
+    **_SHARED,
+    "hook_attn_out": Site("post_attention_layernorm", "out"),
+    "hook_resid_mid": Site("pre_feedforward_layernorm", "in"),
+    "ln2.hook_normalized": Site("pre_feedforward_layernorm", "out"),
+    "hook_mlp_out": Site("post_feedforward_layernorm", "out"),
+}
+
+# Order in which the per-block hook points fire in a forward pass; also the
+# order `hook_names` lists them.
+BLOCK_ORDER = (
+    "hook_resid_pre", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+    "attn.hook_z", "attn.hook_out", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized",
+    "mlp.hook_pre", "mlp.hook_post", "mlp.hook_out", "hook_mlp_out", "hook_resid_post",
+)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the hook machinery and the logit lens need to know about one family."""
+
+    family: str
+    sites: dict
+    embed_scale: bool = False  # Gemma multiplies embeddings by sqrt(d_model)
+    softcap_attr: str | None = None  # attribute on the top model holding the final logit cap
+    # mlx-lm's gemma2 attention reshapes queries to 5-D for grouped-query
+    # attention but applies a 4-D batch mask, which broadcasts the batch axis
+    # against the kv-head axis (BUGFIX.md #1). Padded batches give it a 5-D mask.
+    gqa_mask_5d: bool = False
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "llama": ArchSpec("llama", LLAMA_SITES),
+    "mistral": ArchSpec("llama", LLAMA_SITES),
+    "qwen2": ArchSpec("llama", LLAMA_SITES),
+    "qwen3": ArchSpec("llama", LLAMA_SITES),
+    "gemma2": ArchSpec("gemma", GEMMA_SITES, embed_scale=True, softcap_attr="final_logit_softcapping",
+                       gqa_mask_5d=True),
+    "gemma3_text": ArchSpec("gemma", GEMMA_SITES, embed_scale=True),
+    "gemma3": ArchSpec("gemma", GEMMA_SITES, embed_scale=True),
+}
+
+
+def arch_spec(model_type: str) -> ArchSpec:
+    """The hook map for an mlx-lm model_type, or a clear error listing what is supported."""
+    try:
+        return ARCHS[model_type]
+    except KeyError:
+        raise UnsupportedArchitectureError(
+            f"architecture {model_type!r} has no hook map; supported: {', '.join(sorted(ARCHS))}",
+            hint="open an issue with the mlx-lm model_type; adding one is a table entry in mlxinterp/archs.py",
+        ) from None
+
+
+def text_model(model):
+    """mlx-lm's inner text model (the one holding embed_tokens, layers, norm)."""
+    inner = getattr(model, "language_model", model)  # gemma3 multimodal wraps the text model
+    return inner.model
+
+
+def top_text_model(model):
+    """The module whose call returns logits for text (gemma3 multimodal: language_model)."""
+    return getattr(model, "language_model", model)

@@ -1,0 +1,159 @@
+"""What an experiment gets besides model and config: seeded rngs, figures, a log, and `map`,
+which checkpoints every finished item so a killed run resumes without redoing work."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.text import Text
+
+from mlxinterp.core import io
+from mlxinterp.core.errors import MlxInterpError, ResultsError
+from mlxinterp.suite import distributed
+from mlxinterp.suite.registry import check_name
+
+PARTIAL_DIR = ".partial"
+
+
+# ------------------------------------------------------------------- context
+
+
+def _stable_int(text: str) -> int:
+    """A process-independent integer for a string (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def item_hash(item: Any) -> str:
+    """Identity of a map item, so a checkpoint is reused only for the same item."""
+    try:
+        text = json.dumps(io.to_jsonable(item), sort_keys=True)
+    except (MlxInterpError, TypeError, ValueError):
+        text = repr(item)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Context:
+    """What an experiment gets besides model and config: rng, output dir, figures, log, map."""
+
+    def __init__(self, name: str, out_dir: Path, seed: int, progress: Progress, log_file: Path | None = None,
+                 world: distributed.World | None = None):
+        self.name = name
+        self.world = world or distributed.World()
+        self.out_dir = out_dir
+        self.seed = seed
+        self.rng = self.rng_for()
+        self.figures: list[str] = []
+        self.map_timings: dict[str, dict] = {}
+        self._progress = progress
+        self._log_file = log_file
+
+    def rng_for(self, *keys: str | int) -> np.random.Generator:
+        """A generator seeded by (seed, experiment name, *keys): the same in every process.
+
+        `ctx.rng` is `rng_for()`. Draw from it outside `map` (e.g. to choose
+        items): a resumed run skips finished items, so a stream shared by item
+        functions would shift. Inside an item, use `rng_for(key, index)`.
+        """
+        return np.random.default_rng([self.seed, _stable_int(self.name), *(_stable_int(str(k)) for k in keys)])
+
+    def save_figure(self, name: str, fig: Any) -> Path:
+        """Save a matplotlib figure as `<out_dir>/<name>.png` (atomically) and close it (rank 0 only writes)."""
+        check_name(name, "figure name")
+        path = self.out_dir / f"{name}.png"
+        if self.world.is_root:
+            io.save_figure(path, fig)
+        try:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        except ImportError:  # pragma: no cover - matplotlib is a dependency
+            pass
+        if path.name not in self.figures:
+            self.figures.append(path.name)
+        return path
+
+    def log(self, msg: str) -> None:
+        """A line above the progress bars, also appended to `<out>/suite.log`."""
+        say(self._progress.console, f"[{self.name}] {msg}")
+        append_log(self._log_file, f"[{self.name}] {msg}")
+
+    def map(self, key: str, items: Iterable[Any], fn: Callable[[Any], Any]) -> list[Any]:
+        """[fn(item) for item in items], checkpointing each finished item.
+
+        Results are reloaded from `.partial/<key>.jsonl` when a previous run
+        finished them (same index and same item hash), so they are never
+        recomputed. Every result is returned as it reads back from JSON
+        (tuples become lists, numpy numbers floats), fresh or reloaded alike.
+
+        Under `mlx.launch -n N` (mlxinterp.suite.distributed) the unfinished items are
+        shared out in rounds of N, one per rank; after each round every rank has
+        every result and rank 0 checkpoints them, so all ranks return the same list.
+        """
+        check_name(key, "map key")
+        if key in self.map_timings:
+            raise ResultsError(f"{self.name}: ctx.map key {key!r} used twice",
+                               hint="give each ctx.map call its own key")
+        items = list(items)
+        hashes = [item_hash(x) for x in items]
+        path = self.out_dir / PARTIAL_DIR / f"{key}.jsonl"
+        world = self.world
+        tag = f"map {self.name}/{key}: {len(items)} items {hashlib.sha256(''.join(hashes).encode()).hexdigest()[:12]}"
+        done, intact = world.decide(lambda: _reload(path, hashes), tag) if world.distributed else _reload(path, hashes)
+        done = {int(i): r for i, r in done.items()}  # JSON keys are strings on the other ranks
+        results: list[Any] = [done.get(i) for i in range(len(items))]
+        start = time.perf_counter()
+        task = self._progress.add_task(f"  {self.name} · {key}", total=len(items), completed=len(done))
+        todo = [i for i in range(len(items)) if i not in done]
+        try:
+            with io.JsonlAppender(path, keep_bytes=intact) if world.is_root else nullcontext() as sink:
+                for round_ in distributed.rounds(todo, world.size):
+                    for i, result in distributed.run_round(world, round_, lambda i: io.normalize(fn(items[i]))):
+                        results[i] = result
+                        if sink is not None:
+                            sink.append({"i": i, "h": hashes[i], "r": result})
+                        self._progress.advance(task)
+        finally:
+            self._progress.remove_task(task)
+        self.map_timings[key] = {"items": len(items), "reloaded": len(done),
+                                 "seconds": round(time.perf_counter() - start, 3)}
+        if world.distributed:
+            self.map_timings[key]["ranks"] = world.size
+        return results
+
+
+def _reload(path: Path, hashes: list[str]) -> tuple[dict[int, Any], int]:
+    """Finished items of a checkpoint that still match their item; and its intact length."""
+    records, intact = io.read_jsonl(path)
+    done: dict[int, Any] = {}
+    for rec in records:
+        i = rec.get("i") if isinstance(rec, dict) else None
+        if isinstance(i, int) and 0 <= i < len(hashes) and rec.get("h") == hashes[i] and "r" in rec:
+            done[i] = rec["r"]
+    return done, intact
+
+
+def say(console: Console, msg: str, style: str = "") -> None:
+    """Print verbatim (paths may contain '[') and unwrapped, so commands stay copy-pastable."""
+    console.print(Text(msg, style=style), soft_wrap=True)
+
+
+def append_log(path: Path | None, line: str) -> None:
+    """Best effort: a log line must never stop a run."""
+    if path is None:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {line}\n")
+    except OSError:
+        pass
+
+

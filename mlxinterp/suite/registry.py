@@ -1,0 +1,248 @@
+"""The experiment registry: `@experiment(name, Config)`, selection, configs and `--set` overrides.
+
+An experiment is a config dataclass plus a function (model, config, ctx) ->
+JSON-able dict. Study modules under `mlxinterp.studies` register themselves
+when imported (`register_builtin`).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import pkgutil
+import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mlxinterp.core.errors import MlxInterpError, ResultsError, closest
+
+if TYPE_CHECKING:
+    from mlxinterp.suite.context import Context
+
+BUILTIN_PACKAGE = "mlxinterp.studies"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+ExperimentFn = Callable[[Any, Any, "Context"], dict]
+
+
+# ------------------------------------------------------------------ registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A registered experiment: its name, config dataclass, function and one-line doc."""
+
+    name: str
+    config_cls: type
+    fn: ExperimentFn
+    doc: str
+
+
+_REGISTRY: dict[str, Experiment] = {}
+_IMPORT_ERRORS: dict[str, str] = {}
+
+
+def check_name(name: str, what: str) -> str:
+    """Names become directory and file names, so keep them portable."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise MlxInterpError(f"invalid {what} {name!r}",
+                             hint="use letters, digits, '_', '-' or '.', starting with a letter or digit")
+    return name
+
+
+def experiment(name: str, config_cls: type) -> Callable[[ExperimentFn], ExperimentFn]:
+    """Register `fn(model, config, ctx) -> dict` as experiment `name`.
+
+    `config_cls` must be a dataclass whose fields all have defaults; `run_all`
+    fills its `n` and `seed` fields (when present) from its own arguments.
+    """
+    check_name(name, "experiment name")
+    if not (dataclasses.is_dataclass(config_cls) and isinstance(config_cls, type)):
+        raise MlxInterpError(f"experiment {name!r}: config must be a dataclass class, "
+                             f"not {config_cls!r}")
+
+    def register(fn: ExperimentFn) -> ExperimentFn:
+        old = _REGISTRY.get(name)
+        if old is not None and _origin(old.fn) != _origin(fn):
+            raise MlxInterpError(f"experiment {name!r} is registered twice: "
+                                 f"{_origin(old.fn)} and {_origin(fn)}")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = Experiment(name, config_cls, fn, doc[0].strip() if doc else "")
+        return fn
+
+    return register
+
+
+def _origin(fn: Callable) -> str:
+    """Where a function was defined; the same origin may re-register (module reload)."""
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+def register_builtin(modules: Iterable[str] | None = None) -> list[str]:
+    """Import the study modules so their @experiment decorators run; return those imported.
+
+    By default every submodule of `mlxinterp.studies` (none is fine). A module
+    that fails to import is skipped with a warning rather than breaking the
+    other experiments or `--list`; its error is shown if its experiment is asked for.
+    """
+    names = list(modules) if modules is not None else _builtin_modules()
+    imported = []
+    for mod in names:
+        try:
+            importlib.import_module(mod)
+        except Exception as exc:  # a broken study must not take the others down
+            _IMPORT_ERRORS[mod] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"mlxinterp: could not import study module {mod}: {exc}", stacklevel=2)
+            continue
+        _IMPORT_ERRORS.pop(mod, None)
+        imported.append(mod)
+    return imported
+
+
+def _builtin_modules() -> list[str]:
+    """Submodules of the studies package, in name order; [] while it does not exist."""
+    try:
+        pkg = importlib.import_module(BUILTIN_PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name and BUILTIN_PACKAGE.startswith(exc.name):
+            return []
+        raise
+    paths = getattr(pkg, "__path__", None) or []
+    return [f"{BUILTIN_PACKAGE}.{m.name}" for m in sorted(pkgutil.iter_modules(paths), key=lambda m: m.name)
+            if not m.name.startswith("_")]
+
+
+def list_experiments() -> list[tuple[str, str]]:
+    """(name, one-line doc) of every registered experiment, for `run-suite --list`."""
+    register_builtin()
+    return [(e.name, e.doc) for e in _REGISTRY.values()]
+
+
+def config_fields(name: str) -> str:
+    """`field=default` for every config field of experiment `name` (what `--set` can change)."""
+    if name not in _REGISTRY:
+        raise _unknown(name)
+    exp = _REGISTRY[name]
+    return ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=<factory>"
+                     for f in dataclasses.fields(exp.config_cls))
+
+
+def select(only: str | Sequence[str] | None = None,
+           skip: str | Sequence[str] | None = None) -> list[Experiment]:
+    """The experiments to run, in registration order; unknown names are an error."""
+    wanted, unwanted = split_names(only), split_names(skip) or []
+    for name in (wanted or []) + unwanted:
+        if name not in _REGISTRY:
+            raise _unknown(name)
+    chosen = [e for e in _REGISTRY.values()
+              if (wanted is None or e.name in wanted) and e.name not in unwanted]
+    if not chosen:
+        raise ResultsError("no experiments selected", hint=f"available: {', '.join(_REGISTRY) or 'none'}")
+    return chosen
+
+
+def split_names(value: str | Sequence[str] | None) -> list[str] | None:
+    """Accept 'a,b', ['a', 'b'] or ['a,b'] (how CLI options arrive)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    return [n.strip() for item in items for n in item.split(",") if n.strip()]
+
+
+def _unknown(name: str) -> ResultsError:
+    available = ", ".join(_REGISTRY) or "none registered"
+    hints = []
+    if (guess := closest(name, _REGISTRY)):
+        hints.append(f"did you mean {guess}?")
+    hints.append(f"available: {available} (`mlxinterp run-suite --list` describes them)")
+    if _IMPORT_ERRORS:
+        hints.append("modules that failed to import: "
+                     + "; ".join(f"{m} ({e})" for m, e in _IMPORT_ERRORS.items()))
+    return ResultsError(f"unknown experiment {name!r}", hint=" ".join(hints))
+
+
+def make_config(exp: Experiment, n: int | None = None, seed: int = 0,
+                overrides: dict[str, Any] | None = None) -> Any:
+    """The experiment's config: defaults, then `overrides` (field -> value), then `n` and `seed`.
+
+    `n` (when given) and `seed` are filled in where the config has those fields;
+    an explicit override of `n` wins over the suite-wide `n`.
+    """
+    fields = {f.name for f in dataclasses.fields(exp.config_cls)}
+    kwargs: dict[str, Any] = {}
+    if "seed" in fields:
+        kwargs["seed"] = seed
+    if "n" in fields and n is not None:
+        kwargs["n"] = n
+    kwargs.update(overrides or {})
+    try:
+        return exp.config_cls(**kwargs)
+    except TypeError as exc:
+        raise MlxInterpError(f"experiment {exp.name!r}: cannot build its config: {exc}",
+                             hint="give every config field a default") from exc
+
+
+def parse_overrides(sets: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`--set` strings -> {experiment: {field: value}}, checked against the experiments' configs.
+
+    `exp.field=value` sets one experiment's field; `field=value` sets it in every
+    selected experiment (`names`) whose config has it. Values are Python literals
+    (numbers, True/False, strings, tuples or lists; unparseable text is a string); a list given for a
+    tuple field becomes a tuple, an int for a float field a float, and anything
+    else of the wrong type is refused here rather than deep inside a study.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for text in sets:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ResultsError(f"--set {text!r} is not key=value", hint="e.g. --set ard_mmd.steps=1000 or --set n=48")
+        value = _literal(raw)
+        exp_name, dot, field = key.rpartition(".")
+        targets = [exp_name] if dot else list(names)
+        if dot and exp_name not in _REGISTRY:
+            raise _unknown(exp_name)
+        hits = [t for t in targets if field in {f.name for f in dataclasses.fields(_REGISTRY[t].config_cls)}]
+        if not hits:
+            allowed = sorted({f.name for t in targets for f in dataclasses.fields(_REGISTRY[t].config_cls)})
+            guess = closest(field, allowed)
+            raise ResultsError(f"--set {text!r}: no config field {field!r} in {', '.join(targets) or 'the selection'}",
+                               hint=(f"did you mean {guess}? " if guess else "") + f"fields: {', '.join(allowed)}")
+        for t in hits:
+            out.setdefault(t, {})[field] = _coerce(text, _REGISTRY[t], field, value)
+    return out
+
+
+def _literal(raw: str) -> Any:
+    """A Python literal, or the bare text itself (so `--set exp.lang=zh` needs no shell-proof quotes)."""
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return raw.strip()
+
+
+def _coerce(text: str, exp: Experiment, field: str, value: Any) -> Any:
+    """`value` converted to the type of the field's default, or a ResultsError naming both."""
+    default = next(f for f in dataclasses.fields(exp.config_cls) if f.name == field)
+    ref = default.default if default.default is not dataclasses.MISSING else default.default_factory()
+    if ref is None or value is None:
+        return value
+    if isinstance(ref, bool) or isinstance(value, bool):  # bool is an int subclass: match it exactly
+        if isinstance(ref, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(value, type(ref)):
+        return value
+    elif isinstance(ref, tuple) and isinstance(value, list):
+        return tuple(value)
+    elif isinstance(ref, float) and isinstance(value, int):
+        return float(value)
+    raise ResultsError(f"--set {text!r}: {exp.name}.{field} takes {type(ref).__name__} "
+                       f"(default {ref!r}), not {type(value).__name__} {value!r}")
+
+
+
+
+def docs() -> dict[str, str]:
+    """One-line doc of every registered experiment (the report shows it under the name)."""
+    return {e.name: e.doc for e in _REGISTRY.values()}

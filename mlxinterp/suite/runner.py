@@ -1,0 +1,367 @@
+"""The experiment suite: run registered experiments over models, resumably.
+
+An experiment is a config dataclass plus a function (model, config, ctx) ->
+JSON-able dict, registered with `@experiment(name, Config)`. `run_all` loads
+each model once, runs the selected experiments, writes
+`<out>/<model-slug>/<experiment>/result.json` (+ figures), frees the model,
+and finally regenerates `<out>/report.md` and `<out>/report.html`.
+
+Runs take hours, so nothing finished is ever lost: every file is written
+atomically, `ctx.map` checkpoints each finished item to an fsynced JSONL
+file, and a rerun (resume is the default) skips finished experiments and
+reloads finished items. A resumed run's result.json equals an uninterrupted
+run's byte for byte once the "timings" key is removed; everything that varies
+between runs lives under that key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from mlxinterp.core import io, memory, spill
+from mlxinterp.core.errors import ResultsError
+from mlxinterp.core.platform import total_memory_bytes
+from mlxinterp.suite import distributed, planner
+from mlxinterp.suite.context import PARTIAL_DIR, Context, append_log, say
+from mlxinterp.suite.provenance import (FORMAT_VERSION, differences, fingerprint, fingerprint_of, git_commit,
+                                        mismatch, versions)
+from mlxinterp.suite.registry import Experiment, check_name, docs, make_config, parse_overrides, register_builtin, select, split_names
+
+RESULT_FILE = "result.json"
+SPILL_DIR = ".spill"  # captured activations streamed to disk (spill.RowStore), removed when done
+
+
+# ----------------------------------------------------------------------- runs
+
+
+class _Run:
+    """One `run_all` call: shared output dir, progress display, summary.
+
+    Distributed (mlxinterp.suite.distributed): rank 0 decides what to skip or resume
+    and writes every file; the other ranks compute, read what a study reads
+    (e.g. a sibling experiment's result) from the same paths, and spill
+    captured activations to a private scratch directory deleted at the end.
+    """
+
+    def __init__(self, out: Path, seed: int, n: int | None, resume: bool, progress: Progress,
+                 world: distributed.World | None = None, scratch: Path | None = None,
+                 overrides: dict[str, dict[str, Any]] | None = None):
+        self.out, self.seed, self.n, self.resume, self.progress = out, seed, n, resume, progress
+        self.overrides = overrides or {}
+        self.world = world or distributed.World()
+        self.scratch = scratch
+        self.console = progress.console
+        self.log_file = out / "suite.log" if self.world.is_root else None
+        self.runs: list[dict] = []
+
+    def note(self, msg: str, style: str = "") -> None:
+        say(self.console, msg, style)
+        append_log(self.log_file, msg)
+
+    def model(self, spec: str, exps: list[Experiment], load_fn: Callable[[str], Any], overall: Any) -> None:
+        """Load one model, run its experiments, free it before the next one is loaded."""
+        self.progress.update(overall, description=f"loading {spec}")
+        t0 = time.perf_counter()
+        model = load_fn(spec)
+        load_s = round(time.perf_counter() - t0, 3)
+        try:
+            for exp in exps:
+                self.progress.update(overall, description=f"{model.info.slug} · {exp.name}")
+                status = self.experiment(model, exp, load_s)
+                self.note(f"{model.info.slug} · {exp.name}: {status}")
+                self.runs.append({"model": model.info.slug, "spec": spec, "experiment": exp.name,
+                                  "status": status, "path": str(self.out / model.info.slug / exp.name / RESULT_FILE)})
+                self.progress.advance(overall)
+        finally:
+            del model
+            free_memory()
+
+    def experiment(self, model: Any, exp: Experiment, load_s: float) -> str:
+        """Run (or skip, or finish) one experiment on a loaded model; return what happened.
+
+        With --no-resume only the checkpoints are discarded up front: an old
+        result.json stays until the new one atomically replaces it, so an
+        interrupted fresh run loses nothing that was finished before.
+        """
+        info = model.info
+        config = make_config(exp, self.n, self.seed, self.overrides.get(exp.name))
+        exp_dir = self.out / check_name(info.slug, "model slug") / exp.name
+        want = fingerprint(config, info, self.seed)
+        status = self.world.decide(lambda: self._decide(exp_dir, exp, want), f"experiment {info.slug}/{exp.name}")
+        if status == "skipped":
+            return status
+        # Every rank sees the real experiment dir (a study may read its siblings' results there), but
+        # only rank 0 writes the suite's files; other ranks spill activations to their scratch dir.
+        ctx = Context(exp.name, exp_dir, self.seed, self.progress, self.log_file, self.world)
+        spill_dir = (exp_dir if self.world.is_root else self._scratch_dir(info.slug, exp.name)) / SPILL_DIR
+        started, t0 = datetime.now(timezone.utc), time.perf_counter()
+        try:
+            with self._spill_scope(model, spill_dir):
+                result = exp.fn(model, config, ctx)
+        finally:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+        if not isinstance(result, dict):
+            raise ResultsError(f"experiment {exp.name!r} returned {type(result).__name__}, not a dict")
+        timings = {"started": started.isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - t0, 3),
+                   "model_load_seconds": load_s, "maps": ctx.map_timings, "resumed": status == "resumed"}
+        if self.world.distributed:
+            timings["ranks"] = self.world.size
+        if self.world.is_root:
+            io.write_json(exp_dir / RESULT_FILE, self._record(exp, config, info, ctx, result, timings))
+            shutil.rmtree(exp_dir / PARTIAL_DIR, ignore_errors=True)
+        return status
+
+    def _decide(self, exp_dir: Path, exp: Experiment, want: dict) -> str:
+        """skipped (finished), resumed (matching checkpoints) or computed (from scratch); prepares `.partial/`."""
+        if self.resume and self._finished(exp_dir, exp, want):
+            shutil.rmtree(exp_dir / PARTIAL_DIR, ignore_errors=True)  # killed just before cleanup
+            shutil.rmtree(exp_dir / SPILL_DIR, ignore_errors=True)
+            io.remove_stale_temps(exp_dir)
+            return "skipped"
+        if not self.resume:
+            shutil.rmtree(exp_dir / PARTIAL_DIR, ignore_errors=True)
+        return "resumed" if self._prepare_partial(exp_dir, want) else "computed"
+
+    def _scratch_dir(self, slug: str, name: str) -> Path:
+        """Where a rank > 0 spills captured activations: a private temporary directory, never --out."""
+        if self.scratch is None:
+            raise ResultsError("internal: a distributed rank > 0 has no scratch directory")
+        path = Path(self.scratch) / slug / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _spill_scope(self, model: Any, spill_dir: Path) -> AbstractContextManager:
+        """Captures larger than the memory left beside the model stream to `spill_dir`."""
+        try:
+            budget = memory.activation_budget(model.info)
+        except (AttributeError, KeyError, TypeError, ValueError):  # a stand-in model without sizes
+            return nullcontext()
+        return spill.spill_scope(spill_dir, budget)
+
+    def _record(self, exp: Experiment, config: Any, info: Any, ctx: Context, result: dict, timings: dict) -> dict:
+        return {"format_version": FORMAT_VERSION, "status": "complete", "experiment": exp.name,
+                "config": dataclasses.asdict(config), "model": info.to_dict(), "seed": self.seed,
+                "versions": versions(), "git_commit": git_commit(), "figures": sorted(ctx.figures),
+                "result": result, "timings": timings}
+
+    def _finished(self, exp_dir: Path, exp: Experiment, want: dict) -> bool:
+        """On resume: True to skip; False to (re)compute; error when stored work has other settings.
+
+        Checkpoints matching the request win over an older, different
+        result.json (an interrupted --no-resume run left both).
+        """
+        result_diffs = self._result_diffs(exp_dir / RESULT_FILE, exp, want)
+        if result_diffs == []:
+            return True
+        partial_diffs = self._partial_diffs(exp_dir / PARTIAL_DIR / "meta.json", want)
+        if partial_diffs == []:
+            return False
+        if result_diffs:
+            raise mismatch(exp_dir / RESULT_FILE, result_diffs)
+        if partial_diffs:
+            raise mismatch(exp_dir / PARTIAL_DIR, partial_diffs)
+        return False
+
+    def _result_diffs(self, path: Path, exp: Experiment, want: dict) -> list[str] | None:
+        """How a stored result differs from the request; None when absent or corrupt (said so)."""
+        if not path.exists():
+            return None
+        try:
+            record = io.read_json(path)
+            if not (isinstance(record, dict) and record.get("status") == "complete"
+                    and record.get("experiment") == exp.name and isinstance(record.get("config"), dict)):
+                raise ResultsError(f"{path} is not a complete {exp.name!r} result")
+        except ResultsError as exc:
+            self.note(f"recomputing {exp.name}: {path} is corrupted or incomplete ({exc})", "yellow")
+            return None
+        return differences(fingerprint_of(record), want)
+
+    def _partial_diffs(self, meta_path: Path, want: dict) -> list[str] | None:
+        """How stored checkpoints differ from the request; None when there are none usable."""
+        if not meta_path.exists():
+            return None
+        try:
+            return differences(io.read_json(meta_path), want)
+        except (ResultsError, KeyError, TypeError, AttributeError) as exc:
+            self.note(f"discarding checkpoints: {meta_path} is unreadable ({exc})", "yellow")
+            return None
+
+    def _prepare_partial(self, exp_dir: Path, want: dict) -> bool:
+        """Reuse matching checkpoints (True when there are some) or start an empty `.partial/`."""
+        partial = exp_dir / PARTIAL_DIR
+        meta_path = partial / "meta.json"
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        io.remove_stale_temps(exp_dir)
+        try:
+            reuse = meta_path.exists() and differences(io.read_json(meta_path), want) == []
+        except (ResultsError, KeyError, TypeError, AttributeError):
+            reuse = False
+        if reuse:
+            io.remove_stale_temps(partial)
+            return any(partial.glob("*.jsonl"))
+        shutil.rmtree(partial, ignore_errors=True)
+        io.write_json(meta_path, want)
+        return False
+
+
+def free_memory() -> None:
+    """Return a freed model's memory before the next model loads (MLX caches buffers).
+
+    On Linux, also glibc's malloc_trim: MLX's CPU buffers come from malloc, and
+    after the first large free glibc raises its mmap threshold, so the next
+    model's tensors live on the heap and stay in RSS after they are freed
+    (BUGFIX.md: 0.4-0.8 GB per cycle with the 270M model).
+    """
+    gc.collect()
+    try:
+        import mlx.core as mx
+    except ImportError:  # pragma: no cover - mlx is a dependency
+        return
+    clear = getattr(mx, "clear_cache", None) or getattr(getattr(mx, "metal", None), "clear_cache", None)
+    if clear is not None:
+        clear()
+    _trim_malloc()
+
+
+def _trim_malloc() -> None:
+    """Give the C heap's free pages back to the OS (glibc only; a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        pass
+
+
+def plan_models(models: Sequence[str], console: Console) -> list[str]:
+    """The models, smallest first; refuses (MemoryBudgetError) those that will not fit, before any loads."""
+    plans = planner.plan_models(models)
+    planner.check_fit(plans)
+    if len(plans) > 1 or any(p.estimate for p in plans):
+        order = ", ".join(f"{p.spec} (~{memory.gb(p.need)})" if p.need else f"{p.spec} (size unknown)" for p in plans)
+        say(console, f"models, smallest first, for {memory.gb(total_memory_bytes())} of memory: {order}")
+    return [p.spec for p in plans]
+
+
+def _default_load(spec: str) -> Any:
+    """mlxinterp.core.hooks.load, imported only when a model is actually needed."""
+    from mlxinterp.core.hooks import load
+
+    return load(spec)
+
+
+def resume_command(models: Sequence[str], only: Any = None, skip: Any = None, out: str | Path = "results",
+                   n: int | None = None, seed: int = 0, sets: Sequence[str] = ()) -> str:
+    """The `mlxinterp run-suite` command that continues this run."""
+    args = ["mlxinterp", "run-suite"]
+    for spec in models:
+        args += ["--model", spec]
+    if split_names(only):
+        args += ["--only", ",".join(split_names(only))]
+    if split_names(skip):
+        args += ["--skip", ",".join(split_names(skip))]
+    if n is not None:
+        args += ["--n", str(n)]
+    for text in sets:
+        args += ["--set", text]
+    args += ["--seed", str(seed), "--out", str(out)]
+    return shlex.join(args)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: str | Sequence[str] | None = None,
+            out: str | Path = "results", n: int | None = None, seed: int = 0, resume: bool = True,
+            load_fn: Callable[[str], Any] | None = None, *, console: Console | None = None,
+            resume_hint: str | None = None, sets: Sequence[str] = ()) -> dict:
+    """Run the selected experiments on every model; return a summary.
+
+    Summary: {"out": str, "runs": [{"model", "spec", "experiment", "status", "path"}],
+    "report": {"md": str, "html": str}} where status is computed | resumed | skipped.
+    On Ctrl-C (or any error) finished work is kept, the report is regenerated
+    and the command that resumes is printed (`resume_hint` overrides it, e.g.
+    the CLI's own argv), then the exception propagates.
+    Models run smallest first (planner.plan_models); one that will not fit in
+    memory is refused before anything is loaded.
+    Under `mlx.launch -n N` (mlxinterp.suite.distributed) the ranks share every
+    experiment's items; rank 0 alone writes files and its summary has the report;
+    the other ranks' summaries have "report": None.
+    `sets` are config overrides, `exp.field=value` or `field=value` (parse_overrides);
+    a run with overrides has its own config fingerprint, so resuming a different
+    configuration into the same --out is refused: use another --out or --no-resume.
+    """
+    register_builtin()
+    exps = select(only, skip)
+    overrides = parse_overrides(sets, [e.name for e in exps])
+    if not models:
+        raise ResultsError("no models given", hint="pass at least one --model")
+    if not isinstance(seed, int) or seed < 0:
+        raise ResultsError(f"seed must be a non-negative integer, not {seed!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ResultsError(f"n (items per experiment) must be a whole number >= 1, not {n!r}")
+    out = Path(out)
+    world = distributed.world()
+    console = console or Console(stderr=True)
+    if not world.is_root:
+        console = Console(file=open(os.devnull, "w"), quiet=True)  # noqa: SIM115 - lives as long as the run
+    hint = resume_hint or resume_command(models, only, skip, out, n, seed, sets)
+    models = world.decide(lambda: plan_models(models, console), "plan")
+    with io.DirLock(out) if world.is_root else nullcontext(), _scratch(world) as scratch:
+        with _progress(console) as progress:
+            run = _Run(out, seed, n, resume, progress, world, scratch, overrides)
+            overall = progress.add_task("suite", total=len(models) * len(exps))
+            try:
+                for spec in models:
+                    run.model(spec, exps, load_fn or _default_load, overall)
+            except BaseException as exc:
+                if world.is_root:
+                    _report_quietly(out, console)
+                what = "Interrupted" if isinstance(exc, KeyboardInterrupt) else "Stopped by an error"
+                say(console, f"{what}. Finished work is kept in {out}. Resume with:\n  {hint}", "yellow")
+                raise
+        if not world.is_root:
+            return {"out": str(out), "runs": run.runs, "report": None, "rank": world.rank}
+        md, html = _write_report(out)
+    return {"out": str(out), "runs": run.runs, "report": {"md": str(md), "html": str(html)}}
+
+
+def _scratch(world: distributed.World) -> AbstractContextManager:
+    """A private temporary directory for ranks > 0 (None on rank 0, which writes to --out)."""
+    if world.is_root:
+        return nullcontext()
+    return tempfile.TemporaryDirectory(prefix=f"mlxinterp-rank{world.rank}-")
+
+
+
+def _write_report(out: Path) -> tuple[Path, Path]:
+    from mlxinterp.suite.report import write_report
+
+    return write_report(out, docs=docs())
+
+
+def _report_quietly(out: Path, console: Console) -> None:
+    """Best-effort report after an interruption; failing here must not hide the real error."""
+    try:
+        _write_report(out)
+    except BaseException as exc:  # noqa: BLE001 - reported, then the original error continues
+        say(console, f"could not regenerate the report: {exc}", "yellow")

@@ -1,0 +1,232 @@
+"""Function vectors (Todd et al., "Function Vectors in Large Language Models", ICLR 2024).
+
+An in-context-learning (ICL) prompt shows input/output demonstrations of a task
+and ends with a query; some attention heads at the last position carry "which
+task this is". Todd et al. find them by causal mediation: the *average indirect
+effect* (AIE) of a head is how much patching its mean output (over clean ICL
+prompts) into a *shuffled-label* ICL prompt, at the last position, raises the
+probability of the correct answer. The function vector (FV) is the sum of the
+top heads' mean outputs, as they enter the residual stream; added to the
+residual at one layer of a zero-shot prompt it should make the model do the task.
+
+Here:
+- prompts use Todd et al.'s template "Q: {x}\\nA: {y}" joined by blank lines;
+- a head's output is `attn.hook_z` (the per-head input of o_proj), patched with
+  `patching.run_variants` (one row per head, the shared prefix run once);
+- a head's contribution to the residual is o_proj applied to a z with only that
+  head non-zero (minus o_proj(0), in case of a bias), and, on Gemma's sandwich
+  blocks, scaled the way the post-attention RMSNorm scales the whole attention
+  output at that position: y = x * g / rms(x) with x the summed o_proj output,
+  so the heads' contributions add up exactly to `hook_attn_out`
+  (`head_contributions`; tested). It is averaged over the clean ICL prompts.
+
+Two simpler vectors from seed 004 are built beside it for comparison: v1, the
+mean residual (resid_post, last position) over ICL prompts; v2, that minus the
+mean over the zero-shot prompts of the same queries.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from mlxinterp.tasks import data
+from mlxinterp.analysis import directions
+from mlxinterp.core.archs import text_model
+from mlxinterp.core.errors import PromptError
+from mlxinterp.analysis.patching import Patch, run_variants
+
+TASKS = ("antonym", "country_capital", "english_french", "english_spanish", "singular_plural", "present_past",
+         "uppercase", "sentiment")
+
+
+def load_task(name: str) -> list[tuple[str, str]]:
+    """Input/output pairs of data/function_vectors/<name>.json."""
+    if name not in TASKS:
+        raise PromptError(f"function-vector task {name!r} is not allowed; use one of {', '.join(TASKS)}")
+    return [(str(x), str(y)) for x, y in data.load_json(f"function_vectors/{name}.json")["pairs"]]
+
+
+def demo(x: str, y: str) -> str:
+    return f"Q: {x}\nA: {y}"
+
+
+def icl_prompt(demos: Sequence[tuple[str, str]], query: str) -> str:
+    """Demonstrations then the query, Todd et al.'s Q/A template."""
+    return "\n\n".join([demo(x, y) for x, y in demos] + [zero_shot_prompt(query)])
+
+
+def zero_shot_prompt(query: str) -> str:
+    return f"Q: {query}\nA:"
+
+
+def answer_token(hm, answer: str) -> int:
+    """First token of the answer as it follows "A:" (with its leading space)."""
+    from mlxinterp.analysis.lens import target_id
+
+    return target_id(hm, " " + answer)
+
+
+@dataclass
+class IclSet:
+    """One ICL item: its demonstrations, the same with labels shuffled, and the query pair."""
+
+    demos: list[tuple[str, str]]
+    shuffled: list[tuple[str, str]]
+    query: tuple[str, str]
+
+    @property
+    def clean(self) -> str:
+        return icl_prompt(self.demos, self.query[0])
+
+    @property
+    def corrupt(self) -> str:
+        return icl_prompt(self.shuffled, self.query[0])
+
+
+def icl_sets(pool: Sequence[tuple[str, str]], queries: Sequence[tuple[str, str]], n_demos: int,
+             rng: np.random.Generator) -> list[IclSet]:
+    """For each query: n_demos demonstrations drawn from `pool` (never the query itself), and a shuffled-label copy.
+
+    The shuffle is a derangement of the demos' outputs when the outputs allow
+    one (no demo keeps its own label), as in Todd et al.'s corrupted prompts.
+    """
+    out = []
+    for q in queries:
+        others = [p for p in pool if p[0] != q[0]]
+        if len(others) < n_demos:
+            raise PromptError(f"{n_demos} demonstrations requested but the pool has {len(others)} other pairs")
+        demos = [others[i] for i in rng.choice(len(others), n_demos, replace=False)]
+        out.append(IclSet(demos, shuffle_labels(demos, rng), tuple(q)))
+    return out
+
+
+def shuffle_labels(demos: Sequence[tuple[str, str]], rng: np.random.Generator, tries: int = 100) -> list[tuple[str, str]]:
+    """Demos with outputs permuted so that, when possible, no input keeps its own output."""
+    ys = [y for _, y in demos]
+    perm = rng.permutation(len(ys))
+    for _ in range(tries):
+        if all(ys[p] != ys[i] for i, p in enumerate(perm)):
+            break
+        perm = rng.permutation(len(ys))
+    return [(x, ys[p]) for (x, _), p in zip(demos, perm)]
+
+
+# ------------------------------------------------------------ activations and heads
+
+
+def last_activations(hm, prompts: Sequence[str], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """At each prompt's last position, every layer: z [N, layers, H, Dh], o_proj output [N, layers, d], resid_post [N, layers, d]."""
+    n, H, Dh = hm.info.n_layers, hm.info.n_heads, hm.info.head_dim
+    hooks = [f"blocks.{l}.{s}" for l in range(n) for s in ("attn.hook_z", "attn.hook_out", "hook_resid_post")]
+    acts = directions.collect(hm, list(prompts), hooks, "last", batch_size=batch_size)
+    get = lambda s: np.stack([acts[f"blocks.{l}.{s}"] for l in range(n)], axis=1)  # noqa: E731
+    return {"z": get("attn.hook_z").reshape(len(prompts), n, H, Dh), "attn_raw": get("attn.hook_out"),
+            "resid": get("hook_resid_post")}
+
+
+def _post_attn_norm(hm, layer: int):
+    """The module between o_proj and the residual (Gemma's post_attention_layernorm), or None."""
+    path = hm.spec.sites["hook_attn_out"].path
+    if path == hm.spec.sites["attn.hook_out"].path:
+        return None
+    mod = text_model(hm.model).layers[layer]
+    for part in path.split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+def head_contributions(hm, layer: int, z: np.ndarray, attn_raw: np.ndarray) -> np.ndarray:
+    """Each head's share of what attention adds to the residual, [N, H, d_model] (float64).
+
+    z: attn.hook_z rows [N, H, Dh]; attn_raw: attn.hook_out rows [N, d] (the summed
+    o_proj output at the same positions, needed for Gemma's post-norm scale).
+    Runs the layer's own o_proj (float or quantized) on z with one head kept.
+    """
+    from mlxinterp.core.hooks import _plain_call
+
+    N, H, Dh = z.shape
+    o_proj = text_model(hm.model).layers[layer].self_attn.o_proj
+    eye = np.eye(H, dtype=np.float32)[None, :, :, None]  # keep head h only
+    one_head = (z[:, None, :, :] * eye).reshape(N * H, H * Dh)
+    dtype = o_proj.weight.dtype if not hasattr(o_proj, "scales") else o_proj.scales.dtype
+    out = _plain_call(o_proj, mx.array(one_head).astype(dtype)).astype(mx.float32)
+    bias = _plain_call(o_proj, mx.zeros((1, H * Dh), dtype=dtype)).astype(mx.float32)
+    c = np.array(out - bias, dtype=np.float64).reshape(N, H, -1)
+    norm = _post_attn_norm(hm, layer)
+    if norm is None:
+        return c
+    d = c.shape[-1]
+    eps = float(getattr(norm, "eps", 0.0))
+    gain = np.array(_plain_call(norm, mx.ones((1, d), dtype=mx.float32)).astype(mx.float32), np.float64)[0] * np.sqrt(1 + eps)
+    x = np.asarray(attn_raw, np.float64)
+    rms = np.sqrt((x**2).mean(-1) + eps)  # [N]
+    return c * (gain / rms[:, None])[:, None, :]
+
+
+def mean_contributions(hm, acts: dict[str, np.ndarray]) -> np.ndarray:
+    """Mean residual contribution of every head over the prompts: [layers, H, d_model]."""
+    return np.stack([head_contributions(hm, l, acts["z"][:, l], acts["attn_raw"][:, l]).mean(0)
+                     for l in range(hm.info.n_layers)])
+
+
+def prob_metric(target: int) -> Callable:
+    """Probability of `target` at the read position (Todd et al.'s AIE metric)."""
+    return lambda logits: mx.exp(logits[:, target] - mx.logsumexp(logits, axis=-1))
+
+
+def head_variants(z_mean: np.ndarray) -> list[list[Patch]]:
+    """One variant per (layer, head) in row-major order: the head's mean z at the last position."""
+    L, H = z_mean.shape[:2]
+    return [[Patch(f"blocks.{l}.attn.hook_z", -1, z_mean[l, h].astype(np.float32), head=h)]
+            for l in range(L) for h in range(H)]
+
+
+def indirect_effects(hm, corrupt_prompt: str, target: int, z_mean: np.ndarray, batch_size: int = 32) -> dict:
+    """One corrupted prompt: P(target) unpatched, and its change when each head's mean clean z is patched in.
+
+    Returns {"p_corrupt": float, "effect": [layers, H]}; the AIE is the mean of `effect` over prompts.
+    """
+    ids = hm.tokens(corrupt_prompt).ids[0].tolist()
+    variants = [[]] + head_variants(z_mean)
+    vals = run_variants(hm, ids, variants, prob_metric(target), batch_size=batch_size, reuse_prefix=True)
+    return {"p_corrupt": float(vals[0]), "effect": (vals[1:] - vals[0]).reshape(z_mean.shape[:2])}
+
+
+def top_heads(aie: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """The k (layer, head) cells with the largest AIE, largest first."""
+    flat = np.argsort(-np.asarray(aie).ravel(), kind="stable")[:k]
+    return [tuple(int(i) for i in np.unravel_index(f, np.shape(aie))) for f in flat]
+
+
+def function_vector(contrib: np.ndarray, heads: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Sum of the chosen heads' mean residual contributions: the FV, [d_model]."""
+    if not heads:
+        raise PromptError("a function vector needs at least one head")
+    return np.sum([contrib[l, h] for l, h in heads], axis=0)
+
+
+def addition_variants(resid: np.ndarray, vectors: dict[str, np.ndarray], layers: Sequence[int]) -> tuple[list, list]:
+    """Variants adding each vector at each layer's resid_post, last position, as patches of resid + vector.
+
+    resid: the prompt's own resid_post at the last position, [layers, d]. vectors:
+    name -> [d] (one vector for every layer) or [layers, d] (per layer).
+    Returns (variants, labels) with labels (name, layer); the first variant is unpatched.
+    """
+    variants, labels = [[]], [("base", -1)]
+    for name, v in vectors.items():
+        for l in layers:
+            vec = v[l] if np.ndim(v) == 2 else v
+            variants.append([Patch(f"blocks.{l}.hook_resid_post", -1, (resid[l] + vec).astype(np.float32))])
+            labels.append((name, l))
+    return variants, labels
+
+
+def answer_margin(target: int) -> Callable:
+    """logit(target) - the largest other logit: > 0 exactly when the target is the top-1 token."""
+    def metric(logits):
+        others = mx.where(mx.arange(logits.shape[-1]) == target, -mx.inf, logits)
+        return logits[:, target] - mx.max(others, axis=-1)
+    return metric
