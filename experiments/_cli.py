@@ -2,6 +2,7 @@
 
     --model M (repeatable; default: default)   --n N   --out DIR   --seed S   --no-resume
     --set key=value or exp.key=value (repeatable; a config override, exactly as `mlxinterp run-suite --set`)
+    --quant-check BITS  also run at that MLX quantization (4, 8, 4bit-g32) and give a verdict per primary metric
     --full  the experiment's documented full-run size, where it has one (a different config: use another --out)
 
 A script run and `mlxinterp run-suite --only NAME` write the same files and resume the same way.
@@ -28,6 +29,8 @@ def main(names: str | Sequence[str], doc: str, full: dict | None = None) -> None
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    p.add_argument("--quant-check", default=None, metavar="BITS",
+                   help="also run at this MLX quantization (4, 8, 4bit-g32, ...); verdict per primary metric")
     if full:
         p.add_argument("--full", action="store_true", help=f"full-run size: {full}")
     a = p.parse_args()
@@ -36,4 +39,4 @@ def main(names: str | Sequence[str], doc: str, full: dict | None = None) -> None
         p.error(f"unknown experiment(s) {bad}; choose from {', '.join(names)}")
     sets = [f"{k}={v!r}" for k, v in full.items()] if full and a.full else []
     suite.run_all(a.model or ["default"], only=chosen, out=a.out, n=a.n, seed=a.seed, resume=not a.no_resume,
-                  sets=sets + a.set)
+                  sets=sets + a.set, quant_check=a.quant_check)

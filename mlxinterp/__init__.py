@@ -15,8 +15,11 @@ from __future__ import annotations
 from importlib import import_module
 
 from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.platform import warn_if_slow_blas
 
 __version__ = "0.1.0"
+
+warn_if_slow_blas()  # Linux: MLX's bundled BLAS is ~16x slower than an installed OpenBLAS
 
 _LAZY = {
     "load": "mlxinterp.core.hooks",

@@ -1,4 +1,4 @@
-"""Users' cached mlx-community checkpoints (seed 004's models), when present in the local HF cache.
+"""Users' cached mlx-community checkpoints (the 4-bit instruct models listed in REPOS), when present in the local HF cache.
 
 Each is skipped with the reason when it is not cached: nothing is downloaded.
 """

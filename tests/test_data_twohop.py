@@ -1,4 +1,4 @@
-"""Schema checks for data/twohop/queries.json (issue 5: two-hop reasoning data)."""
+"""Schema checks for data/twohop/queries.json."""
 from __future__ import annotations
 
 import importlib.util

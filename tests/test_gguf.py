@@ -100,7 +100,9 @@ def _llama_cpp_transform(x: np.ndarray, gname: str, cfg: dict, arch: str) -> np.
 
 
 def write_gguf(src: Path, out: Path, quant: GGMLQuantizationType | None = None, spm: bool = False,
-               arch_name: str | None = None) -> Path:
+               arch_name: str | None = None, meta: dict | None = None) -> Path:
+    """A GGUF of the tiny checkpoint `src`; `meta` replaces metadata keys ({key: (value, GGUFValueType)},
+    or {key: None} to drop one), for tests of damaged files."""
     cfg = json.loads((src / "config.json").read_text())
     arch = arch_name or GGUF_ARCH[cfg["model_type"]]
     w = GGUFWriter(str(out), arch)
@@ -114,6 +116,8 @@ def write_gguf(src: Path, out: Path, quant: GGMLQuantizationType | None = None, 
             w.add_tensor(g, gguf.quants.quantize(x, quant), raw_dtype=quant)
         else:
             w.add_tensor(g, x)
+    for key, val in (meta or {}).items():
+        w.kv_data[0].pop(key, None) if val is None else w.add_key_value(key, *val)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

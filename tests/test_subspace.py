@@ -1,4 +1,4 @@
-"""Subspace library (issue 7): kernel construction, projectors, OT plans, MMD^2, and the study's helpers."""
+"""Subspace library: kernel construction, projectors, OT plans, MMD^2, and the subspace studies' helpers."""
 from __future__ import annotations
 
 import json
@@ -144,7 +144,7 @@ def test_power_fit_raises_mmd2_and_selects_the_discriminating_coordinates():
 
 
 def test_per_pair_mmd2_sums_to_the_fit_sums_and_its_change_ci_brackets_the_mean():
-    from mlxinterp.studies import subspace as study
+    from mlxinterp.studies import ard_mmd as study
 
     clouds = _two_coordinate_shift(d=6, n_pairs=5)
     X, Y, wx, wy = S.pad_clouds(clouds)
@@ -167,7 +167,7 @@ def test_per_pair_mmd2_sums_to_the_fit_sums_and_its_change_ci_brackets_the_mean(
 
 
 def test_shuffle_contrast_pairs_true_and_shuffled_runs_by_position():
-    from mlxinterp.studies import subspace as study
+    from mlxinterp.studies import ard_mmd as study
 
     def run(labels, ends):
         return {"objective": "power", "layer": 3, "lambda": 0.01, "init": "uniform", "labels": labels,
@@ -181,7 +181,7 @@ def test_shuffle_contrast_pairs_true_and_shuffled_runs_by_position():
 
 
 def test_seed_objective_on_identical_distributions_drives_mmd2_below_its_start():
-    """Documents seed 001's degeneracy: with no difference to find, minimising the unbiased MMD^2 fits noise below 0."""
+    """Documents the seed objective's degeneracy: with no difference to find, minimising the unbiased MMD^2 fits noise below 0."""
     rng = np.random.default_rng(0)
     d = 8
     X, Y, wx, wy = S.pad_clouds([(rng.normal(size=(12, d)), rng.normal(size=(10, d))) for _ in range(4)])
@@ -241,7 +241,8 @@ def test_norm_gain_is_the_norm_weight(tiny_hooked):
 
 
 def test_pairs_file_is_complete_and_answers_check():
-    from mlxinterp.studies.subspace import language_of, layers_at, load_pairs
+    from mlxinterp.studies.subspace_patching import language_of
+    from mlxinterp.tasks.language_pairs import layers_at, load_pairs
 
     raw = json.load(open(str(Path(__file__).resolve().parents[1] / "data/crosslingual/pairs.json"), encoding="utf-8"))
     pairs = raw["pairs"]
@@ -252,14 +253,14 @@ def test_pairs_file_is_complete_and_answers_check():
         if p["kind"] == "arithmetic":
             assert eval(p["expr"]) == float(p["answer"]), p["id"]  # noqa: S307 - our own data
     assert {p["kind"] for p in load_pairs(4)} == {"arithmetic", "factual"}
-    assert layers_at([32 / 35, 33 / 35], 36) == [32, 33]  # seed 001's layers on its own model
+    assert layers_at([32 / 35, 33 / 35], 36) == [32, 33]  # the seed study's layers 32 and 33 of Qwen2.5-3B's 36
     assert layers_at([32 / 35, 33 / 35], 18) == [15, 16]  # distinct on the 18-layer default model
     with pytest.raises(MlxInterpError, match="fractions"):
         layers_at([1.5], 18)
 
 
 def test_score_extracts_canonical_answers_and_language():
-    from mlxinterp.studies.subspace import _score, language_of
+    from mlxinterp.studies.subspace_patching import _score, language_of
 
     fact = {"kind": "factual", "answer": "Paris", "aliases": ["Paris", "巴黎"]}
     arith = {"kind": "arithmetic", "answer": "8", "aliases": ["8", "八"]}
@@ -276,7 +277,7 @@ def test_row_patch_identity_rows_and_real_patches(tiny_hooked):
     """Through real taps on a tiny model: a row untouched, a Z-patch with the run's own Z content, and a
     Z-perp patch with its own Z-perp content leave the logits unchanged; a full patch with other content does not."""
     from mlxinterp.core import taps as T
-    from mlxinterp.studies.subspace import _row_patch
+    from mlxinterp.studies.subspace_patching import _row_patch
 
     hm = tiny_hooked("llama", None)
     text = "The Eiffel Tower is located in the city of"
@@ -299,7 +300,7 @@ def test_row_patch_identity_rows_and_real_patches(tiny_hooked):
 
 
 def test_ard_runs_cover_the_grid_and_controls_and_refuse_a_bad_objective():
-    from mlxinterp.studies import subspace as study
+    from mlxinterp.studies import ard_mmd as study
 
     cfg = study.ARDConfig(lambdas=(0.001, 0.1), power_lambdas=(0.1, 1.0), control_lambda=0.01)
     runs = study._ard_runs(cfg, [3, 5])
@@ -316,7 +317,7 @@ def test_ard_runs_cover_the_grid_and_controls_and_refuse_a_bad_objective():
 
 
 def test_ard_selection_overlap_and_hypergeometric_null():
-    from mlxinterp.studies import subspace as study
+    from mlxinterp.studies import ard_mmd as study
 
     d, tau = 20, 1.0
     energy = np.arange(d, 0, -1.0)  # coordinate 0 carries the most SVD-Z energy
@@ -371,7 +372,7 @@ def _linear_bridge_data(n=40, k=5, noise=0.05, seed=0):
 
 @pytest.mark.parametrize("method", ["heldout", "refit"])
 def test_bridge_loo_ci_is_high_and_tight_when_a_linear_map_exists(method):
-    from mlxinterp.studies import subspace as study
+    from mlxinterp.studies import linear_bridge as study
 
     E, C, E_null, C_null = _linear_bridge_data()
     ci = study.bridge_loo_cis(E, C, E_null, C_null, method=method, n_resamples=100)
@@ -386,7 +387,7 @@ def test_bridge_loo_ci_is_high_and_tight_when_a_linear_map_exists(method):
 
 
 def test_grouped_loo_holds_out_every_copy_of_a_pair_and_bad_method_is_refused():
-    from mlxinterp.studies import subspace as study
+    from mlxinterp.studies import linear_bridge as study
 
     rng = np.random.default_rng(1)
     E, C = rng.normal(size=(12, 3)), rng.normal(size=(12, 3))  # no linear relation at all
@@ -399,3 +400,23 @@ def test_grouped_loo_holds_out_every_copy_of_a_pair_and_bad_method_is_refused():
         study.bridge_loo_cis(E, C, E, C, method="jackknife")
     with pytest.raises(MlxInterpError, match="same pairs"):
         study.bridge_loo_cis(E, C, E[:5], C[:5])
+
+
+def test_activation_memo_lives_exactly_as_long_as_its_model(tiny_dirs):
+    """The shared activations and Z bases are memoised per model object and freed with it."""
+    import gc
+
+    from mlxinterp.core.hooks import load
+    from mlxinterp.tasks import language_pairs as LP
+
+    hm = load(str(tiny_dirs[("llama", None)]))
+    text = LP.prompt(LP.load_pairs(2)[0], "en")
+    first = LP.activations(hm, text)
+    assert LP.activations(hm, text) is first  # computed once per loaded model
+    np.testing.assert_array_equal(LP.z_basis(hm, 1, 4), LP.z_basis(hm, 1, 8)[:4])
+    assert set(LP.memo(hm)) == {("activations", text), ("gram", 1, tuple(S.KERNEL_PARTS)),
+                                ("z_basis", 1, tuple(S.KERNEL_PARTS))}
+    before = len(LP._MEMO)
+    del hm
+    gc.collect()
+    assert len(LP._MEMO) == before - 1  # nothing computed from the freed model stays alive

@@ -1,4 +1,4 @@
-"""Two-hop studies (issue 5): entry layers, fix-rate arithmetic, batched vs loop cross-prompt sweeps, resume."""
+"""Two-hop studies: entry layers, fix-rate arithmetic, batched vs loop cross-prompt sweeps, resume."""
 from __future__ import annotations
 
 import json
@@ -110,7 +110,7 @@ def test_leave_one_out_never_uses_the_query_itself():
 
 def test_choose_puts_wrong_queries_answering_both_hops_first():
     recs = [{"id": str(i), "twohop": i % 3 == 0, "hop1": i < 6, "hop2": True} for i in range(12)]
-    got = BP.choose(recs, 20, np.random.default_rng(0))
+    got = TH.choose_backpatch_queries(recs, 20, np.random.default_rng(0))
     assert all(not r["twohop"] for r in got) and len(got) == 8
     assert {r["id"] for r in got[:4]} == {"1", "2", "4", "5"}
 
@@ -215,7 +215,7 @@ def test_unknown_family_and_source_are_clear_errors(tiny_hooked):
 
 def _run(tmp_path, model, monkeypatch=None, fail_at=None):
     calls = []
-    real = TW.status_chunk
+    real = TH.status_chunk
 
     def counting(hm, pairs, top_k):
         calls.append(len(calls))
@@ -224,7 +224,7 @@ def _run(tmp_path, model, monkeypatch=None, fail_at=None):
         return real(hm, pairs, top_k)
 
     if monkeypatch is not None:
-        monkeypatch.setattr(TW, "status_chunk", counting)
+        monkeypatch.setattr(TH, "status_chunk", counting)
     suite.run_all([model], only="twohop", out=tmp_path, n=12, seed=1)
     return calls
 
@@ -256,8 +256,8 @@ def test_statuses_reuse_a_full_twohop_result_and_equal_a_fresh_computation(tiny_
 
     hm = load(model, dtype="native")
     with Progress() as progress:
-        reused, how = TW.statuses(hm, suite.Context("backpatch", tmp_path / slug / "backpatch", 0, progress))
-        fresh, how2 = TW.statuses(hm, suite.Context("backpatch", tmp_path / "other" / "backpatch", 0, progress))
+        reused, how = TH.statuses(hm, suite.Context("backpatch", tmp_path / slug / "backpatch", 0, progress))
+        fresh, how2 = TH.statuses(hm, suite.Context("backpatch", tmp_path / "other" / "backpatch", 0, progress))
     assert how.startswith("reused") and how2.startswith("computed") and len(reused) == len(QUERIES)
     keys = ("id", "twohop", "hop1", "hop2", "twohop_full_sequence", "top1", "final_rank")
     assert [{k: r[k] for k in keys} for r in reused] == [{k: r[k] for k in keys} for r in fresh]
@@ -309,7 +309,7 @@ def test_real_statuses_lens_and_spans(real_hm):
     hm = real_hm
     qs = [BY_ID["landmark_language_001"], BY_ID["capital_continent_001"]]
     pairs = [[q, TH.pick_foil(hm, q, QUERIES, TH.foil_rng(0, q["id"]))] for q in qs]
-    recs = TW.status_chunk(hm, pairs, top_k=30)
+    recs = TH.status_chunk(hm, pairs, top_k=30)
     eiffel = recs[0]
     assert eiffel["hop1"] and eiffel["top1"]["hop1"] == " France"  # "The Eiffel Tower is located in the country of"
     for r in recs:

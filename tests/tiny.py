@@ -37,7 +37,28 @@ _EXTRA = {
     # A window of 8 with every second layer global, so sliding windows are exercised.
     "gemma3_text": dict(query_pre_attn_scalar=16, sliding_window=8, sliding_window_pattern=2),
 }
-BOS_ARCHS = {"llama", "gemma2", "gemma3_text"}
+# More dense families and mixtures of experts (tests/test_archs.py runs the hook tests on them;
+# the six above stay the ones every other test file is parametrised over).
+MORE_ARCHS = ("mistral", "gemma", "smollm3", "starcoder2", "phi3", "olmo2", "olmo3", "cohere", "cohere2",
+              "qwen3_moe", "mixtral")
+MOE_ARCHS = ("qwen3_moe", "mixtral")
+_WINDOW = dict(sliding_window=8)  # a window shorter than the test prompts, so sliding layers are exercised
+_MOE = dict(num_experts_per_tok=2, tie_word_embeddings=False)
+_EXTRA.update({
+    "mistral": dict(tie_word_embeddings=False),
+    "gemma": dict(),
+    "smollm3": dict(no_rope_layer_interval=2, tie_word_embeddings=True),
+    "starcoder2": dict(norm_epsilon=1e-5, tie_word_embeddings=True),
+    "phi3": dict(tie_word_embeddings=False),
+    "olmo2": dict(tie_word_embeddings=False),
+    "olmo3": dict(**_WINDOW, layer_types=["sliding_attention", "full_attention"] * 2, tie_word_embeddings=False),
+    "cohere": dict(layer_norm_eps=1e-5, logit_scale=0.5),
+    "cohere2": dict(layer_norm_eps=1e-5, logit_scale=0.5, **_WINDOW, sliding_window_pattern=2),
+    "qwen3_moe": dict(num_experts=4, decoder_sparse_step=1, mlp_only_layers=[], moe_intermediate_size=32,
+                      norm_topk_prob=True, **_MOE),
+    "mixtral": dict(num_local_experts=4, **_MOE),
+})
+BOS_ARCHS = {"llama", "gemma2", "gemma3_text", "gemma", "cohere", "cohere2"}
 CORPUS = [
     "The Eiffel Tower is located in the city of Paris.",
     "The capital of France is Paris and the capital of Italy is Rome.",

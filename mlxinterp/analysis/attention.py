@@ -19,6 +19,7 @@ import numpy as np
 
 from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import PromptError
+from mlxinterp.core import names as H
 
 
 def _layer_attn(hm, layer: int):
@@ -83,11 +84,11 @@ def patterns_for(hm, prompt, layers=None) -> tuple[dict[int, np.ndarray], list[i
     if batch.ids.shape[0] != 1:
         raise PromptError("patterns_for takes one prompt (left-padded batches shift RoPE per sequence)")
     layers = list(range(hm.info.n_layers)) if layers is None else [l % hm.info.n_layers for l in layers]
-    names = [f"blocks.{l}.attn.hook_{x}" for l in layers for x in ("q", "k")]
+    names = [H.name(l, x) for l in layers for x in ("q", "k")]
     _, cache = hm.run_with_cache(batch.ids, names=names)
     out = {}
     for l in layers:
-        p = pattern(hm, l, cache[f"blocks.{l}.attn.hook_q"], cache[f"blocks.{l}.attn.hook_k"])
+        p = pattern(hm, l, cache[H.name(l, "attn.hook_q")], cache[H.name(l, "attn.hook_k")])
         out[l] = np.array(p[0])
     return out, batch.ids[0].tolist()
 

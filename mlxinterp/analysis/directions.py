@@ -19,6 +19,7 @@ import numpy as np
 
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError, TapError
+from mlxinterp.core import names as H
 
 PositionRule = Union[str, int]  # "last" | "mean" | int (negative from the end) | "last:K"
 
@@ -180,7 +181,7 @@ def extract(hm, positive: Sequence[str], negative: Sequence[str], layers: Sequen
             batch_size: int = 8, seed: int = 0) -> dict[int, Direction]:
     """Difference-of-means direction at `blocks.{layer}.{hook}` for each layer."""
     layers = list(range(hm.info.n_layers)) if layers is None else list(layers)
-    names = [f"blocks.{l}.{hook}" for l in layers]
+    names = [H.name(l, hook) for l in layers]
     acts_p = collect(hm, positive, names, position, chat, batch_size)
     acts_n = collect(hm, negative, names, position, chat, batch_size)
     ph = prompts_hash(positive, negative)
@@ -241,7 +242,7 @@ def steering_taps(vectors: np.ndarray | dict[int, np.ndarray], alpha: float, lay
         if w == 0:
             continue
         v = vectors[l] if isinstance(vectors, dict) else vectors
-        taps[f"blocks.{l}.{hook}"] = T.Add(np.asarray(v, np.float32), alpha * float(w), positions=positions, when=when)
+        taps[H.name(l, hook)] = T.Add(np.asarray(v, np.float32), alpha * float(w), positions=positions, when=when)
     return taps
 
 

@@ -14,7 +14,12 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from matplotlib.figure import Figure
+
+from mlxinterp.analysis.plotting import subplots, token_label
 from mlxinterp.core.errors import MlxInterpError, PromptError
+from mlxinterp.core.validate import text as check_text, whole
+from mlxinterp.core.io import save_figure
 
 
 @dataclass
@@ -42,6 +47,7 @@ class LensResult:
 
 def target_id(hm, text: str) -> int:
     """First token id of `text` as it would follow a prompt (no BOS)."""
+    check_text(text, f"target {text!r:.40}")
     ids = hm.tokenizer.encode(text, add_special_tokens=False)
     if not ids:
         raise PromptError(f"target {text!r} encodes to no tokens")
@@ -69,6 +75,13 @@ def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 1
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise MlxInterpError(f"top_k={top_k!r} is not allowed; use a whole number >= 1")
+    if mode not in ("normed", "raw"):
+        raise MlxInterpError(f"lens mode={mode!r} is not allowed; use 'normed' or 'raw'")
+    if isinstance(targets, str):  # one target, not one per character of it
+        targets = [targets]
+    for t in targets or []:
+        check_text(t, f"target {t!r:.40}")
+    whole(position, "position", error=PromptError)
     batch = hm.tokens(prompt, chat=chat)
     n = batch.ids.shape[1]
     if not -n <= position < n:
@@ -103,38 +116,32 @@ def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 1
     return result
 
 
-def _label(token: str, width: int = 10) -> str:
-    """A token as a short printable label (control characters escaped)."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in token)
-    return text[:width]
-
-
 def plot_lens(result: LensResult, path: Path) -> Path:
+    """Save `lens_figure(result)` as a PNG at `path`; return the path."""
+    fig = lens_figure(result)
+    with warnings.catch_warnings():  # drawing warns once per glyph the font lacks, as tight_layout did
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        save_figure(Path(path), fig)
+    return Path(path)
+
+
+def lens_figure(result: LensResult) -> Figure:
     """Heatmap of the top-1 token at each (layer, position), coloured by its probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mlxinterp.core.io import save_figure
-
     if result.grid_probs is None:
-        raise ValueError("plot_lens needs logit_lens(..., grid=True)")
+        raise ValueError("lens_figure needs logit_lens(..., grid=True)")
     probs = np.array(result.grid_probs)
     n_layers, n_pos = probs.shape
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * n_pos), max(4, 0.38 * n_layers)))
+    fig, ax = subplots(figsize=(max(6, 1.1 * n_pos), max(4, 0.38 * n_layers)))
     im = ax.imshow(probs, aspect="auto", cmap="Blues", vmin=0, vmax=1, origin="lower")
     for l in range(n_layers):
         for p in range(n_pos):
-            tok = _label(result.grid_tokens[l][p])
+            tok = token_label(result.grid_tokens[l][p])
             ax.text(p, l, tok, ha="center", va="center", fontsize=7, color="white" if probs[l, p] > 0.6 else "black")
-    ax.set_xticks(range(n_pos), [_label(t) for t in result.tokens], rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(n_pos), [token_label(t) for t in result.tokens], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("layer (output of block)")
     ax.set_title(f"logit lens ({result.mode}): top-1 token per layer and position")
     fig.colorbar(im, ax=ax, label="probability of top-1 token")
     with warnings.catch_warnings():  # tokens in scripts the font lacks draw as boxes; one warning each is noise
         warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
         fig.tight_layout()
-        save_figure(Path(path), fig)
-    plt.close(fig)
-    return Path(path)
+    return fig

@@ -22,6 +22,7 @@ from scipy import stats as sps
 from mlxinterp.core import taps as T
 from mlxinterp.tasks.data import DATA_DIR, load_json
 from mlxinterp.core.errors import MlxInterpError, PromptError
+from mlxinterp.core import names as H
 
 BASELINE = "baseline"
 
@@ -63,7 +64,7 @@ def pooled(hm, prompts: Sequence[str], suffix: str, layers: Sequence[int] | None
     if rule not in ("mean", "last"):
         raise MlxInterpError(f"pooling rule {rule!r} is not allowed; use 'mean' or 'last'")
     layers = list(range(hm.info.n_layers)) if layers is None else list(layers)
-    names = [f"blocks.{l}.{suffix}" for l in layers]
+    names = [H.name(l, suffix) for l in layers]
     skip = first_real(hm)
     rows = []
     for s in range(0, len(prompts), batch_size):
@@ -122,7 +123,7 @@ def attribute(hm, prompt: str, target: int | None = None, suffix: str = "mlp.hoo
     if ids.shape[0] != 1:
         raise PromptError("attribute takes one prompt")
     L = ids.shape[1]
-    names = [f"blocks.{l}.{suffix}" for l in range(hm.info.n_layers)]
+    names = [H.name(l, suffix) for l in range(hm.info.n_layers)]
     feat = hm.hook_shape(names[0])
     inner_embed = _embed(hm, ids)
     _, cache = hm.run_with_cache(ids, names=names)
@@ -166,7 +167,7 @@ def ablate_neurons_effect(hm, prompt: str, target: int, cells: Sequence[tuple[in
     for row, (l, j) in enumerate(cells):
         m = masks.setdefault(l, np.ones((K + 1, 1, d), np.float32))
         m[row, 0, j] = 0.0  # the last row stays clean
-    taps = {f"blocks.{l}.{suffix}": T.Fn(fn=lambda a, ctx, m=mx.array(m): a * m.astype(a.dtype))
+    taps = {H.name(l, suffix): T.Fn(fn=lambda a, ctx, m=mx.array(m): a * m.astype(a.dtype))
             for l, m in masks.items()}
     from mlxinterp.analysis.patching import forward_last
 

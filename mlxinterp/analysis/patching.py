@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 import numpy as np
+from matplotlib.figure import Figure
 
+from mlxinterp.analysis.plotting import subplots, token_label
 from mlxinterp.core import taps as T
+from mlxinterp.core.io import save_figure
 from mlxinterp.core.errors import HookNameError, PromptError, TapError
+from mlxinterp.core import names as H
 
 Metric = Callable[[mx.array], mx.array]  # logits [B, V] -> [B] (or [B, k]: run_variants then returns [n, k])
 
@@ -320,7 +324,7 @@ def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], me
     layers = list(range(hm.info.n_layers)) if layers is None else _wrap(layers, hm.info.n_layers, "layer", HookNameError)
     L = len(clean_ids)
     positions = list(range(L)) if positions is None else _wrap(positions, L, "position", TapError)
-    names = [f"blocks.{l}.{hook}" for l in layers]
+    names = [H.name(l, hook) for l in layers]
     t0 = time.perf_counter()
     prefix = _empty_prefix_cache(hm, L) if reuse_prefix else None
     m_clean, acts = _capture_run(hm, clean_ids, names, metric)
@@ -371,25 +375,21 @@ def _ids(hm, prompt) -> list[int]:
 
 
 def plot_sweep(res: SweepResult, path, title: str | None = None):
+    """Save `sweep_figure(res, title)` as a PNG at `path`; return the path."""
+    save_figure(path, sweep_figure(res, title))
+    return path
+
+
+def sweep_figure(res: SweepResult, title: str | None = None) -> Figure:
     """Heatmap of the normalised patching effect, layers x positions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mlxinterp.core.io import save_figure
-    from mlxinterp.analysis.lens import _label
-
     grid = np.array(res.normalised, dtype=float)
-    fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(res.positions)), max(4, 0.3 * len(res.layers))))
+    fig, ax = subplots(figsize=(max(5, 0.7 * len(res.positions)), max(4, 0.3 * len(res.layers))))
     lim = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax.set_xticks(range(len(res.positions)), [_label(res.tokens[p]) for p in res.positions], rotation=45, ha="right")
+    ax.set_xticks(range(len(res.positions)), [token_label(res.tokens[p]) for p in res.positions], rotation=45, ha="right")
     ax.set_yticks(range(len(res.layers)), res.layers)
     ax.set_ylabel(f"layer ({res.hook})")
     ax.set_title(title or f"activation patching (clean {res.clean:.2f}, corrupt {res.corrupt:.2f})")
     fig.colorbar(im, ax=ax, label="normalised effect (1 = clean)")
     fig.tight_layout()
-    save_figure(path, fig)
-    plt.close(fig)
-    return path
+    return fig

@@ -60,10 +60,10 @@ def norm_gain(hm, layer: int) -> np.ndarray:
     A one-hot row e_j has RMS 1/sqrt(d), so norm(e_j) = sqrt(d) * gain_j * e_j,
     whatever the family's convention (Gemma's 1 + w, Llama's w).
     """
-    from mlxinterp.core.hooks import _plain_call
+    from mlxinterp.core.hooks import plain_call
 
     d = hm.info.d_model
-    out = _plain_call(_layer(hm, layer).input_layernorm, mx.eye(d, dtype=mx.float32))
+    out = plain_call(_layer(hm, layer).input_layernorm, mx.eye(d, dtype=mx.float32))
     return np.diag(np.array(out.astype(mx.float32), dtype=np.float64)) / np.sqrt(d)
 
 

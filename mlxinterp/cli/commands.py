@@ -11,7 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out, print_json, run
+from mlxinterp.cli import attribute as attribute_cli
+from mlxinterp.cli import compare as compare_cli
+from mlxinterp.cli import sae as sae_cli
 from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.suite.runner import DEFAULT_OUT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Look inside mlx-lm models: hooks, taps, logit lens, steering, patching, experiment suite.")
@@ -181,21 +185,28 @@ def lens(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODE
 def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="model spec (repeatable); default: default"),
               only: Optional[str] = typer.Option(None, "--only", help="comma-separated experiments to run"),
               skip: Optional[str] = typer.Option(None, "--skip", help="comma-separated experiments to skip"),
-              out_dir: Path = typer.Option(Path("results"), "--out", help="results directory"),
+              out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results directory"),
+              reference: Optional[Path] = typer.Option(None, "--reference", help="a finished run (e.g. results, "
+                                                       "the committed reference): print its time first and "
+                                                       "compare with it at the end"),
               n: Optional[int] = typer.Option(None, "--n", help="items per experiment (smaller = faster)"),
               seed: int = typer.Option(0, "--seed"),
               resume: bool = typer.Option(True, "--resume/--no-resume", help="skip finished experiments and items"),
               sets: Optional[List[str]] = typer.Option(None, "--set", help="config override exp.field=value or "
                                                        "field=value (repeatable; see --list --fields)"),
+              quant_check: Optional[str] = typer.Option(None, "--quant-check", help="also run each model at this "
+                                                        "MLX quantization (4, 8, 4bit-g32, ...) and give a verdict per "
+                                                        "primary metric (docs/precision.md)"),
               list_only: bool = typer.Option(False, "--list", help="list the experiments and exit"),
               fields: bool = typer.Option(False, "--fields", help="with --list: each experiment's config fields "
                                           "and defaults")) -> None:
     """Run the experiment suite; JSON, figures and report.md/report.html under --out.
 
     Examples:
-      [bold]mlxinterp run-suite --model default[/bold]
-      [bold]mlxinterp run-suite --model default --only validation[/bold]
-      [bold]mlxinterp run-suite --model default --only ard_mmd --set ard_mmd.steps=1000 --out results-full[/bold]
+      [bold]mlxinterp run-suite --model default[/bold]  (into ./mlxinterp-out/suite)
+      [bold]mlxinterp run-suite --model default --only validation --reference results[/bold]
+      [bold]mlxinterp run-suite --model default --only ard_mmd --set ard_mmd.steps=1000 --out mlxinterp-out/ard-full[/bold]
+      [bold]mlxinterp run-suite --model default --only twohop --quant-check 4[/bold]  (does it survive 4-bit?)
       [bold]mlxinterp run-suite --list --fields[/bold]
     A run with --set has its own config, so give it its own --out (or --no-resume).
     Interrupted? Run the same command again: finished work is reused (--resume is the default).
@@ -211,10 +222,14 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
             table.add_row(name, config_fields(name) if fields else doc)
         out.print(table)
         return
+    if reference is not None and world().is_root:
+        compare_cli.print_estimate(reference, model or ["default"], only, skip, console)
     summary = run_all(model or ["default"], only=only, skip=skip, out=out_dir, n=n, seed=seed, resume=resume,
-                      console=console, sets=sets or ())
+                      console=console, sets=sets or (), quant_check=quant_check)
     if summary["report"]:  # rank 0 (or the only process) writes the report
-        console.print(f"report: {summary['report']['md']} and {summary['report']['html']}")
+        compare_cli.print_comparison(out_dir, reference, console)
+        console.print(f"report: {summary['report']['md']} and {summary['report']['html']}", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -391,6 +406,11 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
     out.print(table)
     for a in advice:
         console.print(f"[yellow]- {a}[/yellow]")
+
+
+app.command()(compare_cli.compare)
+app.add_typer(sae_cli.app, name="sae")
+app.command()(attribute_cli.attribute)
 
 
 def main(argv: list[str] | None = None) -> None:

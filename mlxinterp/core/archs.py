@@ -57,12 +57,51 @@ GEMMA_SITES = {
     "hook_mlp_out": Site("post_feedforward_layernorm", "out"),
 }
 
+# OLMo 2/3 normalise sublayer *outputs* only (no pre-norms): what is added to
+# the residual is the post-norm's output, and the MLP reads the raw residual, so
+# `hook_resid_mid` is the MLP's input and there is no ln1/ln2 hook point.
+OLMO2_SITES = {
+    **{k: v for k, v in _SHARED.items() if k != "ln1.hook_normalized"},
+    "hook_attn_out": Site("post_attention_layernorm", "out"),
+    "hook_resid_mid": Site("mlp", "in"),
+    "hook_mlp_out": Site("post_feedforward_layernorm", "out"),
+}
+
+# StarCoder 2's MLP is c_fc -> GELU -> c_proj (no gate).
+STARCODER2_SITES = {
+    **LLAMA_SITES,
+    "mlp.hook_pre": Site("mlp.c_fc", "out", "d_mlp"),
+    "mlp.hook_post": Site("mlp.c_proj", "in", "d_mlp"),
+}
+
+# Phi-3 fuses q/k/v into one qkv_proj and gate/up into one gate_up_proj, so the
+# per-projection points (attn.hook_q/k/v, mlp.hook_pre) have no module boundary.
+PHI3_SITES = {k: v for k, v in LLAMA_SITES.items() if k not in ("attn.hook_q", "attn.hook_k", "attn.hook_v",
+                                                                "mlp.hook_pre")}
+
+# Cohere (Command-R) runs attention and MLP in parallel on one normalised input:
+# resid_post = resid_pre + attn_out + mlp_out. There is no resid_mid and no second
+# norm (as TransformerLens for parallel-attention models).
+COHERE_SITES = {k: v for k, v in LLAMA_SITES.items() if k not in ("hook_resid_mid", "ln2.hook_normalized")}
+
+# Mixture-of-experts MLPs (mlx-lm's SwitchGLU behind a linear router). The router
+# logits are the gate's output [.., n_experts]; `mlp.hook_expert_out` is each
+# selected expert's output before the router's weighting, [.., k, d_model], in
+# the order of the indices mlx-lm selects (mlxinterp.core.moe.selected_experts).
+def _moe_sites(moe: str) -> dict:
+    dense = {k: v for k, v in LLAMA_SITES.items() if k not in ("mlp.hook_pre", "mlp.hook_post")}
+    return {**dense, "mlp.hook_out": Site(moe, "out"), "hook_mlp_out": Site(moe, "out"),
+            "mlp.hook_router_logits": Site(f"{moe}.gate", "out", "experts"),
+            "mlp.hook_expert_out": Site(f"{moe}.switch_mlp", "out", "topk_d_model")}
+
+
 # Order in which the per-block hook points fire in a forward pass; also the
-# order `hook_names` lists them.
+# order `hook_names` lists them. A family lists the subset its blocks have.
 BLOCK_ORDER = (
     "hook_resid_pre", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
     "attn.hook_z", "attn.hook_out", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized",
-    "mlp.hook_pre", "mlp.hook_post", "mlp.hook_out", "hook_mlp_out", "hook_resid_post",
+    "mlp.hook_router_logits", "mlp.hook_pre", "mlp.hook_post", "mlp.hook_expert_out",
+    "mlp.hook_out", "hook_mlp_out", "hook_resid_post",
 )
 
 
@@ -78,6 +117,10 @@ class ArchSpec:
     # attention but applies a 4-D batch mask, which broadcasts the batch axis
     # against the kv-head axis (BUGFIX.md #1). Padded batches give it a 5-D mask.
     gqa_mask_5d: bool = False
+    # attribute path on the top model of a factor mlx-lm multiplies the logits by (Cohere's logit_scale)
+    logit_scale_attr: str | None = None
+    # mixture of experts: how mlx-lm turns router logits into the selected experts (core/moe.py)
+    router: str | None = None
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -89,6 +132,17 @@ ARCHS: dict[str, ArchSpec] = {
                        gqa_mask_5d=True),
     "gemma3_text": ArchSpec("gemma", GEMMA_SITES, embed_scale=True),
     "gemma3": ArchSpec("gemma", GEMMA_SITES, embed_scale=True),
+    # Gemma 1 is a pre-norm (llama-layout) block with scaled embeddings and a GELU MLP.
+    "gemma": ArchSpec("llama", LLAMA_SITES, embed_scale=True),
+    "smollm3": ArchSpec("llama", LLAMA_SITES),
+    "starcoder2": ArchSpec("llama", STARCODER2_SITES),
+    "phi3": ArchSpec("llama", PHI3_SITES),
+    "olmo2": ArchSpec("olmo2", OLMO2_SITES),
+    "olmo3": ArchSpec("olmo2", OLMO2_SITES),
+    "cohere": ArchSpec("parallel", COHERE_SITES, logit_scale_attr="args.logit_scale"),
+    "cohere2": ArchSpec("parallel", COHERE_SITES, logit_scale_attr="args.logit_scale"),
+    "qwen3_moe": ArchSpec("llama", _moe_sites("mlp"), router="softmax_topk"),
+    "mixtral": ArchSpec("llama", _moe_sites("block_sparse_moe"), router="topk_softmax"),
 }
 
 

@@ -33,11 +33,14 @@ from typing import Any
 import numpy as np
 
 from mlxinterp.core.errors import MemoryBudgetError, ModelFileError, UnsupportedArchitectureError
+from mlxinterp.core.validate import check_config, real, whole
 
 MANIFEST = "mlxinterp_import.json"
 IMPORTER_VERSION = 1
 # Gemma's real special-token ids (pad, eos, bos, unk); some GGUFs state others.
 _GEMMA_SPECIALS = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
+# GGML tensor types holding integers: never model weights (llama.cpp writes them for other data).
+_INTEGER_TYPES = ("I8", "I16", "I32", "I64")
 # Big tokenizer arrays are read only by the tokenizer builder.
 _TOKENIZER_ARRAYS = ("tokens", "scores", "token_type", "merges")
 
@@ -119,8 +122,15 @@ def gguf_arch(meta: dict[str, Any], path: Path) -> tuple[str, _Arch]:
 # ---------------------------------------------------------------- config
 
 
-def build_config(meta: dict[str, Any], arch_name: str, tensor_shapes: dict[str, tuple]) -> dict:
-    """An mlx-lm config.json from GGUF metadata (keys via transformers' GGUF table)."""
+def build_config(meta: dict[str, Any], arch_name: str, tensor_shapes: dict[str, tuple],
+                 where: str = "GGUF metadata") -> dict:
+    """An mlx-lm config.json from GGUF metadata (keys via transformers' GGUF table).
+
+    The metadata is checked like a config.json (validate.check_config, messages
+    naming the GGUF keys) and against the tensors it describes (block count,
+    embedding width), because a wrong value here would otherwise fail deep in
+    mlx-lm's constructors or import a model with layers missing.
+    """
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     arch = ARCHS[arch_name]
@@ -130,20 +140,41 @@ def build_config(meta: dict[str, Any], arch_name: str, tensor_shapes: dict[str, 
     for key, name in table.items():
         if name and f"{arch_name}.{key}" in meta:
             cfg[name] = meta[f"{arch_name}.{key}"]
+    if "token_embd.weight" not in tensor_shapes:
+        raise ModelFileError(f"{where} has no token embedding tensor (token_embd.weight)",
+                             hint="the file is incomplete; re-download or re-convert it")
     cfg["vocab_size"] = tensor_shapes["token_embd.weight"][0]
     cfg["tie_word_embeddings"] = "output.weight" not in tensor_shapes
+    key_names = {name: f"{arch_name}.{key}" for key, name in table.items() if name}
+    check_config(cfg, where, key_names, model_args=False)
+    _check_against_tensors(cfg, tensor_shapes, where, key_names)
     if any(n.endswith("attn_q.bias") for n in tensor_shapes) and arch_name == "llama":
         cfg["attention_bias"] = True
     _rope_scaling(meta, arch_name, cfg)
     if arch_name in ("gemma2", "gemma3"):
         _gemma_config(meta, arch_name, cfg)
+    check_config(cfg, where, key_names)
     return cfg
+
+
+def _check_against_tensors(cfg: dict, shapes: dict[str, tuple], where: str, key_names: dict[str, str]) -> None:
+    """The metadata must describe the tensors the file holds (a block count or width that lies
+    would import a truncated model, or fail later with a shape error naming no key)."""
+    blocks = {int(n.split(".")[1]) for n in shapes if n.startswith("blk.") and n.split(".")[1].isdigit()}
+    if blocks and cfg["num_hidden_layers"] != max(blocks) + 1:
+        raise ModelFileError(f"{where}: {key_names['num_hidden_layers']}={cfg['num_hidden_layers']} but the file holds "
+                             f"tensors for {max(blocks) + 1} blocks (blk.0..blk.{max(blocks)})",
+                             hint="the metadata does not match the tensors; re-convert the model")
+    width = shapes["token_embd.weight"][1] if len(shapes["token_embd.weight"]) > 1 else None
+    if width is not None and cfg["hidden_size"] != width:
+        raise ModelFileError(f"{where}: {key_names['hidden_size']}={cfg['hidden_size']} but token_embd.weight has "
+                             f"width {width}", hint="the metadata does not match the tensors; re-convert the model")
 
 
 def _rope_scaling(meta: dict, arch_name: str, cfg: dict) -> None:
     kind = meta.get(f"{arch_name}.rope.scaling.type")
     if kind and kind != "none":
-        factor = float(meta.get(f"{arch_name}.rope.scaling.factor", 1.0))
+        factor = _number(meta, f"{arch_name}.rope.scaling.factor", 1.0)
         cfg["rope_scaling"] = {"type": kind, "rope_type": kind, "factor": factor}
 
 
@@ -151,9 +182,9 @@ def _gemma_config(meta: dict, arch_name: str, cfg: dict) -> None:
     """Values llama.cpp hardcodes for Gemma instead of storing them."""
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     cfg["head_dim"] = head_dim
-    scale = meta.get(f"{arch_name}.attention.scale")
+    scale = _number(meta, f"{arch_name}.attention.scale", None)
     if scale:
-        cfg["query_pre_attn_scalar"] = 1.0 / float(scale) ** 2
+        cfg["query_pre_attn_scalar"] = 1.0 / scale ** 2
     elif cfg["num_hidden_layers"] in (46, 62):  # Gemma 2/3 27B scale by d_model / n_heads
         cfg["query_pre_attn_scalar"] = cfg["hidden_size"] // cfg["num_attention_heads"]
     else:
@@ -161,19 +192,26 @@ def _gemma_config(meta: dict, arch_name: str, cfg: dict) -> None:
     if arch_name == "gemma2":
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if f"gemma2.{key}" in meta:
-                cfg[key] = float(meta[f"gemma2.{key}"])
+                cfg[key] = _number(meta, f"gemma2.{key}", None)
         return
     cfg["sliding_window_pattern"] = _sliding_pattern(meta.get("gemma3.attention.sliding_window_pattern"))
-    cfg["rope_local_base_freq"] = float(meta.get("gemma3.rope.freq_base_swa", 10000.0))
+    cfg["rope_local_base_freq"] = _number(meta, "gemma3.rope.freq_base_swa", 10000.0)
+
+
+def _number(meta: dict, key: str, default: float | None) -> float | None:
+    """A positive finite number stored under `key` (default when absent)."""
+    if key not in meta:
+        return default
+    return real(meta[key], f"GGUF metadata {key}", 0, above=True, error=ModelFileError)
 
 
 def _sliding_pattern(value) -> int:
     """llama.cpp's default is 6 (five local layers, one global); newer files state it."""
     if value is None:
         return 6
-    if isinstance(value, (list, tuple)):  # per-layer "is sliding" flags
+    if isinstance(value, (list, tuple)) and value:  # per-layer "is sliding" flags
         return next((i + 1 for i, sliding in enumerate(value) if not sliding), len(value))
-    return int(value)
+    return whole(value, "GGUF metadata gemma3.attention.sliding_window_pattern", 1, error=ModelFileError)
 
 
 # ---------------------------------------------------------------- weights
@@ -228,6 +266,9 @@ def convert_tensors(reader, cfg: dict, arch_name: str) -> dict[str, np.ndarray]:
             raise UnsupportedArchitectureError(
                 f"GGUF tensor {t.name!r} has no counterpart in mlx-lm's {arch.model_type} model")
         mlx_name, shape = table[t.name]
+        if t.tensor_type.name in _INTEGER_TYPES:
+            raise ModelFileError(f"GGUF tensor {t.name} has type {t.tensor_type.name}; weights must be float "
+                                 "or a quantized type", hint="the file is damaged or not a model; re-convert it")
         w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
         if w.shape != shape:
             raise ModelFileError(f"GGUF tensor {t.name} has shape {w.shape}, config implies {shape}")
@@ -263,7 +304,9 @@ def special_ids(meta: dict, arch_name: str, tokens: list[str]) -> dict[str, int 
         for role, i in _GEMMA_SPECIALS.items():
             if i < len(tokens) and tokens[i] == f"<{role}>":
                 ids[role] = i
-    return {k: (int(v) if v is not None and int(v) < len(tokens) else None) for k, v in ids.items()}
+    ids = {k: None if v is None else whole(v, f"GGUF metadata {k} token id", 0, error=ModelFileError)
+           for k, v in ids.items()}
+    return {k: (v if v is not None and v < len(tokens) else None) for k, v in ids.items()}
 
 
 def build_tokenizer(meta: dict, arch_name: str):
@@ -337,7 +380,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, sha256: str | Non
     meta = read_metadata(reader, with_tokenizer_arrays=True)
     arch_name, _ = gguf_arch(meta, gguf_path)
     shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
-    cfg = build_config(meta, arch_name, shapes)
+    cfg = build_config(meta, arch_name, shapes, f"GGUF {gguf_path.name}")
     fast, ids, add_bos = build_tokenizer(meta, arch_name)
     cfg.update({f"{r}_token_id": i for r, i in ids.items() if r != "unk" and i is not None})
     weights = convert_tensors(reader, cfg, arch_name)

@@ -29,6 +29,7 @@ from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, KVCache, Rot
 from mlxinterp.core.archs import BLOCK_ORDER, Site, arch_spec, text_model, top_text_model
 from mlxinterp.core.errors import HookNameError, PromptError, TapError, closest
 from mlxinterp.core.taps import Capture, Tap, TapContext
+from mlxinterp.core.validate import INT64_MAX, real, whole
 
 _HOOK_RE = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
 
@@ -60,6 +61,7 @@ class _ForwardState:
         self.prompt_len: np.ndarray | None = None
         self.masks: dict = {}  # position masks, shared by every hook point of one forward
         self.n_taps = 0  # taps attached anywhere; 0 means every hooked call is a pass-through
+        self.n_edits = 0  # taps that may change activations (all but Capture): their logits are checked
         self.mid_delta: mx.array | None = None
 
     def begin(self, inputs: mx.array | None, cache: Any, embeddings: mx.array | None) -> None:
@@ -75,6 +77,27 @@ class _ForwardState:
         self.seq_pos = start[:, None] + np.arange(L)[None, :]
         self.padded = bool((self.seq_pos < 0).any())
         self.masks = {}
+
+    def check_finite(self, logits: mx.array) -> None:
+        """Refuse NaN/inf logits produced with editing taps attached, naming the taps.
+
+        Each tap's arguments are checked when it is attached, but a finite value
+        can still overflow float32 once it meets the activations (Scale(1e30) on a
+        residual stream of norm 1e9); without this the caller would get NaN logits
+        (and greedy generation token 0) without a word. One reduction over the logits.
+        """
+        try:
+            ok = mx.all(mx.isfinite(logits)).item()
+        except RuntimeError:  # inside mx.compile / mx.vmap nothing may be evaluated: unchecked there
+            return
+        if ok:
+            return
+        edits = [f"{t.describe()} at {p.name}" for p in self.hooked._points.values() for t in p.taps
+                 if not isinstance(t, Capture)]
+        more = f" (and {len(edits) - 4} more)" if len(edits) > 4 else ""
+        raise TapError(f"the logits contain NaN or inf with these taps attached: {'; '.join(edits[:4])}{more}",
+                       hint="a tap's values overflow float32 where they meet the activations; use smaller "
+                            "scales or factors")
 
     def context(self, point: HookPoint) -> TapContext:
         if self.seq_pos is None:
@@ -100,7 +123,10 @@ def _hooked_class(cls: type, role: str) -> type:
             if not site.state.n_taps:
                 return orig(self, inputs, cache, *args, **kwargs)
             site.state.begin(inputs, cache, kwargs.get("input_embeddings"))
-            return site.run_out(orig(self, inputs, cache, *args, **kwargs))
+            logits = site.run_out(orig(self, inputs, cache, *args, **kwargs))
+            if site.state.n_edits:
+                site.state.check_finite(logits)
+            return logits
     elif role == "block":
         def __call__(self, x, *args, **kwargs):
             site = self._mi_site
@@ -167,15 +193,16 @@ class _Site:
         return self._run(self.outs, a)
 
 
-def _plain_call(module, *args):
-    """Call a module's original class (no taps), hooked or not."""
+def plain_call(module, *args):
+    """Call a module's original class (no taps), hooked or not: a weight applied on its own, e.g. a norm or a
+    projection evaluated outside the forward (function-vector head outputs, a layer's norm gain)."""
     cls = getattr(type(module), "_mi_orig_class", type(module))
     return cls.__call__(module, *args)
 
 
 def _get(module, path: str):
     for part in path.split(".") if path else []:
-        module = getattr(module, part)
+        module = getattr(module, part, None)
     return module
 
 
@@ -206,9 +233,12 @@ class HookedModel:
         self._attach(inner.embed_tokens, "plain", "out", "hook_embed", None, "d_model")
         for i, block in enumerate(inner.layers):
             for suffix in BLOCK_ORDER:
-                site: Site = self.spec.sites[suffix]
+                site: Site | None = self.spec.sites.get(suffix)
+                module = _get(block, site.path) if site else None
+                if module is None:  # this family (or this layer, e.g. a dense layer of an MoE) has no such point
+                    continue
                 role = "block" if site.path == "" else ("mid" if suffix == "hook_resid_mid" else "plain")
-                self._attach(_get(block, site.path), role, site.side, f"blocks.{i}.{suffix}", i, site.kind)
+                self._attach(module, role, site.side, f"blocks.{i}.{suffix}", i, site.kind)
         self._attach(inner.norm, "plain", "out", "ln_final.hook_normalized", None, "d_model")
 
     def _attach(self, module, role: str, side: str, name: str, layer: int | None, kind: str) -> None:
@@ -243,6 +273,7 @@ class HookedModel:
         return {
             "d_model": (i.d_model,), "d_mlp": (i.d_mlp,), "vocab": (i.vocab_size,),
             "heads": (i.n_heads, i.head_dim), "kv_heads": (i.n_kv_heads, i.head_dim),
+            "experts": (i.n_experts or 0,), "topk_d_model": (i.experts_per_token or 0, i.d_model),
         }[kind]
 
     def hook_shape(self, name: str) -> tuple[int, ...]:
@@ -263,6 +294,9 @@ class HookedModel:
         return self._points[name]
 
     def _normalise(self, name: str) -> str:
+        if not isinstance(name, str):
+            raise HookNameError(f"hook name {name!r:.60} is not a string but a {type(name).__name__}",
+                                hint="e.g. 'blocks.3.hook_resid_post' (`mlxinterp hooks` lists them)")
         m = _HOOK_RE.match(name)
         if not m:
             return name
@@ -289,7 +323,7 @@ class HookedModel:
     @contextmanager
     def hooks(self, taps: Mapping[str, Tap | Sequence[Tap]] | Iterable[tuple[str, Tap]] | None = None) -> Iterator["HookedModel"]:
         """Attach taps for the duration of the block; they are removed on exit, even on error."""
-        pairs = list(taps.items()) if isinstance(taps, Mapping) else list(taps or [])
+        pairs = _tap_pairs(taps)
         attached: list[tuple[HookPoint, Tap]] = []
         try:
             for name, tap_or_list in pairs:
@@ -303,28 +337,34 @@ class HookedModel:
                     point.taps.append(tap)
                     attached.append((point, tap))
                     self._state.n_taps += 1
+                    self._state.n_edits += not isinstance(tap, Capture)
             yield self
         finally:
             for point, tap in attached:
                 point.taps.remove(tap)
                 self._state.n_taps -= 1
+                self._state.n_edits -= not isinstance(tap, Capture)
 
     # -- running
     def tokens(self, prompts, chat: bool = False) -> "Batch":
         """Token ids [B, L] (left padded) for prompts: str, list of str, or ids."""
-        if isinstance(prompts, mx.array):
-            ids = prompts if prompts.ndim == 2 else prompts[None]
+        if isinstance(prompts, (mx.array, np.ndarray)) and prompts.ndim in (1, 2):
+            if not np.issubdtype(np.dtype(str(prompts.dtype).removeprefix("mlx.core.")), np.integer):
+                raise PromptError(f"token ids have dtype {str(prompts.dtype).removeprefix('mlx.core.')}; token ids "
+                                  "must be integers (a float id would be truncated)")
+            ids = mx.array(prompts) if prompts.ndim == 2 else mx.array(prompts)[None]
             self._check_ids(np.array(ids))
             return Batch(ids.astype(mx.int32), [0] * ids.shape[0])
-        if prompts is None or isinstance(prompts, (bytes, dict)):
-            raise PromptError(f"prompts must be a string, a list of strings or token ids, not {type(prompts).__name__}")
+        if prompts is None or isinstance(prompts, (bytes, dict, mx.array, np.ndarray, numbers.Number)):
+            raise PromptError(f"prompts must be a string, a list of strings or token ids, not {type(prompts).__name__}"
+                              + (f" of shape {tuple(prompts.shape)}" if hasattr(prompts, "shape") else ""))
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if texts and isinstance(texts[0], (int, np.integer)):  # one sequence of ids
+        if texts and isinstance(texts[0], (numbers.Number, np.generic)):  # one sequence of ids
             texts = [texts]
         if texts and not isinstance(texts[0], str):
-            rows = [list(map(int, t)) for t in texts]
+            rows = [_id_row(t, i) for i, t in enumerate(texts)]
             for r in rows:
-                self._check_ids(np.array(r))
+                self._check_ids(np.array(r, dtype=object if r and max(map(abs, r)) > INT64_MAX else np.int64))
             L = max(map(len, rows))
             pad = [L - len(r) for r in rows]
             return Batch(mx.array([[0] * p + r for p, r in zip(pad, rows)], dtype=mx.int32), pad)
@@ -342,6 +382,15 @@ class HookedModel:
         if bad.size:
             raise PromptError(f"token id {int(bad[0])} is out of range; this model's vocabulary is "
                               f"0..{self.info.vocab_size - 1}")
+
+    def _check_context(self, prompt_len: int, max_tokens: int) -> None:
+        """Refuse to generate past the context the model was trained for: mlx-lm would carry on
+        without a word, at RoPE positions the model never saw."""
+        n = self.info.max_context
+        if n and prompt_len + max_tokens > n:
+            raise PromptError(f"max_tokens={max_tokens} after a {prompt_len}-token prompt runs past {self.info.slug}'s "
+                              f"max context of {n} tokens",
+                              hint=f"use max_tokens <= {n - prompt_len}" if n > prompt_len else "shorten the prompt")
 
     def forward(self, batch: "Batch") -> mx.array:
         """Logits [B, L, V] through mlx-lm's own model call (padding-aware caches when padded)."""
@@ -375,18 +424,24 @@ class HookedModel:
         top, inner = top_text_model(self.model), text_model(self.model)
         x = h.astype(mx.float32)
         if normed:
-            x = _plain_call(inner.norm, x)
+            x = plain_call(inner.norm, x)
         if vocab is not None:
             w, b = self._unembedding_rows(vocab)
             logits = x @ w.T if b is None else x @ w.T + b
         elif "lm_head" in top:
-            logits = _plain_call(top.lm_head, x)
+            logits = plain_call(top.lm_head, x)
         else:
             logits = inner.embed_tokens.as_linear(x)
+        if self.spec.logit_scale_attr:
+            logits = logits * _get(top, self.spec.logit_scale_attr)
         cap = getattr(top, self.spec.softcap_attr, None) if self.spec.softcap_attr else None
         if cap:
             logits = mx.tanh(logits / cap) * cap
         return logits.astype(mx.float32)
+
+    def unembedding_rows(self, vocab: Sequence[int]) -> tuple[mx.array, mx.array | None]:
+        """Public form of `_unembedding_rows`, for linear readouts such as direct logit attribution."""
+        return self._unembedding_rows(vocab)
 
     def _unembedding_rows(self, vocab: Sequence[int]) -> tuple[mx.array, mx.array | None]:
         """float32 rows [len(vocab), d_model] of the unembedding for these tokens (dequantized when quantized), bias."""
@@ -396,7 +451,7 @@ class HookedModel:
         idx = mx.array(ids.astype(np.uint32))
         top, inner = top_text_model(self.model), text_model(self.model)
         if "lm_head" not in top:
-            return _plain_call(inner.embed_tokens, idx).astype(mx.float32), None  # QuantizedEmbedding dequantizes
+            return plain_call(inner.embed_tokens, idx).astype(mx.float32), None  # QuantizedEmbedding dequantizes
         head = top.lm_head
         if "scales" in head:
             w = mx.dequantize(head["weight"][idx], head["scales"][idx], head["biases"][idx] if "biases" in head else None,
@@ -411,8 +466,7 @@ class HookedModel:
         cache = ActivationCache(self, batch.left_padding)
         capture = Capture(store=cache)
         pairs = [(n, capture) for n in dict.fromkeys(self.names(names))]  # a name twice would capture twice
-        extra = list(taps.items()) if isinstance(taps, Mapping) else list(taps or [])
-        with self.hooks(extra + pairs):
+        with self.hooks(_tap_pairs(taps) + pairs):
             logits = self.forward(batch)
         mx.eval(logits, *cache.arrays())
         return logits, cache
@@ -425,26 +479,37 @@ class HookedModel:
         tokens or both; positions keep counting from the prompt into the
         generated tokens.
         """
+        pieces, tokens = [], []
+        for text, token in self.stream(prompt, max_tokens, taps, chat, temperature, seed):
+            pieces.append(text)
+            tokens.append(token)
+        return Generation("".join(pieces), tokens, self.tokens(prompt, chat=chat).ids[0].tolist())
+
+    def stream(self, prompt, max_tokens: int = 32, taps=None, chat: bool = False,
+               temperature: float = 0.0, seed: int = 0) -> Iterator[tuple[str, int]]:
+        """`generate`, one (text piece, token id) at a time as mlx-lm's stream_generate yields them.
+
+        The taps stay attached until the iterator is exhausted or closed, so consume
+        it before running anything else on this model.
+        """
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
-        _check_generation(max_tokens, temperature)
+        check_generation(max_tokens, temperature, seed)
         batch = self.tokens(prompt, chat=chat)
         if batch.ids.shape[0] != 1:
             raise PromptError("generate takes one prompt; use generate_batch for several")
         ids = batch.ids[0].tolist()
+        self._check_context(len(ids), max_tokens)
         mx.random.seed(seed)
-        pieces, tokens = [], []
         self._state.prompt_len = np.array([len(ids)])
         try:
             with self.hooks(taps):
                 for r in stream_generate(self.model, self.tokenizer, ids, max_tokens=max_tokens,
                                          sampler=make_sampler(temp=temperature)):
-                    pieces.append(r.text)
-                    tokens.append(int(r.token))
+                    yield r.text, int(r.token)
         finally:
             self._state.prompt_len = None
-        return Generation("".join(pieces), tokens, ids)
 
 
     def generate_batch(self, prompts: Sequence[str] | Sequence[Sequence[int]], max_tokens: int = 32, taps=None,
@@ -454,8 +519,9 @@ class HookedModel:
         Row i of the result matches `generate(prompts[i])` up to float rounding in
         the batched matmuls; taps see per-sequence positions and phases as in `generate`.
         """
-        _check_generation(max_tokens)
+        check_generation(max_tokens)
         batch = self.tokens(list(prompts), chat=chat)
+        self._check_context(max(batch.lengths), max_tokens)
         B = batch.ids.shape[0]
         eos = set(getattr(self.tokenizer, "eos_token_ids", None) or [self.tokenizer.eos_token_id])
         cache = self.padded_cache(batch.left_padding)
@@ -483,12 +549,52 @@ class HookedModel:
                 for toks, ids in zip(out, prompts_ids)]
 
 
-def _check_generation(max_tokens, temperature: float = 0.0) -> None:
-    """mlx-lm generates forever for max_tokens < 0 and inverts the distribution for temperature < 0."""
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 1:
-        raise PromptError(f"max_tokens={max_tokens!r} is not allowed; use a whole number >= 1")
-    if not isinstance(temperature, numbers.Real) or not 0 <= temperature < float("inf"):
-        raise PromptError(f"temperature={temperature!r} is not allowed; use a finite number >= 0 (0 = greedy)")
+def check_generation(max_tokens, temperature: float = 0.0, seed: int = 0) -> None:
+    """mlx-lm generates forever for max_tokens < 0 and inverts the distribution for temperature < 0.
+
+    Needs no model, so the CLI runs it before loading one; the model's context
+    length is checked once the prompt is tokenized (HookedModel._check_context).
+    """
+    whole(max_tokens, "max_tokens", 1, error=PromptError)
+    try:
+        real(temperature, "temperature", 0, error=PromptError)
+    except PromptError as e:
+        raise PromptError(f"{e.args[0]} (0 = greedy)") from None
+    whole(seed, "seed", 0, 2**64 - 1, error=PromptError)
+
+
+def _tap_pairs(taps: Any) -> list[tuple[Any, Any]]:
+    """(hook name, tap or taps) pairs from a mapping or a list of pairs; anything else is refused here,
+    not as an unpacking error inside the loop."""
+    if taps is None:
+        return []
+    if isinstance(taps, Mapping):
+        return list(taps.items())
+    if isinstance(taps, (str, bytes, Tap)) or not isinstance(taps, Iterable):
+        raise TapError(f"taps={taps!r:.60} is not allowed; pass {{hook name: tap or [taps]}} or a list of "
+                       "(hook name, tap) pairs", hint="e.g. {'blocks.3.hook_resid_post': taps.Scale(0.5)}")
+    pairs = list(taps)
+    for p in pairs:
+        if not (isinstance(p, (tuple, list)) and len(p) == 2):
+            raise TapError(f"taps entry {p!r:.60} is not a (hook name, tap) pair",
+                           hint="e.g. [('blocks.3.hook_resid_post', taps.Scale(0.5))]")
+    return pairs
+
+
+_check_generation = check_generation  # the old name, still imported by bench/cli.py
+
+
+def _id_row(row: Any, i: int) -> list[int]:
+    """One prompt given as token ids: whole numbers only (a float id used to be truncated silently)."""
+    if isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+        raise PromptError(f"prompt {i} is a {type(row).__name__}; a batch of token ids is a list of lists of ints")
+    out = []
+    for j, x in enumerate(row):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+            raise PromptError(f"token id {x!r:.40} (prompt {i}, position {j}) is not allowed; token ids are whole "
+                              "numbers (a float id would be truncated)")
+        out.append(int(x))
+    return out
 
 
 class Generation:
@@ -560,8 +666,10 @@ class ActivationCache:
         return mx.stack([self[f"blocks.{i}.{suffix}"] for i in range(self.hooked.info.n_layers)])
 
 
-def load(spec: str = "default", dtype: str | None = None, allow_download: bool = False) -> HookedModel:
-    """Load a model (see `mlxinterp.core.loading.load_model`) with hook points installed."""
+def load(spec: str = "default", dtype: str | None = None, allow_download: bool = False,
+         precision: dict[str, str] | None = None) -> HookedModel:
+    """Load a model (see `mlxinterp.core.loading.load_model`; `precision` is a per-module
+    precision map, core/quantize.py) with hook points installed."""
     from mlxinterp.core.loading import load_model
 
-    return HookedModel(load_model(spec, dtype=dtype, allow_download=allow_download))
+    return HookedModel(load_model(spec, dtype=dtype, allow_download=allow_download, precision=precision))

@@ -46,6 +46,8 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, (set, frozenset)):
         return sorted(to_jsonable(v) for v in obj)
+    if callable(getattr(obj, "to_dict", None)) and not isinstance(obj, type):  # e.g. stats.Interval
+        return to_jsonable(obj.to_dict())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, os.PathLike):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import os
 import struct
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxinterp.core import gguf as gguf_import
+from mlxinterp.core.archs import ARCHS
 from mlxinterp.core.errors import (
     ModelFileError,
     ModelSpecError,
@@ -37,10 +37,12 @@ from mlxinterp.core.errors import (
 )
 from mlxinterp.core.memory import check_memory, estimate_memory, text_config, with_margin
 from mlxinterp.core.platform import cache_dir
+from mlxinterp.core.validate import check_config, check_finite_parameters, check_parameter_dtypes, env_flag
+from mlxinterp.core.quantize import PrecisionMap, dequantize, quant_name, quantize_by_map
 from mlxinterp.core.specs import (DEFAULT_SPEC, REPO_RE, DtypePlan, parse_spec,
                                   plan_dtype, slugify)
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3")
+SUPPORTED_ARCHS = tuple(ARCHS)  # every mlx-lm model_type with a row in the hook table (core/archs.py)
 # Parameter count of the default model (checked by the real-model tests); used to
 # estimate its memory before it has been imported.
 DEFAULT_N_PARAMS = 268_098_176
@@ -70,6 +72,8 @@ class ModelInfo:
     source: str
     weights_hash: str
     n_params: int
+    n_experts: int | None = None  # mixture of experts: experts per MoE layer
+    experts_per_token: int | None = None  # ... and how many the router selects per token
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,7 +188,7 @@ def hf_cache_dir() -> Path:
 
 
 def _download_allowed(allow_download: bool) -> bool:
-    return allow_download or os.environ.get("MLXINTERP_ALLOW_DOWNLOAD", "") in ("1", "true", "yes")
+    return allow_download or env_flag("MLXINTERP_ALLOW_DOWNLOAD")
 
 
 def hf_snapshot(repo: str, allow_download: bool = False) -> Path:
@@ -218,9 +222,15 @@ def resolve(base: str, allow_download: bool = False) -> tuple[Path, str]:
     if base == DEFAULT_SPEC:
         return default_model_dir(), "default"
     path = Path(base).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError) as e:  # a name longer than the OS allows, a NUL byte
+        raise ModelSpecError(f"model spec {base[:60]!r}{'...' if len(base) > 60 else ''} ({len(base)} characters) "
+                             f"is not a usable path: {getattr(e, 'strerror', None) or e}",
+                             hint="give 'default', a model directory, a .gguf file or a Hugging Face org/name") from None
+    if is_dir:
         return path, slugify(path.resolve().name)
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() == ".gguf":
             return imported_gguf_dir(path), slugify(path.stem)
         raise ModelSpecError(f"{base!r} is a file, not a model directory or a .gguf file",
@@ -248,12 +258,20 @@ def read_config(path: Path) -> dict:
     if not cfg_path.exists():
         raise ModelFileError(f"{path} is not a model directory: it has no config.json",
                              hint="an mlx-lm model directory holds config.json, model*.safetensors and tokenizer files")
+    if not cfg_path.is_file():
+        raise ModelFileError(f"{cfg_path} is not a file (a directory?)", hint="config.json must be the JSON file "
+                             "of the checkpoint; re-download it")
     try:
         cfg = json.loads(cfg_path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{cfg_path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ModelFileError(f"cannot read {cfg_path}: {e.strerror or e}") from e
     if not isinstance(cfg, dict) or "model_type" not in cfg:
-        raise ModelFileError(f"{cfg_path} has no 'model_type'")
+        raise ModelFileError(f"{cfg_path} has no 'model_type'" + ("" if isinstance(cfg, dict) else
+                             f" (it holds a JSON {type(cfg).__name__}, not an object)"))
+    if not isinstance(cfg["model_type"], str):
+        check_config(cfg, str(cfg_path))  # raises: names the bad model_type
     return cfg
 
 
@@ -341,22 +359,32 @@ def _quantization_of(model) -> dict | None:
     return None
 
 
-def apply_plan(model, cfg: dict, plan: DtypePlan):
-    """Dequantize/cast/quantize with mlx-lm's own utilities."""
-    import mlx.core as mx
-    from mlx_lm.utils import dequantize_model, quantize_model
+def apply_plan(model, cfg: dict, plan: DtypePlan, pmap: PrecisionMap | None = None) -> tuple[Any, dict | None]:
+    """Dequantize/cast/quantize with mlx-lm's own utilities; returns (model, its quantization).
 
+    `pmap` (core/quantize.py) quantizes module by module; without it plan.quant applies
+    everywhere. With plan.dequantize the freshly quantized layers are expanded back to
+    float ones holding exactly the quantized values; the quantization is still reported.
+    """
+    import mlx.core as mx
+
+    pmap = pmap or (PrecisionMap((), plan.quant) if plan.quant else None)
     stored = _quantization_of(model)
-    same_quant = plan.quant and stored == {"bits": plan.quant[0], "group_size": plan.quant[1]}
-    if stored and (plan.dtype or (plan.quant and not same_quant)):
-        model = dequantize_model(model)
+    same_quant = pmap and pmap.uniform and stored == {"bits": pmap.default[0], "group_size": pmap.default[1]}
+    if stored and (plan.dtype or (pmap and not same_quant)):
+        model = dequantize(model)
     if plan.dtype:
         model.set_dtype(getattr(mx, plan.dtype))
-    if plan.quant and not same_quant:
-        cfg = {k: v for k, v in cfg.items() if k not in ("quantization", "quantization_config")}
-        with contextlib.redirect_stdout(io.StringIO()):  # quantize_model prints bits/weight
-            model, _ = quantize_model(model, cfg, group_size=plan.quant[1], bits=plan.quant[0])
-    return model
+    if pmap and not same_quant:
+        model = quantize_by_map(model, cfg, cfg["model_type"], pmap)
+    quant = _quantization_of(model)
+    if quant and pmap and not pmap.uniform:
+        quant = {**({"bits": pmap.default[0], "group_size": pmap.default[1]} if pmap.default else quant),
+                 "map": pmap.to_dict()}
+    if quant and plan.dequantize and not same_quant:
+        model = dequantize(model)
+        quant = {**quant, "compute": "dequantized"}
+    return model, quant
 
 
 def compute_dtype(model) -> str:
@@ -382,6 +410,12 @@ def _load_mlx(path: Path):
     except (RuntimeError, ValueError, KeyError, FileNotFoundError) as e:
         raise ModelFileError(f"cannot load the weights in {path}: {e}",
                              hint="the weights do not match config.json, or a file is truncated") from e
+    except (TypeError, ZeroDivisionError, AssertionError, AttributeError, IndexError, OverflowError) as e:
+        # mlx-lm's model constructors assume a sane config; check_config catches the usual
+        # mistakes first, this names whatever else a config can get wrong for one architecture
+        raise ModelFileError(f"cannot build mlx-lm's model from {path / 'config.json'}: "
+                             f"{type(e).__name__}: {e}",
+                             hint="config.json does not describe a model of its model_type; re-download it") from e
 
 
 def _load_tokenizer(path: Path, cfg: dict):
@@ -419,7 +453,8 @@ def _args_of(model):
     return inner.args if inner is not None else model.args
 
 
-def make_info(spec: str, slug: str, path: Path, model, tokenizer, cfg: dict, whash: str) -> ModelInfo:
+def make_info(spec: str, slug: str, path: Path, model, tokenizer, cfg: dict, whash: str,
+              quantization: dict | None = None) -> ModelInfo:
     from mlx_lm.utils import get_total_parameters
 
     a = _args_of(model)
@@ -428,15 +463,18 @@ def make_info(spec: str, slug: str, path: Path, model, tokenizer, cfg: dict, wha
         spec=spec, slug=slug, arch=cfg["model_type"], n_layers=a.num_hidden_layers, d_model=a.hidden_size,
         n_heads=heads, n_kv_heads=getattr(a, "num_key_value_heads", None) or heads,
         head_dim=getattr(a, "head_dim", None) or a.hidden_size // heads, d_mlp=a.intermediate_size,
-        vocab_size=a.vocab_size, dtype=compute_dtype(model), quantization=_quantization_of(model),
+        vocab_size=a.vocab_size, dtype=compute_dtype(model), quantization=quantization or _quantization_of(model),
         needs_bos=needs_bos(tokenizer, path, cfg["model_type"]), bos_token_id=tokenizer.bos_token_id,
         has_chat_template=bool(tokenizer.has_chat_template),
         max_context=getattr(a, "max_position_embeddings", None) or text_config(cfg).get("max_position_embeddings"),
         source=str(path), weights_hash=whash, n_params=int(get_total_parameters(model)),
+        n_experts=getattr(a, "num_experts", None) or getattr(a, "num_local_experts", None),
+        experts_per_token=getattr(a, "num_experts_per_tok", None),
     )
 
 
-def load_model(spec: str | Path, dtype: str | None = None, allow_download: bool = False) -> LoadedModel:
+def load_model(spec: str | Path, dtype: str | None = None, allow_download: bool = False,
+               precision: dict[str, str] | None = None) -> LoadedModel:
     """Load `spec` (see the module docstring) as mlx-lm model + tokenizer + ModelInfo.
 
     dtype policy:
@@ -448,25 +486,40 @@ def load_model(spec: str | Path, dtype: str | None = None, allow_download: bool 
                  OpenBLAS); on Metal the checkpoint is kept as stored (4-bit is the point).
       "native"   keep the checkpoint as stored (quantized stays QuantizedLinear).
       "float32" / "float16" / "bfloat16"   dequantize if needed and cast.
+    Quantizing on load (@Nbit or `precision`) with dtype None on a CPU means quantize
+    (float32 weights), then compute with the dequantized weights: exactly the quantized
+    values, float kernels. An explicit dtype ("native", "float32", ...) and Metal keep
+    MLX's quantized kernels.
+    precision: a per-module precision map (core/quantize.py), e.g. {"default": "4bit",
+    "blocks.9.attn": "float"}; a '@Nbit' variant sets its default.
     """
     spec_text = str(spec)
     base, variant = parse_spec(spec_text)
     plan = plan_dtype(dtype, variant)  # before resolve: a typo must not trigger an import
+    pmap = PrecisionMap.parse(precision, plan.quant) if precision else None
     path, slug = resolve(base, allow_download)
     cfg = read_config(path)
     check_no_code(path, cfg)
     check_arch(cfg)
+    check_config(cfg, str(path / "config.json"))
     check_tokenizer(path)
     headers = safetensors_headers(path)
     check_memory(cfg, plan, spec_text)
     model, cfg = _load_mlx(path)
-    model = apply_plan(model, cfg, plan)
+    check_parameter_dtypes(model, str(path))
+    model, quant = apply_plan(model, cfg, plan, pmap)
     import mlx.core as mx
 
     mx.eval(model.parameters())
+    check_finite_parameters(model, str(path))
     tokenizer = _load_tokenizer(path, cfg)
-    slug = f"{slug}@{variant.name}" if variant else slug
-    info = make_info(spec_text, slug, path, model, tokenizer, cfg, weights_hash(path, headers))
+    if variant:
+        slug = f"{slug}@{variant.name}"
+    elif pmap and pmap.default:
+        slug = f"{slug}@{quant_name(pmap.default)}"
+    if pmap and not pmap.uniform:  # a mixed-precision model gets its own results directory
+        slug = f"{slug}+mixed-{pmap.digest()}"
+    info = make_info(spec_text, slug, path, model, tokenizer, cfg, weights_hash(path, headers), quant)
     return LoadedModel(model, tokenizer, info)
 
 

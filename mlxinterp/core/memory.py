@@ -56,6 +56,8 @@ def config_n_params(cfg: dict) -> int:
 
 
 def bytes_per_param(cfg: dict, plan: DtypePlan) -> float:
+    if plan.quant and plan.dequantize:  # quantized on load, then computed with float weights
+        return DTYPE_BYTES[plan.dtype or "float32"]
     q = {"bits": plan.quant[0], "group_size": plan.quant[1]} if plan.quant else None
     if q is None and plan.dtype:
         return DTYPE_BYTES[plan.dtype]
@@ -76,7 +78,7 @@ def estimate_memory(info_or_config: Any, dtype: str | None = None) -> int:
     """
     if not isinstance(info_or_config, dict):
         info = info_or_config
-        q = info.quantization
+        q = info.quantization if (info.quantization or {}).get("compute") != "dequantized" else None
         per = q["bits"] / 8 + 4 / q["group_size"] if q else DTYPE_BYTES.get(dtype or info.dtype, 4)
         return with_margin(info.n_params * per)
     cfg = info_or_config

@@ -37,10 +37,16 @@ class _Plan:
 
 @dataclass
 class DtypePlan:
-    """What to do to the weights after loading: cast to `dtype` (None keeps), then quantize."""
+    """What to do to the weights after loading: cast to `dtype` (None keeps), then quantize.
+
+    `dequantize`: weights quantized on load are expanded back to float layers holding
+    dequantize(quantize(w)), so every matmul uses exactly the quantized values with
+    float kernels (MLX's CPU quantized matmul is ~7x slower than float32 with OpenBLAS).
+    """
 
     dtype: str | None
     quant: tuple[int, int] | None = None
+    dequantize: bool = False
 
 
 def parse_spec(spec: str | Path) -> tuple[str, Variant | None]:
@@ -90,4 +96,6 @@ def plan_dtype(dtype: str | None, variant: Variant | None = None, device: str | 
         return DtypePlan(variant.dtype)
     auto_float = "float32" if cpu and dtype is None else None
     quant = (variant.bits, variant.group_size) if variant else None
-    return DtypePlan(explicit or auto_float, quant)
+    # automatic on a CPU: quantize, then compute with the dequantized weights; an explicit dtype
+    # ("native", or "float32": cast first) keeps MLX's quantized kernels
+    return DtypePlan(explicit or auto_float, quant, dequantize=cpu and dtype is None)

@@ -20,6 +20,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlxinterp.core.errors import TapError
+from mlxinterp.core.validate import FLOAT32_MAX, INT64_MAX
 
 # all | "last" | one position | positions | per-batch-item lists | bool mask [B, L]
 Positions = Union[None, str, int, Sequence[int], Sequence[Sequence[int]], np.ndarray, mx.array]
@@ -145,7 +146,8 @@ def _check_positions(positions: Positions) -> None:
     """Reject a positions spec of the wrong kind before any forward runs (not deep inside one)."""
     allowed = ("allowed: None or 'all', 'last', an int, a list of ints, per-item lists of ints, "
                "or a bool mask [B, L]")
-    if positions is None or isinstance(positions, (int, np.integer)) and not isinstance(positions, bool):
+    if positions is None or isinstance(positions, (int, np.integer)) and not isinstance(positions, (bool, np.bool_)):
+        _check_magnitude([] if positions is None else [positions])
         return
     if isinstance(positions, str):
         if positions not in ("all", "last"):
@@ -158,9 +160,18 @@ def _check_positions(positions: Positions) -> None:
         raise TapError(f"positions array of dtype {arr.dtype} and shape {arr.shape} is not allowed; {allowed}")
     if isinstance(positions, (list, tuple)):
         items = [x for p in positions for x in (p if isinstance(p, (list, tuple, np.ndarray)) else [p])]
-        if all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in items):
+        if all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) for x in items):
+            _check_magnitude(items)
             return
     raise TapError(f"positions={positions!r:.60} is not allowed; {allowed}")
+
+
+def _check_magnitude(items: list) -> None:
+    """Positions are counted in int64 (numpy); a larger int is no position of any sequence."""
+    huge = [x for x in items if abs(int(x)) > INT64_MAX // 2]
+    if huge:
+        raise TapError(f"position {int(huge[0])} is out of range for any sequence",
+                       hint="positions count from 0 (negative from the end) within the prompt")
 
 
 def _apply(a: mx.array, new: mx.array, mask: mx.array | None, head_mask: mx.array | None = None):
@@ -181,8 +192,11 @@ def _as_vector(value, feature_shape: tuple[int, ...], what: str) -> mx.array:
     if value is None:
         raise TapError(f"{what} is missing", hint="pass an array of the hook point's shape")
     try:
-        arr = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
-    except (TypeError, ValueError) as e:
+        host = None if isinstance(value, mx.array) else np.asarray(value)
+        if host is not None and host.dtype.kind not in "biuf":  # strings, objects, complex: MLX would abort
+            raise TypeError(f"dtype {host.dtype}")
+        arr = value if host is None else mx.array(host)
+    except (TypeError, ValueError, OverflowError) as e:
         raise TapError(f"{what} is not a numeric array ({type(value).__name__}: {e})") from None
     if not mx.issubdtype(arr.dtype, mx.floating):
         raise TapError(f"{what} has dtype {arr.dtype}; a floating dtype is required")
@@ -193,6 +207,10 @@ def _as_vector(value, feature_shape: tuple[int, ...], what: str) -> mx.array:
     if not finite:
         raise TapError(f"{what} contains NaN or inf; steering/patching values must be finite")
     return arr
+
+
+def _largest(arr: mx.array) -> float:
+    return float(mx.max(mx.abs(arr.astype(mx.float32)))) if arr.size else 0.0
 
 
 @dataclass(kw_only=True, eq=False)
@@ -212,11 +230,19 @@ class Tap:
         if self.when not in WHEN:
             raise TapError(f"when={self.when!r} is not allowed; use one of {WHEN}")
         if self.heads is not None:
+            heads = self.heads
+            if isinstance(heads, (str, bytes, np.ndarray, mx.array)) or not isinstance(heads, (list, tuple, range)) \
+                    or not all(isinstance(h, (int, np.integer)) and not isinstance(h, (bool, np.bool_)) for h in heads):
+                raise TapError(f"heads={heads!r:.60} is not allowed; use a list of head indices, e.g. heads=[0, 2]")
             if len(feature_shape) != 2:
                 raise TapError(f"heads= only applies to per-head hook points (attn.hook_q/k/v/z); {name} has shape {feature_shape}")
             bad = [h for h in self.heads if not 0 <= h < feature_shape[0]]
             if bad:
                 raise TapError(f"heads {bad} out of range; {name} has heads 0..{feature_shape[0] - 1}")
+
+    def describe(self) -> str:
+        """A short name for messages (no arrays)."""
+        return type(self).__name__
 
     def _head_mask(self, ctx: TapContext) -> mx.array | None:
         if self.heads is None:
@@ -240,6 +266,12 @@ class Capture(Tap):
 
     store: Any = None
 
+    def validate(self, feature_shape, name):
+        super().validate(feature_shape, name)
+        if not callable(getattr(self.store, "append", None)):
+            raise TapError(f"Capture at {name}: store={self.store!r:.60} has no append(name, activation, seq_pos)",
+                           hint="use HookedModel.run_with_cache, or pass an ActivationCache as store")
+
     def __call__(self, a: mx.array, ctx: TapContext) -> mx.array:
         # a[...] is a new graph node: mlx-lm updates some arrays in place
         # (Gemma's `h *= sqrt(d)`), which would otherwise change what we saved.
@@ -258,6 +290,14 @@ class Add(Tap):
         super().validate(feature_shape, name)
         self.vector = _as_vector(self.vector, feature_shape, f"steering vector for {name}")
         _finite_number(self.scale, "scale")
+        if abs(float(self.scale)) * _largest(self.vector) > FLOAT32_MAX:
+            raise TapError(f"scale={self.scale!r} times the steering vector's largest entry {_largest(self.vector):.3g} "
+                           f"at {name} overflows float32 (largest finite value {FLOAT32_MAX:.3g})",
+                           hint="steering values are on the scale of the activations (`mlxinterp hooks` shows "
+                                "hook shapes; directions report their norm relative to the residual)")
+
+    def describe(self) -> str:
+        return f"Add(scale={float(self.scale):g}, |vector|max={_largest(self.vector):.3g})"
 
     def __call__(self, a, ctx):
         v = _align(self.vector, a, ctx)
@@ -288,6 +328,9 @@ class Scale(Tap):
     def validate(self, feature_shape, name):
         super().validate(feature_shape, name)
         _finite_number(self.factor, "factor")
+
+    def describe(self) -> str:
+        return f"Scale(factor={float(self.factor):g})"
 
     def __call__(self, a, ctx):
         return self._blend(a, a * self.factor, ctx)
@@ -361,18 +404,38 @@ class Fn(Tap):
 
     fn: Callable[[mx.array, TapContext], mx.array] | None = None
 
+    def validate(self, feature_shape, name):
+        super().validate(feature_shape, name)
+        if not callable(self.fn):
+            raise TapError(f"taps.Fn at {name}: fn={self.fn!r:.60} is not callable",
+                           hint="pass a function (activation, ctx) -> activation")
+
+    def describe(self) -> str:
+        return f"Fn({getattr(self.fn, '__qualname__', type(self.fn).__name__)})"
+
     def __call__(self, a, ctx):
-        return self._blend(a, self.fn(a, ctx), ctx)
+        new = self.fn(a, ctx)
+        if not isinstance(new, mx.array) or new.shape != a.shape or not mx.issubdtype(new.dtype, mx.floating):
+            got = (f"an mx.array of shape {tuple(new.shape)} and dtype {str(new.dtype).removeprefix('mlx.core.')}"
+                   if isinstance(new, mx.array) else f"{type(new).__module__}.{type(new).__name__}"
+                   if new is not None else "None")
+            raise TapError(f"{self.describe()} at {ctx.name} returned {got}; it must return a floating mx.array of "
+                           f"the activation's shape {tuple(a.shape)}",
+                           hint="e.g. `lambda a, ctx: a * 2` (numpy arrays: wrap with mx.array)")
+        return self._blend(a, new, ctx)
 
 
 def _finite_number(x, what: str) -> None:
     """A scalar argument (scale, factor) must be a finite real number, not a string or NaN."""
     try:
         ok = not isinstance(x, (str, bytes, bool)) and bool(np.isfinite(float(x)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
-        raise TapError(f"{what}={x!r} is not allowed; use a finite number")
+        raise TapError(f"{what}={x!r:.60} is not allowed; use a finite number")
+    if abs(float(x)) > FLOAT32_MAX:
+        raise TapError(f"{what}={x!r:.60} is not allowed; use a finite number within float32 "
+                       f"(|{what}| <= {FLOAT32_MAX:.3g}), which is what activations are computed in")
 
 
 def _align(value: mx.array, a: mx.array, ctx: TapContext) -> mx.array:

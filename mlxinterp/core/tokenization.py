@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from mlxinterp.core.errors import PromptError
 from mlxinterp.core.loading import ModelInfo
+from mlxinterp.core.validate import text as check_text
 
 
 def encode(tokenizer, info: ModelInfo, text: str, chat: bool = False, system: str | None = None) -> list[int]:
@@ -39,11 +40,19 @@ def encode_batch(tokenizer, info: ModelInfo, texts: Sequence[str], chat: bool = 
     return mx.array(rows, dtype=mx.int32), left
 
 
-def _encode(tokenizer, info: ModelInfo, text, chat: bool, system: str | None, where: str) -> list[int]:
-    if not isinstance(text, str):
-        raise PromptError(f"{where} is not a string but a {type(text).__name__}")
+def check_prompt(text, where: str = "the prompt") -> str:
+    """What can be checked without a model (the CLI does it before loading one): a string
+    that encodes to UTF-8 and has at least one non-blank character."""
+    check_text(text, where)
     if not text.strip():
         raise PromptError(f"{where} is empty", hint="every prompt needs at least one non-blank character")
+    return text
+
+
+def _encode(tokenizer, info: ModelInfo, text, chat: bool, system: str | None, where: str) -> list[int]:
+    check_prompt(text, where)
+    if system is not None:
+        check_text(system, "the system prompt")
     if chat:
         text = _render_chat(tokenizer, info, text, system, where)
     elif system is not None:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import neurons
 from mlxinterp.analysis.stats import bootstrap_ci
+from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
 
 
@@ -59,17 +61,19 @@ def attribution(hm, cfg: AttributionConfig, ctx) -> dict:
     jacc = _jaccard(top_sets)
     _figure(ctx, names, layer_mass, pred, actual, per)
     ratio = [bands[c]["late"] / bands[c]["early"] for c in names]
-    summary = {
-        f"backbone neurons (top-{cfg.top_k} in all {C} categories)": len(backbone),
-        "backbone neurons (top-k in >= 80% of categories)": len(near),
-        "top backbone neuron": backbone[0]["neuron"] if backbone else None,
-        "late/early layer attribution ratio, range over categories": f"{min(ratio):.1f}..{max(ratio):.1f}",
-        "linear check: Spearman(predicted, actual ablation effect)": f"{rho.statistic:.2f} (p={rho.pvalue:.1e}, n={pred.size})",
-        "linear check: sign agreement": round(sign_agree, 3),
-        "top-k overlap between categories (Jaccard, mean)": round(float(jacc[~np.eye(C, dtype=bool)].mean()), 3),
-        "prompts": f"{C} categories x {cfg.n}",
-    }
-    return {"summary": summary, "target": "logit of the model's own top-1 next token at the last position",
+    s = Summary()
+    s.add("backbone_neurons", f"backbone neurons (top-{cfg.top_k} in all {C} categories)", len(backbone))
+    s.add("backbone_neurons_80pct", "backbone neurons (top-k in >= 80% of categories)", len(near))
+    s.add("top_backbone_neuron", "top backbone neuron", backbone[0]["neuron"] if backbone else None)
+    s.add("late_early_ratio_range", "late/early layer attribution ratio, range over categories",
+          f"{min(ratio):.1f}..{max(ratio):.1f}")
+    s.add("linear_check_spearman", "linear check: Spearman(predicted, actual ablation effect)",
+          f"{rho.statistic:.2f} (p={rho.pvalue:.1e}, n={pred.size})")
+    s.add("linear_check_sign_agreement", "linear check: sign agreement", round(sign_agree, 3))
+    s.add("topk_jaccard_mean", "top-k overlap between categories (Jaccard, mean)",
+          round(float(jacc[~np.eye(C, dtype=bool)].mean()), 3))
+    s.add("prompts", "prompts", f"{C} categories x {cfg.n}")
+    return {**s.to_result(), "target": "logit of the model's own top-1 next token at the last position",
             "attribution": "gradient x activation summed over positions (neurons); gradient . embedding (tokens)",
             "backbone": backbone[:20], "backbone_80pct": near[:20], "exclusive_top": exclusive,
             "layer_attribution": {c: layer_mass[i].tolist() for i, c in enumerate(names)}, "layer_bands": bands,
@@ -117,12 +121,7 @@ def _jaccard(sets: list[set]) -> np.ndarray:
 
 
 def _figure(ctx, names, layer_mass, pred, actual, per) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig, ax = subplots(1, 3, figsize=(17, 4.5))
     for i, c in enumerate(names):
         ax[0].plot(layer_mass[i], "o-", ms=3, label=c)
     ax[0].set(xlabel="layer", ylabel="sum of mean |grad x act|", yscale="log", title="attribution mass per layer")

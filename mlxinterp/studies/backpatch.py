@@ -42,11 +42,13 @@ import numpy as np
 
 from scipy.stats import binomtest
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import patching as P
 from mlxinterp.tasks import twohop as TH
-from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
-from mlxinterp.studies.twohop import bars, ci_text, cross_model_figure, model_label, pyplot, statuses
+from mlxinterp.analysis.stats import bootstrap_ci, format_interval, proportion_ci
+from mlxinterp.analysis.plotting import bars, cross_model_figure, model_label, subplots
 from mlxinterp.suite import experiment
+from mlxinterp.tasks.twohop import choose_backpatch_queries, ci_text, statuses
 
 PAPER_RATE = 0.66  # Biran et al.: up to 66 % of incorrect two-hop answers fixed (oracle over layer pairs)
 SEED004_RATES = (0.60, 0.80)  # seed 004: 9-12 of 15 cases per model
@@ -63,21 +65,12 @@ class BackpatchConfig:
     reuse_prefix: bool = True  # run only the last token per variant, the rest from the unpatched KV cache
 
 
-def choose(recs: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
-    """Wrong two-hop queries in a seeded order, those answering both single hops first; the first n."""
-    wrong = [r for r in recs if not r["twohop"]]
-    first = [r for r in wrong if r["hop1"] and r["hop2"]]
-    rest = [r for r in wrong if not (r["hop1"] and r["hop2"])]
-    order = [first[i] for i in rng.permutation(len(first))] + [rest[i] for i in rng.permutation(len(rest))]
-    return order[:n]
-
-
-@experiment("backpatch", BackpatchConfig)
+@experiment("backpatch", BackpatchConfig, reuses=["twohop"])
 def backpatch(hm, cfg: BackpatchConfig, ctx) -> dict:
     """Back-patching later-layer states into earlier layers: fix rates (oracle, controls), per-pair map."""
     recs, source = statuses(hm, ctx, cfg.chunk)
     pool = {q["id"]: q for q in TH.load_queries()}
-    chosen = choose(recs, cfg.n, ctx.rng_for("order"))
+    chosen = choose_backpatch_queries(recs, cfg.n, ctx.rng_for("order"))
     L = hm.info.n_layers
     pairs = [(s, t) for s in range(L) for t in range(s)]
     jobs = []
@@ -88,7 +81,7 @@ def backpatch(hm, cfg: BackpatchConfig, ctx) -> dict:
                      "random_pair": int(ctx.rng_for("random_pair", q["id"]).integers(len(pairs)))})
     done = ctx.map("queries", jobs, lambda job: patch_query(hm, job, cfg.batch_size, cfg.reuse_prefix))
     an = {s: analyse([d for d in done if s == "all_wrong" or d["both_hops"]], pairs) for s in SUBSETS}
-    result = {"summary": _summary(an, len(recs), sum(not r["twohop"] for r in recs)), "status_source": source,
+    result = {**_summary(an, len(recs), sum(not r["twohop"] for r in recs)), "status_source": source,
               "definitions": DEFINITIONS, "pairs": pairs, "n_layers": L, "analysis": an,
               "eligible": {"wrong": sum(not r["twohop"] for r in recs),
                            "wrong_both_hops": sum((not r["twohop"]) and r["hop1"] and r["hop2"] for r in recs)},
@@ -203,36 +196,39 @@ def analyse(done: list[dict], pairs: list[tuple[int, int]]) -> dict:
 
 
 def _summary(an: dict, n_queries: int, n_wrong: int) -> dict:
-    out = {"queries wrong (of all)": f"{n_wrong}/{n_queries}"}
-    for s in SUBSETS:
-        a = an[s]
-        out[f"{s}: patched"] = a["n"]
-        if s == "all_wrong" and a["n"] == an["both_hops"]["n"]:  # both-hops queries are patched first
-            out["all_wrong: patched"] = f"{a['n']} (the same queries as both_hops: raise --n past them)"
+    s = Summary()
+    s.add("queries_wrong", "queries wrong (of all)", f"{n_wrong}/{n_queries}")
+    for sub in SUBSETS:
+        a = an[sub]
+        if sub == "all_wrong" and a["n"] == an["both_hops"]["n"]:  # both-hops queries are patched first
+            s.add(f"{sub}.patched", f"{sub}: patched", f"{a['n']} (the same queries as both_hops: raise --n past them)")
             continue
+        s.add(f"{sub}.patched", f"{sub}: patched", a["n"])
         for arm, name in (("own", "own"), ("control", "donor control")):
             if a.get(arm):
-                out[f"{s}: oracle fix rate, {name}"] = ci_text(a[arm]["oracle_fix_rate"])
-                out[f"{s}: a priori pair fix rate, {name}"] = ci_text(a[arm]["a_priori_pair_fix_rate"])
+                s.add(f"{sub}.{arm}.oracle_fix_rate", f"{sub}: oracle fix rate, {name}", ci_text(a[arm]["oracle_fix_rate"]))
+                s.add(f"{sub}.{arm}.a_priori_pair_fix_rate", f"{sub}: a priori pair fix rate, {name}",
+                      ci_text(a[arm]["a_priori_pair_fix_rate"]))
         if a.get("oracle_own_vs_control"):
             c = a["oracle_own_vs_control"]
             p = c["mcnemar_exact_p"]
-            out[f"{s}: oracle own-only / donor-only (McNemar p)"] = (
-                f"{c['own_only']} / {c['control_only']} (p = {p:.3g})" if p is not None else "0 / 0")
+            s.add(f"{sub}.oracle_own_vs_control", f"{sub}: oracle own-only / donor-only (McNemar p)",
+                  f"{c['own_only']} / {c['control_only']} (p = {p:.3g})" if p is not None else "0 / 0")
         if a.get("own"):
-            out[f"{s}: leave-one-out best pair fix rate"] = ci_text(a["own"]["loo_best_pair_fix_rate"])
+            s.add(f"{sub}.own.loo_best_pair_fix_rate", f"{sub}: leave-one-out best pair fix rate",
+                  ci_text(a["own"]["loo_best_pair_fix_rate"]))
         for arm, name in (("own", "own"), ("control", "donor")):
             if a.get(arm):
-                out[f"{s}: % of pairs that fix, {name}"] = _pct(a[arm]["share_of_pairs_fixing"])
-    out["paper (oracle, up to)"] = f"{PAPER_RATE:.0%}"
-    out["seed 004 (oracle, 15 cases)"] = f"{SEED004_RATES[0]:.0%}-{SEED004_RATES[1]:.0%}"
-    return out
+                s.add(f"{sub}.{arm}.share_of_pairs_fixing", f"{sub}: % of pairs that fix, {name}",
+                      _pct(a[arm]["share_of_pairs_fixing"]))
+    s.add("paper_oracle_rate", "paper (oracle, up to)", f"{PAPER_RATE:.0%}")
+    s.add("earlier_plan_oracle_rates", "mlux experimental plan (oracle, 15 cases)",
+          f"{SEED004_RATES[0]:.0%}-{SEED004_RATES[1]:.0%}")
+    return s.to_result()
 
 
 def _pct(c: dict) -> str:
-    if c.get("estimate") is None:
-        return "n/a"
-    return f"{100 * c['estimate']:.1f} % [{100 * c['low']:.1f}, {100 * c['high']:.1f}] (n={c['n']})"
+    return format_interval({**c, "k": None}, ".1f", pct=True, counts=True)
 
 
 # ----------------------------------------------------------------- figures
@@ -247,10 +243,9 @@ def pair_grid(per_pair: list[int], n: int, pairs: list[tuple[int, int]], L: int)
 
 
 def _figures(an: dict, pairs, L: int, ctx) -> None:
-    plt = pyplot()
     a = an["all_wrong"]
     arms = [arm for arm in ("own", "control") if a.get(arm)]
-    fig, axes = plt.subplots(1, len(arms), figsize=(6 * len(arms), 5), squeeze=False)
+    fig, axes = subplots(1, len(arms), figsize=(6 * len(arms), 5), squeeze=False)
     grids = {arm: pair_grid(a[arm]["per_pair_fixes"], a["n"], pairs, L) for arm in arms}
     top = max([0.05] + [float(np.nanmax(g)) for g in grids.values() if np.isfinite(g).any()])  # one scale for both
     for ax, arm in zip(axes[0], arms):
@@ -264,7 +259,7 @@ def _figures(an: dict, pairs, L: int, ctx) -> None:
     rows = [("oracle, own", "own", "oracle_fix_rate"), ("oracle, donor", "control", "oracle_fix_rate"),
             ("LOO best pair, own", "own", "loo_best_pair_fix_rate"), ("LOO best pair, donor", "control", "loo_best_pair_fix_rate"),
             ("a priori pair, own", "own", "a_priori_pair_fix_rate"), ("a priori pair, donor", "control", "a_priori_pair_fix_rate")]
-    fig, ax = plt.subplots(figsize=(10, 4.2))
+    fig, ax = subplots(figsize=(10, 4.2))
     x = np.arange(len(rows))
     empty = {"estimate": None, "low": None, "high": None}
     for j, (s, c) in enumerate(zip(SUBSETS, ("tab:green", "tab:grey"))):
@@ -279,8 +274,8 @@ def _figures(an: dict, pairs, L: int, ctx) -> None:
     ctx.save_figure("backpatch_rates", fig)
 
 
-def _cross_panels(plt, models):
-    fig, ax = plt.subplots(figsize=(max(6, 2.5 * len(models)), 4))
+def _cross_panels(models):
+    fig, ax = subplots(figsize=(max(6, 2.5 * len(models)), 4))
     x = np.arange(len(models))
     rows = [("oracle, own", "own", "oracle_fix_rate", "tab:green"), ("oracle, donor", "control", "oracle_fix_rate", "tab:grey"),
             ("LOO best pair, own", "own", "loo_best_pair_fix_rate", "tab:blue")]

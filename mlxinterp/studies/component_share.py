@@ -20,9 +20,12 @@ import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import attention, neurons
 from mlxinterp.analysis.stats import bootstrap_ci
+from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.core import names as H
 
 TYPES = ("identity", "previous_token", "bos_sink")
 
@@ -50,15 +53,17 @@ def component_share(hm, cfg: ComponentShareConfig, ctx) -> dict:
     all_share = np.concatenate([share[c] for c in names])
     _figure(ctx, names, share, heads, nl, H)
     pooled = bootstrap_ci(all_share.mean(1), seed=cfg.seed)
-    summary = {
-        "MLP share of residual update, all prompts [95% CI]": f"{pooled['estimate']:.3f} [{pooled['low']:.3f}, {pooled['high']:.3f}]",
-        "MLP share by category, min..max": f"{min(v['estimate'] for v in overall.values()):.3f}..{max(v['estimate'] for v in overall.values()):.3f}",
-        "layers where attention > MLP (mean over all prompts)": [int(l) for l in np.nonzero(all_share.mean(0) < 0.5)[0]],
-        "identity / previous-token / BOS-sink heads": " / ".join(str(heads["counts"][t]) for t in TYPES),
-        "category-selective heads (Bonferroni p<0.05)": heads["selective_count"],
-        "prompts": f"{len(names)} categories x {cfg.n}",
-    }
-    return {"summary": summary, "definition": "share = ||hook_mlp_out|| / (||hook_attn_out|| + ||hook_mlp_out||) "
+    s = Summary()
+    s.add("mlp_share", "MLP share of residual update, all prompts [95% CI]", pooled)
+    s.add("mlp_share_category_range", "MLP share by category, min..max",
+          f"{min(v['estimate'] for v in overall.values()):.3f}..{max(v['estimate'] for v in overall.values()):.3f}")
+    s.add("attention_dominant_layers", "layers where attention > MLP (mean over all prompts)",
+          [int(l) for l in np.nonzero(all_share.mean(0) < 0.5)[0]])
+    s.add("head_type_counts", "identity / previous-token / BOS-sink heads",
+          " / ".join(str(heads["counts"][t]) for t in TYPES))
+    s.add("selective_heads", "category-selective heads (Bonferroni p<0.05)", heads["selective_count"])
+    s.add("prompts", "prompts", f"{len(names)} categories x {cfg.n}")
+    return {**s.to_result(), "definition": "share = ||hook_mlp_out|| / (||hook_attn_out|| + ||hook_mlp_out||) "
             "per token (BOS excluded), mean over tokens", "mlp_share_by_category": overall,
             "mlp_share_by_layer": by_layer, "mlp_share_all": pooled,
             "norm_by_layer": {c: {k: np.mean([r[k] for r in per[c]], 0).round(3).tolist()
@@ -69,22 +74,22 @@ def component_share(hm, cfg: ComponentShareConfig, ctx) -> dict:
 def _prompt_stats(hm, prompt: str) -> dict:
     """Share per layer, and per head: pattern type scores and mean ||z_h||, from one forward."""
     nl = hm.info.n_layers
-    names = [f"blocks.{l}.{s}" for l in range(nl) for s in
+    names = [H.name(l, s) for l in range(nl) for s in
              ("hook_attn_out", "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_z")]
     batch = hm.tokens(prompt)
     _, cache = hm.run_with_cache(batch.ids, names=names)
     s0 = neurons.first_real(hm)
     share, an, mn, scores, znorm = [], [], [], {t: [] for t in TYPES}, []
     for l in range(nl):
-        a = np.linalg.norm(np.array(cache[f"blocks.{l}.hook_attn_out"][0, s0:].astype(mx.float32)), axis=-1)
-        m = np.linalg.norm(np.array(cache[f"blocks.{l}.hook_mlp_out"][0, s0:].astype(mx.float32)), axis=-1)
+        a = np.linalg.norm(np.array(cache[H.attn_out(l)][0, s0:].astype(mx.float32)), axis=-1)
+        m = np.linalg.norm(np.array(cache[H.mlp_out(l)][0, s0:].astype(mx.float32)), axis=-1)
         share.append(float(np.mean(m / (a + m + 1e-12))))
         an.append(float(a.mean()))
         mn.append(float(m.mean()))
-        p = attention.pattern(hm, l, cache[f"blocks.{l}.attn.hook_q"], cache[f"blocks.{l}.attn.hook_k"])
+        p = attention.pattern(hm, l, cache[H.name(l, "attn.hook_q")], cache[H.name(l, "attn.hook_k")])
         for t, v in attention.head_scores(np.array(p[0])).items():
             scores[t].append(v.tolist())
-        z = np.array(cache[f"blocks.{l}.attn.hook_z"][0, s0:].astype(mx.float32))  # [L, H, Dh]
+        z = np.array(cache[H.z(l)][0, s0:].astype(mx.float32))  # [L, H, Dh]
         znorm.append(np.linalg.norm(z, axis=-1).mean(0).tolist())
     return {"share": share, "attn_norm": an, "mlp_norm": mn, "head_scores": scores, "z_norm": znorm}
 
@@ -120,12 +125,7 @@ def _heads(per, names, cfg, nl, H) -> dict:
 
 
 def _figure(ctx, names, share, heads, nl, H) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig, ax = subplots(1, 3, figsize=(17, 4.5))
     for c in names:
         ax[0].plot(share[c].mean(0), "o-", ms=3, label=c)
     ax[0].axhline(0.5, color="grey", lw=0.8)

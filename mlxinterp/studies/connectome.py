@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.core import io
 from mlxinterp.analysis import neurons
+from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
 
 
@@ -82,17 +84,20 @@ def connectome(hm, cfg: ConnectomeConfig, ctx) -> dict:
     _save_npz(ctx, t.reshape(len(names), nl, d), names)
     _figure(ctx, names, cos, sig_layers, per, null)
     off = cos[~np.eye(len(names), dtype=bool)]
-    summary = {
-        "categories x prompts": f"{len(names)} x {cfg.n} (baseline {cfg.n})",
-        "significant neurons per category (Bonferroni p<0.05), median": int(np.median(sig.sum(1))),
-        "hub neurons (significant in all categories)": int((sig.sum(0) == len(names)).sum()),
-        f"hub neurons (>= {cfg.hub_min_frac:.0%} of categories)": hubs["count"],
-        "category-exclusive neurons, total": sum(e["count"] for e in exclusive.values()),
-        "category overlap cosine, off-diagonal mean [min, max]": f"{off.mean():.2f} [{off.min():.2f}, {off.max():.2f}]",
-        "SVD k80 per category, median (mixed-category null)": f"{np.median([per[c]['k80'] for c in names]):.0f} ({null['k80']})",
-        "peak layer of significant neurons (median over categories)": int(np.median(sig_layers.argmax(1))),
-    }
-    return {"summary": summary, "categories": names, "n_prompts": cfg.n, "n_neurons": n_tests,
+    s = Summary()
+    s.add("prompts", "categories x prompts", f"{len(names)} x {cfg.n} (baseline {cfg.n})")
+    s.add("significant_per_category_median", "significant neurons per category (Bonferroni p<0.05), median",
+          int(np.median(sig.sum(1))))
+    s.add("hubs_all_categories", "hub neurons (significant in all categories)", int((sig.sum(0) == len(names)).sum()))
+    s.add("hubs", f"hub neurons (>= {cfg.hub_min_frac:.0%} of categories)", hubs["count"])
+    s.add("exclusive_total", "category-exclusive neurons, total", sum(e["count"] for e in exclusive.values()))
+    s.add("overlap_cosine", "category overlap cosine, off-diagonal mean [min, max]",
+          f"{off.mean():.2f} [{off.min():.2f}, {off.max():.2f}]")
+    s.add("svd_k80_median", "SVD k80 per category, median (mixed-category null)",
+          f"{np.median([per[c]['k80'] for c in names]):.0f} ({null['k80']})")
+    s.add("peak_layer_median", "peak layer of significant neurons (median over categories)",
+          int(np.median(sig_layers.argmax(1))))
+    return {**s.to_result(), "categories": names, "n_prompts": cfg.n, "n_neurons": n_tests,
             "bonferroni_p": thresh, "pooling": "mean over prompt tokens, BOS excluded",
             "significant_count": {c: int(sig[i].sum()) for i, c in enumerate(names)},
             "significant_by_layer": {c: sig_layers[i].tolist() for i, c in enumerate(names)},
@@ -149,12 +154,7 @@ def _save_npz(ctx, t, names) -> None:
 
 
 def _figure(ctx, names, cos, sig_layers, per, null) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig, ax = subplots(1, 3, figsize=(17, 4.8))
     im = ax[0].imshow(cos, cmap="RdBu_r", vmin=-1, vmax=1)
     ax[0].set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax[0].set_yticks(range(len(names)), names, fontsize=8)

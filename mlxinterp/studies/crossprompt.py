@@ -47,13 +47,16 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import patching as P
 from mlxinterp.core import taps as T
 from mlxinterp.tasks import twohop as TH
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.analysis.stats import bootstrap_ci
-from mlxinterp.studies.twohop import ci_text, cross_model_figure, model_label, pyplot, statuses
+from mlxinterp.analysis.plotting import ci_points, cross_model_figure, model_label, subplots
+from mlxinterp.tasks.twohop import ci_text, statuses
 from mlxinterp.suite import experiment
+from mlxinterp.core import names as H
 
 SOURCES = ("bridge_token", "hop1_last")
 ROLES = ("bos", "prefix", "entity", "entity_last", "suffix", "last")
@@ -73,7 +76,7 @@ class CrosspromptConfig:
     reuse_prefix: bool = True  # positions before a patch come from the unpatched KV cache (run_variants)
 
 
-@experiment("crossprompt", CrosspromptConfig)
+@experiment("crossprompt", CrosspromptConfig, reuses=["twohop"])
 def crossprompt(hm, cfg: CrosspromptConfig, ctx) -> dict:
     """Cross-prompt patching of the bridge into the two-hop prompt: layer x position sweep, control, speed."""
     if cfg.source not in SOURCES:
@@ -93,7 +96,7 @@ def crossprompt(hm, cfg: CrosspromptConfig, ctx) -> dict:
     timing = ctx.map("timing", timed, lambda job: time_loop(hm, job, cfg))
     used = [d for d in done if d["used"]]
     an = analyse(used, hm.info.n_layers)
-    result = {"summary": _summary(an, done, timing[0] if timing else None, cfg), "status_source": source,
+    result = {**_summary(an, done, timing[0] if timing else None, cfg), "status_source": source,
               "definitions": DEFINITIONS, "source": cfg.source, "hook": HOOK, "roles": list(ROLES),
               "analysis": an, "timing": timing[0] if timing else None,
               "excluded": [{"id": d["id"], "reason": d["reason"]} for d in done if not d["used"]], "queries": done}
@@ -125,7 +128,7 @@ DEFINITIONS = {
 def source_vectors(hm, item: dict, kind: str) -> np.ndarray:
     """[n_layers, d_model] resid_pre of the bridge's representation in a one-hop prompt."""
     prompt, pos = (item["hop2_prompt"], TH.bridge_position(hm, item)) if kind == "bridge_token" else (item["hop1_prompt"], -1)
-    names = [f"blocks.{l}.{HOOK}" for l in range(hm.info.n_layers)]
+    names = [H.name(l, HOOK) for l in range(hm.info.n_layers)]
     _, cache = hm.run_with_cache(prompt, names=names)
     return np.array(cache.stack(HOOK)[:, 0, pos].astype(mx.float32))
 
@@ -157,7 +160,7 @@ def cells(n_layers: int, n_pos: int) -> list[tuple[int, int]]:
 
 
 def sweep_variants(src: np.ndarray, grid: list[tuple[int, int]]) -> list[list[P.Patch]]:
-    return [[P.Patch(f"blocks.{l}.{HOOK}", p, src[l])] for l, p in grid]
+    return [[P.Patch(H.name(l, HOOK), p, src[l])] for l, p in grid]
 
 
 def metric_for(hm, item: dict, foil: dict) -> P.Metric:
@@ -242,7 +245,7 @@ def loop_sweep(hm, ids: list[int], src: np.ndarray, grid: list[tuple[int, int]],
     x = mx.array([ids])
     out = []
     for l, p in grid:
-        with hm.hooks({f"blocks.{l}.{HOOK}": T.Replace(mx.array(src[l]), positions=p)}):
+        with hm.hooks({H.name(l, HOOK): T.Replace(mx.array(src[l]), positions=p)}):
             logits = hm(x)
         out.append(float(metric(logits[:, -1].astype(mx.float32))[0]))
     return np.array(out)
@@ -290,31 +293,34 @@ def analyse(used: list[dict], n_layers: int) -> dict:
 
 
 def _summary(an: dict, done: list[dict], timing: dict | None, cfg: CrosspromptConfig) -> dict:
-    out = {"source": cfg.source, "queries swept": an["n"], "excluded (clean - corrupt < min_gap)": sum(not d["used"] for d in done)}
+    s = Summary()
+    s.add("source", "source", cfg.source)
+    s.add("queries_swept", "queries swept", an["n"])
+    s.add("excluded", "excluded (clean - corrupt < min_gap)", sum(not d["used"] for d in done))
     for r in ("entity_last", "last", "prefix"):
         pk = ((an.get("normalised") or {}).get("peak_by_role") or {}).get(r)
         if pk:
-            out[f"peak normalised effect at {r} (layer {pk['layer']})"] = ci_text(pk)
+            s.add(f"{r}.peak_normalised_effect", f"peak normalised effect at {r} (layer {pk['layer']})", ci_text(pk))
         d = (an.get("own_minus_control_at_own_peak") or {}).get(r)
         if d:
-            out[f"bridge - foil-bridge at {r} (layer {d['layer']})"] = ci_text(d)
+            s.add(f"{r}.bridge_minus_foil", f"bridge - foil-bridge at {r} (layer {d['layer']})", ci_text(d))
     if timing:
-        out["loop patches/s (one full forward per patch)"] = timing["loop_patches_per_second"]
+        s.add("loop_patches_per_second", "loop patches/s (one full forward per patch)", timing["loop_patches_per_second"])
         for name in ("batched", "batched_reuse_prefix"):
             t = timing[name]
-            out[f"{name} patches/s (x loop)"] = f"{t['patches_per_second']} (x{t['speedup_vs_loop']})"
-            out[f"{name} vs loop max |difference|"] = f"{t['max_abs_difference']:.2e}"
-    return out
+            s.add(f"{name}.patches_per_second", f"{name} patches/s (x loop)",
+                  f"{t['patches_per_second']} (x{t['speedup_vs_loop']})")
+            s.add(f"{name}.max_abs_difference", f"{name} vs loop max |difference|", f"{t['max_abs_difference']:.2e}")
+    return s.to_result()
 
 
 # ----------------------------------------------------------------- figures
 
 
 def _figure(an: dict, L: int, cfg: CrosspromptConfig, ctx) -> None:
-    plt = pyplot()
     arms = [a for a in ("normalised", "control") if an.get(a)]
     if not arms:
-        fig, ax = plt.subplots(figsize=(5, 2))
+        fig, ax = subplots(figsize=(5, 2))
         ax.text(0.5, 0.5, "no query passed the min_gap filter", ha="center", va="center")
         ax.axis("off")
         ctx.save_figure("crossprompt_sweep", fig)
@@ -324,7 +330,7 @@ def _figure(an: dict, L: int, cfg: CrosspromptConfig, ctx) -> None:
         mats.append(mats[0] - mats[1])
     titles = ["bridge patched", "foil bridge patched (control)", "bridge - control"][: len(mats)]
     lim = max(0.1, max(float(np.nanmax(np.abs(m))) for m in mats if np.isfinite(m).any()))
-    fig, axes = plt.subplots(1, len(mats), figsize=(4.6 * len(mats), 5), squeeze=False)
+    fig, axes = subplots(1, len(mats), figsize=(4.6 * len(mats), 5), squeeze=False)
     for ax, m, t in zip(axes[0], mats, titles):
         im = ax.imshow(m, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
         ax.set_xticks(range(len(ROLES)), [r.replace("_", " ") for r in ROLES], rotation=35, ha="right")
@@ -334,15 +340,12 @@ def _figure(an: dict, L: int, cfg: CrosspromptConfig, ctx) -> None:
     ctx.save_figure("crossprompt_sweep", fig)
 
 
-def _cross_panels(plt, models):
-    fig, ax = plt.subplots(figsize=(max(6, 2.5 * len(models)), 4))
+def _cross_panels(models):
+    fig, ax = subplots(figsize=(max(6, 2.5 * len(models)), 4))
     x = np.arange(len(models))
     for j, (r, c) in enumerate((("entity_last", "tab:blue"), ("last", "tab:red"))):
         pk = [((res["analysis"].get("normalised") or {}).get("peak_by_role") or {}).get(r) or {} for _, res in models]
-        est = np.array([p.get("estimate", np.nan) if p.get("estimate") is not None else np.nan for p in pk], float)
-        lo = np.array([p.get("low", np.nan) if p.get("low") is not None else np.nan for p in pk], float)
-        hi = np.array([p.get("high", np.nan) if p.get("high") is not None else np.nan for p in pk], float)
-        ax.errorbar(x + (j - 0.5) * 0.2, est, yerr=[est - lo, hi - est], fmt="o", color=c, capsize=3, label=f"peak at {r}")
+        ci_points(ax, x + (j - 0.5) * 0.2, pk, fmt="o", color=c, capsize=3, label=f"peak at {r}")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(x, [model_label(i) for i, _ in models], fontsize=7)
     ax.set(ylabel="normalised effect (95 % CI)", title="cross-prompt patching across models")

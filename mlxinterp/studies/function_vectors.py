@@ -33,49 +33,21 @@ n_demos = 10, n_eval = 30 (`experiments/function_vectors.py --full`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import behaviour as B
 from mlxinterp.analysis import directions
 from mlxinterp.tasks import function_vectors as F
+from mlxinterp.tasks.function_vectors import FunctionVectorsConfig, task_split
 from mlxinterp.core import taps as T
-from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.patching import run_variants
 from mlxinterp.analysis.stats import bootstrap_ci, paired_binary_diff_ci, proportion_ci
+from mlxinterp.analysis.plotting import plot_ci, subplots
 from mlxinterp.suite import experiment
+from mlxinterp.core import names as H
 
 VECTORS = ("v1", "v2", "v3")
-
-
-@dataclass
-class FunctionVectorsConfig:
-    n: int = 12  # ICL prompts per task for the AIE
-    seed: int = 0
-    tasks: tuple = ("antonym", "country_capital", "english_french", "singular_plural")
-    n_demos: int = 5
-    n_pool: int = 40  # pairs per task for demonstrations and AIE queries
-    n_eval: int = 24  # held-out zero-shot queries per task (even: validation, odd: test)
-    top_k: int = 10  # heads in the FV (Todd et al.)
-    natural_templates: tuple = ('The word "{x}" means', "When I think of {x}, I think of")
-    natural_tokens: int = 8
-    batch_size: int = 32
-
-
-def task_split(name: str, cfg: FunctionVectorsConfig, ctx) -> dict:
-    """Pool / held-out pairs, AIE ICL sets and evaluation ICL sets for one task (all seeded by task name)."""
-    pairs = F.load_task(name)
-    if cfg.n_pool + cfg.n_eval > len(pairs) or cfg.n > cfg.n_pool or cfg.n_eval < 2:
-        raise PromptError(f"task {name}: n_pool={cfg.n_pool} + n_eval={cfg.n_eval} must fit its {len(pairs)} pairs, "
-                          f"n={cfg.n} <= n_pool, n_eval >= 2")
-    perm = ctx.rng_for("split", name).permutation(len(pairs))
-    pool = [pairs[i] for i in perm[: cfg.n_pool]]
-    held = [pairs[i] for i in perm[cfg.n_pool : cfg.n_pool + cfg.n_eval]]
-    rng = ctx.rng_for("aie", name)
-    queries = [pool[i] for i in rng.choice(len(pool), cfg.n, replace=False)]
-    return {"pool": pool, "held": held, "aie": F.icl_sets(pool, queries, cfg.n_demos, rng),
-            "eval_icl": F.icl_sets(pool, held, cfg.n_demos, ctx.rng_for("eval", name))}
 
 
 def aie_task(hm, split: dict, cfg: FunctionVectorsConfig) -> dict:
@@ -84,8 +56,8 @@ def aie_task(hm, split: dict, cfg: FunctionVectorsConfig) -> dict:
     targets = [F.answer_token(hm, s.query[1]) for s in sets]
     clean = F.last_activations(hm, [s.clean for s in sets])
     zero = directions.collect(hm, [F.zero_shot_prompt(s.query[0]) for s in sets],
-                              [f"blocks.{l}.hook_resid_post" for l in range(hm.info.n_layers)], "last")
-    zero_resid = np.stack([zero[f"blocks.{l}.hook_resid_post"] for l in range(hm.info.n_layers)], axis=1)
+                              [H.resid_post(l) for l in range(hm.info.n_layers)], "last")
+    zero_resid = np.stack([zero[H.resid_post(l)] for l in range(hm.info.n_layers)], axis=1)
     z_mean = clean["z"].mean(0)
     lp_clean = B.last_logprobs(hm, [s.clean for s in sets])
     lp_corrupt = B.last_logprobs(hm, [s.corrupt for s in sets])
@@ -108,8 +80,8 @@ def zero_shot_task(hm, split: dict, vectors: dict[str, np.ndarray], cfg: Functio
     logit), and the same with each vector at each layer."""
     held, n = split["held"], hm.info.n_layers
     prompts = [F.zero_shot_prompt(x) for x, _ in held]
-    acts = directions.collect(hm, prompts, [f"blocks.{l}.hook_resid_post" for l in range(n)], "last")
-    resid = np.stack([acts[f"blocks.{l}.hook_resid_post"] for l in range(n)], axis=1)
+    acts = directions.collect(hm, prompts, [H.resid_post(l) for l in range(n)], "last")
+    resid = np.stack([acts[H.resid_post(l)] for l in range(n)], axis=1)
     icl = B.last_logprobs(hm, [s.clean for s in split["eval_icl"]])
     out = []
     for i, ((x, y), prompt) in enumerate(zip(held, prompts)):
@@ -129,7 +101,7 @@ def zero_shot_task(hm, split: dict, vectors: dict[str, np.ndarray], cfg: Functio
 def natural_task(hm, split: dict, fv: np.ndarray, layer: int, cfg: FunctionVectorsConfig) -> list[dict]:
     """Test queries in unrelated templates, greedy continuations with and without v3 at `layer`."""
     test = split["held"][1::2]
-    taps = {f"blocks.{layer}.hook_resid_post": T.Add(fv.astype(np.float32), positions="last", when="prompt")}
+    taps = {H.resid_post(layer): T.Add(fv.astype(np.float32), positions="last", when="prompt")}
     out = []
     for tpl in cfg.natural_templates:
         prompts = [tpl.format(x=x) for x, _ in test]
@@ -198,7 +170,7 @@ def function_vectors(hm, cfg: FunctionVectorsConfig, ctx) -> dict:
     }
     result["depth"] = {"function vector (v3 layer)": B.depth_pct(layer, n),
                        "FV heads (mean depth of top-k)": float(np.mean([c["depth_pct"] for c in head_cells]))}
-    result["summary"] = _summary(result)
+    result.update(_summary(result))
     _figures(result, ctx)
     B.depth_figure(ctx, hm, "function_vectors", result)
     return result
@@ -267,29 +239,27 @@ def _natural_summary(nat: dict, cfg) -> dict:
 def _summary(r: dict) -> dict:
     h = r["headline"]
     top = r["aie"]["top_heads"][:3]
-    s = {"AIE: heads patched (all layers x heads)": r["heads_total"],
-         "AIE top heads (layer.head: AIE)": ", ".join(f"{c['layer']}.{c['head']}: {c['aie_mean']:+.4f}" for c in top),
-         "FV (v3) layer (depth %)": f"{h['v3']['layer']} ({r['chosen_layers']['v3']['depth_pct']:.0f} %)"}
+    s = Summary()
+    s.add("aie_heads_patched", "AIE: heads patched (all layers x heads)", r["heads_total"])
+    s.add("aie_top_heads", "AIE top heads (layer.head: AIE)",
+          ", ".join(f"{c['layer']}.{c['head']}: {c['aie_mean']:+.4f}" for c in top))
+    s.add("v3_layer", "FV (v3) layer (depth %)", f"{h['v3']['layer']} ({r['chosen_layers']['v3']['depth_pct']:.0f} %)")
     for v in VECTORS:
-        s[f"{v} zero-shot top-1 lift, pooled test [95% CI]"] = f"L{h[v]['layer']}: " + B.ci_text(h[v]["pooled_lift"])
+        s.add(f"{v}.pooled_lift", f"{v} zero-shot top-1 lift, pooled test [95% CI]",
+              f"L{h[v]['layer']}: " + B.ci_text(h[v]["pooled_lift"]))
     for t in r["tasks"]:
         bt = h["v3"]["by_task"][t]
-        s[f"{t}: ICL / zero-shot / +FV top-1"] = (f"{bt['icl']['estimate']:.2f} / {bt['zero_shot']['estimate']:.2f} / "
-                                                 f"{bt['with_vector']['estimate']:.2f}")
-    s["unrelated contexts: answer in continuation, base -> +FV"] = (
-        f"{r['natural']['pooled']['base']['k']}/{r['natural']['pooled']['base']['n']} -> "
-        f"{r['natural']['pooled']['fv']['k']}/{r['natural']['pooled']['fv']['n']}")
-    return s
+        s.add(f"{t}.icl_zero_shot_fv_top1", f"{t}: ICL / zero-shot / +FV top-1",
+              f"{bt['icl']['estimate']:.2f} / {bt['zero_shot']['estimate']:.2f} / {bt['with_vector']['estimate']:.2f}")
+    s.add("unrelated_contexts", "unrelated contexts: answer in continuation, base -> +FV",
+          f"{r['natural']['pooled']['base']['k']}/{r['natural']['pooled']['base']['n']} -> "
+          f"{r['natural']['pooled']['fv']['k']}/{r['natural']['pooled']['fv']['n']}")
+    return s.to_result()
 
 
 def _figures(r: dict, ctx) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = r["tasks"]
-    fig, ax = plt.subplots(1, len(tasks) + 1, figsize=(3 * (len(tasks) + 1), 4.5), sharey=True)
+    fig, ax = subplots(1, len(tasks) + 1, figsize=(3 * (len(tasks) + 1), 4.5), sharey=True)
     grids = [("mean over tasks", r["aie"]["mean"])] + [(t, r["aie"]["by_task"][t]) for t in tasks]
     lim = max(1e-6, max(float(np.max(np.abs(g))) for _, g in grids))
     for a, (title, g) in zip(ax, grids):
@@ -303,12 +273,12 @@ def _figures(r: dict, ctx) -> None:
     fig.suptitle(f"average indirect effect of every head ({r['counts']['aie_prompts_per_task']} prompts/task); * = FV heads")
     ctx.save_figure("fv_aie_heads", fig)
 
-    fig, ax = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), sharey=True)
+    fig, ax = subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), sharey=True)
     ax = np.atleast_1d(ax)
     colors = {"v1": "tab:grey", "v2": "tab:blue", "v3": "tab:red"}
     for a, t in zip(ax, tasks):
         for v in VECTORS:
-            B.plot_ci(a, list(range(r["n_layers"])), r["sweep"][v][t], colors[v], v)
+            plot_ci(a, list(range(r["n_layers"])), r["sweep"][v][t], colors[v], v)
         a.axhline(0, color="k", lw=0.6)
         a.set(title=t, xlabel="layer the vector is added at")
     ax[0].set_ylabel("zero-shot top-1 lift (95 % CI)")
@@ -316,7 +286,7 @@ def _figures(r: dict, ctx) -> None:
     fig.tight_layout()
     ctx.save_figure("fv_layer_sweep", fig)
 
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    fig, ax = subplots(1, 2, figsize=(12, 4))
     x = np.arange(len(tasks))
     h = r["headline"]
     series = [("ICL", [h["v3"]["by_task"][t]["icl"] for t in tasks], "tab:green"),

@@ -21,10 +21,13 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import directions, neurons
 from mlxinterp.core import taps as T
-from mlxinterp.analysis.stats import bootstrap_ci
+from mlxinterp.analysis.stats import bootstrap_ci, format_interval
+from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.core import names as H
 
 MODES = ("zero", "mean")
 
@@ -57,7 +60,7 @@ def layer_ablation(hm, cfg: LayerAblationConfig, ctx) -> dict:
 
     def one(item) -> dict:
         mode, l = item
-        taps = {f"blocks.{l}.{h}": T.Ablate(mode, mean=None if mode == "zero" else means[(l, h)])
+        taps = {H.name(l, h): T.Ablate(mode, mean=None if mode == "zero" else means[(l, h)])
                 for h in ("hook_attn_out", "hook_mlp_out")}
         lp, last = _score(hm, rows, plen, taps)
         kl = _kl(clean_last, last)
@@ -72,15 +75,18 @@ def layer_ablation(hm, cfg: LayerAblationConfig, ctx) -> dict:
     crit = {m: _critical(table[m]["kl"], names) for m in MODES}
     _figure(ctx, names, table, steer, nl)
     zk = np.array([c["estimate"] for c in kl_ci["zero"]])
-    summary = {
-        "most critical layer, zero ablation (KL, all prompts [95% CI])": f"L{int(zk.argmax())}: {_fmt(kl_ci['zero'][int(zk.argmax())])}",
-        "least critical layer, zero ablation": f"L{int(zk.argmin())}: {_fmt(kl_ci['zero'][int(zk.argmin())])}",
-        "most critical layer, mean ablation": "L{}: {}".format(*_best(kl_ci["mean"])),
-        "layers whose zero ablation keeps top-1 on >= 90% of prompts": [l for l in range(nl) if np.mean(res[("zero", l)]["top1_kept"]) >= 0.9],
-        "most steerable layer (median over categories)": int(np.median(np.array(steer["score"]).argmax(0))),
-        "prompts": f"{len(names)} categories x {cfg.n}",
-    }
-    return {"summary": summary, "modes": list(MODES), "categories": names,
+    s = Summary()
+    s.add("most_critical_zero", "most critical layer, zero ablation (KL, all prompts [95% CI])",
+          f"L{int(zk.argmax())}: {_fmt(kl_ci['zero'][int(zk.argmax())])}")
+    s.add("least_critical_zero", "least critical layer, zero ablation",
+          f"L{int(zk.argmin())}: {_fmt(kl_ci['zero'][int(zk.argmin())])}")
+    s.add("most_critical_mean", "most critical layer, mean ablation", "L{}: {}".format(*_best(kl_ci["mean"])))
+    s.add("top1_kept_layers", "layers whose zero ablation keeps top-1 on >= 90% of prompts",
+          [l for l in range(nl) if np.mean(res[("zero", l)]["top1_kept"]) >= 0.9])
+    s.add("most_steerable_layer", "most steerable layer (median over categories)",
+          int(np.median(np.array(steer["score"]).argmax(0))))
+    s.add("prompts", "prompts", f"{len(names)} categories x {cfg.n}")
+    return {**s.to_result(), "modes": list(MODES), "categories": names,
             "kl_by_category": {m: table[m]["kl"].round(5).tolist() for m in MODES},
             "delta_logprob_by_category": {m: table[m]["delta_logprob"].round(5).tolist() for m in MODES},
             "top1_kept_by_category": {m: table[m]["top1_kept"].round(3).tolist() for m in MODES},
@@ -91,7 +97,7 @@ def layer_ablation(hm, cfg: LayerAblationConfig, ctx) -> dict:
 
 
 def _fmt(c: dict) -> str:
-    return f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+    return format_interval(c, ".3f")
 
 
 def _best(cis: list[dict]) -> tuple[int, str]:
@@ -162,7 +168,7 @@ def _final_resid(hm, prompts: list[str], name: str, taps: dict) -> np.ndarray:
 
 def _steerability(hm, cats, names, base_dir, base_steer, cfg, ctx) -> dict:
     nl = hm.info.n_layers
-    last_name = f"blocks.{nl - 1}.hook_resid_post"
+    last_name = H.resid_post(nl - 1)
     b_acts = neurons.pooled(hm, base_dir, "hook_resid_post", rule="last")  # [N, nl, d]
     resid_norm = np.linalg.norm(b_acts, axis=-1).mean(0)  # [nl]
     c_mean = {c: neurons.pooled(hm, cats[c], "hook_resid_post", rule="last").mean(0) for c in names}
@@ -190,12 +196,7 @@ def _steerability(hm, cats, names, base_dir, base_steer, cfg, ctx) -> dict:
 
 
 def _figure(ctx, names, table, steer, nl) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 4, figsize=(22, 4.8))
+    fig, ax = subplots(1, 4, figsize=(22, 4.8))
     for k, m in enumerate(MODES):
         im = ax[k].imshow(np.log10(table[m]["kl"] + 1e-4), aspect="auto", cmap="viridis")
         ax[k].set_yticks(range(len(names)), names, fontsize=8)

@@ -22,13 +22,16 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.core import taps as T
 from mlxinterp.tasks.data import load_json
 from mlxinterp.core.hooks import ActivationCache
 from mlxinterp.analysis.lens import entropy, layer_logits, target_id
 from mlxinterp.analysis.patching import forward_last
 from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
+from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.core import names as H
 
 TEMPLATES = ("Question: What is the capital of {x}? Answer:", "The capital of {x} is", "{x}'s capital city is")
 
@@ -66,16 +69,18 @@ def layer_probe(hm, cfg: LayerProbeConfig, ctx) -> dict:
     traj = _trajectories(hm, [r["prompt"] for r in rows[: cfg.n_traj_prompts * len(TEMPLATES): len(TEMPLATES)]], cfg)
     _figure(ctx, out, rows, traj, temp, nl)
     al = out["modes"]["normed"]["answer_layer"]
-    summary = {
-        "final top-1 is the capital [95% CI]": f"{final_correct['estimate']:.2f} [{final_correct['low']:.2f}, {final_correct['high']:.2f}] (n={len(rows)})",
-        "answer layer, normed lens (median over prompts that reach it)": al["median"],
-        "answer layer, raw lens (median)": out["modes"]["raw"]["answer_layer"]["median"],
-        "paraphrase spread of answer layer (mean range within a fact)": cons["mean_range"],
-        "mid-layer attractor tokens (normed)": [a["token"] for a in out["modes"]["normed"]["attractors"]["top"][:5]],
-        "entropy, first / middle / last layer (normed)": [round(out["modes"]["normed"]["entropy_mean"][i], 2) for i in (0, nl // 2, nl - 1)],
-        "answer prob at T=0.1 / 1 / 2": [round(temp[str(t)]["answer_prob"]["estimate"], 3) for t in (0.1, 1.0, 2.0) if str(t) in temp],
-    }
-    return {"summary": summary, **out, "paraphrase_consistency": cons, "temperature": temp,
+    s = Summary()
+    s.add("final_top1_correct", "final top-1 is the capital [95% CI]", final_correct)
+    s.add("answer_layer_normed", "answer layer, normed lens (median over prompts that reach it)", al["median"])
+    s.add("answer_layer_raw", "answer layer, raw lens (median)", out["modes"]["raw"]["answer_layer"]["median"])
+    s.add("paraphrase_spread", "paraphrase spread of answer layer (mean range within a fact)", cons["mean_range"])
+    s.add("attractor_tokens", "mid-layer attractor tokens (normed)",
+          [a["token"] for a in out["modes"]["normed"]["attractors"]["top"][:5]])
+    s.add("entropy_first_mid_last", "entropy, first / middle / last layer (normed)",
+          [round(out["modes"]["normed"]["entropy_mean"][i], 2) for i in (0, nl // 2, nl - 1)])
+    s.add("answer_prob_by_temperature", "answer prob at T=0.1 / 1 / 2",
+          [round(temp[str(t)]["answer_prob"]["estimate"], 3) for t in (0.1, 1.0, 2.0) if str(t) in temp])
+    return {**s.to_result(), **out, "paraphrase_consistency": cons, "temperature": temp,
             "final_top1_correct": final_correct, "templates": list(TEMPLATES), "trajectories": traj,
             "dumps": [{"prompt": r["prompt"], "answer": r["answer"], "top_normed": r["normed"]["top"],
                        "top_raw": r["raw"]["top"]} for r in rows[:3]], "n_facts": len(pairs)}
@@ -85,7 +90,7 @@ def _probe(hm, it: dict, cfg) -> dict:
     prompt = TEMPLATES[it["template"]].format(x=it["country"])
     ans = target_id(hm, " " + it["capital"])
     cache = ActivationCache(hm)
-    names = [f"blocks.{l}.hook_resid_post" for l in range(hm.info.n_layers)]
+    names = [H.resid_post(l) for l in range(hm.info.n_layers)]
     forward_last(hm, hm.tokens(prompt), [(n, T.Capture(store=cache)) for n in names])  # unembeds one column
     out = {"prompt": prompt, "answer": it["capital"], "country": it["country"], "template": it["template"]}
     decode = hm.tokenizer.decode
@@ -169,7 +174,7 @@ def _temperature(rows, cfg) -> dict:
 def _trajectories(hm, prompts: list[str], cfg) -> dict:
     """mlp.hook_post of a few neurons at one layer, token by token through greedy generation."""
     layer = int(round(cfg.traj_layer_frac * (hm.info.n_layers - 1)))
-    name = f"blocks.{layer}.mlp.hook_post"
+    name = H.mlp_post(layer)
     runs = []
     for p in prompts:
         store = ActivationCache(hm)
@@ -185,12 +190,7 @@ def _trajectories(hm, prompts: list[str], cfg) -> dict:
 
 
 def _figure(ctx, out, rows, traj, temp, nl) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 4, figsize=(22, 4.6))
+    fig, ax = subplots(1, 4, figsize=(22, 4.6))
     for mode in ("normed", "raw"):
         ax[0].plot(out["modes"][mode]["entropy_mean"], "o-", label=mode)
         ax[1].semilogy(np.array(out["modes"][mode]["answer_rank_median"]) + 1, "o-", label=mode)

@@ -15,16 +15,17 @@ back-patching rules were added with those measurements, see the discussion).
 
 Steering protocol (the refusal study's, so the float model has the effect the
 refusal study found to preserve): refusal direction = difference of means of
-resid_post over the post-instruction positions (studies.refusal.layer_directions)
+resid_post over the post-instruction positions (tasks.refusal.layer_directions)
 on the refusal study's train pairs; added, as a unit vector times 8 % of the
 mean residual norm, at every position of the refusal study's chosen layer
-(studies.refusal.reuse_or_select, read from the float model's refusal result
+(tasks.refusal.reuse_or_select, read from the float model's refusal result
 when present) to its held-out harmless test prompts; score =
 scoring.refusal_score; effect = paired steered - unsteered (behaviour.paired_effect).
 
 MLX's CPU quantized matmul is ~7x slower than float32 with OpenBLAS, so on a CPU
-the variants compute with their quantized weights expanded to float32 once
-(`compute`; the default model's numbers match native kernels to 1.1e-5).
+the variants compute with their quantized weights expanded to float32 once, as
+loading does for every '@Nbit' variant (`compute`; the default model's numbers
+match native kernels to 1.1e-5).
 Defaults are small; for full size raise --n, with e.g. --set n_backpatch=27
 --set backpatch_layer_step=1 for the full back-patching grid.
 """
@@ -38,16 +39,26 @@ import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
+from mlxinterp.suite.summary import Summary
+from mlxinterp.analysis import directions, scoring
+from mlxinterp.analysis import patching as P
+from mlxinterp.analysis.lens import layer_logits
+from mlxinterp.analysis.plotting import bars, subplots
+from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergence, proportion_ci
+from mlxinterp.core.errors import MlxInterpError, PromptError
+from mlxinterp.core.hooks import HookedModel, load
+from mlxinterp.core.loading import load_model, parse_spec
+from mlxinterp.core.quantize import dequantize
+from mlxinterp.suite import experiment, free_memory
+from mlxinterp.suite.quantcheck import effect_verdict
 from mlxinterp.tasks import behaviour as B
 from mlxinterp.tasks import data
-from mlxinterp.analysis import directions, scoring
 from mlxinterp.tasks import function_vectors as F
-from mlxinterp.analysis import patching as P
 from mlxinterp.tasks import twohop as TH
-from mlxinterp.core.errors import MlxInterpError, PromptError
-from mlxinterp.analysis.lens import layer_logits
-from mlxinterp.analysis.stats import bootstrap_ci, kl_divergence, proportion_ci
-from mlxinterp.suite import experiment
+from mlxinterp.tasks.function_vectors import FunctionVectorsConfig, task_split
+from mlxinterp.tasks.refusal import (RefusalConfig, add_taps, layer_directions, post_instruction_k, reuse_or_select,
+                                     split)
+from mlxinterp.tasks.twohop import choose_backpatch_queries, statuses
 
 ARCHAIC = set("ſꝛþƿȝꝑꝓꝗꞇ")  # long s, r rotunda, thorn, wynn, yogh, scribal abbreviations
 # (clean, corrupt, target, foil); the first pair whose prompts tokenize to equal lengths is used
@@ -123,30 +134,27 @@ def compute_mode(mode: str) -> str:
 
 
 def load_variant(spec: str, compute: str):
-    """A quantized variant with hooks; 'dequantized' expands its quantized weights to float once.
+    """A quantized variant with hooks; 'dequantized' computes with its quantized weights expanded to float.
 
     Why this is the same model: dequantize(quantize(W)) is exactly the weight the
     quantized kernel multiplies by; only the kernel (and so float rounding order)
-    differs. tests/test_quantization.py checks the logits agree.
+    differs. On a CPU loading does this itself for every '@Nbit' variant
+    (core/specs.plan_dtype); an explicit dtype keeps MLX's quantized kernels.
+    tests/test_quantization.py checks the logits agree.
     """
-    from mlx_lm.utils import dequantize_model
-
-    from mlxinterp.core.hooks import HookedModel
-    from mlxinterp.core.loading import load_model
-
-    lm = load_model(spec)
-    if compute == "dequantized":
-        lm = dataclasses.replace(lm, model=dequantize_model(lm.model))
+    # automatic dtype: on a CPU loading quantizes float32 weights and dequantizes; "float32" casts first too
+    # but keeps MLX's quantized kernels; on Metal both keep the kernels
+    cpu = mx.default_device() == mx.cpu
+    lm = load_model(spec, dtype="float32" if compute == "native" and cpu else None)
+    if compute == "dequantized" and (lm.info.quantization or {}).get("compute") != "dequantized":
+        lm = dataclasses.replace(lm, model=dequantize(lm.model))  # Metal: loading kept the quantized kernels
         mx.eval(lm.model.parameters())
     return HookedModel(lm)
 
 
-@experiment("quantization", QuantizationConfig)
+@experiment("quantization", QuantizationConfig, reuses=["refusal", "twohop"])
 def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
     """Same findings on float, 8-bit and 4-bit variants of one model: agreement and verdicts."""
-    from mlxinterp.core.hooks import load
-    from mlxinterp.studies.refusal import RefusalConfig, reuse_or_select
-
     ref = hm if not hm.info.quantization else load(_base(hm.info.spec) + "@f32")
     inputs = _inputs(cfg, ctx)
     inputs["steer_layer"], inputs["steer_layer_source"] = reuse_or_select(ref, ctx, RefusalConfig(seed=cfg.seed))
@@ -154,8 +162,6 @@ def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
     reference = _measure(ref, cfg, inputs)
 
     def one(variant: str) -> dict:
-        from mlxinterp.suite import free_memory
-
         q = load_variant(f"{_base(ref.info.spec)}@{variant}", compute)
         result = _compare(reference, _measure(q, cfg, inputs), cfg) | {"variant": variant, "slug": q.info.slug}
         del q
@@ -166,34 +172,38 @@ def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
     per_variant = ctx.map("variants", list(cfg.variants), one)
     verdicts = {r["variant"]: r["verdict"] for r in per_variant}
     _figures(reference, per_variant, ctx)
-    summary = {f"{v}: {k}": verdict for v, ver in verdicts.items() for k, verdict in ver.items()}
+    s = Summary()
+    for v, ver in verdicts.items():
+        for k, verdict in ver.items():
+            s.add(f"{_key(v)}.verdict.{k}", f"{v}: {k}", verdict)
     for r in per_variant:
-        v = r["variant"]
-        summary[f"{v}: next-token top-1 agreement"] = _fmt(r["next_token"]["top1_agreement"])
-        summary[f"{v}: next-token KL (nats)"] = _fmt(r["next_token"]["kl"])
-        summary[f"{v}: steering effect, float / quantized"] = (f"{_fmt(r['steering']['float'])} / "
-                                                              f"{_fmt(r['steering']['quantized'])}")
-        summary[f"{v}: two-hop accuracy change"] = _fmt(r["twohop"]["accuracy_change"])
-        summary[f"{v}: back-patching fix-rate change"] = _fmt(r["backpatch"]["fix_rate_change"])
+        v, key = r["variant"], _key(r["variant"])
+        s.add(f"{key}.top1_agreement", f"{v}: next-token top-1 agreement", _fmt(r["next_token"]["top1_agreement"]))
+        s.add(f"{key}.kl", f"{v}: next-token KL (nats)", _fmt(r["next_token"]["kl"]))
+        s.add(f"{key}.steering", f"{v}: steering effect, float / quantized",
+              f"{_fmt(r['steering']['float'])} / {_fmt(r['steering']['quantized'])}")
+        s.add(f"{key}.twohop_accuracy_change", f"{v}: two-hop accuracy change", _fmt(r["twohop"]["accuracy_change"]))
+        s.add(f"{key}.backpatch_fix_rate_change", f"{v}: back-patching fix-rate change",
+              _fmt(r["backpatch"]["fix_rate_change"]))
     shown = ("layer", "steer_layer", "steer_layer_source", "steering_delta", "steering_items", "patch_map",
              "patch_pair", "twohop_correct", "odd_rate_by_layer", "backpatch")
-    summary["variant compute"] = compute
-    return {"summary": summary, "verdict_rules": VERDICT_RULES, "verdicts": verdicts, "compute": compute,
+    s.add("variant_compute", "variant compute", compute)
+    return {**s.to_result(), "verdict_rules": VERDICT_RULES, "verdicts": verdicts, "compute": compute,
             "reference": {"slug": ref.info.slug, **{k: reference[k] for k in shown}},
             "backpatch_eligible": inputs["backpatch"]["eligible"], "variants": per_variant}
 
 
-def _base(spec: str) -> str:
-    from mlxinterp.core.loading import parse_spec
+def _key(variant: str) -> str:
+    """A variant name ('4bit', '8bit-g32') as a summary key part: 'q4bit', 'q8bit_g32'."""
+    return "q" + variant.replace("-", "_")
 
+
+def _base(spec: str) -> str:
     return parse_spec(spec)[0]
 
 
 def _inputs(cfg, ctx) -> dict:
     """Prompts shared by every variant (drawn once, from the float side)."""
-    from mlxinterp.studies.function_vectors import FunctionVectorsConfig, task_split
-    from mlxinterp.studies.refusal import RefusalConfig, split
-
     items = data.load_json("twohop/queries.json")["items"]
     rng = np.random.default_rng(cfg.seed)
     pick = [items[i] for i in sorted(rng.choice(len(items), size=max(cfg.n, cfg.n_twohop), replace=False))]
@@ -222,14 +232,11 @@ def _inputs(cfg, ctx) -> dict:
 def _backpatch_queries(ref, cfg, ctx) -> dict:
     """Wrong two-hop queries whose two single hops the float model answers, in a seeded order; the first n.
 
-    Statuses come from the float model's twohop result when it matches (studies.twohop.statuses),
-    the order from the back-patching study's rule (studies.backpatch.choose).
+    Statuses come from the float model's twohop result when it matches (tasks.twohop.statuses),
+    the order from the back-patching study's rule (tasks.twohop.choose_backpatch_queries).
     """
-    from mlxinterp.studies.backpatch import choose
-    from mlxinterp.studies.twohop import statuses
-
     recs, source = statuses(ref, ctx)
-    ordered = [r for r in choose(recs, len(recs), ctx.rng_for("backpatch_order")) if r["hop1"] and r["hop2"]]
+    ordered = [r for r in choose_backpatch_queries(recs, len(recs), ctx.rng_for("backpatch_order")) if r["hop1"] and r["hop2"]]
     pool = {q["id"]: q for q in TH.load_queries()}
     return {"queries": [pool[r["id"]] for r in ordered[: cfg.n_backpatch]], "eligible": len(ordered),
             "status_source": source}
@@ -265,8 +272,6 @@ def backpatch_outcomes(hm, queries: list[dict], pairs: list[tuple[int, int]], ba
 
 def _measure(hm, cfg, inp) -> dict:
     """Everything the comparison needs, from one model."""
-    from mlxinterp.studies.refusal import add_taps, layer_directions, post_instruction_k
-
     n = hm.info.n_layers
     layer = int(round(0.6 * (n - 1)))
     last, lens = [], []
@@ -403,10 +408,8 @@ def _ci_verdict(ci: dict, threshold: float) -> str:
 
 
 def _steering_verdict(a: dict, b: dict) -> str:
-    if a["estimate"] is None or b["estimate"] is None or a["low"] <= 0 <= a["high"]:
-        return "inconclusive"
-    same = np.sign(a["estimate"]) == np.sign(b["estimate"]) and a["low"] <= b["high"] and b["low"] <= a["high"]
-    return _verdict(bool(same))
+    """Same sign and overlapping 95% CIs; inconclusive when the float CI contains 0 (suite.quantcheck's rule)."""
+    return effect_verdict(a, b)
 
 
 def _topk_spearman(ref_logits: np.ndarray, q_logits: np.ndarray, k: int) -> float:
@@ -415,22 +418,19 @@ def _topk_spearman(ref_logits: np.ndarray, q_logits: np.ndarray, k: int) -> floa
 
 
 def _fmt(c: dict) -> str:
-    return f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]" if c.get("estimate") is not None else "n/a"
+    return format_interval(c, ".3f")
 
 
 # ----------------------------------------------------------------- figures (one per quantity, plus the verdicts)
 
 
 def _figures(ref: dict, rows: list[dict], ctx) -> None:
-    from mlxinterp.studies.twohop import bars, pyplot
-
     if not rows:
         return
-    plt = pyplot()
     names = [r["variant"] for r in rows]
     x = np.arange(len(rows))
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     bars(axes[0], x, [r["next_token"]["top1_agreement"] for r in rows], 0.6, "tab:blue", "top-1 agreement")
     axes[0].set(ylim=(0, 1.05), ylabel="next-token top-1 agreement with float (Wilson CI)", title="next token")
     axes[0].set_xticks(x, names)
@@ -440,7 +440,7 @@ def _figures(ref: dict, rows: list[dict], ctx) -> None:
     axes[1].set_xticks(x, names)
     _save(ctx, "quantization_next_token", fig)
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig, axes = subplots(1, 3, figsize=(15, 3.8))
     for r in rows:
         lens = r["logit_lens"]
         axes[0].plot(lens["top1_agreement_by_layer"], "o-", label=r["variant"])
@@ -452,7 +452,7 @@ def _figures(ref: dict, rows: list[dict], ctx) -> None:
     axes[2].set(xlabel="layer", ylabel="odd-token rate in lens top-5", title="odd tokens (rare script, archaic, fragments)")
     _save(ctx, "quantization_logit_lens", fig, legend=axes)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = subplots(figsize=(8, 4))
     for r in rows:
         d = r["directions"]
         line = ax.plot(d["refusal_cosine_by_layer"], "o-", label=f"{r['variant']} refusal")[0]
@@ -464,7 +464,7 @@ def _figures(ref: dict, rows: list[dict], ctx) -> None:
     ax.set(xlabel="layer", ylabel="cosine with the float direction", title="directions (grey: 60 % depth)")
     _save(ctx, "quantization_directions", fig, legend=[ax])
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     effects = [ref["steering_delta"]] + [r["steering"]["quantized"] for r in rows]
     est = np.array([e["estimate"] for e in effects], float)
     ax.errorbar(np.arange(len(effects)), est, yerr=[est - [e["low"] for e in effects], [e["high"] for e in effects] - est],
@@ -478,13 +478,13 @@ def _figures(ref: dict, rows: list[dict], ctx) -> None:
     maps = [("float", ref["patch_map"])] + [(r["variant"], r["patching"].get("map")) for r in rows]
     maps = [(n, m) for n, m in maps if m is not None]
     if maps:
-        fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 3.6), squeeze=False)
+        fig, axes = subplots(1, len(maps), figsize=(4 * len(maps), 3.6), squeeze=False)
         for ax, (n, m) in zip(axes[0], maps):
             ax.imshow(np.array(m, float), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
             ax.set(xlabel="position", ylabel="layer index (sampled)", title=f"patching map: {n}")
         _save(ctx, "quantization_patching", fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     acc = [rows[0]["twohop"]["accuracy_float"]] + [r["twohop"]["accuracy_quantized"] for r in rows]
     bars(axes[0], np.arange(len(acc)), acc, 0.6, "tab:green", "two-hop accuracy")
     axes[0].set_xticks(range(len(rows) + 1), ["float"] + names)
@@ -498,7 +498,7 @@ def _figures(ref: dict, rows: list[dict], ctx) -> None:
     keys = list(VERDICT_RULES)
     level = {"changes": 0.0, "inconclusive": 0.5, "survives": 1.0}
     grid = np.array([[level[r["verdict"][k]] for k in keys] for r in rows])
-    fig, ax = plt.subplots(figsize=(8, 1 + 0.8 * len(rows)))
+    fig, ax = subplots(figsize=(8, 1 + 0.8 * len(rows)))
     ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for i, r in enumerate(rows):
         for j, k in enumerate(keys):

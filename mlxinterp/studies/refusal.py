@@ -48,18 +48,18 @@ for the measured time. Full-size run: `--n 64` with n_val=16, n_test=32 (all 112
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import behaviour as B
-from mlxinterp.tasks import data
 from mlxinterp.analysis import directions, scoring
-from mlxinterp.core.errors import PromptError
-from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
+from mlxinterp.analysis.stats import proportion_ci
+from mlxinterp.analysis.plotting import plot_ci, subplots
 from mlxinterp.suite import experiment
+from mlxinterp.core import names as H
+from mlxinterp.tasks.refusal import (HOOK, RefusalConfig, add_taps, formatted, layer_directions, post_instruction_k,
+                                     random_like, select_layer, split)
 
-HOOK = "hook_resid_post"
 PROTOCOL_NOTE = (
     "Changed after the first default-model run (n=40/8/24, seed 0): directional ablation moved the harmless "
     "validation next-token distribution by KL 6.4-23.3 nats at every candidate layer (residual activations project "
@@ -67,134 +67,6 @@ PROTOCOL_NOTE = (
     "filter, and the original fallback (max add - ablate over all layers) picked layer 13 for the size of that "
     "damage (ablate -4.80). The fallback now ranks layers by the addition effect alone, and the label-shuffled "
     "placebo direction and the ablation KL on test prompts were added as controls.")
-
-
-@dataclass
-class RefusalConfig:
-    n: int = 40  # train pairs (difference of means)
-    seed: int = 0
-    n_val: int = 8  # pairs for layer selection
-    n_test: int = 24  # held-out pairs for every reported effect
-    max_depth_pct: float = 80.0  # candidate layers: depth below this (Arditi et al.)
-    kl_max: float = 0.1  # nats; ablation must leave harmless next-token distributions this close
-    pcts: tuple = (2.0, 4.0, 8.0, 16.0)  # addition strengths, % of the mean residual norm at the layer
-    n_gen: int = 12  # test pairs whose generations are judged
-    gen_tokens: int = 24
-    batch_size: int = 16
-
-
-# ----------------------------------------------------------------- shared with crosslingual
-
-
-def split(cfg: RefusalConfig, lang: str = "en") -> dict[str, dict[str, list[str]]]:
-    """{"train" | "val" | "test": {"harmful": [...], "harmless": [...]}} by index (pairs stay aligned)."""
-    harmful = data.prompts(f"refusal/harmful_{lang}.json")
-    harmless = data.prompts(f"refusal/harmless_{lang}.json")
-    need = cfg.n + cfg.n_val + cfg.n_test
-    if min(cfg.n, cfg.n_val, cfg.n_test) < 2 or need > len(harmful):
-        raise PromptError(f"refusal split n={cfg.n}, n_val={cfg.n_val}, n_test={cfg.n_test} needs {need} pairs "
-                          f"(each >= 2); data/refusal has {len(harmful)} {lang} pairs")
-    cuts = {"train": (0, cfg.n), "val": (cfg.n, cfg.n + cfg.n_val), "test": (cfg.n + cfg.n_val, need)}
-    return {k: {"harmful": harmful[a:b], "harmless": harmless[a:b]} for k, (a, b) in cuts.items()}
-
-
-def formatted(hm, prompts: list[str]) -> tuple[list[str], bool]:
-    """Prompts in the model's instruction format, and whether that is its chat template."""
-    return [scoring.instruction(hm, p)[0] for p in prompts], hm.info.has_chat_template
-
-
-def post_instruction_k(hm, prompts: list[str]) -> int:
-    """How many trailing tokens the instruction format adds (see behaviour.post_instruction_count)."""
-    from mlxinterp.core.tokenization import encode
-
-    texts, chat = formatted(hm, prompts)
-    return B.post_instruction_count([encode(hm.tokenizer, hm.info, t, chat=chat) for t in texts])
-
-
-def layer_directions(hm, harmful: list[str], harmless: list[str], k: int, seed: int,
-                     layers: list[int] | None = None) -> dict[int, directions.Direction]:
-    """Difference of means at every layer's resid_post, averaged over the last k (post-instruction) positions."""
-    (ph, chat), (pl, _) = formatted(hm, harmful), formatted(hm, harmless)
-    return directions.extract(hm, ph, pl, layers=layers, hook=HOOK, position=f"last:{k}", chat=chat, seed=seed)
-
-
-def add_taps(vector: np.ndarray, layer: int, scale: float = 1.0) -> dict:
-    """Add `scale * vector` at every position of `blocks.{layer}.hook_resid_post`."""
-    return directions.steering_taps(vector, scale, [layer], hook=HOOK)
-
-
-def candidates(hm, max_depth_pct: float) -> list[int]:
-    n = hm.info.n_layers
-    return [l for l in range(n) if B.depth_pct(l, n) < max_depth_pct] or [0]
-
-
-def select_layer(hm, ctx, dirs: dict[int, directions.Direction], val: dict, cfg: RefusalConfig,
-                 key: str = "select") -> dict:
-    """Causal layer selection on validation pairs (protocol step 5); checkpointed per layer."""
-    chat = hm.info.has_chat_template
-    base = ctx.map(f"{key}_baseline", ["val"], lambda _: {
-        "harmful": scoring.refusal_score(hm, val["harmful"]).tolist(),
-        "harmless": scoring.refusal_score(hm, val["harmless"]).tolist()})[0]
-    harmless_texts, _ = formatted(hm, val["harmless"])
-    base_logp = B.last_logprobs(hm, harmless_texts, chat=chat)
-
-    def one(layer: int) -> dict:
-        d = dirs[layer]
-        add = scoring.refusal_score(hm, val["harmless"], add_taps(d.vector, layer))
-        abl_taps = B.ablation_taps(hm, d.vector)
-        abl = scoring.refusal_score(hm, val["harmful"], abl_taps)
-        kl = B.preservation(base_logp, B.last_logprobs(hm, harmless_texts, abl_taps, chat=chat))["kl"]
-        return {"layer": layer, "add": (add - np.array(base["harmless"])).tolist(),
-                "ablate": (abl - np.array(base["harmful"])).tolist(), "ablation_kl_harmless": kl["estimate"]}
-
-    rows = ctx.map(key, candidates(hm, cfg.max_depth_pct), one)
-    for r in rows:
-        r["add_effect"] = bootstrap_ci(r["add"], seed=cfg.seed)
-        r["ablate_effect"] = bootstrap_ci(r["ablate"], seed=cfg.seed)
-        r["criterion"] = float(np.mean(r["add"]) - np.mean(r["ablate"]))
-    layer, rule, ok = choose_layer(rows, cfg.kl_max)
-    return {"layer": layer, "kl_filter_passed_by": ok, "criterion_used": rule, "rows": rows, "baseline": base}
-
-
-def choose_layer(rows: list[dict], kl_max: float) -> tuple[int, str, list[int]]:
-    """(layer, rule used, layers passing the KL filter) from per-layer validation rows (protocol step 5).
-
-    Rows carry "layer", "add" and "ablate" (per-item score changes) and
-    "ablation_kl_harmless". When no layer passes the filter, ablation wrecks the
-    model everywhere and its "effect" measures damage, so layers are ranked by
-    the addition effect alone (BUGFIX.md: the first run ranked them by damage).
-    """
-    ok = [r for r in rows if r["ablation_kl_harmless"] is not None and r["ablation_kl_harmless"] < kl_max]
-    if ok:
-        best = max(ok, key=lambda r: float(np.mean(r["add"]) - np.mean(r["ablate"])))
-        return best["layer"], "add_effect - ablate_effect among layers passing the KL filter", [r["layer"] for r in ok]
-    best = max(rows, key=lambda r: float(np.mean(r["add"])))
-    return best["layer"], "add_effect alone (no layer passed the ablation KL filter)", []
-
-
-def reuse_or_select(hm, ctx, cfg: RefusalConfig) -> tuple[int, str]:
-    """The refusal experiment's chosen layer for this model when its result exists (same weights, seed, split);
-    else the same selection run here. Returns (layer, where it came from)."""
-    from pathlib import Path
-
-    from mlxinterp.core import io
-
-    path = Path(ctx.out_dir).parent / "refusal" / "result.json"
-    if path.exists():
-        try:
-            rec = io.read_json(path)
-            same = (rec.get("model", {}).get("weights_hash") == hm.info.weights_hash and rec.get("seed") == ctx.seed
-                    and all(rec["config"].get(k) == getattr(cfg, k) for k in ("n", "n_val", "max_depth_pct", "kl_max")))
-            if same:
-                return int(rec["result"]["layer"]), "reused from refusal/result.json"
-        except Exception as exc:  # noqa: BLE001 - an unreadable result only means we select again
-            ctx.log(f"not reusing {path}: {exc}")
-    sp = split(cfg)
-    k = post_instruction_k(hm, sp["train"]["harmful"] + sp["train"]["harmless"])
-    dirs = layer_directions(hm, sp["train"]["harmful"], sp["train"]["harmless"], k, cfg.seed,
-                            candidates(hm, cfg.max_depth_pct))
-    return select_layer(hm, ctx, dirs, sp["val"], cfg, key="refusal_select")["layer"], \
-        "selected here by the refusal protocol (no matching refusal result)"
 
 
 # ----------------------------------------------------------------- experiment
@@ -256,21 +128,16 @@ def refusal(hm, cfg: RefusalConfig, ctx) -> dict:
             "compliance trade-off; the substring judge mostly reads 0."),
     }
     result["depth"] = {"refusal": result["depth_pct"]}
-    result["summary"] = _summary(result)
+    result.update(_summary(result))
     _figure(result, cfg, ctx)
     B.depth_figure(ctx, hm, "refusal", result)
     return result
 
 
-def random_like(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    r = rng.normal(size=v.shape)
-    return (r / np.linalg.norm(r) * np.linalg.norm(v)).astype(np.float32)
-
-
 def placebo_direction(hm, train: dict, layer: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """Difference of means at `layer` after shuffling the harmful/harmless labels of the train prompts (a control)."""
     (ph, chat), (pl, _) = formatted(hm, train["harmful"]), formatted(hm, train["harmless"])
-    name = f"blocks.{layer}.{HOOK}"
+    name = H.name(layer, HOOK)
     acts = directions.collect(hm, ph + pl, [name], f"last:{k}", chat)[hm.point(name).name].astype(np.float64)
     perm = rng.permutation(len(acts))
     half = len(acts) // 2
@@ -322,7 +189,7 @@ def _effects(scores: dict, cfg: RefusalConfig) -> dict:
 
 def _projections(hm, dirs: dict, test: dict, k: int) -> dict:
     """Per layer: test activations projected on the unit direction; share of pairs harmful > harmless (Wilson CI)."""
-    names = [f"blocks.{l}.{HOOK}" for l in sorted(dirs)]
+    names = [H.name(l, HOOK) for l in sorted(dirs)]
     (ph, chat), (pl, _) = formatted(hm, test["harmful"]), formatted(hm, test["harmless"])
     ah = directions.collect(hm, ph, names, f"last:{k}", chat)
     al = directions.collect(hm, pl, names, f"last:{k}", chat)
@@ -369,40 +236,39 @@ def _summary(r: dict) -> dict:
     best = r["by_layer"]["test_pairs_ordered"][r["layer"]]
     top = max(range(r["n_layers"]), key=lambda l: r["by_layer"]["test_pairs_ordered"][l]["estimate"])
     g = r["generations"]
-    return {
-        "best layer (depth %)": f"{r['layer']} ({r['depth_pct']:.0f} %)",
-        "direction norm / relative to residual": f"{r['norm']:.1f} / {r['relative_norm']:.4f}",
-        "score harmful - harmless, no steering [95% CI]": B.ci_text(e["baseline_harmful_minus_harmless"]),
-        "add on harmless: score change [95% CI]": B.ci_text(e["add_on_harmless"]),
-        "ablate on harmful: score change [95% CI]": B.ci_text(e["ablate_on_harmful"]),
-        "random dir. add (control) [95% CI]": B.ci_text(e["random_add_on_harmless"]),
-        "add minus random add [95% CI]": B.ci_text(e["add_minus_random_add"]),
-        "add minus placebo add [95% CI]": B.ci_text(e["add_minus_placebo_add"]),
-        "ablate minus placebo ablate [95% CI]": B.ci_text(e["ablate_minus_placebo_ablate"]),
-        "ablation KL on harmless test (nats): dir / placebo / random": " / ".join(
-            f"{r['ablation_kl_on_harmless_test'][n]['kl']['estimate']:.2f}" for n in ("direction", "placebo", "random")),
-        "layer rule": r["selection"]["criterion_used"],
-        "test pairs ordered along direction at best layer": B.ci_text(best, ".2f"),
-        "best representational layer (pairs ordered)": f"{top} ({B.ci_text(r['by_layer']['test_pairs_ordered'][top], '.2f')})",
-        "refusal substrings: harmful base -> ablated": f"{g['harmful']['base_refusal_rate']['k']}/{g['harmful']['base_refusal_rate']['n']}"
-                                                       f" -> {g['harmful']['ablate_refusal_rate']['k']}/{g['harmful']['ablate_refusal_rate']['n']}",
-        "refusal substrings: harmless base -> added": f"{g['harmless']['base_refusal_rate']['k']}/{g['harmless']['base_refusal_rate']['n']}"
-                                                      f" -> {g['harmless']['add_refusal_rate']['k']}/{g['harmless']['add_refusal_rate']['n']}",
-        "test pairs": r["counts"]["test_pairs"],
-    }
+    s = Summary()
+    s.add("best_layer", "best layer (depth %)", f"{r['layer']} ({r['depth_pct']:.0f} %)")
+    s.add("direction_norm", "direction norm / relative to residual", f"{r['norm']:.1f} / {r['relative_norm']:.4f}")
+    s.add("baseline_harmful_minus_harmless", "score harmful - harmless, no steering [95% CI]",
+          B.ci_text(e["baseline_harmful_minus_harmless"]))
+    s.add("add_on_harmless", "add on harmless: score change [95% CI]", B.ci_text(e["add_on_harmless"]))
+    s.add("ablate_on_harmful", "ablate on harmful: score change [95% CI]", B.ci_text(e["ablate_on_harmful"]))
+    s.add("random_add_on_harmless", "random dir. add (control) [95% CI]", B.ci_text(e["random_add_on_harmless"]))
+    s.add("add_minus_random_add", "add minus random add [95% CI]", B.ci_text(e["add_minus_random_add"]))
+    s.add("add_minus_placebo_add", "add minus placebo add [95% CI]", B.ci_text(e["add_minus_placebo_add"]))
+    s.add("ablate_minus_placebo_ablate", "ablate minus placebo ablate [95% CI]", B.ci_text(e["ablate_minus_placebo_ablate"]))
+    s.add("ablation_kl_harmless", "ablation KL on harmless test (nats): dir / placebo / random", " / ".join(
+        f"{r['ablation_kl_on_harmless_test'][n]['kl']['estimate']:.2f}" for n in ("direction", "placebo", "random")))
+    s.add("layer_rule", "layer rule", r["selection"]["criterion_used"])
+    s.add("test_pairs_ordered_best_layer", "test pairs ordered along direction at best layer", B.ci_text(best, ".2f"))
+    s.add("best_representational_layer", "best representational layer (pairs ordered)",
+          f"{top} ({B.ci_text(r['by_layer']['test_pairs_ordered'][top], '.2f')})")
+    s.add("substrings_harmful", "refusal substrings: harmful base -> ablated",
+          f"{g['harmful']['base_refusal_rate']['k']}/{g['harmful']['base_refusal_rate']['n']}"
+          f" -> {g['harmful']['ablate_refusal_rate']['k']}/{g['harmful']['ablate_refusal_rate']['n']}")
+    s.add("substrings_harmless", "refusal substrings: harmless base -> added",
+          f"{g['harmless']['base_refusal_rate']['k']}/{g['harmless']['base_refusal_rate']['n']}"
+          f" -> {g['harmless']['add_refusal_rate']['k']}/{g['harmless']['add_refusal_rate']['n']}")
+    s.add("test_pairs", "test pairs", r["counts"]["test_pairs"])
+    return s.to_result()
 
 
 def _figure(r: dict, cfg: RefusalConfig, ctx) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 4, figsize=(19, 4))
+    fig, ax = subplots(1, 4, figsize=(19, 4))
     rows = r["selection"]["rows"]
     L = [x["layer"] for x in rows]
     for key, c, lab in (("add_effect", "tab:red", "add on harmless"), ("ablate_effect", "tab:blue", "ablate on harmful")):
-        B.plot_ci(ax[0], L, [x[key] for x in rows], c, lab)
+        plot_ci(ax[0], L, [x[key] for x in rows], c, lab)
     ax[0].axvline(r["layer"], color="grey", lw=0.8, ls="--")
     ax[0].axhline(0, color="k", lw=0.6)
     ax[0].set(xlabel="layer", ylabel="refusal score change (val, 95 % CI)", title="(a) layer selection (validation)")
@@ -411,7 +277,7 @@ def _figure(r: dict, cfg: RefusalConfig, ctx) -> None:
     ax[1].plot(range(n), r["by_layer"]["relative_norm"], "o-", label="norm / residual norm")
     ax[1].plot(range(n), [s if s is not None else np.nan for s in r["by_layer"]["split_half_cosine"]], "s--",
                label="split-half cosine")
-    B.plot_ci(ax[1], list(range(n)), r["by_layer"]["test_pairs_ordered"], "tab:green", "test pairs ordered (Wilson)")
+    plot_ci(ax[1], list(range(n)), r["by_layer"]["test_pairs_ordered"], "tab:green", "test pairs ordered (Wilson)")
     ax[1].axhline(0.5, color="tab:green", lw=0.6, ls=":")
     ax[1].axvline(r["layer"], color="grey", lw=0.8, ls="--")
     ax[1].set(xlabel="layer", ylim=(-0.2, 1.05), title="(b) direction by layer")
@@ -420,12 +286,12 @@ def _figure(r: dict, cfg: RefusalConfig, ctx) -> None:
     names = ["baseline_harmful_minus_harmless", "add_on_harmless", "random_add_on_harmless", "placebo_add_on_harmless",
              "ablate_on_harmful", "random_ablate_on_harmful", "placebo_ablate_on_harmful"]
     labels = ["harmful-\nharmless", "add", "random\nadd", "placebo\nadd", "ablate", "random\nablate", "placebo\nablate"]
-    B.plot_ci(ax[2], list(range(len(names))), [e[k] for k in names], "k", None, bars=True)
+    plot_ci(ax[2], list(range(len(names))), [e[k] for k in names], "k", None, bars=True)
     ax[2].set_xticks(range(len(names)), labels, fontsize=8)
     ax[2].axhline(0, color="k", lw=0.6)
     ax[2].set(ylabel="score difference (test, 95 % CI)", title=f"(c) held-out effects, layer {r['layer']}")
     pcts = [float(p) for p in e["dose_pct_of_resid"]]
-    B.plot_ci(ax[3], pcts, list(e["dose_pct_of_resid"].values()), "tab:red", "unit dir x % resid")
+    plot_ci(ax[3], pcts, list(e["dose_pct_of_resid"].values()), "tab:red", "unit dir x % resid")
     ax[3].axvline(r["natural_strength_pct_of_resid"], color="grey", lw=0.8, ls="--", label="diff-of-means norm")
     ax[3].axhline(0, color="k", lw=0.6)
     ax[3].set(xscale="log", xlabel="added strength, % of residual norm", ylabel="score change on harmless (95 % CI)",

@@ -40,12 +40,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import behaviour as B
 from mlxinterp.tasks import data
 from mlxinterp.analysis import scoring
 from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
-from mlxinterp.studies import refusal as R
+from mlxinterp.tasks import refusal as R
+from mlxinterp.analysis.plotting import plot_ci, subplots
 from mlxinterp.suite import experiment
 
 LANGS = ("en", "es", "fr", "de", "zh")
@@ -85,7 +87,7 @@ def cosines(dirs_a: dict, dirs_b: dict) -> list[float]:
     return [float(dirs_a[l].unit() @ dirs_b[l].unit()) for l in sorted(dirs_a)]
 
 
-@experiment("crosslingual", CrosslingualConfig)
+@experiment("crosslingual", CrosslingualConfig, reuses=["refusal"])
 def crosslingual(hm, cfg: CrosslingualConfig, ctx) -> dict:
     """Cross-lingual refusal: per-language directions vs English, the English direction's effects and side effects."""
     langs = list(cfg.languages)
@@ -131,7 +133,7 @@ def crosslingual(hm, cfg: CrosslingualConfig, ctx) -> dict:
         peak = int(np.argmax(mean_cos))
         result["mean_cos_non_en_by_layer"] = mean_cos.tolist()
         result["depth"] = {"cross-lingual: peak cos(lang, EN)": B.depth_pct(peak, n_layers)}
-    result["summary"] = _summary(result)
+    result.update(_summary(result))
     _figure(result, ctx)
     B.depth_figure(ctx, hm, "crosslingual", result)
     return result
@@ -179,26 +181,24 @@ def _language_summary(r: dict, layer: int, cfg: CrosslingualConfig) -> dict:
 
 
 def _summary(r: dict) -> dict:
-    s = {"layer (depth %)": f"{r['layer']} ({r['depth_pct']:.0f} %), {r['layer_source']}"}
+    s = Summary()
+    s.add("layer", "layer (depth %)", f"{r['layer']} ({r['depth_pct']:.0f} %), {r['layer_source']}")
     for lang, x in r["languages"].items():
-        s[f"{lang}: cos with EN at layer (split-half)"] = f"{x['cos_with_en_at_layer']:+.2f} ({x['split_half_at_layer']:+.2f})"
-        s[f"{lang}: EN dir add on harmless [95% CI]"] = B.ci_text(x["add_on_harmless"])
-        s[f"{lang}: EN dir ablate on harmful [95% CI]"] = B.ci_text(x["ablate_on_harmful"])
-        s[f"{lang}: KL add / random (nats)"] = (f"{x['kl']['add']['estimate']:.3f} / {x['kl']['random_add']['estimate']:.3f}")
-        s[f"{lang}: top-1 kept under add"] = B.ci_text(x["top1_agreement"]["add"], ".2f")
-    s["test pairs per language"] = r["counts"]["test_pairs_per_language"]
-    return s
+        s.add(f"{lang}.cos_with_en", f"{lang}: cos with EN at layer (split-half)",
+              f"{x['cos_with_en_at_layer']:+.2f} ({x['split_half_at_layer']:+.2f})")
+        s.add(f"{lang}.add_on_harmless", f"{lang}: EN dir add on harmless [95% CI]", B.ci_text(x["add_on_harmless"]))
+        s.add(f"{lang}.ablate_on_harmful", f"{lang}: EN dir ablate on harmful [95% CI]", B.ci_text(x["ablate_on_harmful"]))
+        s.add(f"{lang}.kl_add_random", f"{lang}: KL add / random (nats)",
+              f"{x['kl']['add']['estimate']:.3f} / {x['kl']['random_add']['estimate']:.3f}")
+        s.add(f"{lang}.top1_kept_add", f"{lang}: top-1 kept under add", B.ci_text(x["top1_agreement"]["add"], ".2f"))
+    s.add("test_pairs_per_language", "test pairs per language", r["counts"]["test_pairs_per_language"])
+    return s.to_result()
 
 
 def _figure(r: dict, ctx) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     langs = list(r["languages"])
     colors = dict(zip(LANGS, ("k", "tab:orange", "tab:blue", "tab:green", "tab:red")))
-    fig, ax = plt.subplots(1, 4, figsize=(20, 4))
+    fig, ax = subplots(1, 4, figsize=(20, 4))
     for lang in langs:
         if lang == "en":
             continue
@@ -214,20 +214,20 @@ def _figure(r: dict, ctx) -> None:
     for j, (key, c) in enumerate((("add_on_harmless", "tab:red"), ("ablate_on_harmful", "tab:blue"),
                                   ("baseline_harmful_minus_harmless", "grey"))):
         xs = x + (j - 1) * 0.27
-        B.plot_ci(ax[1], xs, [r["languages"][l][key] for l in langs], c, key)
+        plot_ci(ax[1], xs, [r["languages"][l][key] for l in langs], c, key)
     ax[1].axhline(0, color="k", lw=0.6)
     ax[1].set_xticks(x, langs)
     ax[1].set(ylabel="refusal score change (test, 95 % CI)", title=f"(b) English direction, layer {r['layer']}")
     ax[1].legend(fontsize=7)
     for j, (key, c) in enumerate((("add", "tab:red"), ("ablate", "tab:blue"), ("random_add", "grey"))):
         xs = x + (j - 1) * 0.27
-        B.plot_ci(ax[2], xs, [r["languages"][l]["kl"][key] for l in langs], c, key)
+        plot_ci(ax[2], xs, [r["languages"][l]["kl"][key] for l in langs], c, key)
     ax[2].set_xticks(x, langs)
     ax[2].set(yscale="log", ylabel="KL(base || steered), nats (log)", title="(c) harmless next token: KL")
     ax[2].legend(fontsize=7)
     for j, (key, c) in enumerate((("in_script_base", "k"), ("in_script_add", "tab:red"), ("identical_to_base", "tab:purple"))):
         xs = x + (j - 1) * 0.27
-        B.plot_ci(ax[3], xs, [r["languages"][l]["generation"][key] for l in langs], c, key)
+        plot_ci(ax[3], xs, [r["languages"][l]["generation"][key] for l in langs], c, key)
     ax[3].set_xticks(x, langs)
     ax[3].set(ylim=(-0.05, 1.05), ylabel="share of generations (Wilson 95 % CI)", title="(d) harmless generations")
     ax[3].legend(fontsize=7)

@@ -35,13 +35,16 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import directions
 from mlxinterp.core import taps as T
 from mlxinterp.tasks.data import load_json
 from mlxinterp.analysis.lens import entropy
 from mlxinterp.analysis.patching import forward_last
-from mlxinterp.analysis.stats import bootstrap_ci, kl_divergence, proportion_ci
+from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergence, proportion_ci
+from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.core import names as H
 
 FAMILIES = ("static", "flat", "donut", "gaussian", "bell", "connectome", "ablation", "svd_k3")
 
@@ -137,8 +140,7 @@ def steering_sweep(hm, cfg: SteeringSweepConfig, ctx) -> dict:
                                    and r["pct"] == cfg.family_pct and r["layer"] in (None, static_layer))
     collapse = _collapse_threshold(table, cfg, static_layer)
     _figure(ctx, table, cfg, static_layer)
-    summary = _summary(table, collapse, cfg, static_layer)
-    return {"summary": summary, "static_layer": static_layer, "conditions": table, "collapse": collapse,
+    return {**_summary(table, collapse, cfg, static_layer), "static_layer": static_layer, "conditions": table, "collapse": collapse,
             "directions": {s: {k: v for k, v in fit[s].items() if k in ("relative_norm", "split_half", "sep")}
                            for s in cfg.styles},
             "baseline_examples": [g.text for g in base_gen[:3]], "n_eval": len(evals), "n_bleed": len(bleed),
@@ -167,7 +169,7 @@ def _fit_style(hm, sd, style: str, qs: list[str], cfg) -> dict:
     pos = [sd["template"].format(instruction=st["positive"], question=q) for q in qs]
     neg = [sd["template"].format(instruction=st["negative"], question=q) for q in qs]
     nl = hm.info.n_layers
-    names = [f"blocks.{l}.hook_resid_post" for l in range(nl)]
+    names = [H.resid_post(l) for l in range(nl)]
     ap, an = directions.collect(hm, pos, names), directions.collect(hm, neg, names)
     vecs, norms, split, sep = [], [], [], []
     for n in names:
@@ -211,7 +213,7 @@ def _logit_bias(lp: mx.array, ln: mx.array, top: int) -> np.ndarray:
 def _ablation_kl(hm, prompts: list[str], clean: mx.array) -> list[float]:
     out = []
     for l in range(hm.info.n_layers):
-        taps = {f"blocks.{l}.{h}": T.Ablate("zero") for h in ("hook_attn_out", "hook_mlp_out")}
+        taps = {H.name(l, h): T.Ablate("zero") for h in ("hook_attn_out", "hook_mlp_out")}
         abl = forward_last(hm, hm.tokens(prompts), taps)[:, 0]
         out.append(float(kl_divergence(np.array(clean), np.array(abl)).mean()))
     return out
@@ -302,34 +304,31 @@ def _collapse_threshold(table: list[dict], cfg, static_layer: int) -> dict:
 
 
 def _ci(c: dict) -> str:
-    return f"{c['estimate']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]" if c.get("estimate") is not None else "n/a"
+    return format_interval(c, "+.2f")
 
 
 def _summary(table, collapse, cfg, static_layer: int) -> dict:
-    out = {}
+    out = Summary()
     for s in cfg.styles:
         best = max((r for r in _strength_rows(table, s, cfg, static_layer) if not r["collapsed"]),
                    key=lambda r: r["style_delta"]["estimate"], default=None)
+        key = s.replace("-", "_")
         if best:
-            out[f"{s}: best non-collapsed static (pct, style-score change [95% CI])"] = f"{best['pct']:g}%: {_ci(best['style_delta'])}"
-        out[f"{s}: collapse threshold (% of resid norm)"] = collapse[s]["collapse_pct"]
+            out.add(f"{key}.best_static", f"{s}: best non-collapsed static (pct, style-score change [95% CI])",
+                    f"{best['pct']:g}%: {_ci(best['style_delta'])}")
+        out.add(f"{key}.collapse_pct", f"{s}: collapse threshold (% of resid norm)", collapse[s]["collapse_pct"])
     fam = [r for r in table if r["family_compare"]]
     if fam:
         top = max(fam, key=lambda r: r["style_delta"]["estimate"])
-        out[f"{cfg.family_style}: best family at {cfg.family_pct:g}%"] = f"{top['family']}: {_ci(top['style_delta'])}"
+        out.add("best_family", f"{cfg.family_style}: best family at {cfg.family_pct:g}%", f"{top['family']}: {_ci(top['style_delta'])}")
     lg = [r for r in table if r["family"] == "logits"]
-    out["logits-processor style change, per style"] = {r["style"]: _ci(r["style_delta"]) for r in lg}
-    out["eval prompts per condition"] = table[0]["style_score"]["n"]
-    return out
+    out.add("logits_processor", "logits-processor style change, per style", {r["style"]: _ci(r["style_delta"]) for r in lg})
+    out.add("eval_prompts", "eval prompts per condition", table[0]["style_score"]["n"])
+    return out.to_result()
 
 
 def _figure(ctx, table, cfg, static_layer: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 4, figsize=(22, 4.6))
+    fig, ax = subplots(1, 4, figsize=(22, 4.6))
     for s in cfg.styles:
         rows = [r for r in table if r["style"] == s and r["family"] == "none"] + _strength_rows(table, s, cfg, static_layer)
         x = [r["pct"] for r in rows]

@@ -32,13 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import behaviour as B
 from mlxinterp.tasks import data
 from mlxinterp.analysis import directions, scoring
 from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.lens import target_id
 from mlxinterp.analysis.stats import proportion_ci
-from mlxinterp.studies import refusal as R
+from mlxinterp.tasks import refusal as R
+from mlxinterp.analysis.plotting import plot_ci, subplots
 from mlxinterp.suite import experiment
 
 SETS = ("sycophancy", "confidence")
@@ -164,7 +166,7 @@ def directions_study(hm, cfg: DirectionsConfig, ctx) -> dict:
                   "copies in-context entities, so the framing effect mixes copying with deference); confidence is "
                   "the choice of certainty vs hedge words in a sentence. Neither measures an assistant's trained "
                   "behaviour.")}
-    result["summary"] = _summary(result)
+    result.update(_summary(result))
     _figure(result, ctx)
     B.depth_figure(ctx, hm, "directions", result)
     return result
@@ -228,35 +230,32 @@ def _one_set(hm, bh, dirs: dict, idx: dict, cfg: DirectionsConfig, ctx) -> dict:
 
 
 def _summary(r: dict) -> dict:
-    s = {}
+    s = Summary()
     for name, x in r["sets"].items():
         e = x["effects"]
-        s[f"{name}: best layer (depth %)"] = f"{x['layer']} ({x['depth_pct']:.0f} %)"
-        s[f"{name}: norm / relative"] = f"{x['norm']:.1f} / {x['relative_norm']:.4f}"
-        s[f"{name}: add effect [95% CI]"] = B.ci_text(e["add"])
-        s[f"{name}: add minus random [95% CI]"] = B.ci_text(e["add_minus_random"])
-        s[f"{name}: ablate effect ({x['ablation_reference']}) [95% CI]"] = B.ci_text(e["ablate"])
-        s[f"{name}: ablation next-token KL, direction / random (nats)"] = (
-            f"{x['ablation_kl']['direction']['kl']['estimate']:.2f} / {x['ablation_kl']['random']['kl']['estimate']:.2f}")
+        s.add(f"{name}.best_layer", f"{name}: best layer (depth %)", f"{x['layer']} ({x['depth_pct']:.0f} %)")
+        s.add(f"{name}.norm", f"{name}: norm / relative", f"{x['norm']:.1f} / {x['relative_norm']:.4f}")
+        s.add(f"{name}.add", f"{name}: add effect [95% CI]", B.ci_text(e["add"]))
+        s.add(f"{name}.add_minus_random", f"{name}: add minus random [95% CI]", B.ci_text(e["add_minus_random"]))
+        s.add(f"{name}.ablate", f"{name}: ablate effect ({x['ablation_reference']}) [95% CI]", B.ci_text(e["ablate"]))
+        s.add(f"{name}.ablation_kl", f"{name}: ablation next-token KL, direction / random (nats)",
+              f"{x['ablation_kl']['direction']['kl']['estimate']:.2f} / {x['ablation_kl']['random']['kl']['estimate']:.2f}")
     syc = r["sets"]["sycophancy"]["effects"]
-    s["sycophancy: framing effect, no steering [95% CI]"] = B.ci_text(syc["framing (suggestion - bare), no steering"])
-    s["sycophancy: suggested preferred when framed"] = B.ci_text(syc["framed: suggested preferred"], ".2f")
-    s["confidence: subtract effect [95% CI]"] = B.ci_text(r["sets"]["confidence"]["effects"]["subtract"])
-    s["test pairs per set"] = r["counts"]["test_pairs"]
-    return s
+    s.add("sycophancy.framing_effect", "sycophancy: framing effect, no steering [95% CI]",
+          B.ci_text(syc["framing (suggestion - bare), no steering"]))
+    s.add("sycophancy.suggested_preferred", "sycophancy: suggested preferred when framed",
+          B.ci_text(syc["framed: suggested preferred"], ".2f"))
+    s.add("confidence.subtract", "confidence: subtract effect [95% CI]", B.ci_text(r["sets"]["confidence"]["effects"]["subtract"]))
+    s.add("test_pairs_per_set", "test pairs per set", r["counts"]["test_pairs"])
+    return s.to_result()
 
 
 def _figure(r: dict, ctx) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(2, 3, figsize=(17, 8))
+    fig, ax = subplots(2, 3, figsize=(17, 8))
     for row, name in enumerate(SETS):
         x = r["sets"][name]
         L = [q["layer"] for q in x["selection"]]
-        B.plot_ci(ax[row, 0], L, [q["effect"] for q in x["selection"]], "tab:red", "add (validation)")
+        plot_ci(ax[row, 0], L, [q["effect"] for q in x["selection"]], "tab:red", "add (validation)")
         ax[row, 0].axvline(x["layer"], color="grey", ls="--", lw=0.8)
         ax[row, 0].axhline(0, color="k", lw=0.6)
         ax[row, 0].set(xlabel="layer", ylabel=f"{name} score change", title=f"{name}: layer selection")
@@ -264,12 +263,12 @@ def _figure(r: dict, ctx) -> None:
         keys = ["add", "random_add", "ablate", "random_ablate"] + (["subtract"] if name == "confidence" else [])
         if name == "sycophancy":
             keys.append("framing (suggestion - bare), no steering")
-        B.plot_ci(ax[row, 1], list(range(len(keys))), [e[k] for k in keys], "k", None, bars=True)
+        plot_ci(ax[row, 1], list(range(len(keys))), [e[k] for k in keys], "k", None, bars=True)
         ax[row, 1].set_xticks(range(len(keys)), [k.split(" (")[0].replace("_", "\n") for k in keys], fontsize=8)
         ax[row, 1].axhline(0, color="k", lw=0.6)
         ax[row, 1].set(ylabel="score change (test, 95 % CI)", title=f"{name}: held-out effects, layer {x['layer']}")
         pcts = [float(p) for p in e["dose_pct_of_resid"]]
-        B.plot_ci(ax[row, 2], pcts, list(e["dose_pct_of_resid"].values()), "tab:red", "unit dir x % resid")
+        plot_ci(ax[row, 2], pcts, list(e["dose_pct_of_resid"].values()), "tab:red", "unit dir x % resid")
         ax[row, 2].axvline(x["natural_strength_pct_of_resid"], color="grey", ls="--", lw=0.8, label="diff-of-means norm")
         ax[row, 2].axhline(0, color="k", lw=0.6)
         ax[row, 2].set(xscale="log", xlabel="% of residual norm", ylabel="score change", title=f"{name}: dose-response")

@@ -15,7 +15,7 @@ compared with how often any same-type entity does.
 Batching and resume: queries run `cfg.chunk` at a time in left-padded
 batches; a chunk is the unit `ctx.map` checkpoints (at most one chunk is
 redone after a kill). The per-query statuses are reused by the backpatch and
-crossprompt experiments (`statuses`).
+crossprompt experiments (`mlxinterp.tasks.twohop.statuses`).
 
 Cost (Gemma 3 270M, 2 shared CPU cores): ~0.8-1.2 s per query (3 forwards,
 an 18-layer x 262k lens); all 344 queries, the default (so backpatch and
@@ -24,14 +24,15 @@ crossprompt can reuse the statuses), took 6.6 min at load ~13.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from mlxinterp.core import io
-from mlxinterp.tasks import twohop as TH
+from mlxinterp.suite.summary import Summary
+from mlxinterp.analysis.plotting import bars, ci_points, cross_model_figure, model_label, subplots
 from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
 from mlxinterp.suite import experiment
+from mlxinterp.tasks import twohop as TH
+from mlxinterp.tasks.twohop import ci_text
 
 SUBSETS = ("all", "both_hops")  # every query; queries whose two single hops the model answers
 
@@ -57,96 +58,6 @@ def select(items: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
     return [items[int(i)] for i in keep]
 
 
-def chunked(xs: list, size: int) -> list[list]:
-    return [xs[i : i + size] for i in range(0, len(xs), size)]
-
-
-def status_chunk(hm, pairs: list[list[dict]], top_k: int | None) -> list[dict]:
-    """Per (query, foil) pair: single-hop and two-hop outcomes; with top_k, logit-lens ranks too.
-
-    One left-padded batch per prompt kind. With top_k None nothing is captured
-    (statuses only: the outcomes are the same numbers either way).
-    """
-    items = [q for q, _ in pairs]
-    dec = hm.tokenizer.decode
-    ans = [TH.target(hm, q["answer_aliases"]) for q in items]
-    bri = [TH.target(hm, q["bridge_aliases"]) for q in items]
-    two = [q["prompt"] for q in items]
-    logits, resid = TH.last_states(hm, two, batch_size=len(two), capture=top_k is not None)
-    hop1, hop2 = _dedup_logits(hm, [q["hop1_prompt"] for q in items]), _dedup_logits(hm, [q["hop2_prompt"] for q in items])
-    ok2 = TH.judge(hm, two, logits, ans)
-    ok_h1 = TH.judge(hm, [q["hop1_prompt"] for q in items], hop1, bri)
-    ok_h2 = TH.judge(hm, [q["hop2_prompt"] for q in items], hop2, ans)
-    strict = [False] * len(items)
-    idx = [i for i, ok in enumerate(ok2) if ok]
-    if idx:
-        full = TH.answers_fully(hm, [two[i] for i in idx], [ans[i].seqs for i in idx])
-        for i, f in zip(idx, full):
-            strict[i] = f
-    out = []
-    for i, (q, foil) in enumerate(pairs):
-        rec = {"id": q["id"], "family": q["family"], "difficulty": q["difficulty"], "foil": foil["id"] if foil else None,
-               "twohop": bool(ok2[i]), "twohop_full_sequence": bool(strict[i]), "hop1": bool(ok_h1[i]),
-               "hop2": bool(ok_h2[i]), "top1": {"twohop": dec([int(np.argmax(logits[i]))]),
-                                                "hop1": dec([int(np.argmax(hop1[i]))]), "hop2": dec([int(np.argmax(hop2[i]))])},
-               "final_rank": {"answer": int(TH.ranks(logits[i], ans[i].first)),
-                              "bridge": int(TH.ranks(logits[i], bri[i].first))}}
-        out.append(rec)
-    if top_k is not None:
-        sets = []
-        for q, foil in pairs:
-            s = [TH.target(hm, q["bridge_aliases"]).first, TH.target(hm, q["answer_aliases"]).first]
-            if foil:
-                s += [TH.target(hm, foil["bridge_aliases"]).first, TH.target(hm, foil["answer_aliases"]).first]
-            sets.append(s)
-        width = max(map(len, sets))
-        sets = [s + [s[0]] * (width - len(s)) for s in sets]  # pad rows without a foil, dropped below
-        r = TH.lens_ranks(hm, resid, sets)
-        for i, rec in enumerate(out):
-            names = ["bridge", "answer"] + (["foil_bridge", "foil_answer"] if pairs[i][1] else [])
-            rec["ranks"] = {nm: r[i, j].tolist() for j, nm in enumerate(names)}
-            rec["entry"] = {nm: TH.first_entry(rec["ranks"][nm], top_k) for nm in names}
-    return out
-
-
-def _dedup_logits(hm, prompts: list[str]) -> np.ndarray:
-    """Final last-position logits per prompt, running each distinct prompt once."""
-    uniq = list(dict.fromkeys(prompts))
-    logits, _ = TH.last_states(hm, uniq, batch_size=len(uniq), capture=False)
-    where = {p: i for i, p in enumerate(uniq)}
-    return logits[[where[p] for p in prompts]]
-
-
-def foil_pairs(hm, items: list[dict], pool: list[dict], ctx) -> list[list[dict]]:
-    """(query, foil) per query; the foil is drawn a priori with a per-query seed (stable under resume and n)."""
-    return [[q, TH.pick_foil(hm, q, pool, TH.foil_rng(ctx.seed, q["id"]))] for q in items]
-
-
-def statuses(hm, ctx, chunk: int = 8) -> tuple[list[dict], str]:
-    """Every query's outcomes (answers hop1 / hop2 / two-hop), and where they came from.
-
-    Reused from this model's twohop result when it covers every query with
-    the same weights (same chunking, hence the same numbers); else computed
-    here, checkpointed by ctx.map under the key "status".
-    """
-    pool = TH.load_queries()
-    path = Path(ctx.out_dir).parent / "twohop" / "result.json"
-    if path.exists():
-        try:
-            rec = io.read_json(path)
-            res = rec["result"]
-            same = (rec.get("model", {}).get("weights_hash") == hm.info.weights_hash
-                    and rec.get("config", {}).get("chunk") == chunk and rec.get("seed") == ctx.seed)
-            byid = {q["id"]: q for q in res["queries"]}
-            if same and all(q["id"] in byid for q in pool):
-                return [byid[q["id"]] for q in pool], f"reused from {path.parent.name}/result.json"
-        except Exception as exc:  # noqa: BLE001 - any unreadable result just means we recompute
-            ctx.log(f"not reusing {path}: {exc}")
-    pairs = foil_pairs(hm, pool, pool, ctx)
-    done = ctx.map("status", chunked(pairs, chunk), lambda ch: status_chunk(hm, ch, None))
-    return [r for ch in done for r in ch], "computed (no matching twohop result)"
-
-
 # ----------------------------------------------------------------- experiment
 
 
@@ -155,15 +66,15 @@ def twohop(hm, cfg: TwohopConfig, ctx) -> dict:
     """Two-hop queries: single-hop and two-hop accuracy, when bridge and answer enter the lens top-k."""
     pool = TH.load_queries()
     items = select(pool, cfg.n, ctx.rng_for("sample"))
-    pairs = foil_pairs(hm, items, pool, ctx)
-    done = ctx.map("queries", chunked(pairs, cfg.chunk), lambda ch: status_chunk(hm, ch, cfg.top_k))
+    pairs = TH.foil_pairs(hm, items, pool, ctx)
+    done = ctx.map("queries", TH.chunked(pairs, cfg.chunk), lambda ch: TH.status_chunk(hm, ch, cfg.top_k))
     recs = [r for ch in done for r in ch]
     L = hm.info.n_layers
     analysis = {s: analyse(_subset(recs, s), cfg.top_k, L) for s in SUBSETS}
     analysis["both_hops_by_twohop_outcome"] = {
         "correct": analyse([r for r in _subset(recs, "both_hops") if r["twohop"]], cfg.top_k, L),
         "wrong": analyse([r for r in _subset(recs, "both_hops") if not r["twohop"]], cfg.top_k, L)}
-    result = {"summary": _summary(analysis, recs), "definitions": DEFINITIONS, "n_layers": L,
+    result = {**_summary(analysis, recs), "definitions": DEFINITIONS, "n_layers": L,
               "accuracy_by_family": _by_family(recs), "analysis": analysis, "queries": recs}
     _figures(recs, analysis, cfg, L, ctx)
     cross_model_figure(ctx, hm, "twohop", result, _cross_panels)
@@ -220,52 +131,31 @@ def _by_family(recs: list[dict]) -> dict:
     return out
 
 
-def ci_text(c: dict, pct: bool = True) -> str:
-    """'27.3 % [22.9, 32.2] (94/344)' for a proportion, '+1.23 [0.80, 1.70] (n=40)' for a mean."""
-    if c.get("estimate") is None:
-        return f"n/a (n={c.get('n', 0)})"
-    if "k" in c:
-        f = 100.0 if pct else 1.0
-        return f"{f * c['estimate']:.1f} % [{f * c['low']:.1f}, {f * c['high']:.1f}] ({c['k']}/{c['n']})"
-    return f"{c['estimate']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}] (n={c['n']})"
-
-
 def _summary(an: dict, recs: list[dict]) -> dict:
     a, b = an["all"], an["both_hops"]
-    return {
-        "queries": len(recs),
-        "hop1 accuracy": ci_text(a["accuracy"]["hop1"]), "hop2 accuracy": ci_text(a["accuracy"]["hop2"]),
-        "two-hop accuracy": ci_text(a["accuracy"]["twohop"]),
-        "two-hop accuracy (full answer sequence)": ci_text(a["accuracy"]["twohop_full_sequence"]),
-        "both hops answered": f"{b['n']}/{a['n']}",
-        "two-hop accuracy | both hops": ci_text(b["accuracy"]["twohop"]),
-        "bridge enters top-k (all)": ci_text(a["entered_top_k"]["bridge"]),
-        "foil bridge enters top-k (all)": ci_text(a["entered_top_k"]["foil_bridge"]),
-        "answer enters top-k (all)": ci_text(a["entered_top_k"]["answer"]),
-        "foil answer enters top-k (all)": ci_text(a["entered_top_k"]["foil_answer"]),
-        "sequential, of both entered (all)": ci_text(a["sequential_of_both_entered"]),
-        "sequential, of both entered (both hops)": ci_text(b["sequential_of_both_entered"]),
-        "mean gap, layers (all)": ci_text(a["gap_mean"]),
-        "mean gap, layers (both hops)": ci_text(b["gap_mean"]),
-    }
+    s = Summary()
+    s.add("queries", "queries", len(recs))
+    s.add("hop1_accuracy", "hop1 accuracy", ci_text(a["accuracy"]["hop1"]))
+    s.add("hop2_accuracy", "hop2 accuracy", ci_text(a["accuracy"]["hop2"]))
+    s.add("twohop_accuracy", "two-hop accuracy", ci_text(a["accuracy"]["twohop"]))
+    s.add("twohop_accuracy_full_sequence", "two-hop accuracy (full answer sequence)",
+          ci_text(a["accuracy"]["twohop_full_sequence"]))
+    s.add("both_hops_answered", "both hops answered", f"{b['n']}/{a['n']}")
+    s.add("twohop_accuracy_given_both_hops", "two-hop accuracy | both hops", ci_text(b["accuracy"]["twohop"]))
+    for what in ("bridge", "foil_bridge", "answer", "foil_answer"):
+        s.add(f"{what}_enters_top_k", f"{what.replace('_', ' ')} enters top-k (all)", ci_text(a["entered_top_k"][what]))
+    s.add("sequential.all", "sequential, of both entered (all)", ci_text(a["sequential_of_both_entered"]))
+    s.add("sequential.both_hops", "sequential, of both entered (both hops)", ci_text(b["sequential_of_both_entered"]))
+    s.add("gap_mean.all", "mean gap, layers (all)", ci_text(a["gap_mean"]))
+    s.add("gap_mean.both_hops", "mean gap, layers (both hops)", ci_text(b["gap_mean"]))
+    return s.to_result()
 
 
 # ----------------------------------------------------------------- figures
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (the suite runs headless)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _figures(recs: list[dict], an: dict, cfg: TwohopConfig, L: int, ctx) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(12, 4.2), sharey=True)
     styles = {"bridge": ("tab:blue", "-"), "answer": ("tab:red", "-"),
               "foil_bridge": ("tab:blue", ":"), "foil_answer": ("tab:red", ":")}
     for ax, s in zip(axes, SUBSETS):
@@ -285,7 +175,7 @@ def _figures(recs: list[dict], an: dict, cfg: TwohopConfig, L: int, ctx) -> None
     fig.tight_layout()
     ctx.save_figure("twohop_ranks", fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = subplots(figsize=(6.5, 4))
     bins = np.arange(-L, L + 1) - 0.5
     for s, c in zip(SUBSETS, ("tab:grey", "tab:green")):
         g = [r["entry"]["answer"] - r["entry"]["bridge"] for r in _subset(recs, s)
@@ -305,7 +195,7 @@ def _figures(recs: list[dict], an: dict, cfg: TwohopConfig, L: int, ctx) -> None
             ("answer enters top-k", lambda a: a["entered_top_k"]["answer"]),
             ("foil answer enters", lambda a: a["entered_top_k"]["foil_answer"]),
             ("sequential | both enter", lambda a: a["sequential_of_both_entered"])]
-    fig, ax = plt.subplots(figsize=(11, 4))
+    fig, ax = subplots(figsize=(11, 4))
     x = np.arange(len(rows))
     for j, (s, c) in enumerate(zip(SUBSETS, ("tab:grey", "tab:green"))):
         cis = [f(an[s]) for _, f in rows]
@@ -317,67 +207,18 @@ def _figures(recs: list[dict], an: dict, cfg: TwohopConfig, L: int, ctx) -> None
     ctx.save_figure("twohop_rates", fig)
 
 
-def bars(ax, x, cis: list[dict], width: float, color, label: str) -> None:
-    """Bars of proportion estimates with their CI whiskers (a missing estimate draws nothing)."""
-    est = np.array([c["estimate"] if c["estimate"] is not None else np.nan for c in cis], float)
-    lo = np.array([c["low"] if c["low"] is not None else np.nan for c in cis], float)
-    hi = np.array([c["high"] if c["high"] is not None else np.nan for c in cis], float)
-    ax.bar(x, np.nan_to_num(est), width, color=color, alpha=0.8, label=label)
-    ax.errorbar(x, est, yerr=[est - lo, hi - est], fmt="none", ecolor="k", capsize=3, lw=0.8)
-
-
 # ----------------------------------------------------------------- across models
 
 
-def sibling_results(ctx, hm, name: str, current: dict) -> list[tuple[dict, dict]]:
-    """(model info, result) of every model with a finished `name` result in this output dir, by n_params.
-
-    The running model's result is `current` (its result.json is written after the experiment returns).
-    """
-    root = Path(ctx.out_dir).parent.parent
-    me = Path(ctx.out_dir).parent.name
-    found = [(hm.info.to_dict(), current)]
-    for path in sorted(root.glob(f"*/{name}/result.json")):
-        if path.parent.parent.name == me:
-            continue
-        try:
-            rec = io.read_json(path)
-        except Exception:  # noqa: BLE001 - a broken sibling is simply left out of the comparison
-            continue
-        if rec.get("status") == "complete" and isinstance(rec.get("result"), dict):
-            found.append((rec.get("model") or {}, rec["result"]))
-    return sorted(found, key=lambda mr: (mr[0].get("n_params") or 0, mr[0].get("slug", "")))
-
-
-def cross_model_figure(ctx, hm, name: str, current: dict, panels) -> None:
-    """`<name>_models.png` when results exist for two or more models: panels(models) draws it."""
-    models = sibling_results(ctx, hm, name, current)
-    if len(models) < 2:
-        return
-    plt = pyplot()
-    fig = panels(plt, models)
-    ctx.save_figure(f"{name}_models", fig)
-
-
-def model_label(info: dict) -> str:
-    """'slug' and its size on two lines, for cross-model axes."""
-    p = info.get("n_params") or 0
-    return f"{info.get('slug', '?')}\n{p / 1e9:.2f}B" if p >= 1e8 else f"{info.get('slug', '?')}\n{p / 1e6:.0f}M"
-
-
-def _cross_panels(plt, models):
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+def _cross_panels(models):
+    fig, axes = subplots(1, 3, figsize=(15, 4))
     labels = [model_label(i) for i, _ in models]
     x = np.arange(len(models))
     for j, (s, c) in enumerate(zip(SUBSETS, ("tab:grey", "tab:green"))):
         off = x + (j - 0.5) * 0.38
         bars(axes[0], off, [r["analysis"][s]["accuracy"]["twohop"] for _, r in models], 0.38, c, s)
         bars(axes[1], off, [r["analysis"][s]["sequential_of_both_entered"] for _, r in models], 0.38, c, s)
-        g = [r["analysis"][s]["gap_mean"] for _, r in models]
-        est = np.array([v["estimate"] if v["estimate"] is not None else np.nan for v in g], float)
-        lo = np.array([v["low"] if v["low"] is not None else np.nan for v in g], float)
-        hi = np.array([v["high"] if v["high"] is not None else np.nan for v in g], float)
-        axes[2].errorbar(off, est, yerr=[est - lo, hi - est], fmt="o", color=c, capsize=3, label=s)
+        ci_points(axes[2], off, [r["analysis"][s]["gap_mean"] for _, r in models], fmt="o", color=c, capsize=3, label=s)
     for ax, t in zip(axes, ("two-hop accuracy", "sequential share (both entered)", "mean gap (layers)")):
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_title(t)

@@ -17,11 +17,14 @@ import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import data
 from mlxinterp.analysis import directions, scoring
 from mlxinterp.analysis.lens import logit_lens
-from mlxinterp.analysis.stats import bootstrap_ci, kl_divergence
+from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergence
+from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.core import names as H
 
 CHECKS = ("steering", "logit_lens", "refusal_direction", "tokenization", "numerics")
 
@@ -50,7 +53,7 @@ def validation(hm, cfg: ValidationConfig, ctx) -> dict:
     results = ctx.map("checks", list(CHECKS), lambda name: runners[name](hm, cfg, ctx))
     checks = dict(zip(CHECKS, results))
     _figure(checks, ctx)
-    return {"summary": _summary(checks), "checks": checks, "passed": sum(c["pass"] for c in checks.values()),
+    return {**_summary(checks), "checks": checks, "passed": sum(c["pass"] for c in checks.values()),
             "total": len(checks), "all_pass": all(c["pass"] for c in checks.values())}
 
 
@@ -60,21 +63,21 @@ def _summary(checks: dict) -> dict:
     d = ref["steering_delta_by_pct_of_resid"][str(ref["decisive_pct"])]
     b = ref["baseline_harmful_minus_harmless"]
     q = checks["numerics"].get("quantized") or {}
-    out = {f"{name} pass": c["pass"] for name, c in checks.items()}
-    out.update({
-        "lens: final-layer rank of target": checks["logit_lens"]["final_rank"],
-        "refusal dir: split-half cosine": round(ref["split_half_cosine"], 3),
-        f"refusal score change at {ref['decisive_pct']}% [95% CI]": _ci(d),
-        "refusal score, harmful - harmless (no steering)": _ci(b),
-    })
+    s = Summary()
+    for name, c in checks.items():
+        s.add(f"{name}.pass", f"{name} pass", c["pass"])
+    s.add("lens_final_rank", "lens: final-layer rank of target", checks["logit_lens"]["final_rank"])
+    s.add("refusal_split_half_cosine", "refusal dir: split-half cosine", round(ref["split_half_cosine"], 3))
+    s.add("refusal_score_change", f"refusal score change at {ref['decisive_pct']}% [95% CI]", _ci(d))
+    s.add("refusal_harmful_minus_harmless", "refusal score, harmful - harmless (no steering)", _ci(b))
     if "top1_agreement" in q:
-        out["4-bit vs float top-1 agreement"] = round(q["top1_agreement"], 3)
-        out["4-bit vs float KL (nats)"] = _ci(q["kl_ci"])
-    return out
+        s.add("quantized_top1_agreement", "4-bit vs float top-1 agreement", round(q["top1_agreement"], 3))
+        s.add("quantized_kl", "4-bit vs float KL (nats)", _ci(q["kl_ci"]))
+    return s.to_result()
 
 
 def _ci(c: dict) -> str:
-    return f"{c['estimate']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" if c.get("estimate") is not None else "n/a"
+    return format_interval(c, "+.3f")
 
 
 def _last_logits(hm, prompt: str, taps=None) -> np.ndarray:
@@ -92,7 +95,7 @@ def _steering(hm, cfg, ctx) -> dict:
     v /= np.linalg.norm(v)
     mid = hm.info.n_layers // 2
     layers = sorted({max(1, hm.info.n_layers // 4), mid, hm.info.n_layers - 2})
-    resid = {l: float(np.linalg.norm(np.array(cache[f"blocks.{l}.hook_resid_post"][0, -1]))) for l in layers}
+    resid = {l: float(np.linalg.norm(np.array(cache[H.resid_post(l)][0, -1]))) for l in layers}
     zero = _last_logits(hm, prompt, directions.steering_taps(v, 0.0, [mid]))
     identical = bool(np.array_equal(zero, base))
     kls, top1 = {}, {}
@@ -206,7 +209,9 @@ def _numerics(hm, cfg, ctx) -> dict:
 
 def _quant_agreement(hm, prompts, bits: int) -> dict:
     """Next-token top-1 agreement and KL between this model and its MLX-quantized copy, all positions."""
+    import contextlib
     import copy
+    import io
 
     from mlx_lm.utils import quantize_model
 
@@ -221,7 +226,8 @@ def _quant_agreement(hm, prompts, bits: int) -> dict:
         qmodel = copy.deepcopy(hm.model)
     finally:
         hm.install_hooks()
-    qmodel, _ = quantize_model(qmodel, {}, group_size=64, bits=bits)
+    with contextlib.redirect_stdout(io.StringIO()):  # quantize_model prints "[INFO] ... bits per weight"
+        qmodel, _ = quantize_model(qmodel, {}, group_size=64, bits=bits)
     qhm = HookedModel(LoadedModel(qmodel, hm.tokenizer, hm.info))
     got = [np.array(qhm(p)[0].astype(mx.float32)) for p in prompts]
     agree = np.concatenate([r.argmax(-1) == g.argmax(-1) for r, g in zip(ref, got)])
@@ -231,16 +237,11 @@ def _quant_agreement(hm, prompts, bits: int) -> dict:
 
 
 def _figure(checks: dict, ctx) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     def title(ax, name: str, text: str) -> None:
         ok = checks[name]["pass"]
         ax.set_title(f"{text}: {'PASS' if ok else 'FAIL'}", color="tab:green" if ok else "tab:red", fontsize=10)
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig, axes = subplots(1, 4, figsize=(17, 3.8))
     st = checks["steering"]
     layers = list(st["kl_by_layer"])
     axes[0].bar(layers, [st["kl_by_layer"][l] for l in layers])

@@ -63,6 +63,17 @@ class Architecture:
                 "head_dim": self.head_dim, "intermediate_size": self.d_mlp, "vocab_size": self.vocab_size,
                 "tie_word_embeddings": self.tied_embeddings, "max_position_embeddings": self.max_context}
 
+    def full_config(self) -> dict:
+        """A complete mlx-lm config.json (norm eps, RoPE, soft-caps, windows: the family's published
+        values, _FAMILY_CONFIG), enough to build the model: what `mlxinterp replica` writes."""
+        extra = {k: v(self) if callable(v) else v for k, v in _FAMILY_CONFIG[self.family].items()}
+        cfg = {**self.config(), **extra, "torch_dtype": "bfloat16"}
+        if self.model_type == "gemma3":  # multimodal wrapper: mlx-lm reads the decoder from text_config
+            text = {k: v for k, v in cfg.items() if k not in ("model_type", "torch_dtype")}
+            return {"model_type": "gemma3", "vocab_size": self.vocab_size, "torch_dtype": "bfloat16",
+                    "text_config": {**text, "model_type": "gemma3_text"}}
+        return cfg
+
 
 def _arch(base: str, stem: str, family: str, model_type: str, layers: int, d: int, heads: int, kv: int,
           hd: int, mlp: int, vocab: int, tied: bool, ctx: int, params_b: float, in_seed: bool = False,
@@ -111,6 +122,24 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     _arch("Qwen/Qwen3-14B", "Qwen3-14B", "qwen3", "qwen3", 40, 5120, 40, 8, 128, 17408, 151936, False, 40960, 14.8),
     _arch("Qwen/Qwen3-32B", "Qwen3-32B", "qwen3", "qwen3", 64, 5120, 64, 8, 128, 25600, 151936, False, 40960, 32.8),
 )
+
+# Config fields beyond the shape, from each family's published config.json (recorded offline, like the
+# shapes above). Values that differ within a family are functions of the entry.
+_FAMILY_CONFIG: dict[str, dict] = {
+    "gemma2": {"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "attn_logit_softcapping": 50.0,
+               "final_logit_softcapping": 30.0, "sliding_window": 4096,
+               # 2B and 9B scale queries by head_dim, 27B by d_model / n_heads (= 144)
+               "query_pre_attn_scalar": lambda a: a.head_dim if a.d_model < 4000 else a.d_model // a.n_heads},
+    "llama3": {"rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+               "rope_scaling": lambda a: {"rope_type": "llama3", "factor": 32.0 if a.n_layers == 28 else 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192}},
+    "qwen2.5": {"rms_norm_eps": 1e-6, "rope_theta": 1000000.0},
+    "qwen3": {"rms_norm_eps": 1e-6, "rope_theta": 1000000.0},
+    "gemma3": {"rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+               "sliding_window_pattern": 6, "sliding_window": lambda a: 512 if a.d_model < 2000 else 1024,
+               "query_pre_attn_scalar": lambda a: 168 if a.d_model == 5376 else 256},
+}
 
 BITS = (4, 8)
 GROUP_SIZE = 64  # mlx-community's (and mlx_lm.convert's) default

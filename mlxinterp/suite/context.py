@@ -1,9 +1,15 @@
-"""What an experiment gets besides model and config: seeded rngs, figures, a log, and `map`,
-which checkpoints every finished item so a killed run resumes without redoing work."""
+"""What an experiment gets besides model and config: seeded rngs, figures, a log, `map`,
+which checkpoints every finished item so a killed run resumes without redoing work, and the
+results of the experiments it declared (`result_of`) or of other models (`results_across_models`).
+
+The run's output dir is `<out>/<model slug>/<experiment>/`; a study never opens
+another experiment's files by path, only through these methods.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -19,9 +25,11 @@ from rich.text import Text
 from mlxinterp.core import io
 from mlxinterp.core.errors import MlxInterpError, ResultsError
 from mlxinterp.suite import distributed
+from mlxinterp.suite import registry
 from mlxinterp.suite.registry import check_name
 
 PARTIAL_DIR = ".partial"
+RESULT_FILE = "result.json"
 
 
 # ------------------------------------------------------------------- context
@@ -45,8 +53,9 @@ class Context:
     """What an experiment gets besides model and config: rng, output dir, figures, log, map."""
 
     def __init__(self, name: str, out_dir: Path, seed: int, progress: Progress, log_file: Path | None = None,
-                 world: distributed.World | None = None):
+                 world: distributed.World | None = None, weights_hash: str | None = None):
         self.name = name
+        self.weights_hash = weights_hash  # the running model's; results of other weights are not its own
         self.world = world or distributed.World()
         self.out_dir = out_dir
         self.seed = seed
@@ -71,15 +80,59 @@ class Context:
         path = self.out_dir / f"{name}.png"
         if self.world.is_root:
             io.save_figure(path, fig)
-        try:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-        except ImportError:  # pragma: no cover - matplotlib is a dependency
-            pass
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:  # a figure made with pyplot stays in its registry until closed
+            pyplot.close(fig)
         if path.name not in self.figures:
             self.figures.append(path.name)
         return path
+
+    def record_of(self, name: str) -> dict | None:
+        """The stored record (config, model, seed, result, ...) of experiment `name` for this model.
+
+        `name` must be declared in this experiment's `uses` or `reuses`
+        (mlxinterp.suite.registry). A used (required) experiment whose finished
+        result is missing, incomplete, or from another seed or other weights is a
+        ResultsError; a reused (optional) one is then None, with a log line.
+        """
+        exp = registry.get(self.name)
+        required = exp is not None and name in exp.uses
+        if exp is None or name not in exp.reads():
+            raise ResultsError(f"experiment {self.name!r} reads {name!r} without declaring it",
+                               hint=f"register it with @experiment({self.name!r}, ..., uses=[{name!r}]) "
+                                    f"or reuses=[{name!r}]")
+        path = self.out_dir.parent / name / RESULT_FILE
+        record, problem = finished_record(path, name, self.seed, self.weights_hash)
+        if record is not None:
+            return record
+        if required:
+            raise ResultsError(f"{self.name} needs the {name} result for this model: {problem}",
+                               hint=f"run it first: --only {name},{self.name} (without --skip {name})")
+        if path.exists():
+            self.log(f"not reusing {name}: {problem}")
+        return None
+
+    def result_of(self, name: str) -> dict | None:
+        """The `result` dict of experiment `name` for this model (see record_of for the rules)."""
+        record = self.record_of(name)
+        return None if record is None else record["result"]
+
+    def results_across_models(self, name: str) -> list[tuple[dict, dict]]:
+        """(model info, result) of every *other* model with a finished `name` result in this run's output dir.
+
+        For summary figures that compare models; sorted by parameter count,
+        then slug. Unreadable or unfinished results are left out. The running
+        model's own result of the running experiment is never included (it is
+        written after the experiment returns); its other experiments are.
+        """
+        root, me = self.out_dir.parent.parent, self.out_dir.parent.name
+        found = []
+        for path in sorted(root.glob(f"*/{name}/{RESULT_FILE}")):
+            slug = path.parent.parent.name
+            rec = None if slug == me and name == self.name else finished_record(path, name)[0]
+            if rec is not None:
+                found.append((rec.get("model") or {"slug": slug}, rec["result"]))
+        return sorted(found, key=lambda mr: (mr[0].get("n_params") or 0, mr[0].get("slug", "")))
 
     def log(self, msg: str) -> None:
         """A line above the progress bars, also appended to `<out>/suite.log`."""
@@ -128,6 +181,27 @@ class Context:
         if world.distributed:
             self.map_timings[key]["ranks"] = world.size
         return results
+
+
+def finished_record(path: Path, name: str, seed: int | None = None,
+                    weights_hash: str | None = None) -> tuple[dict | None, str | None]:
+    """(record, None) when `path` is a finished result of `name` (with this seed and weights, when given);
+    else (None, why not)."""
+    if not path.exists():
+        return None, f"no {path}"
+    try:
+        rec = io.read_json(path)
+    except MlxInterpError as exc:
+        return None, str(exc)
+    if not (isinstance(rec, dict) and rec.get("status") == "complete" and rec.get("experiment") == name
+            and isinstance(rec.get("result"), dict)):
+        return None, f"{path} is not a complete {name} result"
+    if seed is not None and rec.get("seed") != seed:
+        return None, f"{path} has seed {rec.get('seed')} (this run: {seed})"
+    stored = (rec.get("model") or {}).get("weights_hash")
+    if weights_hash is not None and stored != weights_hash:
+        return None, f"{path} is from other weights ({stored}; this model: {weights_hash})"
+    return rec, None
 
 
 def _reload(path: Path, hashes: list[str]) -> tuple[dict[int, Any], int]:

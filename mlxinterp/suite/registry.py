@@ -3,6 +3,13 @@
 An experiment is a config dataclass plus a function (model, config, ctx) ->
 JSON-able dict. Study modules under `mlxinterp.studies` register themselves
 when imported (`register_builtin`).
+
+An experiment that reads another experiment's result declares it:
+`uses=["twohop"]` (required: `run_all` adds it to the run and runs it first;
+`ctx.result_of("twohop")` is an error when it is missing) or
+`reuses=["refusal"]` (optional: run first when selected, `ctx.result_of`
+returns None when absent, and the study computes what it needs itself).
+`select` orders the chosen experiments so those they use run first.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlxinterp.core.errors import MlxInterpError, ResultsError, closest
+from mlxinterp.suite import ranges
 
 if TYPE_CHECKING:
     from mlxinterp.suite.context import Context
@@ -37,6 +45,12 @@ class Experiment:
     config_cls: type
     fn: ExperimentFn
     doc: str
+    uses: tuple[str, ...] = ()  # experiments whose results it needs (same model, same run output dir)
+    reuses: tuple[str, ...] = ()  # experiments whose results it reuses when present (else computes them)
+
+    def reads(self) -> tuple[str, ...]:
+        """Every experiment this one reads with ctx.result_of, required ones first."""
+        return self.uses + self.reuses
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -51,16 +65,22 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def experiment(name: str, config_cls: type) -> Callable[[ExperimentFn], ExperimentFn]:
+def experiment(name: str, config_cls: type, uses: Sequence[str] = (),
+               reuses: Sequence[str] = ()) -> Callable[[ExperimentFn], ExperimentFn]:
     """Register `fn(model, config, ctx) -> dict` as experiment `name`.
 
     `config_cls` must be a dataclass whose fields all have defaults; `run_all`
     fills its `n` and `seed` fields (when present) from its own arguments.
+    `uses` names experiments whose result this one needs (`ctx.result_of`);
+    `run_all` adds them to a run that lacks them and runs them first.
+    `reuses` names experiments whose result it takes when present (run first
+    when selected, never added). Names are checked when the run selects them.
     """
     check_name(name, "experiment name")
     if not (dataclasses.is_dataclass(config_cls) and isinstance(config_cls, type)):
         raise MlxInterpError(f"experiment {name!r}: config must be a dataclass class, "
                              f"not {config_cls!r}")
+    uses, reuses = _dependency_names(name, uses, "uses"), _dependency_names(name, reuses, "reuses")
 
     def register(fn: ExperimentFn) -> ExperimentFn:
         old = _REGISTRY.get(name)
@@ -68,10 +88,25 @@ def experiment(name: str, config_cls: type) -> Callable[[ExperimentFn], Experime
             raise MlxInterpError(f"experiment {name!r} is registered twice: "
                                  f"{_origin(old.fn)} and {_origin(fn)}")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Experiment(name, config_cls, fn, doc[0].strip() if doc else "")
+        _REGISTRY[name] = Experiment(name, config_cls, fn, doc[0].strip() if doc else "", uses, reuses)
         return fn
 
     return register
+
+
+def _dependency_names(name: str, names: Sequence[str], what: str) -> tuple[str, ...]:
+    """A study's `uses`/`reuses` as a tuple of valid names (a bare string is one name, not its letters)."""
+    items = (names,) if isinstance(names, str) else tuple(names)
+    for dep in items:
+        check_name(dep, f"experiment {name!r}: {what} entry")
+        if dep == name:
+            raise MlxInterpError(f"experiment {name!r} lists itself in {what}")
+    return items
+
+
+def get(name: str) -> Experiment | None:
+    """The registered experiment `name`, or None."""
+    return _REGISTRY.get(name)
 
 
 def _origin(fn: Callable) -> str:
@@ -130,16 +165,51 @@ def config_fields(name: str) -> str:
 
 def select(only: str | Sequence[str] | None = None,
            skip: str | Sequence[str] | None = None) -> list[Experiment]:
-    """The experiments to run, in registration order; unknown names are an error."""
+    """The experiments to run, those they use first, else in registration order; unknown names are an error.
+
+    A required dependency (`uses`) missing from `only` is added, unless `skip`
+    names it: then its finished result must already be in the output dir
+    (`ctx.result_of` says so when it is not).
+    """
     wanted, unwanted = split_names(only), split_names(skip) or []
     for name in (wanted or []) + unwanted:
         if name not in _REGISTRY:
             raise _unknown(name)
-    chosen = [e for e in _REGISTRY.values()
+    chosen = [e.name for e in _REGISTRY.values()
               if (wanted is None or e.name in wanted) and e.name not in unwanted]
     if not chosen:
         raise ResultsError("no experiments selected", hint=f"available: {', '.join(_REGISTRY) or 'none'}")
-    return chosen
+    todo = list(chosen)
+    while todo:  # add required dependencies, transitively
+        for dep in _REGISTRY[todo.pop()].uses:
+            if dep not in _REGISTRY:
+                raise _unknown(dep)
+            if dep not in chosen and dep not in unwanted:
+                chosen.append(dep)
+                todo.append(dep)
+    return [_REGISTRY[n] for n in dependency_order(chosen)]
+
+
+def dependency_order(names: Sequence[str]) -> list[str]:
+    """`names` ordered so every experiment comes after those it uses or reuses among them.
+
+    Stable: otherwise registration order. A cycle of declarations is an error
+    naming it.
+    """
+    rank = {n: i for i, n in enumerate(_REGISTRY)}
+    pending = sorted(set(names), key=lambda n: rank.get(n, len(rank)))
+    done: list[str] = []
+    while pending:
+        ready = next((n for n in pending
+                      if all(d in done or d not in pending for d in _REGISTRY[n].reads())), None)
+        if ready is None:
+            raise ResultsError("experiments use each other in a cycle: "
+                               + ", ".join(f"{n} -> {'/'.join(d for d in _REGISTRY[n].reads() if d in pending)}"
+                                           for n in pending),
+                               hint="an experiment may only read results of experiments that do not read it")
+        done.append(ready)
+        pending.remove(ready)
+    return done
 
 
 def split_names(value: str | Sequence[str] | None) -> list[str] | None:
@@ -177,10 +247,12 @@ def make_config(exp: Experiment, n: int | None = None, seed: int = 0,
         kwargs["n"] = n
     kwargs.update(overrides or {})
     try:
-        return exp.config_cls(**kwargs)
+        config = exp.config_cls(**kwargs)
     except TypeError as exc:
         raise MlxInterpError(f"experiment {exp.name!r}: cannot build its config: {exc}",
                              hint="give every config field a default") from exc
+    ranges.check_config(exp.name, config)
+    return config
 
 
 def parse_overrides(sets: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -211,6 +283,7 @@ def parse_overrides(sets: Sequence[str], names: Sequence[str]) -> dict[str, dict
                                hint=(f"did you mean {guess}? " if guess else "") + f"fields: {', '.join(allowed)}")
         for t in hits:
             out.setdefault(t, {})[field] = _coerce(text, _REGISTRY[t], field, value)
+            ranges.check_value(t, _field(_REGISTRY[t], field), out[t][field], prefix=f"--set {text!r}: ")
     return out
 
 
@@ -224,8 +297,11 @@ def _literal(raw: str) -> Any:
 
 def _coerce(text: str, exp: Experiment, field: str, value: Any) -> Any:
     """`value` converted to the type of the field's default, or a ResultsError naming both."""
-    default = next(f for f in dataclasses.fields(exp.config_cls) if f.name == field)
+    default = _field(exp, field)
     ref = default.default if default.default is not dataclasses.MISSING else default.default_factory()
+    if value is None and not ranges.allows_none(default):
+        raise ResultsError(f"--set {text!r}: {exp.name}.{field} cannot be None; it takes {type(ref).__name__} "
+                           f"(default {ref!r})")
     if ref is None or value is None:
         return value
     if isinstance(ref, bool) or isinstance(value, bool):  # bool is an int subclass: match it exactly
@@ -235,12 +311,16 @@ def _coerce(text: str, exp: Experiment, field: str, value: Any) -> Any:
         return value
     elif isinstance(ref, tuple) and isinstance(value, list):
         return tuple(value)
-    elif isinstance(ref, float) and isinstance(value, int):
+    elif isinstance(ref, float) and isinstance(value, int) and abs(value) < 2**1023:
         return float(value)
     raise ResultsError(f"--set {text!r}: {exp.name}.{field} takes {type(ref).__name__} "
                        f"(default {ref!r}), not {type(value).__name__} {value!r}")
 
 
+
+
+def _field(exp: Experiment, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(exp.config_cls) if f.name == name)
 
 
 def docs() -> dict[str, str]:

@@ -34,6 +34,8 @@ from markdown_it import MarkdownIt
 
 from mlxinterp.core import io
 from mlxinterp.core.errors import ResultsError
+from mlxinterp.core.interval import format_interval, is_interval
+from mlxinterp.suite.quantcheck import read_checks
 
 MAX_FALLBACK_NUMBERS = 12
 DISCUSSION_DIR = "discussion"
@@ -74,10 +76,13 @@ def collect(out: Path) -> Found:
 
 
 def key_numbers(result: dict) -> dict[str, object]:
-    """Headline scalars: `result["summary"]` when the experiment gives one, else top-level scalars."""
+    """Headline values by label: `result["summary"]` when the experiment gives one (intervals rendered as
+    text, keys shown by their `result["labels"]`), else top-level scalars."""
     summary = result.get("summary")
     if isinstance(summary, dict):
-        return {k: v for k, v in summary.items() if _is_scalar(v)}
+        labels = result.get("labels") or {}
+        shown = {k: format_interval(v, ".4g", counts=True) if is_interval(v) else v for k, v in summary.items()}
+        return {labels.get(k, k): v for k, v in shown.items() if _is_scalar(v)}
     scalars = {k: v for k, v in result.items() if _is_scalar(v)}
     return dict(list(scalars.items())[:MAX_FALLBACK_NUMBERS])
 
@@ -136,9 +141,26 @@ def _section(name: str, doc: str, models: dict[str, dict], slugs: list[str], ima
                               for s in slugs])
     rows.append(["config"] + [_cell(_config_text(models[s])) if s in models else "" for s in slugs])
     lines += _table([""] + [_cell(s) for s in slugs], rows) + [""]
+    lines += _quant_checks(images.out, name)
     lines += _discussion(images.out / DISCUSSION_DIR / f"{name}.md")
     lines += _figures(name, models, slugs, images)
     return lines
+
+
+def _quant_checks(out: Path, name: str) -> list[str]:
+    """`--quant-check` verdicts per primary metric (suite/quantcheck.py), one table per checked model."""
+    lines = []
+    for slug, rec in read_checks(out, name).items():
+        rows = [[_cell(m), _value_text(v["stored"]), _value_text(v["quantized"]), v["verdict"]]
+                for m, v in rec.get("metrics", {}).items()]
+        lines += [f"### Quantization check: {_cell(slug)} vs {_cell(rec.get('quantized', '?'))}", "",
+                  "Rules (fixed in advance): " + "; ".join(f"{k}: {r}" for k, r in rec.get("rules", {}).items()), ""]
+        lines += _table(["primary metric", "stored", rec.get("variant", "quantized"), "verdict"], rows) + [""]
+    return lines
+
+
+def _value_text(v: object) -> str:
+    return _cell(format_interval(v, ".4g")) if isinstance(v, dict) else _fmt(v)
 
 
 def _discussion(path: Path) -> list[str]:

@@ -36,14 +36,16 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from mlxinterp.core import io, memory, spill
 from mlxinterp.core.errors import ResultsError
 from mlxinterp.core.platform import total_memory_bytes
-from mlxinterp.suite import distributed, planner
-from mlxinterp.suite.context import PARTIAL_DIR, Context, append_log, say
+from mlxinterp.suite import distributed, planner, quantcheck
+from mlxinterp.suite.context import PARTIAL_DIR, RESULT_FILE, Context, append_log, say
 from mlxinterp.suite.provenance import (FORMAT_VERSION, differences, fingerprint, fingerprint_of, git_commit,
                                         mismatch, versions)
 from mlxinterp.suite.registry import Experiment, check_name, docs, make_config, parse_overrides, register_builtin, select, split_names
 
-RESULT_FILE = "result.json"
 SPILL_DIR = ".spill"  # captured activations streamed to disk (spill.RowStore), removed when done
+# Where a run goes without --out: a git-ignored folder of the working directory, never the
+# repository's committed results/ (the reference that `mlxinterp compare` checks a run against).
+DEFAULT_OUT = Path("mlxinterp-out") / "suite"
 
 
 # ----------------------------------------------------------------------- runs
@@ -107,7 +109,7 @@ class _Run:
             return status
         # Every rank sees the real experiment dir (a study may read its siblings' results there), but
         # only rank 0 writes the suite's files; other ranks spill activations to their scratch dir.
-        ctx = Context(exp.name, exp_dir, self.seed, self.progress, self.log_file, self.world)
+        ctx = Context(exp.name, exp_dir, self.seed, self.progress, self.log_file, self.world, info.weights_hash)
         spill_dir = (exp_dir if self.world.is_root else self._scratch_dir(info.slug, exp.name)) / SPILL_DIR
         started, t0 = datetime.now(timezone.utc), time.perf_counter()
         try:
@@ -267,8 +269,9 @@ def _default_load(spec: str) -> Any:
     return load(spec)
 
 
-def resume_command(models: Sequence[str], only: Any = None, skip: Any = None, out: str | Path = "results",
-                   n: int | None = None, seed: int = 0, sets: Sequence[str] = ()) -> str:
+def resume_command(models: Sequence[str], only: Any = None, skip: Any = None, out: str | Path = DEFAULT_OUT,
+                   n: int | None = None, seed: int = 0, sets: Sequence[str] = (),
+                   quant_check: str | int | None = None) -> str:
     """The `mlxinterp run-suite` command that continues this run."""
     args = ["mlxinterp", "run-suite"]
     for spec in models:
@@ -281,6 +284,8 @@ def resume_command(models: Sequence[str], only: Any = None, skip: Any = None, ou
         args += ["--n", str(n)]
     for text in sets:
         args += ["--set", text]
+    if quant_check:
+        args += ["--quant-check", str(quant_check)]
     args += ["--seed", str(seed), "--out", str(out)]
     return shlex.join(args)
 
@@ -291,10 +296,16 @@ def _progress(console: Console) -> Progress:
 
 
 def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: str | Sequence[str] | None = None,
-            out: str | Path = "results", n: int | None = None, seed: int = 0, resume: bool = True,
+            out: str | Path = DEFAULT_OUT, n: int | None = None, seed: int = 0, resume: bool = True,
             load_fn: Callable[[str], Any] | None = None, *, console: Console | None = None,
-            resume_hint: str | None = None, sets: Sequence[str] = ()) -> dict:
+            resume_hint: str | None = None, sets: Sequence[str] = (), quant_check: str | int | None = None) -> dict:
     """Run the selected experiments on every model; return a summary.
+
+    `quant_check` ("4", "8", "4bit-g32", ...): also run every model at that MLX
+    quantization and write a verdict per primary metric (mlxinterp.suite.quantcheck).
+
+    Experiments run after those they use or reuse (registry.select); one that
+    another selected experiment `uses` is added to the run (a line says so).
 
     Summary: {"out": str, "runs": [{"model", "spec", "experiment", "status", "path"}],
     "report": {"md": str, "html": str}} where status is computed | resumed | skipped.
@@ -312,6 +323,7 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     """
     register_builtin()
     exps = select(only, skip)
+    added = [e.name for e in exps if split_names(only) is not None and e.name not in split_names(only)]
     overrides = parse_overrides(sets, [e.name for e in exps])
     if not models:
         raise ResultsError("no models given", hint="pass at least one --model")
@@ -324,7 +336,11 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     console = console or Console(stderr=True)
     if not world.is_root:
         console = Console(file=open(os.devnull, "w"), quiet=True)  # noqa: SIM115 - lives as long as the run
-    hint = resume_hint or resume_command(models, only, skip, out, n, seed, sets)
+    pairs = {s: q for s in models if (q := quantcheck.quantized_spec(s, quant_check)) != s} if quant_check else {}
+    hint = resume_hint or resume_command(models, only, skip, out, n, seed, sets, quant_check)
+    models = list(dict.fromkeys([*models, *pairs.values()]))
+    if added:
+        say(console, f"also running {', '.join(added)}: used by the selected experiments (their `uses`)")
     models = world.decide(lambda: plan_models(models, console), "plan")
     with io.DirLock(out) if world.is_root else nullcontext(), _scratch(world) as scratch:
         with _progress(console) as progress:
@@ -341,6 +357,8 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
                 raise
         if not world.is_root:
             return {"out": str(out), "runs": run.runs, "report": None, "rank": world.rank}
+        if pairs:
+            quantcheck.write_checks(out, run.runs, pairs, quantcheck.variant_name(quant_check))
         md, html = _write_report(out)
     return {"out": str(out), "runs": run.runs, "report": {"md": str(md), "html": str(html)}}
 

@@ -26,7 +26,9 @@ import numpy as np
 
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import PromptError
-from mlxinterp.analysis.stats import bootstrap_ci, paired_binary_diff_ci, kl_divergence
+from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergence, paired_binary_diff_ci
+from mlxinterp.core import names as H
+from mlxinterp.analysis.plotting import subplots
 
 # Arditi et al. 2024 (appendix: refusal substring matching), verbatim; case-sensitive as there.
 REFUSAL_SUBSTRINGS = ("I'm sorry", "I am sorry", "I apologize", "As an AI", "As a language model", "As an assistant",
@@ -78,7 +80,7 @@ def ablation_taps(hm, vector: np.ndarray, spare_first: bool = False) -> list[tup
     v = np.asarray(vector, np.float64)
     if v.ndim != 1 or not np.isfinite(v).all() or np.linalg.norm(v) == 0:
         raise PromptError(f"ablation needs a finite, non-zero 1-D vector (got shape {v.shape})")
-    names = ["hook_embed"] + [f"blocks.{l}.{h}" for l in range(hm.info.n_layers) for h in ("hook_attn_out", "hook_mlp_out")]
+    names = ["hook_embed"] + [H.name(l, h) for l in range(hm.info.n_layers) for h in ("hook_attn_out", "hook_mlp_out")]
     cls = _ProjectOutSparingFirst if spare_first else T.Project
     return [(n, cls(basis=v[None].astype(np.float32), mode="out")) for n in names]
 
@@ -98,10 +100,8 @@ def paired_effect(new: Sequence[float], base: Sequence[float], seed: int = 0) ->
 
 
 def ci_text(c: dict, fmt: str = "+.3f") -> str:
-    """'+0.123 [+0.050, +0.200]' for a bootstrap/proportion CI dict."""
-    if not c or c.get("estimate") is None:
-        return "n/a"
-    return f"{c['estimate']:{fmt}} [{c['low']:{fmt}}, {c['high']:{fmt}}]"
+    """'+0.123 [+0.050, +0.200]' for an interval (stats.format_interval with a sign)."""
+    return format_interval(c, fmt)
 
 
 def last_logprobs(hm, prompts: Sequence[str], taps=None, chat: bool = False, batch_size: int = 16) -> np.ndarray:
@@ -178,64 +178,34 @@ def contains_answer(text: str, answer: str) -> bool:
     return bool(a) and re.search(r"(?<!\w)" + re.escape(a) + r"(?!\w)", t) is not None
 
 
-# ------------------------------------------------------------ figures
+# ------------------------------------------------------------ across models
 
 
-def plot_ci(ax, x, cis: Sequence[dict], color: str, label: str | None, bars: bool = False) -> None:
-    """Estimates with 95 % CI error bars (a line with markers, or bars) from CI dicts."""
-    est = np.array([c["estimate"] if c and c.get("estimate") is not None else np.nan for c in cis], float)
-    lo = np.array([c["low"] if c and c.get("low") is not None else np.nan for c in cis], float)
-    hi = np.array([c["high"] if c and c.get("high") is not None else np.nan for c in cis], float)
-    if bars:
-        ax.bar(x, np.nan_to_num(est), color="lightgrey", edgecolor=color)
-        ax.errorbar(x, est, yerr=[est - lo, hi - est], fmt="none", ecolor=color, capsize=3)
-    else:
-        ax.errorbar(x, est, yerr=[est - lo, hi - est], fmt="o-", color=color, capsize=3, ms=4, label=label)
-
-
-ISSUE6 = ("refusal", "crosslingual", "function_vectors", "directions")
+# The studies whose results carry a "depth" dict (phenomenon -> depth % of the chosen layer).
+DEPTH_EXPERIMENTS = ("refusal", "crosslingual", "function_vectors", "directions")
 
 
 def model_depths(ctx, hm, name: str, current: dict) -> dict[str, tuple[dict, dict]]:
-    """slug -> (model info, {phenomenon: depth %}) over every model with an issue-6 result in this output dir.
+    """slug -> (model info, {phenomenon: depth %}) over every model with a DEPTH_EXPERIMENTS result in this run.
 
-    Each of those experiments' results carries a "depth" dict; the running
-    experiment's own result is `current` (its result.json is written after it returns).
+    The running experiment's own result is `current` (its result.json is
+    written after it returns); the rest come from `ctx.results_across_models`.
     """
-    from pathlib import Path
-
-    from mlxinterp.core import io
-
-    root, me = Path(ctx.out_dir).parent.parent, Path(ctx.out_dir).parent.name
-    models: dict[str, tuple[dict, dict]] = {me: (hm.info.to_dict(), dict(current.get("depth") or {}))}
-    for exp in ISSUE6:
-        for path in sorted(root.glob(f"*/{exp}/result.json")):
-            slug = path.parent.parent.name
-            if slug == me and exp == name:
-                continue
-            try:
-                rec = io.read_json(path)
-            except Exception:  # noqa: BLE001 - a broken result is left out of the comparison
-                continue
-            if rec.get("status") != "complete" or not isinstance(rec.get("result"), dict):
-                continue
-            models.setdefault(slug, (rec.get("model") or {}, {}))[1].update(rec["result"].get("depth") or {})
+    models: dict[str, tuple[dict, dict]] = {hm.info.slug: (hm.info.to_dict(), dict(current.get("depth") or {}))}
+    for exp in DEPTH_EXPERIMENTS:
+        for info, result in ctx.results_across_models(exp):
+            models.setdefault(info.get("slug", "?"), (info, {}))[1].update(result.get("depth") or {})
     return models
 
 
 def depth_figure(ctx, hm, name: str, current: dict) -> bool:
-    """`depth_vs_size.png` (seed 004 Phase 4): depth % of each phenomenon vs model size, when >= 2 models have results."""
+    """`depth_vs_size.png`: depth % of each phenomenon vs model size, when >= 2 models have results."""
     models = model_depths(ctx, hm, name, current)
     if len(models) < 2:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     order = sorted(models, key=lambda s: (models[s][0].get("n_params") or 0, s))
     phenomena = sorted({p for s in order for p in models[s][1]})
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     x = np.array([models[s][0].get("n_params") or np.nan for s in order], float)
     for p in phenomena:
         y = np.array([models[s][1].get(p, np.nan) if models[s][1].get(p) is not None else np.nan for s in order], float)

@@ -1,4 +1,6 @@
-"""Versioned prompt sets shipped in the repository's data/ directory."""
+"""Versioned prompt sets, shipped inside the package (mlxinterp/data/, package data of the wheel),
+so the suite, the tutorial and the notebooks run from any installed copy, not only a checkout.
+MLXINTERP_DATA points at another copy (e.g. an edited one)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +9,7 @@ from pathlib import Path
 
 from mlxinterp.core.errors import MlxInterpError
 
-DATA_DIR = Path(os.environ.get("MLXINTERP_DATA") or Path(__file__).resolve().parents[2] / "data")
+DATA_DIR = Path(os.environ.get("MLXINTERP_DATA") or Path(__file__).resolve().parents[1] / "data")
 
 
 def load_json(relpath: str) -> dict:
@@ -15,8 +17,8 @@ def load_json(relpath: str) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        hint = ("data/ ships with the repository: install from a clone with `pip install -e .` (scripts/run.sh does), "
-                "or point MLXINTERP_DATA at a copy of it") if not DATA_DIR.is_dir() else None
+        hint = ("the prompt sets ship inside the package (mlxinterp/data/): reinstall mlxinterp, "
+                "or point MLXINTERP_DATA at a copy of them") if not DATA_DIR.is_dir() else None
         raise MlxInterpError(f"cannot read data file {path}: {e}", hint=hint) from None
 
 

@@ -37,6 +37,7 @@ from mlxinterp.analysis import directions
 from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.patching import Patch, run_variants
+from mlxinterp.core import names as H
 
 TASKS = ("antonym", "country_capital", "english_french", "english_spanish", "singular_plural", "present_past",
          "uppercase", "sentiment")
@@ -119,11 +120,11 @@ def shuffle_labels(demos: Sequence[tuple[str, str]], rng: np.random.Generator, t
 
 def last_activations(hm, prompts: Sequence[str], batch_size: int = 8) -> dict[str, np.ndarray]:
     """At each prompt's last position, every layer: z [N, layers, H, Dh], o_proj output [N, layers, d], resid_post [N, layers, d]."""
-    n, H, Dh = hm.info.n_layers, hm.info.n_heads, hm.info.head_dim
-    hooks = [f"blocks.{l}.{s}" for l in range(n) for s in ("attn.hook_z", "attn.hook_out", "hook_resid_post")]
+    n, n_heads, Dh = hm.info.n_layers, hm.info.n_heads, hm.info.head_dim
+    hooks = [H.name(l, s) for l in range(n) for s in ("attn.hook_z", "attn.hook_out", "hook_resid_post")]
     acts = directions.collect(hm, list(prompts), hooks, "last", batch_size=batch_size)
-    get = lambda s: np.stack([acts[f"blocks.{l}.{s}"] for l in range(n)], axis=1)  # noqa: E731
-    return {"z": get("attn.hook_z").reshape(len(prompts), n, H, Dh), "attn_raw": get("attn.hook_out"),
+    get = lambda s: np.stack([acts[H.name(l, s)] for l in range(n)], axis=1)  # noqa: E731
+    return {"z": get("attn.hook_z").reshape(len(prompts), n, n_heads, Dh), "attn_raw": get("attn.hook_out"),
             "resid": get("hook_resid_post")}
 
 
@@ -145,22 +146,22 @@ def head_contributions(hm, layer: int, z: np.ndarray, attn_raw: np.ndarray) -> n
     o_proj output at the same positions, needed for Gemma's post-norm scale).
     Runs the layer's own o_proj (float or quantized) on z with one head kept.
     """
-    from mlxinterp.core.hooks import _plain_call
+    from mlxinterp.core.hooks import plain_call
 
     N, H, Dh = z.shape
     o_proj = text_model(hm.model).layers[layer].self_attn.o_proj
     eye = np.eye(H, dtype=np.float32)[None, :, :, None]  # keep head h only
     one_head = (z[:, None, :, :] * eye).reshape(N * H, H * Dh)
     dtype = o_proj.weight.dtype if not hasattr(o_proj, "scales") else o_proj.scales.dtype
-    out = _plain_call(o_proj, mx.array(one_head).astype(dtype)).astype(mx.float32)
-    bias = _plain_call(o_proj, mx.zeros((1, H * Dh), dtype=dtype)).astype(mx.float32)
+    out = plain_call(o_proj, mx.array(one_head).astype(dtype)).astype(mx.float32)
+    bias = plain_call(o_proj, mx.zeros((1, H * Dh), dtype=dtype)).astype(mx.float32)
     c = np.array(out - bias, dtype=np.float64).reshape(N, H, -1)
     norm = _post_attn_norm(hm, layer)
     if norm is None:
         return c
     d = c.shape[-1]
     eps = float(getattr(norm, "eps", 0.0))
-    gain = np.array(_plain_call(norm, mx.ones((1, d), dtype=mx.float32)).astype(mx.float32), np.float64)[0] * np.sqrt(1 + eps)
+    gain = np.array(plain_call(norm, mx.ones((1, d), dtype=mx.float32)).astype(mx.float32), np.float64)[0] * np.sqrt(1 + eps)
     x = np.asarray(attn_raw, np.float64)
     rms = np.sqrt((x**2).mean(-1) + eps)  # [N]
     return c * (gain / rms[:, None])[:, None, :]
@@ -180,7 +181,7 @@ def prob_metric(target: int) -> Callable:
 def head_variants(z_mean: np.ndarray) -> list[list[Patch]]:
     """One variant per (layer, head) in row-major order: the head's mean z at the last position."""
     L, H = z_mean.shape[:2]
-    return [[Patch(f"blocks.{l}.attn.hook_z", -1, z_mean[l, h].astype(np.float32), head=h)]
+    return [[Patch(H.z(l), -1, z_mean[l, h].astype(np.float32), head=h)]
             for l in range(L) for h in range(H)]
 
 
@@ -219,7 +220,7 @@ def addition_variants(resid: np.ndarray, vectors: dict[str, np.ndarray], layers:
     for name, v in vectors.items():
         for l in layers:
             vec = v[l] if np.ndim(v) == 2 else v
-            variants.append([Patch(f"blocks.{l}.hook_resid_post", -1, (resid[l] + vec).astype(np.float32))])
+            variants.append([Patch(H.resid_post(l), -1, (resid[l] + vec).astype(np.float32))])
             labels.append((name, l))
     return variants, labels
 
@@ -230,3 +231,39 @@ def answer_margin(target: int) -> Callable:
         others = mx.where(mx.arange(logits.shape[-1]) == target, -mx.inf, logits)
         return logits[:, target] - mx.max(others, axis=-1)
     return metric
+
+
+# ----------------------------------------------------------------- the function-vector study's split
+
+
+@dataclass
+class FunctionVectorsConfig:
+    n: int = 12  # ICL prompts per task for the AIE
+    seed: int = 0
+    tasks: tuple = ("antonym", "country_capital", "english_french", "singular_plural")
+    n_demos: int = 5
+    n_pool: int = 40  # pairs per task for demonstrations and AIE queries
+    n_eval: int = 24  # held-out zero-shot queries per task (even: validation, odd: test)
+    top_k: int = 10  # heads in the FV (Todd et al.)
+    natural_templates: tuple = ('The word "{x}" means', "When I think of {x}, I think of")
+    natural_tokens: int = 8
+    batch_size: int = 32
+
+
+def task_split(name: str, cfg: FunctionVectorsConfig, ctx) -> dict:
+    """Pool / held-out pairs, AIE ICL sets and evaluation ICL sets for one task (all seeded by task name).
+
+    Draws from `ctx.rng_for(...)`, so the split depends on the calling experiment's name and seed
+    (the function-vector and quantization studies both use it).
+    """
+    pairs = load_task(name)
+    if cfg.n_pool + cfg.n_eval > len(pairs) or cfg.n > cfg.n_pool or cfg.n_eval < 2:
+        raise PromptError(f"task {name}: n_pool={cfg.n_pool} + n_eval={cfg.n_eval} must fit its {len(pairs)} pairs, "
+                          f"n={cfg.n} <= n_pool, n_eval >= 2")
+    perm = ctx.rng_for("split", name).permutation(len(pairs))
+    pool = [pairs[i] for i in perm[: cfg.n_pool]]
+    held = [pairs[i] for i in perm[cfg.n_pool : cfg.n_pool + cfg.n_eval]]
+    rng = ctx.rng_for("aie", name)
+    queries = [pool[i] for i in rng.choice(len(pool), cfg.n, replace=False)]
+    return {"pool": pool, "held": held, "aie": icl_sets(pool, queries, cfg.n_demos, rng),
+            "eval_icl": icl_sets(pool, held, cfg.n_demos, ctx.rng_for("eval", name))}

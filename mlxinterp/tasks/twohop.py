@@ -39,7 +39,9 @@ from mlxinterp.tasks import data
 from mlxinterp.core.errors import MlxInterpError, PromptError
 from mlxinterp.core.hooks import ActivationCache
 from mlxinterp.analysis.patching import Patch, forward_last
+from mlxinterp.analysis.stats import format_interval
 from mlxinterp.core.taps import Capture
+from mlxinterp.core import names as H
 
 QUERIES = "twohop/queries.json"
 ARTICLES = ("the ", "The ")
@@ -106,7 +108,7 @@ def last_states(hm, prompts: Sequence[str], batch_size: int = 16,
 
     Left-padded batches; only the last column is unembedded.
     """
-    names = [f"blocks.{i}.hook_resid_post" for i in range(hm.info.n_layers)] if capture else []
+    names = [H.resid_post(i) for i in range(hm.info.n_layers)] if capture else []
     logits, resid = [], []
     for s in range(0, len(prompts), batch_size):
         batch = hm.tokens(list(prompts[s : s + batch_size]))
@@ -226,7 +228,7 @@ def backpatch_variants(resid: np.ndarray, donor: np.ndarray | None = None
     """
     src = resid if donor is None else donor
     pairs = [(s, t) for s in range(resid.shape[0]) for t in range(s)]
-    return pairs, [[Patch(f"blocks.{t}.hook_resid_post", -1, src[s])] for s, t in pairs]
+    return pairs, [[Patch(H.resid_post(t), -1, src[s])] for s, t in pairs]
 
 
 def target_metric(tgt: Target):
@@ -260,3 +262,113 @@ def foil_rng(seed: int, query_id: str) -> np.random.Generator:
     """The generator that draws a query's foil: the same in every experiment, process and model."""
     key = int.from_bytes(hashlib.sha256(f"foil:{query_id}".encode()).digest()[:8], "little")
     return np.random.default_rng([seed, key])
+
+
+# ----------------------------------------------------------------- query outcomes
+# (the twohop study computes them; backpatch, crossprompt and quantization reuse them)
+
+
+def chunked(xs: list, size: int) -> list[list]:
+    """`xs` in consecutive lists of `size` (the last may be shorter): the unit ctx.map checkpoints."""
+    return [xs[i : i + size] for i in range(0, len(xs), size)]
+
+
+def status_chunk(hm, pairs: list[list[dict]], top_k: int | None) -> list[dict]:
+    """Per (query, foil) pair: single-hop and two-hop outcomes; with top_k, logit-lens ranks too.
+
+    One left-padded batch per prompt kind. With top_k None nothing is captured
+    (statuses only: the outcomes are the same numbers either way).
+    """
+    items = [q for q, _ in pairs]
+    dec = hm.tokenizer.decode
+    ans = [target(hm, q["answer_aliases"]) for q in items]
+    bri = [target(hm, q["bridge_aliases"]) for q in items]
+    two = [q["prompt"] for q in items]
+    logits, resid = last_states(hm, two, batch_size=len(two), capture=top_k is not None)
+    hop1, hop2 = _dedup_logits(hm, [q["hop1_prompt"] for q in items]), _dedup_logits(hm, [q["hop2_prompt"] for q in items])
+    ok2 = judge(hm, two, logits, ans)
+    ok_h1 = judge(hm, [q["hop1_prompt"] for q in items], hop1, bri)
+    ok_h2 = judge(hm, [q["hop2_prompt"] for q in items], hop2, ans)
+    strict = [False] * len(items)
+    idx = [i for i, ok in enumerate(ok2) if ok]
+    if idx:
+        full = answers_fully(hm, [two[i] for i in idx], [ans[i].seqs for i in idx])
+        for i, f in zip(idx, full):
+            strict[i] = f
+    out = []
+    for i, (q, foil) in enumerate(pairs):
+        rec = {"id": q["id"], "family": q["family"], "difficulty": q["difficulty"], "foil": foil["id"] if foil else None,
+               "twohop": bool(ok2[i]), "twohop_full_sequence": bool(strict[i]), "hop1": bool(ok_h1[i]),
+               "hop2": bool(ok_h2[i]), "top1": {"twohop": dec([int(np.argmax(logits[i]))]),
+                                                "hop1": dec([int(np.argmax(hop1[i]))]), "hop2": dec([int(np.argmax(hop2[i]))])},
+               "final_rank": {"answer": int(ranks(logits[i], ans[i].first)),
+                              "bridge": int(ranks(logits[i], bri[i].first))}}
+        out.append(rec)
+    if top_k is not None:
+        sets = []
+        for q, foil in pairs:
+            s = [target(hm, q["bridge_aliases"]).first, target(hm, q["answer_aliases"]).first]
+            if foil:
+                s += [target(hm, foil["bridge_aliases"]).first, target(hm, foil["answer_aliases"]).first]
+            sets.append(s)
+        width = max(map(len, sets))
+        sets = [s + [s[0]] * (width - len(s)) for s in sets]  # pad rows without a foil, dropped below
+        r = lens_ranks(hm, resid, sets)
+        for i, rec in enumerate(out):
+            names = ["bridge", "answer"] + (["foil_bridge", "foil_answer"] if pairs[i][1] else [])
+            rec["ranks"] = {nm: r[i, j].tolist() for j, nm in enumerate(names)}
+            rec["entry"] = {nm: first_entry(rec["ranks"][nm], top_k) for nm in names}
+    return out
+
+
+def _dedup_logits(hm, prompts: list[str]) -> np.ndarray:
+    """Final last-position logits per prompt, running each distinct prompt once."""
+    uniq = list(dict.fromkeys(prompts))
+    logits, _ = last_states(hm, uniq, batch_size=len(uniq), capture=False)
+    where = {p: i for i, p in enumerate(uniq)}
+    return logits[[where[p] for p in prompts]]
+
+
+def foil_pairs(hm, items: list[dict], pool: list[dict], ctx) -> list[list[dict]]:
+    """(query, foil) per query; the foil is drawn a priori with a per-query seed (stable under resume and n)."""
+    return [[q, pick_foil(hm, q, pool, foil_rng(ctx.seed, q["id"]))] for q in items]
+
+
+def statuses(hm, ctx, chunk: int = 8) -> tuple[list[dict], str]:
+    """Every query's outcomes (answers hop1 / hop2 / two-hop), and where they came from.
+
+    Reused from this model's twohop result when it covers every query with
+    the same weights (same chunking, hence the same numbers); else computed
+    here, checkpointed by ctx.map under the key "status". The calling
+    experiment declares `reuses=["twohop"]` (ctx.record_of reads the result).
+    """
+    pool = load_queries()
+    rec = ctx.record_of("twohop")
+    if rec is not None:
+        byid = {q["id"]: q for q in rec["result"].get("queries", [])}
+        same = (rec.get("model", {}).get("weights_hash") == hm.info.weights_hash
+                and rec.get("config", {}).get("chunk") == chunk)
+        if same and all(q["id"] in byid for q in pool):
+            return [byid[q["id"]] for q in pool], "reused from twohop/result.json"
+    pairs = foil_pairs(hm, pool, pool, ctx)
+    done = ctx.map("status", chunked(pairs, chunk), lambda ch: status_chunk(hm, ch, None))
+    return [r for ch in done for r in ch], "computed (no matching twohop result)"
+
+
+def ci_text(c: dict, pct: bool = True) -> str:
+    """'27.3 % [22.9, 32.2] (94/344)' for a proportion, '+1.23 [0.80, 1.70] (n=40)' for a mean."""
+    if c.get("k") is not None:
+        return format_interval(c, ".1f", pct=pct, counts=True)
+    return format_interval(c, "+.2f", counts=True)
+
+
+def choose_backpatch_queries(recs: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
+    """Wrong two-hop queries in a seeded order, those answering both single hops first; the first n.
+
+    The back-patching study's choice of queries, also used by the quantization study.
+    """
+    wrong = [r for r in recs if not r["twohop"]]
+    first = [r for r in wrong if r["hop1"] and r["hop2"]]
+    rest = [r for r in wrong if not (r["hop1"] and r["hop2"])]
+    order = [first[i] for i in rng.permutation(len(first))] + [rest[i] for i in rng.permutation(len(rest))]
+    return order[:n]

@@ -1,4 +1,5 @@
-"""Issue 8 studies: their core computations on tiny models, and each experiment end to end through the suite."""
+"""Neuron and head studies (attribution, connectome, component share, layer ablation and probe, steering sweep):
+their core computations on tiny models, and each experiment end to end through the suite."""
 from __future__ import annotations
 
 import json

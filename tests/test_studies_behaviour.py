@@ -1,4 +1,5 @@
-"""Issue 6: refusal, cross-lingual refusal, function vectors, sycophancy/confidence — logic on tiny models.
+"""Behaviour-under-steering studies: refusal, cross-lingual refusal, function vectors, sycophancy/confidence
+(tasks/behaviour.py, tasks/refusal.py, tasks/function_vectors.py) — their logic on tiny models.
 
 The batched per-head AIE must equal a one-head-at-a-time loop; head contributions
 must add up to what attention writes into the residual; the FV is the sum of the
@@ -178,7 +179,7 @@ def test_ablation_removes_the_direction_from_every_layer(tiny_hooked, arch):
 
 
 def test_layer_choice_never_rewards_a_destructive_ablation():
-    from mlxinterp.studies.refusal import choose_layer
+    from mlxinterp.tasks.refusal import choose_layer
 
     rows = [{"layer": 3, "add": [0.1, 0.1], "ablate": [-5.0, -4.0], "ablation_kl_harmless": 12.0},  # damage
             {"layer": 5, "add": [0.3, 0.2], "ablate": [0.0, 0.1], "ablation_kl_harmless": 9.0},

@@ -1,0 +1,146 @@
+"""Residual-stream decompositions of a captured forward, and direct logit attribution.
+
+The residual stream entering the final norm is a sum of what each block
+added: resid_post[-1] = resid_pre[0] + sum_l (attn_out[l] + mlp_out[l])
+(on Gemma, attn_out / mlp_out are the post-norm outputs actually added).
+These helpers take an ActivationCache (`hm.run_with_cache(prompt)`) and
+return stacks [n_components, B, L, d_model] with one label per component,
+in the style of TransformerLens' ActivationCache methods of the same names.
+
+Direct logit attribution (`logit_attrs`) pushes each component through the
+model's real final RMSNorm *with the normalisation scale frozen at the value it
+had for the full residual* (TransformerLens: `apply_ln_to_stack` with the
+cached scale), then through the unembedding rows of the chosen tokens. With
+the scale frozen the final norm is linear, so the attributions of a complete
+decomposition sum to the token's logit before any final soft-cap (Gemma 2's
+`final_logit_softcapping` is applied to the sum, not to components).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from mlxinterp.core.archs import text_model
+from mlxinterp.core.errors import MlxInterpError
+
+
+def _get(cache, name: str) -> mx.array:
+    if name not in cache:
+        raise MlxInterpError(f"{name!r} is not in this cache",
+                             hint="capture it: hm.run_with_cache(prompt) captures every hook point")
+    return cache[name].astype(mx.float32)
+
+
+def _gain(norm, d: int) -> mx.array:
+    """The per-feature gain of an RMSNorm module, read by calling the module itself on a vector of ones
+    (rms_norm(1, g, eps) = g / sqrt(1 + eps)), so Gemma's (1 + weight) and Llama's weight need no special case."""
+    ones = mx.ones((d,), dtype=mx.float32)
+    return norm(ones).astype(mx.float32) * float(np.sqrt(1.0 + norm.eps))
+
+
+def _scale(x: mx.array, eps: float) -> mx.array:
+    """RMSNorm's normalisation factor 1 / sqrt(mean(x^2) + eps), [..., 1]."""
+    return mx.rsqrt(mx.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def accumulated_resid(cache, apply_ln: bool = False) -> tuple[mx.array, list[str]]:
+    """[n_layers + 1, B, L, d]: the residual stream entering each block, then leaving the last one.
+
+    apply_ln: push each through the final norm with the final residual's cached scale (a logit-lens
+    readout that is linear in the residual).
+    """
+    hm = cache.hooked
+    n = hm.info.n_layers
+    parts = [_get(cache, f"blocks.{l}.hook_resid_pre") for l in range(n)] + [_get(cache, f"blocks.{n - 1}.hook_resid_post")]
+    labels = [f"{l}_pre" for l in range(n)] + ["final_post"]
+    stack = mx.stack(parts)
+    return (apply_final_ln(cache, stack) if apply_ln else stack), labels
+
+
+def decompose_resid(cache, apply_ln: bool = False) -> tuple[mx.array, list[str]]:
+    """[1 + 2 * n_layers, B, L, d]: the embedding (as it enters block 0) and each block's attention and MLP
+    outputs; the components sum to the final residual (blocks.{n-1}.hook_resid_post)."""
+    hm = cache.hooked
+    parts, labels = [_get(cache, "blocks.0.hook_resid_pre")], ["embed"]
+    for l in range(hm.info.n_layers):
+        parts += [_get(cache, f"blocks.{l}.hook_attn_out"), _get(cache, f"blocks.{l}.hook_mlp_out")]
+        labels += [f"{l}_attn_out", f"{l}_mlp_out"]
+    stack = mx.stack(parts)
+    return (apply_final_ln(cache, stack) if apply_ln else stack), labels
+
+
+def stack_head_results(cache, layers: Sequence[int] | None = None) -> tuple[mx.array, list[str]]:
+    """[n_layers * n_heads, B, L, d]: what each attention head adds to the residual stream.
+
+    Head h's result is the layer's own output projection applied to its slice of attn.hook_z
+    (the other heads zeroed; any projection bias is left out, as TransformerLens keeps b_O apart).
+    On Gemma the attention output passes through a post-attention RMSNorm before it is
+    added; its scale is frozen at the value for the whole attention output, so the heads of a
+    layer sum to hook_attn_out there too.
+    """
+    hm = cache.hooked
+    n, H = hm.info.n_layers, hm.info.n_heads
+    layers = list(range(n)) if layers is None else [int(l) % n for l in layers]
+    blocks = text_model(hm.model).layers
+    post = hm.spec.family == "gemma"
+    out, labels = [], []
+    for l in layers:
+        z = _get(cache, f"blocks.{l}.attn.hook_z")  # [B, L, H, Dh]
+        B, L, _, Dh = z.shape
+        eye = mx.eye(H, dtype=mx.float32).reshape(H, 1, 1, H, 1)
+        o_proj = blocks[l].self_attn.o_proj
+        per_head = o_proj((z[None] * eye).reshape(H, B, L, H * Dh)).astype(mx.float32)
+        per_head = per_head - o_proj(mx.zeros((H * Dh,), dtype=z.dtype)).astype(mx.float32)
+        if post:
+            norm = blocks[l].post_attention_layernorm
+            raw = _get(cache, f"blocks.{l}.attn.hook_out")
+            per_head = per_head * _scale(raw, norm.eps) * _gain(norm, raw.shape[-1])
+        out.append(per_head)
+        labels += [f"L{l}H{h}" for h in range(H)]
+    return mx.concatenate(out), labels
+
+
+def apply_final_ln(cache, stack: mx.array) -> mx.array:
+    """Components [..., B, L, d] through the final RMSNorm with the full residual's cached scale (linear)."""
+    hm = cache.hooked
+    final = _get(cache, f"blocks.{hm.info.n_layers - 1}.hook_resid_post")
+    if tuple(stack.shape[-3:]) != tuple(final.shape):
+        raise MlxInterpError(f"stack has shape {tuple(stack.shape)}; its last axes must be the cache's [B, L, d] "
+                             f"= {tuple(final.shape)}")
+    norm = text_model(hm.model).norm
+    if hm.point("ln_final.hook_normalized").taps:
+        raise MlxInterpError("a tap is attached at ln_final.hook_normalized; detach it before decomposing")
+    return stack.astype(mx.float32) * _scale(final, norm.eps) * _gain(norm, final.shape[-1])
+
+
+def logit_attrs(cache, stack: mx.array, tokens: Sequence[int] | int, incorrect: Sequence[int] | int | None = None,
+                pos: int = -1, has_ln: bool = False) -> mx.array:
+    """Direct logit attribution [n_components, B]: each component's contribution to logit(tokens)
+    (minus logit(incorrect) when given) at sequence position `pos`.
+
+    stack: [n_components, B, L, d] (e.g. from decompose_resid or stack_head_results), not yet
+    through the final norm unless has_ln. tokens: one id for every row or one per row.
+    The contributions of a complete decomposition sum to the logit (difference) before any
+    final logit soft-cap.
+    """
+    hm = cache.hooked
+    x = (stack if has_ln else apply_final_ln(cache, stack))[:, :, pos].astype(mx.float32)  # [n, B, d]
+    B = x.shape[1]
+    w = _token_rows(hm, tokens, B)
+    if incorrect is not None:
+        w = w - _token_rows(hm, incorrect, B)
+    return mx.sum(x * w[None], axis=-1)
+
+
+def _token_rows(hm, tokens, B: int) -> mx.array:
+    """Unembedding rows [B, d] of one token per row (float32, dequantized)."""
+    ids = np.atleast_1d(np.asarray(tokens, dtype=np.int64))
+    if ids.size == 1:
+        ids = np.repeat(ids, B)
+    if ids.shape != (B,):
+        raise MlxInterpError(f"{ids.size} tokens given for {B} rows; pass one token id, or one per row")
+    uniq, inv = np.unique(ids, return_inverse=True)
+    w, _ = hm.unembedding_rows(uniq.tolist())
+    return w[mx.array(inv.astype(np.uint32))]

@@ -1,0 +1,59 @@
+"""`mlxinterp compare`: does a suite run reproduce a reference run (the repository's results/)?
+Also the two lines `run-suite --reference` prints: the time the reference took, before the
+run, and the comparison, after it. The rule is in mlxinterp/suite/compare.py."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mlxinterp.cli.common import out, print_json
+from mlxinterp.suite import compare as cmp
+from mlxinterp.suite.registry import register_builtin, select
+
+
+def compare(run_dir: Path = typer.Argument(..., help="a run-suite --out directory"),
+            reference: Path = typer.Option(Path("results"), "--reference", help="the run to compare with "
+                                           "(default: the repository's committed results/)"),
+            as_json: bool = typer.Option(False, "--json", help="every experiment's status and reasons as JSON")) -> None:
+    """Compare a suite run with a reference run, experiment by experiment: an estimate must lie in the
+    reference's 95 % interval, other numbers agree within 5 %, verdict words match.
+
+    Examples:
+      [bold]mlxinterp compare mlxinterp-out/suite --reference results[/bold]
+      [bold]mlxinterp compare mlxinterp-out/suite --json[/bold]
+    """
+    c = cmp.compare_runs(run_dir, reference)
+    if as_json:
+        print_json(c.to_dict())
+        return
+    table = Table("model", "experiment", "status", "entries", "why", title=f"{run_dir} vs {reference}")
+    for e in c.experiments:
+        table.add_row(e.model, e.experiment, e.status, str(e.entries), "; ".join(e.reasons[:3]))
+    out.print(table)
+    out.print(c.line(), highlight=False, markup=False, soft_wrap=True)
+
+
+def print_estimate(reference: Path, specs: list[str], only: Optional[str], skip: Optional[str],
+                   console: Console) -> None:
+    """Before a run: how many experiments, and how long the reference run spent on them."""
+    register_builtin()
+    experiments = [e.name for e in select(only, skip)]
+    for spec in specs:
+        seconds, missing = cmp.reference_seconds(reference, spec, experiments)
+        timed = len(experiments) - len(missing)
+        took = (f"the reference run ({reference}) spent {cmp.duration(seconds)} on {timed} of them"
+                if timed else f"no timing for model {spec!r} in {reference}")
+        console.print(f"{len(experiments)} experiments on {spec}; {took} "
+                      "(its own machine; yours may be faster or slower).", highlight=False, soft_wrap=True)
+
+
+def print_comparison(run_dir: Path, reference: Optional[Path], console: Console) -> None:
+    """After a run: the one-line comparison with the reference (nothing when there is none)."""
+    if reference is None or not Path(reference).is_dir():
+        return
+    console.print(cmp.compare_runs(run_dir, reference).line(), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"details: mlxinterp compare {run_dir} --reference {reference}", highlight=False, soft_wrap=True)

@@ -1,0 +1,235 @@
+"""Experiment C, `ard_mmd`: which coordinates separate the languages' token clouds.
+
+Part of the cross-lingual subspace study (paired English / Chinese prompts, data/crosslingual/pairs.json;
+the shared prompts, activations and Z bases are in mlxinterp.tasks.language_pairs).
+
+ARD-RBF lengthscales fitted to the two languages' token clouds with an L1 penalty on inverse
+lengthscales (Adam, mx.grad, mx.compile): "power" maximises the biased MMD^2 (selects
+language-discriminating coordinates); "seed" minimises the unbiased MMD^2 as the seed study
+specifies (degenerate).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import hypergeom
+
+from mlxinterp.analysis import subspace as S
+from mlxinterp.analysis.plotting import subplots
+from mlxinterp.analysis.stats import bootstrap_ci, format_interval
+from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.suite import experiment
+from mlxinterp.tasks.language_pairs import (
+    SEED_FRACS,
+    activations,
+    content,
+    layers_at,
+    load_pairs,
+    prompt,
+    z_basis,
+)
+
+_PRIMARY_INIT = {"power": "uniform", "seed": "svd"}  # "power" starts uninformed so overlap with SVD-Z is not inherited
+_OTHER_INIT = {"uniform": "svd", "svd": "uniform"}
+
+
+@dataclass
+class ARDConfig:
+    n: int = 6  # prompt pairs in the objective (kept small for the suite's 10-minute budget)
+    seed: int = 0
+    layer_fracs: tuple = (0.5, *SEED_FRACS)  # full run: (0.25, 0.5, 0.75, *SEED_FRACS)
+    objective: tuple = ("power", "seed")  # subset of mlxinterp.analysis.subspace.ARD_OBJECTIVES; "power" is the primary
+    lambdas: tuple = (0.001, 0.01, 0.1)  # "seed" grid (seed 001's)
+    power_lambdas: tuple = (0.01, 0.1, 0.3, 1.0)  # "power" grid: its MMD^2 sum is O(pairs), so the penalty needs larger lambda to bite
+    steps: int = 500
+    lr: float = 0.01
+    tol: float = 1e-4
+    k: int = 50  # SVD-Z used for the warm start and the overlap
+    control_lambda: float | None = 0.01  # per layer and objective, one run from the other init; "power" also
+    # gets one run on label-shuffled clouds (the MMD^2 a fit reaches when the languages are exchangeable)
+    active_factor: float = 10.0  # coordinate j is selected (in D or Z) when ell_j < active_factor * sqrt(d) (standardised units)
+
+
+def _ard_lambdas(cfg: ARDConfig, objective: str) -> tuple:
+    return cfg.power_lambdas if objective == "power" else cfg.lambdas
+
+
+def _ard_runs(cfg: ARDConfig, layers: list[int]) -> list[dict]:
+    """Every (objective, layer, lambda, init, labels) fit: the lambda grid from the objective's primary init, plus controls."""
+    objectives = [S.check_objective(o) for o in cfg.objective]
+    if not objectives or len(set(objectives)) != len(objectives):
+        raise MlxInterpError(f"objective={cfg.objective!r}: give a non-empty tuple without repeats from {tuple(S.ARD_OBJECTIVES)}")
+    runs = []
+    for obj in objectives:
+        init = _PRIMARY_INIT[obj]
+        runs += [{"objective": obj, "layer": l, "lambda": lam, "init": init, "labels": "true"}
+                 for l in layers for lam in _ard_lambdas(cfg, obj)]
+        if cfg.control_lambda is not None:
+            runs += [{"objective": obj, "layer": l, "lambda": cfg.control_lambda, "init": _OTHER_INIT[init], "labels": "true"}
+                     for l in layers]
+            if obj == "power":
+                runs += [{"objective": obj, "layer": l, "lambda": cfg.control_lambda, "init": init, "labels": "shuffled"}
+                         for l in layers]
+    return runs
+
+
+@experiment("ard_mmd", ARDConfig)
+def ard_mmd(hm, cfg: ARDConfig, ctx) -> dict:
+    """Experiment C: ARD-RBF lengthscales fitted to en/zh token clouds with L1 on 1/ell (Adam, mx.grad, mx.compile).
+
+    "power" (primary) maximises the biased MMD^2 minus the penalty: its short-lengthscale set D is a sparse set
+    of language-discriminating coordinates, which seed 001's Z hypothesis predicts to be disjoint from SVD-Z.
+    "seed" minimises the unbiased MMD^2 plus the penalty as seed 001 specifies; it is degenerate (its MMD^2
+    goes negative and it does not converge) and is kept only so that finding is reproducible (BUGFIX 22).
+    """
+    d, L = hm.info.d_model, hm.info.n_layers
+    layers = layers_at(cfg.layer_fracs, L)
+    pairs = load_pairs(cfg.n)
+    items = ctx.map("runs", _ard_runs(cfg, layers), lambda r: _ard_run(hm, r, pairs, cfg, ctx))
+    tau = cfg.active_factor * np.sqrt(d)
+    for it in items:
+        it.update(_ard_selection(np.array(it["log_ell"]), (z_basis(hm, it["layer"], cfg.k) ** 2).sum(0), tau))
+        it["n_shrunk"] = int((np.array(it["log_ell"]) < np.array(it["log_ell_init"])).sum())  # threshold-free companion
+    main_l = layers_at(SEED_FRACS, L)[0]
+    summary = {"layers": layers, "pairs": len(pairs), "selected if ell <": f"{cfg.active_factor:g} sqrt(d) = {tau:.0f} (standardised units)",
+               "columns": "|set| (coordinates whose ell ended below its start), overlap with SVD-Z's top-|set| coordinates (chance |set|/d; P(X<=x), P(X>=x) hypergeometric), "
+                          "sum MMD2 biased start->end, unbiased start->end, converged (steps, relative loss change "
+                          f"over the last 100 steps vs tol {cfg.tol:g})"}
+    summary.update({_ard_label(it): _ard_line(it) for it in items})
+    summary[f"layer {main_l}: per-pair mean MMD2 change end - start, 95% bootstrap CI over {len(pairs)} pairs"] = \
+        _ard_change_summary(items, main_l)
+    contrast = _ard_shuffle_contrast(items, cfg.seed)
+    summary["power, true minus shuffled labels: per-pair mean end MMD2, 95% bootstrap CI over pairs"] = {
+        name: ("n/a: no true-label run at this lambda (control_lambda not in power_lambdas)" if ci is None
+               else ", ".join(f"{e} {_num_text(ci[e], '+.4f')}" for e in S.MMD_ESTIMATORS)) for name, ci in contrast.items()}
+    _ard_figure(items, main_l, tau, cfg, ctx)
+    return {"summary": summary, "layers": layers, "runs": items, "shuffle_contrast": contrast, "standardisation":
+            "each coordinate standardised by the pooled mean/std over both languages' content tokens of the pairs at that layer",
+            "objective": {"power": "maximise sum over pairs of biased (V-statistic) ARD-RBF MMD^2 - lambda * sum_j 1/ell_j "
+                                   "(plain MMD^2, not the MMD^2/std test-power ratio); primary; init uniform ell = sqrt(d)",
+                          "seed": "minimise sum over pairs of unbiased ARD-RBF MMD^2 + lambda * sum_j 1/ell_j (seed 001 verbatim; "
+                                  "degenerate: ell -> inf minimises both terms); init SVD warm start"},
+            "controls": "per layer at control_lambda: the other init; for power also the languages' token labels shuffled "
+                        "within each pair (same sizes), the MMD^2 reachable without a language difference"}
+
+
+def _ard_clouds(hm, layer: int, pairs: list[dict], rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(zh, en) content-token clouds per pair, standardised by pooled stats; rng given: tokens re-split at random."""
+    clouds = [(content(activations(hm, prompt(p, "zh")), layer), content(activations(hm, prompt(p, "en")), layer)) for p in pairs]
+    pooled = np.concatenate([c for pair in clouds for c in pair])
+    mu, sd = pooled.mean(0), pooled.std(0) + 1e-6
+    out = []
+    for x, y in clouds:
+        if rng is not None:
+            both = np.concatenate([x, y])[rng.permutation(len(x) + len(y))]
+            x, y = both[: len(x)], both[len(x):]
+        out.append(((x - mu) / sd, (y - mu) / sd))
+    return out
+
+
+def _ard_run(hm, run: dict, pairs: list[dict], cfg: ARDConfig, ctx) -> dict:
+    t0 = time.perf_counter()
+    l, d = run["layer"], hm.info.d_model
+    rng = ctx.rng_for("shuffle", l) if run["labels"] == "shuffled" else None
+    X, Y, wx, wy = S.pad_clouds(_ard_clouds(hm, l, pairs, rng))
+    init = (S.svd_warm_start(z_basis(hm, l, cfg.k), np.sqrt(d)) if run["init"] == "svd"
+            else np.full(d, np.log(np.sqrt(d))))
+    tag = _ard_label(run)
+    fit = S.fit_ard(X, Y, wx, wy, init, run["lambda"], objective=run["objective"], lr=cfg.lr, steps=cfg.steps, tol=cfg.tol,
+                    on_log=lambda h: ctx.log(f"{tag} step {h['step']}: loss {h['loss']:.5f}, sum MMD2 {h['mmd2_sum']:.5f}")
+                    if h["step"] % 250 == 0 or h["step"] == 1 else None)
+    ctx.log(f"{tag}: {fit.steps} steps, converged {fit.converged}, {time.perf_counter() - t0:.1f} s")
+    return {**run, "log_ell": np.round(fit.log_ell, 4), "log_ell_init": np.round(init, 4), "history": fit.history,
+            "mmd2_start": fit.mmd2_start, "mmd2_end": fit.mmd2_end, **_ard_pair_records(fit, pairs, cfg.seed),
+            "steps": fit.steps, "converged": fit.converged, "window_change": fit.window_change}
+
+
+def _ard_pair_records(fit: S.ARDFit, pairs: list[dict], seed: int) -> dict:
+    """Per-pair MMD^2 at the start and end lengthscales, and a bootstrap CI over pairs of the mean change (end - start).
+
+    The objective is a sum over pairs, so one pair could carry the whole gain; the per-pair
+    values and the CI over pairs show whether the change is shared.
+    """
+    records = [{"id": p["id"], **{f"{e}_{when}": float(v[i]) for e in S.MMD_ESTIMATORS
+                                  for when, v in (("start", fit.mmd2_start_pairs[e]), ("end", fit.mmd2_end_pairs[e]))}}
+               for i, p in enumerate(pairs)]
+    ci = {e: bootstrap_ci(fit.mmd2_end_pairs[e] - fit.mmd2_start_pairs[e], seed=seed) for e in S.MMD_ESTIMATORS}
+    return {"pairs": records, "mmd2_change_ci": ci}
+
+
+def _ard_change_summary(items: list[dict], layer: int) -> dict:
+    """Summary lines for one layer: mean per-pair MMD^2 change with its 95% CI over pairs, per run."""
+    return {_ard_label(it): ", ".join(f"{e} {_num_text(it['mmd2_change_ci'][e], '+.4f')}" for e in S.MMD_ESTIMATORS)
+            for it in items if it["layer"] == layer}
+
+
+def _ard_shuffle_contrast(items: list[dict], seed: int) -> dict:
+    """Per layer: per-pair end MMD^2 of the power fit on true labels minus the same fit on shuffled labels, CI over pairs.
+
+    Same lambda and init, pairs matched by position: a gain that is a language difference, not
+    the V-statistic's self-similarity, gives an interval above 0.
+    """
+    out = {}
+    for sh in [it for it in items if it["labels"] == "shuffled"]:
+        true = next((it for it in items if it["labels"] == "true" and it["layer"] == sh["layer"]
+                     and it["objective"] == sh["objective"] and it["lambda"] == sh["lambda"] and it["init"] == sh["init"]), None)
+        out[f"L{sh['layer']} lambda={sh['lambda']}"] = None if true is None else {  # None: control_lambda not in power_lambdas
+            e: bootstrap_ci([t[f"{e}_end"] - u[f"{e}_end"] for t, u in zip(true["pairs"], sh["pairs"])], seed=seed)
+            for e in S.MMD_ESTIMATORS}
+    return out
+
+
+def _ard_selection(log_ell: np.ndarray, z_energy: np.ndarray, tau: float) -> dict:
+    """The selected set (ell < tau) against SVD-Z's top coordinates of the same size, with a hypergeometric null."""
+    d = len(log_ell)
+    active = np.flatnonzero(np.exp(log_ell) < tau)
+    a = len(active)
+    top = set(np.argsort(-z_energy)[:a].tolist())
+    x = len(top & set(active.tolist()))
+    return {"n_active": int(a), "overlap_with_svd_top": float(x / a) if a else None, "overlap_chance": float(a / d),
+            "overlap_p_low": float(hypergeom.cdf(x, d, a, a)) if a else None,
+            "overlap_p_high": float(hypergeom.sf(x - 1, d, a, a)) if a else None,
+            "svd_energy_in_active": float(z_energy[active].sum() / z_energy.sum()) if a else 0.0}
+
+
+def _ard_label(it: dict) -> str:
+    return (f"{it['objective']} L{it['layer']} lambda={it['lambda']} {it['init']}-init"
+            + (" shuffled-labels" if it["labels"] == "shuffled" else ""))
+
+
+def _ard_line(it: dict) -> str:
+    ov = "-" if it["overlap_with_svd_top"] is None else (
+        f"{it['overlap_with_svd_top']:.2f} (chance {it['overlap_chance']:.2f}; p {it['overlap_p_low']:.2g}, {it['overlap_p_high']:.2g})")
+    s, e = it["mmd2_start"], it["mmd2_end"]
+    change = "n/a" if it["window_change"] is None else f"{it['window_change']:.1e}"
+    return (f"{it['n_active']} (shrunk below init: {it['n_shrunk']}), {ov}, biased {s['biased']:.4f}->{e['biased']:.4f}, unbiased {s['unbiased']:.4f}->{e['unbiased']:.4f}, "
+            f"{it['converged']} ({it['steps']} steps, last-100-step change {change} of scale)")
+
+
+def _ard_figure(items, main_l, tau, cfg, ctx) -> None:
+    objectives = [o for o in cfg.objective]
+    fig, ax = subplots(1, 1 + len(objectives), figsize=(5.5 * (1 + len(objectives)), 4))
+    for obj, style in zip(objectives, ("o-", "s--")):
+        for lam in _ard_lambdas(cfg, obj):
+            rows = [it for it in items if it["objective"] == obj and it["lambda"] == lam
+                    and it["init"] == _PRIMARY_INIT[obj] and it["labels"] == "true"]
+            ax[0].plot([r["layer"] for r in rows], [r["n_active"] for r in rows], style, label=f"{obj} lambda={lam}")
+    ax[0].set(xlabel="layer", ylabel="|D| (power) or |Z| (seed): coords with ell < tau", title="ARD selected-set size per layer")
+    ax[0].legend(fontsize=7)
+    for a, obj in zip(ax[1:], objectives):
+        for it in [it for it in items if it["layer"] == main_l and it["objective"] == obj]:
+            le = np.sort(np.array(it["log_ell"]) / np.log(10))
+            a.plot(le, label=_ard_label(it).split(f"L{main_l} ")[1])
+        a.axhline(np.log10(tau), color="grey", ls=":")
+        a.set(xlabel="coordinate (sorted)", ylabel="log10 ell", title=f"{obj}: lengthscale spectrum, layer {main_l}")
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    ctx.save_figure("ard_mmd", fig)
+
+
+
+
+def _num_text(ci: dict, fmt: str = "+.3f") -> str:
+    return format_interval(ci, fmt)

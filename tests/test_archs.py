@@ -1,0 +1,188 @@
+"""The hook tests on every further architecture in the hook table (tiny random models, float and 4-bit).
+
+tests/test_hooks.py runs on the six families every other test uses; this file
+re-runs its family-independent tests on tiny.MORE_ARCHS (mistral, gemma,
+smollm3, starcoder2, phi3, olmo2/3, cohere/2, qwen3_moe, mixtral) and replaces
+the ones that assume a llama/gemma block with versions that read the block
+layout from the hook table, so a row that points at the wrong module fails.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+import tiny
+from test_hooks import (  # noqa: F401  (collected here again, with this file's `hm`)
+    IDS,
+    maxdiff,
+    test_add_tap_equals_manual_sum,
+    test_generate_batch_matches_single_generation,
+    test_generation_captures_match_a_full_forward,
+    test_generation_phases,
+    test_noop_taps_are_bit_identical,
+    test_noop_taps_bit_identical_in_generation,
+    test_patching_with_own_cache_is_identity,
+    test_taps_removed_after_context_even_on_error,
+    test_two_equal_taps_on_one_hook_attach_and_detach,
+)
+from test_hooks import SHORT
+from test_hooks import test_ablate_project_and_heads as _ablate_project_and_heads
+from test_hooks import test_resid_mid_edit_alone_changes_the_logits as _resid_mid_alone
+from test_hooks import test_resid_mid_edit_reaches_the_residual_stream as _resid_mid_reaches
+
+from mlxinterp.core.archs import ARCHS
+from mlxinterp.core.hooks import load
+from mlxinterp.core.loading import SUPPORTED_ARCHS
+
+MORE = [(a, b) for a in tiny.MORE_ARCHS for b in (None, 4)]
+
+
+@pytest.fixture(scope="session")
+def more_dirs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("tiny-more")
+    return {(a, b): tiny.write_tiny_model(root / f"{a}-{b or 'f'}", a, b) for a, b in MORE}
+
+
+@pytest.fixture(scope="session")
+def more_hooked(more_dirs):
+    cache: dict = {}
+
+    def get(arch, bits):
+        if (arch, bits) not in cache:
+            cache[(arch, bits)] = load(str(more_dirs[(arch, bits)]), dtype="native")
+        return cache[(arch, bits)]
+    return get
+
+
+@pytest.fixture(params=MORE, ids=[f"{a}-{b or 'f'}" for a, b in MORE])
+def hm(request, more_hooked):
+    return more_hooked(*request.param)
+
+
+def _parallel(hm) -> bool:
+    return hm.spec.family == "parallel"
+
+
+def test_every_table_row_is_loadable_and_tested():
+    assert set(SUPPORTED_ARCHS) == set(ARCHS)
+    tested = set(tiny.ARCHS) | set(tiny.MORE_ARCHS) | {"gemma3"}  # gemma3 = gemma3_text inside a wrapper
+    assert set(ARCHS) <= tested
+
+
+def test_hook_names_cover_every_layer(hm):
+    always = ["hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post", "attn.hook_z", "attn.hook_out",
+              "mlp.hook_out"]
+    for i in range(hm.info.n_layers):
+        for s in always + ([] if _parallel(hm) else ["hook_resid_mid"]):
+            assert f"blocks.{i}.{s}" in hm.hook_names
+    assert {"hook_embed", "ln_final.hook_normalized", "hook_logits"} <= set(hm.hook_names)
+    assert hm.hook_shape("blocks.0.attn.hook_z") == (hm.info.n_heads, hm.info.head_dim)
+
+
+def test_last_resid_post_through_unembed_is_logits(hm):
+    logits, cache = hm.run_with_cache(mx.array([IDS]))
+    out = hm.unembed(cache[f"blocks.{hm.info.n_layers - 1}.hook_resid_post"])
+    assert maxdiff(out, logits) < 1e-5  # unembed computes in float32; tiny models are float32 too
+    assert maxdiff(hm.unembed(cache["ln_final.hook_normalized"], normed=False), logits) < 1e-5
+
+
+def test_hook_z_through_o_proj_is_attention_output(hm):
+    _, cache = hm.run_with_cache(mx.array([IDS]))
+    for i in range(hm.info.n_layers):
+        block = hm.model.model.layers[i]
+        z = cache[f"blocks.{i}.attn.hook_z"]
+        raw = block.self_attn.o_proj(z.reshape(1, len(IDS), -1))
+        assert maxdiff(raw, cache[f"blocks.{i}.attn.hook_out"]) == 0.0
+        path = hm.spec.sites["hook_attn_out"].path  # a post-norm (gemma, olmo2) or the attention itself
+        added = raw if path == "self_attn" else getattr(block, path)(raw)
+        assert maxdiff(added, cache[f"blocks.{i}.hook_attn_out"]) == 0.0
+
+
+def test_residual_decomposition_matches_captures(hm):
+    _, c = hm.run_with_cache(mx.array([IDS]))
+    for i in range(hm.info.n_layers):
+        pre, attn, mlp = (c[f"blocks.{i}.{s}"] for s in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out"))
+        if _parallel(hm):  # attention and MLP both read resid_pre (Cohere)
+            assert maxdiff(attn + mlp + pre, c[f"blocks.{i}.hook_resid_post"]) == 0.0
+            continue
+        assert maxdiff(pre + attn, c[f"blocks.{i}.hook_resid_mid"]) == 0.0
+        assert maxdiff(c[f"blocks.{i}.hook_resid_mid"] + mlp, c[f"blocks.{i}.hook_resid_post"]) == 0.0
+        if i + 1 < hm.info.n_layers:
+            assert mx.array_equal(c[f"blocks.{i}.hook_resid_post"], c[f"blocks.{i + 1}.hook_resid_pre"])
+
+
+def test_mlp_hook_points_match_manual_computation(hm):
+    """hook_pre / hook_post against the MLP recomputed from its own weights (and the MLP input)."""
+    if hm.spec.router:
+        pytest.skip("MoE MLPs: tests/test_moe.py")
+    _, c = hm.run_with_cache(mx.array([IDS]))
+    mlp = hm.model.model.layers[1].mlp
+    x = c["blocks.1.ln1.hook_normalized"] if _parallel(hm) else (
+        c["blocks.1.hook_resid_mid"] if hm.spec.family == "olmo2" else c["blocks.1.ln2.hook_normalized"])
+    if hm.info.arch == "starcoder2":
+        assert maxdiff(mlp.c_fc(x), c["blocks.1.mlp.hook_pre"]) == 0.0
+        manual = nn.gelu(mlp.c_fc(x))
+    elif hm.info.arch == "phi3":  # fused gate_up_proj: gate is the first half
+        gate, up = mx.split(mlp.gate_up_proj(x), 2, axis=-1)
+        manual = nn.silu(gate) * up
+    else:
+        act = nn.gelu if hm.info.arch == "gemma" else nn.silu
+        manual = act(mlp.gate_proj(x)) * mlp.up_proj(x)
+        assert maxdiff(mlp.gate_proj(x), c["blocks.1.mlp.hook_pre"]) == 0.0
+    assert maxdiff(manual, c["blocks.1.mlp.hook_post"]) < 1e-5
+    assert maxdiff(mlp(x), c["blocks.1.mlp.hook_out"]) == 0.0
+
+
+def test_resid_mid_edit_reaches_the_residual_stream(hm):
+    if _parallel(hm):
+        pytest.skip("parallel attention/MLP blocks have no resid_mid")
+    _resid_mid_reaches(hm)
+
+
+def test_resid_mid_edit_alone_changes_the_logits(hm):
+    if _parallel(hm):
+        pytest.skip("parallel attention/MLP blocks have no resid_mid")
+    _resid_mid_alone(hm)
+
+
+def test_ablate_project_and_heads(hm):
+    if _parallel(hm):
+        pytest.skip("parallel attention/MLP blocks have no resid_mid")
+    _ablate_project_and_heads(hm)
+
+
+def test_parallel_blocks_ablating_mlp_leaves_attention_sum(hm):
+    if not _parallel(hm):
+        pytest.skip("Cohere-style parallel blocks only")
+    from mlxinterp.core import taps as T
+
+    with hm.hooks({"blocks.2.hook_mlp_out": T.Ablate("zero")}):
+        _, c = hm.run_with_cache(mx.array([IDS]), names="blocks.2.")
+    assert maxdiff(c["blocks.2.hook_resid_pre"] + c["blocks.2.hook_attn_out"], c["blocks.2.hook_resid_post"]) == 0.0
+
+
+def test_missing_hook_point_is_a_clear_error(hm):
+    from mlxinterp.core.errors import HookNameError
+
+    absent = [s for s in ("hook_resid_mid", "attn.hook_q", "ln1.hook_normalized") if f"blocks.0.{s}" not in hm.hook_names]
+    for s in absent:
+        with pytest.raises(HookNameError):
+            hm.point(f"blocks.0.{s}")
+
+
+def test_left_padding_leaves_each_sequence_unchanged(hm):
+    """As in test_hooks, with a random steering vector: LayerNorm models (starcoder2, cohere) remove a
+    constant one, so the all-ones vector of test_hooks changes nothing there by construction."""
+    from mlxinterp.core import taps as T
+
+    l_short, _ = hm.run_with_cache(mx.array([SHORT]))
+    l_long, _ = hm.run_with_cache(mx.array([IDS]))
+    logits, c = hm.run_with_cache([IDS, SHORT])
+    pad = c.left_padding[1]
+    assert maxdiff(logits[0], l_long[0]) < 1e-4 and maxdiff(logits[1, pad:], l_short[0]) < 1e-4
+    v = mx.random.normal((hm.info.d_model,), key=mx.random.key(7))
+    with hm.hooks({"blocks.0.hook_resid_post": T.Add(v, 5.0, positions=1)}):
+        batched = hm([IDS, SHORT])
+        single = hm(mx.array([SHORT]))
+    assert maxdiff(batched[1, pad:], single[0]) < 1e-4
+    assert maxdiff(single, l_short) > 1e-3

@@ -1,0 +1,142 @@
+"""Attribution patching: estimates are the first-order limit of exact patching, IG is complete, the check agrees."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import VARIANT_IDS, VARIANTS
+from mlxinterp.analysis import attribution as A
+from mlxinterp.analysis.patching import Patch, logit_diff, run_variants
+from mlxinterp.core.errors import MlxInterpError, PromptError
+
+CLEAN = [1, 287, 414, 417, 279, 280, 300, 301]
+CORRUPT = [1, 290, 414, 417, 279, 280, 300, 301]  # differs at position 1 only
+HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
+
+
+@pytest.mark.parametrize("arch,bits", VARIANTS, ids=VARIANT_IDS)
+def test_atp_is_the_first_order_limit_of_exact_patching(tiny_hooked, arch, bits):
+    """Patching a_corrupt + t (a_clean - a_corrupt) for small t changes the metric by t * estimate."""
+    hm = tiny_hooked(arch, bits)
+    m = logit_diff(hm, 5, 7)
+    att = A.attribute(hm, CLEAN, CORRUPT, m, hooks=HOOKS)
+    est = att.values()
+    cells = att.cells()
+    changed = np.flatnonzero(att.changed_mask())
+    pick = changed[np.argsort(-np.abs(est[changed]))[:6]]
+    _, cache = hm.run_with_cache(np.array([CORRUPT]).tolist(), names=list(att.estimates))
+    t = 1e-2
+    variants = []
+    for i in pick:
+        name, pos, head = cells[i]
+        a_cor = np.array(cache[name][0, pos])
+        a_cl = att.clean_acts[name][pos]
+        if head is not None:
+            a_cor, a_cl = a_cor[head], a_cl[head]
+        variants.append([Patch(name, pos, a_cor + t * (a_cl - a_cor), head)])
+    vals = run_variants(hm, CORRUPT, variants + [[]], m)
+    fd = (vals[:-1] - vals[-1]) / t
+    scale = np.abs(est[pick]).max()
+    assert np.allclose(fd, est[pick], rtol=5e-2, atol=5e-2 * scale), (fd, est[pick])
+
+
+@pytest.mark.parametrize("arch,bits", VARIANTS, ids=VARIANT_IDS)
+def test_ig_at_the_embedding_is_complete(tiny_hooked, arch, bits):
+    """Integrated gradients on the input line sum to metric(clean) - metric(corrupt)."""
+    hm = tiny_hooked(arch, bits)
+    m = logit_diff(hm, 5, 7)
+    att = A.attribute(hm, CLEAN, CORRUPT, m, hooks=["hook_embed"], method="ig", steps=48)
+    total = att.clean_metric - att.corrupt_metric
+    assert abs(att.values().sum() - total) <= 0.03 * abs(total) + 1e-3, (att.values().sum(), total)
+    # positions whose token is the same in both prompts contribute exactly nothing
+    assert np.all(att.estimates["hook_embed"][[0, 2, 3, 4, 5, 6, 7]] == 0)
+
+
+def test_graddrop_leaves_the_last_layer_alone(tiny_hooked):
+    """Dropping layer l's gradient cannot change a cell downstream of it: for the last MLP output
+    every one of the L rows equals plain AtP, so GradDrop = L / (L - 1) * |AtP| there; upstream cells differ."""
+    hm = tiny_hooked("qwen2", None)
+    m = logit_diff(hm, 5, 7)
+    att = A.attribute(hm, CLEAN, CORRUPT, m, hooks=HOOKS, method="atp*")
+    n = hm.info.n_layers
+    last = f"blocks.{n - 1}.hook_mlp_out"
+    assert np.allclose(att.graddrop[last], n / (n - 1) * np.abs(att.estimates[last]), rtol=1e-4, atol=1e-7)
+    first = "blocks.0.hook_resid_pre"
+    assert not np.allclose(att.graddrop[first], n / (n - 1) * np.abs(att.estimates[first]), rtol=1e-3)
+
+
+def test_check_reports_agreement_and_a_figure(tiny_hooked):
+    hm = tiny_hooked("llama", None)
+    m = logit_diff(hm, 5, 7)
+    att = A.attribute_and_check(hm, CLEAN, CORRUPT, m, k=8)
+    chk = att.check
+    assert chk["n_checked"] == 16 and chk["n_top"] == 8 and chk["n_random"] == 8
+    assert chk["spearman"] > 0.8 and chk["sign_agreement"] >= 0.8
+    assert chk["max_missed_bound"] >= 0
+    d = att.to_dict()
+    json.dumps(d)
+    assert set(d["check"]) >= {"spearman", "sign_agreement", "n_checked", "max_missed_bound"}
+    assert {"hook", "layer", "position", "estimate"} <= set(d["estimates"][0])
+    heads = [r for r in d["estimates"] if r["hook"] == "attn.hook_z"]
+    assert len(heads) == hm.info.n_layers * len(CLEAN) * hm.info.n_heads and "head" in heads[0]
+    fig = A.plot_check(chk)
+    assert len(fig.axes[0].collections) == 2
+
+
+def test_bad_inputs(tiny_hooked):
+    hm = tiny_hooked("llama", None)
+    m = logit_diff(hm, 5, 7)
+    with pytest.raises(PromptError, match="equal lengths"):
+        A.attribute(hm, CLEAN, CORRUPT[:-1], m)
+    with pytest.raises(MlxInterpError, match="method"):
+        A.attribute(hm, CLEAN, CORRUPT, m, method="eap")
+    with pytest.raises(MlxInterpError, match="steps"):
+        A.attribute(hm, CLEAN, CORRUPT, m, method="ig", steps=0)
+    att = A.attribute(hm, CLEAN, CLEAN, m, hooks=["hook_resid_pre"])
+    assert not att.values().any()
+    with pytest.raises(MlxInterpError, match="identical"):
+        A.check(hm, att, m)
+
+
+def test_cli_attribute_json(tiny_dirs, tmp_path, capsys):
+    from cli_runner import run
+
+    model = str(tiny_dirs[("gemma3_text", None)])
+    png = tmp_path / "scatter.png"
+    code, out, err = run(["attribute", "--model", model, "--dtype", "native", "--clean", "The capital of France is",
+                          "--corrupt", "The capital of Italy is", "--metric", " Paris", " Rome", "--check", "4",
+                          "--figure", str(png), "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert {"estimates", "check"} <= set(d)
+    assert set(d["check"]) >= {"spearman", "sign_agreement", "n_checked", "max_missed_bound"}
+    assert d["check"]["n_checked"] == 8 and png.stat().st_size > 0
+    row = next(r for r in d["estimates"] if r["hook"] == "attn.hook_z")
+    assert set(row) == {"hook", "layer", "position", "head", "estimate"}
+    code, out, err = run(["attribute", "--model", model, "--dtype", "native", "--clean", "The capital of France is",
+                          "--corrupt", "The capital of Italy is", "--metric", " Paris", " Rome", "--method", "ig",
+                          "--hooks", "hook_resid_pre", "--top", "3"], capsys)
+    assert code == 0 and "hook_resid_pre" in out
+
+
+def test_cli_attribute_bad_inputs(tiny_dirs, capsys):
+    from cli_runner import run
+
+    base = ["attribute", "--model", "no-such-model", "--clean", "a", "--corrupt", "b", "--metric", " x", " y"]
+    code, _, err = run(base + ["--method", "eap"], capsys)
+    assert code == 2 and "--method 'eap'" in err and "Traceback" not in err  # checked before any model loads
+    code, _, err = run(base + ["--check", "-1"], capsys)
+    assert code == 2 and "--check" in err
+    model = str(tiny_dirs[("llama", None)])
+    code, _, err = run(["attribute", "--model", model, "--clean", "The capital of France is", "--corrupt",
+                        "Once upon a time there was a small model", "--metric", " Paris", " Rome"], capsys)
+    assert code == 2 and "equal lengths" in err
+
+
+def test_cli_attribute_help_has_example(capsys):
+    from cli_runner import run
+
+    code, out, _ = run(["attribute", "--help"], capsys)
+    assert code == 0 and "Example" in out and "mlxinterp attribute" in out
