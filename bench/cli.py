@@ -85,6 +85,26 @@ def bench_generate_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
                 f"(mlx-lm {res['median_tokens_per_second']['mlx_lm']:.1f} tok/s, median of {rounds})")
 
 
+@bench_app.command("precision")
+def bench_precision_cmd(model: str = MODEL_OPT, rounds: int = typer.Option(3, "--rounds"),
+                        as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Precision patching: swapping one module's weights in place vs reloading at a mixed precision.
+
+    Example: [bold]python -m bench precision --rounds 3 --json[/bold]
+    """
+    import os
+
+    from bench.precision import bench_precision
+
+    load = os.getloadavg()
+    with console.status("benchmarking ..."):
+        res = bench_precision(model, rounds=rounds)
+    m = res["median_seconds"]
+    _bench_done("precision", res, as_json, save, load,
+                f"reload / swap {res['reload_over_swap']['median']:.0f}x  (reload {m['reload']:.2f} s, swap "
+                f"{m['swap'] * 1e3:.2f} ms, forward {m['forward']:.3f} s, median of {rounds})")
+
+
 def _int_list(text: str, what: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
@@ -187,6 +207,98 @@ def bench_memory_cmd(as_json: bool = typer.Option(False, "--json"), save: Option
                 f"after loading: RSS {gb(res['after_load']['rss_bytes'])} (peak {gb(res['after_load']['peak_rss_bytes'])}); "
                 f"MLX peak during a forward {gb(f['mlx_peak_bytes'])}, during capture-all {gb(c['mlx_peak_bytes'])} "
                 f"({c['captured_bytes'] / 1e6:.1f} MB captured, RSS {gb(c['rss_bytes'])})")
+
+
+@bench_app.command("attribution")
+def bench_attribution_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT, rounds: int = typer.Option(5, "--rounds"),
+                          as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """Attribution patching over every hook x position for one prompt pair vs one forward (target <= 4x).
+
+    Example: [bold]python -m bench attribution --rounds 5 --json[/bold]
+    """
+    import os
+
+    from bench.harness import bench_attribution
+
+    load = os.getloadavg()
+    hm = load_model(model, dtype)
+    with console.status("benchmarking ..."):
+        res = bench_attribution(hm, rounds=rounds)
+    res["model"] = hm.info.to_dict()
+    r = res["atp_all_over_forward"]
+    _bench_done("attribution", res, as_json, save, load,
+                f"AtP (every hook x position, {res['n_cells']['atp_all']} cells) / one forward: {r['median']:.2f}x "
+                f"(95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f}); standard hooks "
+                f"{res['atp_standard_over_forward']['median']:.2f}x; median of {rounds} rounds")
+
+
+@bench_app.command("replicas")
+def bench_replicas_cmd(like: Optional[list[str]] = typer.Option(None, "--like", help="catalogue shapes (default: "
+                                                                 "Gemma-2-2B, Llama-3.2-3B, Qwen2.5-7B, Gemma-2-9B, 4-bit)"),
+                       save: Optional[Path] = SAVE_OPT,
+                       readme: Optional[Path] = typer.Option(None, "--readme", help="put the table into this README"),
+                       as_json: bool = typer.Option(False, "--json")) -> None:
+    """Real-size random-weight replicas, one at a time: load time, peak memory (forward, capture-all, patch
+    sweep) and tokens/s next to the planner's prediction. Needs several GB free; not for CI.
+
+    Example: [bold]python -m bench replicas --save bench/results --readme bench/README.md[/bold]
+    """
+    from bench import replicas
+    from mlxinterp.core.io import write_json
+    from mlxinterp.suite import catalogue
+
+    shapes = [catalogue.get(s).repo.split("/", 1)[1] for s in like] if like else list(replicas.SHAPES)
+    res = replicas.run(shapes, log=lambda line: console.print(line, highlight=False))
+    if save is not None:
+        console.print(f"wrote {write_json(Path(save) / 'replicas.json', res)}", highlight=False)
+    if readme is not None:
+        replicas.update_readme(readme, replicas.markdown(res))
+    if as_json:
+        print_json(res)
+    else:
+        out.print(replicas.markdown(res), highlight=False, markup=False)
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
+                    rounds: int = typer.Option(3, "--rounds", help="lens views after the first one"),
+                    moves: int = typer.Option(5, "--moves", help="steering slider moves after the first request"),
+                    vector: Optional[Path] = typer.Option(None, "--vector", help="a steering vector file (default: "
+                                                          "a direction from two small prompt sets)"),
+                    as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """`mlxinterp serve` latencies on a live server: first full-vocabulary lens view of a 20-token prompt (beside
+    the unembedding alone and the machine's matmul rate) and the steering playground's first token.
+
+    Example: [bold]python -m bench serve --save bench/results[/bold]
+    """
+    import os
+
+    from bench.serve import bench_serve
+    from mlxinterp.core.io import write_json
+
+    if not 1 <= rounds <= 3 or not 1 <= moves <= 50:
+        raise MlxInterpError(f"--rounds {rounds} / --moves {moves} not allowed; use 1-3 and 1-50")
+    load = os.getloadavg()
+    hm = load_model(model, dtype)
+    with console.status("benchmarking ...") as st:
+        res = bench_serve(hm, rounds, moves, vector, progress=_status_progress(st))
+    res["load_average_before"] = list(load)
+    if save is not None:
+        from bench.harness import machine
+
+        console.print(f"wrote {write_json(Path(save) / 'serve.json', {**res, 'machine': machine()})}", highlight=False)
+    if as_json:
+        print_json(res)
+        return
+    lens, st = res["lens"], res["steering"]
+    out.print(f"lens, first view: {lens['first_view']['wall_seconds']:.2f} s ({lens['first_view']['tokens']} tokens, "
+              f"{lens['unembed_gflop']:.0f} GFLOP unembedding: {lens['unembed_seconds']:.2f} s alone = "
+              f"{lens['unembed_gflops']:.0f} GFLOP/s; machine matmul {lens['machine_matmul_gflops_512']:.0f} GFLOP/s at 512, "
+              f"{lens['machine_matmul_gflops_2048']:.0f} at 2048); later views median "
+              f"{lens['later_median_wall_seconds']:.2f} s\n"
+              f"steering first token: first request {st['first_request']['first_token_seconds']:.3f} s, slider moves "
+              f"median {st['slider_median_first_token_seconds']:.3f} s (load average {res['load_average_start'][0]:.1f})",
+              highlight=False, markup=False)
 
 
 @bench_app.command("all")

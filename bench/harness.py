@@ -493,9 +493,9 @@ def _mlx_patching(hm: HookedModel, batch_sizes: Sequence[int], loops: bool) -> d
 
 def _mlx_loop(hm: HookedModel, metric, limit: int | None = None) -> dict:
     """One forward per patch with full logits at every position: the idiomatic hooks loop."""
-    from mlxinterp.analysis.patching import _ids
+    from mlxinterp.analysis.patching import prompt_ids
 
-    clean, corrupt = _ids(hm, CLEAN), _ids(hm, CORRUPT)
+    clean, corrupt = prompt_ids(hm, CLEAN), prompt_ids(hm, CORRUPT)
     L, n = len(clean), hm.info.n_layers
     names = [f"blocks.{l}.hook_resid_pre" for l in range(n)]
     _, cache = hm.run_with_cache(mx.array([clean]), names=names)
@@ -713,6 +713,50 @@ def bench_agreement(hm: HookedModel, prompts: Sequence[str] | None = None) -> di
     return agreement(hm, prompts)
 
 
+# ------------------------------------------------------------------ attribution patching
+def bench_attribution(hm: HookedModel, rounds: int = 5, clean: str = CLEAN, corrupt: str = CORRUPT) -> dict:
+    """AtP for one prompt pair over every hook x position vs one plain forward, interleaved round by round.
+
+    Conditions: `forward` (plain mlx-lm call on the corrupted prompt, full logits), `forward_vocab`
+    (the same forward unembedding only the metric's two tokens, as AtP does), `atp_standard`
+    (resid_pre, attn_out, mlp_out and every head's z at every layer x position) and `atp_all`
+    (every hook point except hook_logits). Each AtP run is one two-row forward + backward
+    (clean row for activations, corrupted row for gradients) and the dot products.
+    """
+    from mlxinterp.analysis.attribution import DEFAULT_HOOKS, attribute
+    from mlxinterp.analysis.patching import forward_last, logit_diff
+
+    _check_rounds(rounds)
+    metric = logit_diff(hm, TARGET, FOIL)
+    ids = hm.tokens(corrupt).ids
+    every = [n for n in hm.hook_names if n != "hook_logits"]
+
+    def atp(hooks):
+        def run():
+            att = attribute(hm, clean, corrupt, metric, hooks=hooks)
+            return [mx.array(att.values())]
+        return run
+
+    conditions = {"forward": lambda: [hm.model(ids)],
+                  "forward_vocab": lambda: [forward_last(hm, ids, vocab=metric.vocab)],
+                  "atp_standard": atp(DEFAULT_HOOKS), "atp_all": atp(every)}
+    times: dict[str, list[float]] = {k: [] for k in conditions}
+    for fn in conditions.values():  # warm-up
+        _timed(fn)
+    for _ in range(rounds):
+        for name, fn in conditions.items():
+            times[name].append(_timed(fn))
+    n_cells = {k: int(attribute(hm, clean, corrupt, metric, hooks=h).values().size)
+               for k, h in (("atp_standard", DEFAULT_HOOKS), ("atp_all", every))}
+    return {"clean": clean, "corrupt": corrupt, "prompt_tokens": int(ids.shape[1]), "rounds": rounds,
+            "median_seconds": {k: statistics.median(v) for k, v in times.items()}, "seconds": times,
+            "n_cells": n_cells, "n_hooks_all": len(every),
+            "atp_standard_over_forward": ratio_summary(times["atp_standard"], times["forward"]),
+            "atp_all_over_forward": ratio_summary(times["atp_all"], times["forward"]),
+            "atp_all_over_forward_vocab": ratio_summary(times["atp_all"], times["forward_vocab"]),
+            "targets": {"atp_all_over_forward": 4.0}}
+
+
 def run_all(out: Path, readme: Path | None = None, quick: bool = False, progress=None) -> dict[str, dict]:
     """Every benchmark on the default model, one after the other; each result is saved as it finishes."""
     import gc
@@ -745,7 +789,7 @@ def run_all(out: Path, readme: Path | None = None, quick: bool = False, progress
 
 
 # ------------------------------------------------------------------ results and the README table
-RESULT_NAMES = ("taps", "generate", "patching", "forward", "agreement", "memory")
+RESULT_NAMES = ("taps", "generate", "patching", "forward", "agreement", "memory", "attribution", "precision")
 TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
@@ -837,6 +881,15 @@ def render_table(results: dict[str, dict]) -> str:
                     f"logits max abs diff {r['logits_max_abs_diff']:.1e}",
                     f"top-1 agreement {r['top1_agreement']:.3f} ({r['positions']} positions)",
                     f"hidden max rel diff {r['hidden_max_rel_diff']:.1e}", "")
+    if "attribution" in results:
+        a = results["attribution"]
+        add("attribution patching", f"plain forward, {a['prompt_tokens']} tokens", f"{a['median_seconds']['forward']:.3f} s",
+            "1", "", "")
+        add("", f"AtP, resid/attn/mlp/heads ({a['n_cells']['atp_standard']} cells)",
+            f"{a['median_seconds']['atp_standard']:.3f} s", _ci(a["atp_standard_over_forward"]), "", "")
+        r = a["atp_all_over_forward"]
+        add("", f"AtP, every hook x position ({a['n_cells']['atp_all']} cells)", f"{a['median_seconds']['atp_all']:.3f} s",
+            _ci(r), f"<= {a['targets']['atp_all_over_forward']:g}", _met(r["median"] <= a["targets"]["atp_all_over_forward"]))
     if "memory" in results:
         m = results["memory"]
         gb = lambda b: f"{b / 1e9:.2f} GB" if b is not None else "n/a"  # noqa: E731

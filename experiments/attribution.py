@@ -1,4 +1,4 @@
-"""Attribution (issue 8): gradient x input from the top-1 logit to MLP neurons and input tokens; backbone neurons.
+"""Attribution: gradient x input from the top-1 logit to MLP neurons and input tokens; backbone neurons.
 
     python experiments/attribution.py [--model default] [--out results] [--n N]
 

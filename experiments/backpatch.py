@@ -1,4 +1,4 @@
-"""Back-patching (issue 5; Biran et al. 2025): later-layer last-position states written into earlier
+"""Back-patching (Biran et al. 2025): later-layer last-position states written into earlier
 layers of wrong two-hop queries; oracle fix rate with a donor control; results/<model>/backpatch/.
 
     python experiments/backpatch.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0]

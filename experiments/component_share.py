@@ -1,4 +1,4 @@
-"""Component share (issue 8): MLP vs attention share of the residual update; identity/previous-token/BOS/category heads.
+"""Component share: MLP vs attention share of the residual update; identity/previous-token/BOS/category heads.
 
     python experiments/component_share.py [--model default] [--out results] [--n N]
 

@@ -1,4 +1,4 @@
-"""Connectome (issue 8): MLP-neuron z maps per prompt category vs baseline; overlaps, SVD, hubs, exclusive neurons.
+"""Connectome: MLP-neuron z maps per prompt category vs baseline; overlaps, SVD, hubs, exclusive neurons.
 
     python experiments/connectome.py [--model default] [--out results] [--n N]
 

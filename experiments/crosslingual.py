@@ -1,4 +1,4 @@
-"""Cross-lingual refusal (issue 6): per-language directions vs English, the English direction's effect per language, KL / top-1 / generation quality on harmless prompts.
+"""Cross-lingual refusal: per-language directions vs English, the English direction's effect per language, KL / top-1 / generation quality on harmless prompts.
 
     python experiments/crosslingual.py [--model default] [--model DIR ...] [--out results] [--seed 0] [--full]
 

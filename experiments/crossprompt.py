@@ -1,4 +1,4 @@
-"""Cross-prompt patching (issue 5): the bridge's representation from a one-hop prompt patched into the
+"""Cross-prompt patching: the bridge's representation from a one-hop prompt patched into the
 two-hop prompt, layer x position, with a foil-bridge control and a batched-vs-loop speed factor.
 
     python experiments/crossprompt.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0]

@@ -1,4 +1,4 @@
-"""Sycophancy and confidence directions (issue 6): best layer by causal effect, depth, norm, steering effects with CIs.
+"""Sycophancy and confidence directions: best layer by causal effect, depth, norm, steering effects with CIs.
 
     python experiments/directions.py [--model default] [--model DIR ...] [--out results] [--seed 0] [--full]
 

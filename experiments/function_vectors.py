@@ -1,4 +1,4 @@
-"""Function vectors (issue 6; Todd et al. 2024): AIE of every head, v1/v2/v3 zero-shot lift by layer, unrelated contexts.
+"""Function vectors (Todd et al. 2024): AIE of every head, v1/v2/v3 zero-shot lift by layer, unrelated contexts.
 
     python experiments/function_vectors.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0] [--full]
 

@@ -1,4 +1,4 @@
-"""Layer ablation (issue 8): zero/mean ablation of each layer, KL and behavioural change per category; steerability map.
+"""Layer ablation: zero/mean ablation of each layer, KL and behavioural change per category; steerability map.
 
     python experiments/layer_ablation.py [--model default] [--out results] [--n N]
 

@@ -1,4 +1,4 @@
-"""Layer probe (issue 8): logit lens per layer (raw vs normed), attractors, answer layer across paraphrases, temperature, trajectories.
+"""Layer probe: logit lens per layer (raw vs normed), attractors, answer layer across paraphrases, temperature, trajectories.
 
     python experiments/layer_probe.py [--model default] [--out results] [--n N]
 

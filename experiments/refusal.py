@@ -1,4 +1,4 @@
-"""Refusal direction (issue 6; Arditi et al. 2024): diff of means at post-instruction positions, layer by causal effect, held-out effects with CIs.
+"""Refusal direction (Arditi et al. 2024): diff of means at post-instruction positions, layer by causal effect, held-out effects with CIs.
 
     python experiments/refusal.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0] [--full]
 

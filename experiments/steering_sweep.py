@@ -1,4 +1,4 @@
-"""Steering sweep (issue 8): style ActAdd families x strength x layer vs a logits processor; style, fluency, bleed, collapse.
+"""Steering sweep: style ActAdd families x strength x layer vs a logits processor; style, fluency, bleed, collapse.
 
     python experiments/steering_sweep.py [--model default] [--out results] [--n N]
 

@@ -1,4 +1,4 @@
-"""Cross-lingual subspace study (issue 7, seed 001): the five experiments, under results/<model>/<experiment>/.
+"""Cross-lingual subspace study(the Qwen2.5-3B subspace notes): the five experiments, under results/<model>/<experiment>/.
 
     python experiments/subspace_study.py                         # all five, suite defaults (< 10 min, default model)
     python experiments/subspace_study.py --only subspace_patching --set n=48 --set max_tokens=40 --out results-full

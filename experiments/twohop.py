@@ -1,4 +1,4 @@
-"""Two-hop reasoning through the logit lens (issue 5): single-hop and two-hop accuracy, first layers where
+"""Two-hop reasoning through the logit lens: single-hop and two-hop accuracy, first layers where
 bridge and answer enter the lens top-30, gaps, sequential share; results/<model>/twohop/.
 
     python experiments/twohop.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0]

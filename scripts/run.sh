@@ -44,6 +44,28 @@ install_openblas() {
   rm -f "$err"
 }
 
+install_chromium() {
+  # The explorer's browser tests (tests/test_serve_browser.py) drive Debian's headless Chromium; they skip
+  # with a reason when it is missing. Browser builds downloaded by Playwright/Selenium do not run here.
+  [ "$(uname -s)" = Linux ] || return 0
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || { log "Chromium: not installed and no apt-get; browser tests will skip"; return 0; }
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+      log "Chromium: installing it needs root; browser tests will skip (sudo apt-get install chromium chromium-driver)"
+      return 0
+    fi
+  fi
+  log "Chromium: installing chromium chromium-driver with apt-get (browser tests)"
+  local err; err="$(mktemp)"
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver; } \
+       >/dev/null 2>"$err"; then
+    log "Chromium: apt-get failed: $(grep -v '^\s*$' "$err" | tail -n1); browser tests will skip"
+  fi
+  rm -f "$err"
+}
+
 install_python_packages() {
   local stamp="$venv/.mlxinterp-installed"
   if [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then return 0; fi
@@ -104,6 +126,7 @@ case "$job" in
     log "running the suite into $out (Ctrl-C is safe: run the same command again to resume)"
     exec "$venv/bin/mlxinterp" run-suite --model default --out "$out" --reference results "$@" ;;
   test)
+    install_chromium
     set +e
     "$venv/bin/python" -m pytest "$@"
     rc=$?

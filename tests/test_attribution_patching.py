@@ -140,3 +140,74 @@ def test_cli_attribute_help_has_example(capsys):
 
     code, out, _ = run(["attribute", "--help"], capsys)
     assert code == 0 and "Example" in out and "mlxinterp attribute" in out
+
+
+def test_study_end_to_end_on_a_tiny_model(tiny_dirs, tmp_path):
+    """The suite runs the study; on random weights every pair is kept (require_correct off) to exercise the plumbing."""
+    from mlxinterp.suite.runner import run_all
+
+    model = str(tiny_dirs[("qwen2", None)])
+    run_all([model], only="attribution_patching", out=tmp_path, n=6,
+            sets=["attribution_patching.require_correct=False", "attribution_patching.check_k=3"])
+    res = json.loads(next(tmp_path.rglob("attribution_patching/result.json")).read_text())["result"]
+    summ = res["summary"]
+    assert "6 / 6; 3 / 3" == summ["pairs"]
+    for key in ("resid_spearman_all_layers", "check_spearman", "check_sign_agreement"):
+        assert summ[key]["n"] >= 1 and -1 <= summ[key]["estimate"] <= 1
+    assert len(res["pairs"]) == 6 and res["pairs"][0]["check"]["n_checked"] == 6
+    assert next(tmp_path.rglob("attribution_patching/attribution_patching.png")).stat().st_size > 0
+
+
+# ---------------------------------------------------------------- edges and circuits (analysis.circuits)
+from mlxinterp.analysis import circuits as C  # noqa: E402
+
+
+@pytest.mark.parametrize("arch,bits", VARIANTS, ids=VARIANT_IDS)
+def test_edge_patching_endpoints_and_eap_first_order(tiny_hooked, arch, bits):
+    """Every edge kept = the clean run, none = the corrupted run; EAP is the first-order limit of one edge's patch."""
+    hm = tiny_hooked(arch, bits)
+    m = logit_diff(hm, 5, 7)
+    g = C.build_graph(hm, CLEAN, CORRUPT, m)
+    every = [tuple(e) for e in np.argwhere(g.valid())]
+    none, full = C.run_edges(hm, g, m, [{}, {e: 1.0 for e in every}])
+    span = abs(g.clean_metric - g.corrupt_metric)
+    assert abs(none - g.corrupt_metric) <= 1e-4 * (1 + span)
+    assert abs(full - g.clean_metric) <= 2e-3 * (1 + span), (full, g.clean_metric)
+    S = C.edge_scores(hm, g, m, steps=None)
+    top = sorted(every, key=lambda e: -abs(S[e]))[:5]
+    t = 1e-3
+    fd = (C.run_edges(hm, g, m, [{e: t} for e in top]) - g.corrupt_metric) / t
+    est = np.array([S[e] for e in top])
+    assert np.allclose(fd, est, rtol=5e-2, atol=5e-2 * np.abs(est).max()), (fd, est)
+    assert S[~g.valid()].max(initial=0) == 0 and S[~g.valid()].min(initial=0) == 0
+
+
+def test_find_circuit_curve_and_figure(tiny_hooked, tmp_path):
+    hm = tiny_hooked("llama", None)
+    m = logit_diff(hm, 5, 7)
+    c = C.find_circuit(hm, CLEAN, CORRUPT, m, steps=8, target=0.8)
+    d = c.to_dict()
+    assert d["faithfulness"][0]["edges"] == 0 and abs(d["faithfulness"][0]["recovered"]) < 1e-4
+    assert d["faithfulness"][-1]["edges"] == d["n_edges_total"] and abs(d["faithfulness"][-1]["recovered"] - 1) < 1e-3
+    reached = [p["edges"] for p in d["faithfulness"] if p["recovered"] >= 0.8]
+    assert d["n_edges"] == reached[0] and len(d["edges"]) == d["n_edges"]
+    fig = C.plot_circuit(c, hm.info.n_layers)
+    assert len(fig.axes) == 2
+
+
+def test_cli_circuit_json(tiny_dirs, tmp_path, capsys):
+    from cli_runner import run
+
+    model = str(tiny_dirs[("qwen3", None)])
+    png = tmp_path / "c.png"
+    code, out, err = run(["circuit", "--model", model, "--dtype", "native", "--clean", "The capital of France is",
+                          "--corrupt", "The capital of Italy is", "--metric", " Paris", " Rome", "--steps", "4",
+                          "--figure", str(png), "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert {"faithfulness", "edges", "n_edges", "clean_metric", "corrupt_metric"} <= set(d) and png.stat().st_size > 0
+    code, out, _ = run(["circuit", "--help"], capsys)
+    assert code == 0 and "Example" in out and "mlxinterp circuit" in out
+    code, _, err = run(["circuit", "--model", "no-such", "--clean", "a", "--corrupt", "b", "--metric", "x", "y",
+                        "--target", "2"], capsys)
+    assert code == 2 and "--target" in err

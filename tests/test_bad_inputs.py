@@ -27,12 +27,14 @@ import json
 import os
 import re
 import shutil
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from gguf import GGUFValueType
 from rich.console import Console
 from test_gguf import write_gguf
 from test_suite import registry  # noqa: F401  (fixture: a stand-in experiment named "validation")
@@ -46,7 +48,8 @@ from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.gguf import import_gguf
 from mlxinterp.core.hooks import load
 from mlxinterp.analysis.lens import logit_lens
-from mlxinterp.suite import run_all
+from mlxinterp.suite import ranges, run_all
+from mlxinterp.suite import registry as reg
 from mlxinterp.core.tokenization import encode, encode_batch
 
 IDS = [1, 287, 414, 417, 279, 280, 300, 301]  # 8 tokens of the tiny vocabulary
@@ -99,6 +102,43 @@ class Env:
         (d / "config.json").write_text(json.dumps({**cfg, **changes}))
         return str(d)
 
+    def without_config(self, key: str) -> str:
+        d = self.copy()
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.pop(key)
+        (d / "config.json").write_text(json.dumps(cfg))
+        return str(d)
+
+    def config_is_a_directory(self) -> str:
+        d = self.copy()
+        (d / "config.json").unlink()
+        (d / "config.json").mkdir()
+        return str(d)
+
+    def with_weights(self, change: Callable[[dict], None]) -> str:
+        """The copy with its safetensors weights changed in place by `change({name: mx.array})`."""
+        st = self.copy() / "model.safetensors"
+        weights = dict(mx.load(str(st)))
+        change(weights)
+        mx.save_safetensors(str(st), weights)
+        return str(st.parent)
+
+    def int_weights(self) -> str:
+        return self.with_weights(lambda w: w.update({"model.norm.weight": w["model.norm.weight"].astype(mx.int32)}))
+
+    def nan_weights(self) -> str:
+        def poison(w):
+            a = np.array(w["model.layers.1.mlp.down_proj.weight"])
+            a[3, 5] = np.nan
+            w["model.layers.1.mlp.down_proj.weight"] = mx.array(a)
+        return self.with_weights(poison)
+
+    def gguf_count(self, delta: int) -> str:
+        """A GGUF whose header states `delta` more tensors than it holds (a tensor count that lies)."""
+        def lie(b: bytes) -> bytes:
+            return b[:8] + struct.pack("<Q", struct.unpack("<Q", b[8:16])[0] + delta) + b[16:]
+        return self.gguf(cut=lie)
+
     def with_file(self, name: str, data: bytes | None) -> str:
         """The copy with `name` replaced by `data` (None deletes it)."""
         f = self.copy() / name
@@ -136,6 +176,10 @@ class Env:
     def suite(self) -> None:
         """Swap in the stand-in experiment `validation` (tests/test_suite.py's registry)."""
         self._request.getfixturevalue("registry")
+
+    def items(self) -> None:
+        """Swap in the stand-in experiment `items` (the fixture below), whose config has ranged fields."""
+        self._request.getfixturevalue("items_registry")
 
     def finished(self, model: str | None = None, **kw) -> Path:
         """A completed run in self.out; returns its result.json."""
@@ -209,6 +253,62 @@ def suite_api(e: Env, model: str | None = None, out: Path | None = None, **kw) -
     return buf.getvalue()
 
 
+NO_MODEL = "/nonexistent/model"  # a spec that cannot load: an error about it means a check ran too late
+
+
+@dataclasses.dataclass
+class ItemsCfg:
+    n: int = 6
+    seed: int = 0
+    chunk: int = 2
+    top_k: int = 3
+    frac: float = ranges.ranged(0.5, 0, 1)
+    topic: str = "all"
+
+
+ITEM_CALLS: list[int] = []
+FAIL_AT: set[int] = set()  # chunks (by first number) whose computation raises, to leave a partial checkpoint
+
+
+def _chunk_sum(c: list[int], frac: float) -> float:
+    if c[0] in FAIL_AT:
+        raise RuntimeError(f"injected failure at chunk {c[0]}")
+    ITEM_CALLS.append(c[0])
+    return sum(c) * frac
+
+
+@pytest.fixture
+def items_registry(monkeypatch):
+    """A private registry with one experiment, `items`: n numbers in chunks, filtered by topic."""
+    monkeypatch.setattr(reg, "_REGISTRY", {})
+    monkeypatch.setattr(reg, "_IMPORT_ERRORS", {})
+    monkeypatch.setattr(reg, "_builtin_modules", lambda: [])
+    ITEM_CALLS.clear()
+    FAIL_AT.clear()
+
+    @reg.experiment("items", ItemsCfg)
+    def items(model, cfg, ctx):
+        """Sum chunks of numbers."""
+        chosen = [i for i in range(cfg.n) if cfg.topic == "all" or cfg.topic == ("even", "odd")[i % 2]]
+        chunks = [chosen[i : i + cfg.chunk] for i in range(0, len(chosen), cfg.chunk)]
+        sums = ctx.map("chunks", chunks, lambda c: _chunk_sum(c, cfg.frac))
+        return {"sums": sums[: cfg.top_k]}
+
+    return ITEM_CALLS
+
+
+def items_api(e: Env, model: str | None = None, **kw) -> str:
+    e.items()
+    buf = stdio.StringIO()
+    run_all([model or e.model], out=e.out, console=Console(file=buf, width=10_000), **kw)
+    return buf.getvalue()
+
+
+def items_cli(e: Env, *extra: str, model: str | None = None) -> list[str]:
+    e.items()
+    return ["run-suite", "--model", model or e.model, "--out", str(e.out), *extra]
+
+
 # ----------------------------------------------------------------- the catalogue
 
 
@@ -220,6 +320,219 @@ class Case:
     cli: Callable[[Env], list[str]] | None = None
     absent: tuple[str, ...] = ()  # paths under tmp that must not exist afterwards
     recovers: bool = False  # not an error: handled, said on stderr, exit 0
+
+
+def _gguf_meta(**kv) -> dict:
+    """{key: (value, GGUF type)} for write_gguf(meta=...); a None value drops the key."""
+    kinds = {str: GGUFValueType.STRING, float: GGUFValueType.FLOAT32, int: GGUFValueType.UINT32}
+    return {k: None if v is None else (v, kinds[type(v)]) for k, v in kv.items()}
+
+
+def _inf(a, ctx):
+    return a + mx.array(float("inf"))
+
+
+# Validation at the boundaries: model metadata, weights, specs, text, token ids, tap arguments,
+# overflow, generation length, environment variables (suite config ranges are in SUITE_CASES below).
+BOUNDARY_CASES = [
+    # -- config.json: wrong type, null, zero, missing, not an object, a directory, inconsistent
+    Case("config-key-wrong-type", ("config.json: hidden_size='64x' is not allowed", "whole number >= 1"),
+         api=lambda e: load(e.with_config(hidden_size="64x")), cli=lambda e: ["info", "--model", e.with_config(hidden_size="64x")]),
+    Case("config-key-null", ("config.json: num_hidden_layers=None is not allowed", "whole number >= 1"),
+         api=lambda e: load(e.with_config(num_hidden_layers=None)),
+         cli=lambda e: ["info", "--model", e.with_config(num_hidden_layers=None)]),
+    Case("config-key-zero", ("config.json: num_attention_heads=0 is not allowed",),
+         api=lambda e: load(e.with_config(num_attention_heads=0)),
+         cli=lambda e: ["info", "--model", e.with_config(num_attention_heads=0)]),
+    Case("config-key-float", ("config.json: vocab_size=512.5 is not allowed",),
+         api=lambda e: load(e.with_config(vocab_size=512.5))),
+    Case("config-key-missing", ("config.json has no 'vocab_size'",),
+         api=lambda e: load(e.without_config("vocab_size")), cli=lambda e: ["info", "--model", e.without_config("vocab_size")]),
+    Case("config-model-type-not-a-string", ("config.json: model_type=3 is not allowed", "a string such as 'llama'"),
+         api=lambda e: load(e.with_config(model_type=3)), cli=lambda e: ["info", "--model", e.with_config(model_type=3)]),
+    Case("config-is-a-list", ("config.json has no 'model_type' (it holds a JSON list, not an object)",),
+         api=lambda e: load(e.with_file("config.json", b"[1, 2]"))),
+    Case("config-is-a-directory", ("config.json is not a file (a directory?)",),
+         api=lambda e: load(e.config_is_a_directory()), cli=lambda e: ["info", "--model", e.config_is_a_directory()]),
+    Case("config-heads-do-not-divide", ("num_attention_heads=4 is not a multiple of num_key_value_heads=3",),
+         api=lambda e: load(e.with_config(num_key_value_heads=3))),
+    Case("config-epsilon-negative", ("rms_norm_eps=-1 is not allowed; use a finite number > 0",),
+         api=lambda e: load(e.with_config(rms_norm_eps=-1))),
+    Case("config-bool-wrong-type", ("tie_word_embeddings='no' is not allowed", "takes bool"),
+         api=lambda e: load(e.with_config(tie_word_embeddings="no"))),
+    # -- GGUF metadata: wrong type, zero, missing, lying about the tensors
+    Case("gguf-block-count-string", ("GGUF m.gguf: llama.block_count='4' is not allowed", "whole number >= 1"),
+         api=lambda e: load(e.gguf(meta=_gguf_meta(**{"llama.block_count": "4"}))),
+         cli=lambda e: ["info", "--model", e.gguf(meta=_gguf_meta(**{"llama.block_count": "4"}))]),
+    Case("gguf-head-count-zero", ("llama.attention.head_count=0 is not allowed",),
+         api=lambda e: load(e.gguf(meta=_gguf_meta(**{"llama.attention.head_count": 0})))),
+    Case("gguf-embedding-length-missing", ("GGUF m.gguf has no 'llama.embedding_length'",),
+         api=lambda e: load(e.gguf(meta=_gguf_meta(**{"llama.embedding_length": None})))),
+    Case("gguf-embedding-length-lies", ("llama.embedding_length=32 but token_embd.weight has width 64",),
+         api=lambda e: load(e.gguf(meta=_gguf_meta(**{"llama.embedding_length": 32})))),
+    Case("gguf-block-count-lies", ("llama.block_count=5 but the file holds tensors for 4 blocks",),
+         api=lambda e: load(e.gguf(meta=_gguf_meta(**{"llama.block_count": 5})))),
+    Case("gguf-epsilon-string", ("llama.attention.layer_norm_rms_epsilon='tiny' is not allowed",),
+         api=lambda e: load(e.gguf(meta=_gguf_meta(**{"llama.attention.layer_norm_rms_epsilon": "tiny"})))),
+    Case("gguf-special-id-string", ("GGUF metadata bos token id='x' is not allowed",),
+         api=lambda e: load(e.gguf(meta=_gguf_meta(**{"tokenizer.ggml.bos_token_id": "x"})))),
+    Case("gguf-tensor-count-too-high", ("m.gguf is not a readable GGUF file",),
+         api=lambda e: load(e.gguf_count(+1)), cli=lambda e: ["info", "--model", e.gguf_count(+1)]),
+    Case("gguf-tensor-count-too-low", ("GGUF lacks 1 tensors mlx-lm needs",),
+         api=lambda e: load(e.gguf_count(-1))),
+    # -- weights
+    Case("weights-integer-dtype", ("weight model.norm.weight has dtype int32", "weights must be floating"),
+         api=lambda e: load(e.int_weights()), cli=lambda e: ["info", "--model", e.int_weights()]),
+    Case("weights-nan", ("1 weight tensor(s) contain NaN or inf", "model.layers.1.mlp.down_proj.weight"),
+         api=lambda e: load(e.nan_weights()),
+         cli=lambda e: ["generate", "hi", "--model", e.nan_weights(), "--max-tokens", "2"]),
+    # -- specs and text
+    Case("spec-over-long", ("(5000 characters) is not a usable path", "File name too long"),
+         api=lambda e: load("x" * 5000), cli=lambda e: ["info", "--model", "x" * 5000]),
+    Case("spec-over-long-path", ("unknown model spec '/a/a/", "... (4002 characters): not 'default'"),
+         api=lambda e: load("/" + "a/" * 2000 + "m")),
+    Case("prompt-lone-surrogate", ("prompt 0 is not valid UTF-8 text", "lone surrogate"),
+         api=lambda e: e.hm("caf\udce9")),
+    Case("cli-prompt-lone-surrogate", ("the prompt is not valid UTF-8 text",),
+         cli=lambda e: ["generate", "caf\udce9", "--model", e.model]),
+    Case("system-prompt-lone-surrogate", ("the system prompt is not valid UTF-8 text",),
+         api=lambda e: encode(e.hm.tokenizer, e.hm.info, "Hello", system="\ud800")),
+    Case("lens-target-lone-surrogate", ("is not valid UTF-8 text",),
+         api=lambda e: logit_lens(e.hm, "a b", targets=["\udcff"]),
+         cli=lambda e: ["lens", "a b", "--model", e.model, "--target", "\udcff", "--out", str(e.out)]),
+    Case("lens-target-not-a-string", ("target 3 is not a string but a int",),
+         api=lambda e: logit_lens(e.hm, "a b", targets=[3])),
+    Case("lens-position-float", ("position=0.5 is not allowed; use a whole number",),
+         api=lambda e: logit_lens(e.hm, "a b", position=0.5)),
+    # -- token ids
+    Case("token-id-float", ("token id 2.7 (prompt 0, position 1) is not allowed", "would be truncated"),
+         api=lambda e: e.hm([[1, 2.7]])),
+    Case("token-ids-float-array", ("token ids have dtype float32; token ids must be integers",),
+         api=lambda e: e.hm(mx.array([[1.0, 2.0]]))),
+    Case("token-id-bool", ("token id True (prompt 0, position 0) is not allowed",),
+         api=lambda e: e.hm([[True, 2]])),
+    Case("token-id-beyond-int64", ("token id 1180591620717411303424 is out of range",),
+         api=lambda e: e.hm([[1, 2**70]])),
+    Case("token-ids-3d", ("prompts must be a string, a list of strings or token ids, not array of shape (1, 2, 3)",),
+         api=lambda e: e.hm(mx.zeros((1, 2, 3), dtype=mx.int32))),
+    # -- API values of the wrong type
+    Case("hook-name-not-a-string", ("hook name 3 is not a string but a int",),
+         api=lambda e: attach(e, 3, T.Scale(1.0))),
+    Case("hook-names-not-strings", ("hook name 1 is not a string",),
+         api=lambda e: e.hm.run_with_cache([IDS], names=[1])),
+    Case("taps-as-a-string", ("taps='blocks.1.hook_resid_post' is not allowed", "(hook name, tap) pairs"),
+         api=lambda e: e.hm.run_with_cache([IDS], names=[HOOK], taps=HOOK)),
+    Case("taps-as-list-of-ints", ("taps entry 1 is not a (hook name, tap) pair",),
+         api=lambda e: e.hm.run_with_cache([IDS], names=[HOOK], taps=[1, 2])),
+    Case("tap-is-a-string", ("'Scale' is not a tap",),
+         api=lambda e: attach(e, HOOK, "Scale")),
+    Case("add-a-string", ("steering vector for blocks.1.hook_resid_post is not a numeric array",),
+         api=lambda e: attach(e, HOOK, T.Add("up"))),
+    Case("add-an-object-array", ("is not a numeric array", "dtype object"),
+         api=lambda e: attach(e, HOOK, T.Add(np.array([object()] * D_MODEL)))),
+    Case("heads-an-int", ("heads=2 is not allowed; use a list of head indices",),
+         api=lambda e: attach(e, "blocks.0.attn.hook_z", T.Scale(1.0, heads=2))),
+    Case("heads-floats", ("heads=[0.5, 1.0] is not allowed",),
+         api=lambda e: attach(e, "blocks.0.attn.hook_z", T.Scale(1.0, heads=[0.5, 1.0]))),
+    Case("positions-beyond-int64", ("position 1180591620717411303424 is out of range for any sequence",),
+         api=lambda e: attach(e, HOOK, T.Add(V, positions=[1, 2**70]))),
+    Case("fn-returns-wrong-shape", ("at blocks.1.hook_resid_post returned an mx.array of shape (1, 1, 64)",
+                                    "activation's shape (1, 8, 64)"),
+         api=lambda e: attach(e, HOOK, T.Fn(fn=lambda a, ctx: a[:, :1]))),
+    Case("fn-returns-none", ("at blocks.1.hook_resid_post returned None",),
+         api=lambda e: attach(e, HOOK, T.Fn(fn=lambda a, ctx: None))),
+    Case("fn-returns-numpy", ("returned numpy.ndarray", "wrap with mx.array"),
+         api=lambda e: attach(e, HOOK, T.Fn(fn=lambda a, ctx: np.array(a)))),
+    Case("fn-not-callable", ("taps.Fn at blocks.1.hook_resid_post: fn=3 is not callable",),
+         api=lambda e: attach(e, HOOK, T.Fn(fn=3))),
+    Case("capture-without-store", ("Capture at blocks.1.hook_resid_post: store=None has no append",),
+         api=lambda e: attach(e, HOOK, T.Capture())),
+    # -- values that overflow float32
+    Case("scale-beyond-float32", ("factor=1e+39 is not allowed", "within float32"),
+         api=lambda e: attach(e, HOOK, T.Scale(1e39))),
+    Case("add-times-scale-overflows", ("scale=10 times the steering vector's largest entry 3e+38", "overflows float32"),
+         api=lambda e: attach(e, HOOK, T.Add(np.full(D_MODEL, 3e38, np.float32), scale=10))),
+    Case("scale-huge-int", ("is not allowed; use a finite number",),
+         api=lambda e: attach(e, HOOK, T.Scale(10**400))),
+    Case("logits-non-finite-after-taps", ("the logits contain NaN or inf with these taps attached",
+                                          "Fn(_inf) at blocks.1.hook_resid_post"),
+         api=lambda e: attach(e, HOOK, T.Fn(fn=_inf))),
+    Case("generation-non-finite-after-taps", ("the logits contain NaN or inf", "Fn(_inf)"),
+         api=lambda e: e.hm.generate("hi", max_tokens=3, taps={HOOK: T.Fn(fn=_inf)})),
+    # -- generation and the context length
+    Case("generate-past-context", ("max_tokens=300 after a", "runs past", "max context of 256", "use max_tokens <="),
+         api=lambda e: e.hm.generate("hi", max_tokens=300),
+         cli=lambda e: ["generate", "hi", "--model", e.model, "--max-tokens", "300"]),
+    Case("generate-batch-past-context", ("runs past", "max context of 256"),
+         api=lambda e: e.hm.generate_batch(["hi", "a b"], max_tokens=1000)),
+    Case("max-tokens-float", ("max_tokens=2.0 is not allowed; use a whole number >= 1",),
+         api=lambda e: e.hm.generate("hi", max_tokens=2.0)),
+    Case("generate-seed-negative", ("seed=-1 is not allowed",),
+         api=lambda e: e.hm.generate("hi", max_tokens=2, seed=-1)),
+    # -- environment variables
+    Case("env-memory-limit-malformed", ("MLXINTERP_MEMORY_LIMIT='lots' is not a size", "8GB"),
+         api=lambda e: (e.faults.setenv("MLXINTERP_MEMORY_LIMIT", "lots"), load(e.model)),
+         cli=lambda e: (e.faults.setenv("MLXINTERP_MEMORY_LIMIT", "lots"), ["info", "--model", e.model])[1]),
+    Case("env-memory-limit-infinite", ("MLXINTERP_MEMORY_LIMIT='infGB' is not a size",),
+         api=lambda e: (e.faults.setenv("MLXINTERP_MEMORY_LIMIT", "infGB"), load(e.model))),
+    Case("env-memory-limit-zero", ("MLXINTERP_MEMORY_LIMIT='0' is not a size",),
+         api=lambda e: (e.faults.setenv("MLXINTERP_MEMORY_LIMIT", "0"), load(e.model))),
+    Case("env-allow-download-malformed", ("MLXINTERP_ALLOW_DOWNLOAD='maybe' is not allowed", "1/true/yes"),
+         api=lambda e: (e.faults.setenv("MLXINTERP_ALLOW_DOWNLOAD", "maybe"), load("nobody/missing-model"))),
+    Case("env-cache-is-a-file", ("MLXINTERP_CACHE=", "is not a directory"),
+         api=lambda e: (e.faults.setenv("MLXINTERP_CACHE", e.file()), load("default")),
+         cli=lambda e: (e.faults.setenv("MLXINTERP_CACHE", e.file()), ["info"])[1]),
+    Case("env-debug-malformed", ("MLXINTERP_DEBUG='sometimes' is not allowed",),
+         cli=lambda e: (e.faults.setenv("MLXINTERP_DEBUG", "sometimes"), ["info", "--model", e.model])[1]),
+    # -- checked before any model loads: the model spec here does not exist, so a model-loading
+    #    error would show if the argument were checked only after loading
+    Case("cli-empty-prompt-before-load", ("the prompt is empty",),
+         cli=lambda e: ["generate", " ", "--model", "/nonexistent/model"]),
+    Case("cli-max-tokens-before-load", ("max_tokens=-1 is not allowed",),
+         cli=lambda e: ["steer", "hi", "--model", "/nonexistent/model", "--vector", e.direction(), "--alpha", "1",
+                        "--layers", "1", "--max-tokens", "-1"]),
+    Case("cli-missing-vector-before-load", ("cannot read direction {tmp}/missing.safetensors/.json",),
+         cli=lambda e: ["steer", "hi", "--model", "/nonexistent/model", "--vector", str(e.tmp / "missing"),
+                        "--alpha", "1", "--layers", "1"]),
+    Case("cli-lens-mode-before-load", ("lens mode='bogus' is not allowed",),
+         cli=lambda e: ["lens", "a b", "--model", "/nonexistent/model", "--mode", "bogus"]),
+]
+
+
+# Suite config values: each field's range is declared (suite/ranges.py) and checked before any model
+# loads, so these use a model spec that cannot load (NO_MODEL): a later check would report the model.
+SUITE_CASES = [
+    Case("set-n-none", ("--set 'items.n=None': items.n cannot be None",),
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.n=None"]), cli=lambda e: items_cli(e, "--set", "items.n=None", model=NO_MODEL),
+         absent=("out",)),
+    Case("set-n-negative", ("items.n=-5 is not allowed; use a whole number >= 1",),
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.n=-5"]), cli=lambda e: items_cli(e, "--set", "items.n=-5", model=NO_MODEL),
+         absent=("out",)),
+    Case("set-n-huge", ("items.n=100000000000000000000000 is not allowed", "<= 1000000"),
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.n=100000000000000000000000"]), absent=("out",)),
+    Case("n-huge", ("n (items per experiment) must be at most 1000000, not 100000000000000000000000",),
+         api=lambda e: items_api(e, NO_MODEL, n=10**23), cli=lambda e: items_cli(e, "--n", str(10**23), model=NO_MODEL),
+         absent=("out",)),
+    Case("set-chunk-zero", ("items.chunk=0 is not allowed; use a whole number >= 1",),
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.chunk=0"]),
+         cli=lambda e: items_cli(e, "--set", "items.chunk=0", model=NO_MODEL), absent=("out",)),
+    Case("set-chunk-negative", ("items.chunk=-1 is not allowed",),
+         api=lambda e: items_api(e, NO_MODEL, sets=["chunk=-1"]), absent=("out",)),
+    Case("set-top-k-zero", ("items.top_k=0 is not allowed",),
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.top_k=0"]),
+         cli=lambda e: items_cli(e, "--set", "items.top_k=0", model=NO_MODEL), absent=("out",)),
+    Case("set-seed-negative", ("items.seed=-1 is not allowed",),  # refused like --seed -1
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.seed=-1"]),
+         cli=lambda e: items_cli(e, "--set", "items.seed=-1", model=NO_MODEL), absent=("out",)),
+    Case("set-declared-range", ("items.frac=1.5 is not allowed; use a finite number >= 0 and <= 1",),
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.frac=1.5"]), absent=("out",)),
+    Case("set-float-infinite", ("items.frac=inf is not allowed",),
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.frac=1e999"]), absent=("out",)),
+    Case("set-deeply-nested", ("items.n takes int",),
+         api=lambda e: items_api(e, NO_MODEL, sets=["items.n=" + "(" * 5000]), absent=("out",)),
+    Case("zero-items-analysed", ("experiment 'items' analysed zero items", "not marking it complete"),
+         api=lambda e: items_api(e, sets=["items.topic=none"]), cli=lambda e: items_cli(e, "--set", "items.topic=none")),
+]
 
 
 CASES = [
@@ -353,7 +666,7 @@ CASES = [
     Case("not-a-tap", ("is not a tap", "taps.Fn(fn)"),
          api=lambda e: attach(e, HOOK, lambda a, ctx: a)),
     # -- prompts and token ids
-    Case("prompt-empty", ("prompt 0 is empty", "non-blank character"),
+    Case("prompt-empty", ("is empty", "non-blank character"),  # API: "prompt 0"; CLI, before loading: "the prompt"
          api=lambda e: e.hm(""), cli=lambda e: ["generate", "", "--model", e.model]),
     Case("prompt-blank", ("the prompt is empty",),
          api=lambda e: encode(e.hm.tokenizer, e.hm.info, "   \n")),
@@ -465,6 +778,8 @@ CASES = [
     Case("bench-rounds-not-positive", ("rounds=0 is not allowed", ">= 1"),
          api=lambda e: bench_taps(e.hm, rounds=0)),
     Case("cli-unknown-option", ("No such option: --bogus",), cli=lambda e: ["info", "--bogus"]),
+    *BOUNDARY_CASES,
+    *SUITE_CASES,
 ]
 
 
@@ -563,3 +878,80 @@ def test_cli(case: Case, env: Env, capsys, monkeypatch):
     for s in _expected(env, case):
         assert _flat(s) in err, f"{s!r} not in {err!r}"
     _assert_nothing_torn(env, case)
+
+
+# ----------------------------------------------------------------- recoveries and the CLI's output
+
+
+def test_corrupted_checkpoint_line_costs_only_its_item(env: Env, capsys):
+    """One damaged line in the middle of a checkpoint: every other finished item is kept, the bad line
+    is reported (line number, on the run's console), and only its item is recomputed."""
+    env.items()
+    FAIL_AT.add(8)
+    with pytest.raises(RuntimeError, match="injected"):
+        items_api(env, sets=["items.n=10"])
+    ckpt = next(env.out.glob("*/items/.partial/chunks.jsonl"))
+    lines = ckpt.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4  # chunks starting 0, 2, 4, 6 finished
+    lines[1] = b'{"i": 1, "h": "0123' + b"\x00" * 7 + b"\n"  # damaged in place, not torn at the end
+    ckpt.write_bytes(b"".join(lines))
+    FAIL_AT.clear()
+    ITEM_CALLS.clear()
+    printed = items_api(env, sets=["items.n=10"])
+    assert "chunks.jsonl: line 2 corrupted; kept the other 3 finished items" in _flat(printed)
+    assert ITEM_CALLS == [2, 8]  # the damaged item and the one never finished, nothing else
+    result = json.loads(next(env.out.glob("*/items/result.json")).read_text())["result"]
+    assert result == {"sums": [0.5, 2.5, 4.5]}  # (0+1)/2, (2+3)/2, (4+5)/2: the same as an uninterrupted run
+
+
+def test_lens_takes_a_bare_string_as_one_target(env: Env):
+    one = logit_lens(env.hm, "The capital of France is", targets=" Paris")
+    listed = logit_lens(env.hm, "The capital of France is", targets=[" Paris"])
+    assert [sorted(L.targets) for L in one.layers] == [[" Paris"]] * len(one.layers)
+    assert [L.targets for L in one.layers] == [L.targets for L in listed.layers]
+
+
+def _cli(argv: list[str], monkeypatch, capsys, console: Console | None = None) -> tuple[int, str]:
+    if console is not None:
+        monkeypatch.setattr(cli_common, "console", console)
+        monkeypatch.setattr(cli_app, "console", console)
+    try:
+        cli_app.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    return code, capsys.readouterr().err
+
+
+def test_cli_error_is_one_line_whatever_the_width(env: Env, monkeypatch, capsys):
+    """A narrow console that is not a terminal (a log, CI) must not fold the message."""
+    narrow = Console(stderr=True, width=40, force_terminal=False)
+    code, err = _cli(["info", "--model", env.with_config(hidden_size="a value much longer than forty columns")],
+                     monkeypatch, capsys, narrow)
+    first, *rest = err.splitlines()
+    assert code == 2 and first.startswith("error: ") and "hidden_size='a value much longer than forty columns'" in first
+    assert [r for r in rest if not r.startswith("  hint: ")] == []
+
+
+def test_cli_usage_error_is_one_line(env: Env, monkeypatch, capsys):
+    code, err = _cli(["generate", "hi", "--max-tokens", "lots"], monkeypatch, capsys,
+                     Console(stderr=True, width=30, force_terminal=False))
+    assert code == 2 and err.splitlines()[0].startswith("error: ") and "Invalid value for '--max-tokens'" in err
+    assert "Traceback" not in err and "─" not in err  # no rich panel
+
+
+def test_internal_error_says_it_is_a_bug_and_hides_the_traceback_unless_asked(env: Env, monkeypatch, capsys):
+    def broken(*a, **k):
+        raise ZeroDivisionError("something inside went wrong")
+
+    monkeypatch.setattr(cli_app, "load_model", broken)
+    argv = ["generate", "hi", "--model", env.model, "--max-tokens", "1"]
+    code, err = _cli(argv, monkeypatch, capsys, Console(stderr=True, width=10_000))
+    assert code == 1 and "Traceback" not in err
+    assert "internal error in mlxinterp (a bug, not a problem with your input): ZeroDivisionError" in err
+    assert "--debug" in err and "MLXINTERP_DEBUG=1" in err
+    with pytest.raises(ZeroDivisionError):  # --debug: the real exception (and so its traceback)
+        cli_app.main([*argv, "--debug"])
+    monkeypatch.setenv("MLXINTERP_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        cli_app.main(argv)

@@ -10,7 +10,7 @@ from mlxinterp.core import memory
 from mlxinterp.core.errors import ModelSpecError
 from cli_runner import run
 
-# Seed 004's table (its own source: the checkpoints it ran): repo -> layers.
+# the cross-model plan's table (its own source: the checkpoints it ran): repo -> layers.
 SEED_004_LAYERS = {
     "mlx-community/gemma-2-2b-it-4bit": 26, "mlx-community/Llama-3.2-3B-Instruct-4bit": 28,
     "mlx-community/Qwen2.5-7B-Instruct-4bit": 28, "mlx-community/Llama-3.1-8B-Instruct-4bit": 32,

@@ -1,4 +1,4 @@
-"""Schema checks for the versioned data sets in data/ (refusal, function vectors, contrastive directions)."""
+"""Schema checks for the versioned data sets in mlxinterp/data/ (refusal, function vectors, contrastive directions)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "mlxinterp" / "data"
 LANGS = ["es", "fr", "de", "zh"]
 FV_TASKS = ["antonym", "country_capital", "english_french", "english_spanish",
             "singular_plural", "present_past", "uppercase", "sentiment"]

@@ -1,4 +1,4 @@
-"""Schema checks for data/twohop/queries.json."""
+"""Schema checks for mlxinterp/data/twohop/queries.json."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-DIR = Path(__file__).resolve().parents[1] / "data" / "twohop"
+DIR = Path(__file__).resolve().parents[1] / "mlxinterp" / "data" / "twohop"
 PATH = DIR / "queries.json"
 FIELDS = ["id", "family", "difficulty", "prompt", "bridge", "answer", "answer_aliases",
           "bridge_aliases", "hop1_prompt", "hop2_prompt"]

@@ -244,7 +244,7 @@ def test_pairs_file_is_complete_and_answers_check():
     from mlxinterp.studies.subspace_patching import language_of
     from mlxinterp.tasks.language_pairs import layers_at, load_pairs
 
-    raw = json.load(open(str(Path(__file__).resolve().parents[1] / "data/crosslingual/pairs.json"), encoding="utf-8"))
+    raw = json.load(open(str(Path(__file__).resolve().parents[1] / "mlxinterp/data/crosslingual/pairs.json"), encoding="utf-8"))
     pairs = raw["pairs"]
     assert len(pairs) >= 40 and "not been checked by a native speaker" in raw["provenance"].replace("NOT", "not")
     assert len({p["id"] for p in pairs}) == len(pairs)

@@ -39,6 +39,7 @@ from scipy import stats as sps
 
 from mlxinterp.analysis.gradients import Probe, check_metric, traced_metric, value_and_grad
 from mlxinterp.analysis.patching import Metric, Patch, run_variants
+from mlxinterp.analysis.plotting import subplots
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError
 
@@ -127,7 +128,8 @@ def _token_ids(hm, prompt) -> list[int]:
     return [int(t) for t in prompt]
 
 
-def _pair(hm, clean, corrupt) -> tuple[list[int], list[int]]:
+def token_pair(hm, clean, corrupt) -> tuple[list[int], list[int]]:
+    """Token ids of a clean and a corrupted prompt, which must line up position by position."""
     c, k = _token_ids(hm, clean), _token_ids(hm, corrupt)
     if len(c) != len(k):
         raise PromptError(f"clean and corrupt prompts have {len(c)} and {len(k)} tokens; attribution patching "
@@ -150,7 +152,7 @@ def attribute(hm, clean, corrupt, metric: Metric, hooks: Sequence[str] = DEFAULT
         raise MlxInterpError(f"steps={steps!r} is not allowed; use a whole number >= 1")
     check_metric(metric)
     names = _hook_names(hm, hooks, layers)
-    clean_ids, corrupt_ids = _pair(hm, clean, corrupt)
+    clean_ids, corrupt_ids = token_pair(hm, clean, corrupt)
     # One batch of two rows: row 0 (clean) only provides activations (weight 0), row 1 gives the gradient.
     res = value_and_grad(hm, mx.array([clean_ids, corrupt_ids]), metric, names, weights=[0.0, 1.0])
     diffs = {n: res.acts[n][0] - res.acts[n][1] for n in names}
@@ -277,11 +279,8 @@ def attribute_and_check(hm, clean, corrupt, metric: Metric, k: int = 10, **kwarg
 
 def plot_check(chk: dict, title: str | None = None):
     """Scatter of estimate vs exact patching effect for the checked cells; returns a matplotlib Figure."""
-    from matplotlib.figure import Figure  # optional at import time: only plots need matplotlib
-
     pts = chk["points"]
-    fig = Figure(figsize=(5, 5))
-    ax = fig.add_subplot()
+    fig, ax = subplots(figsize=(5, 5))
     for top, label, color in ((True, "top-k", "tab:red"), (False, "random", "tab:blue")):
         xs = [p["exact"] for p in pts if p["top"] is top]
         ys = [p["estimate"] for p in pts if p["top"] is top]

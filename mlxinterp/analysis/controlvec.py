@@ -37,9 +37,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import numpy as np
+from gguf.quants import dequantize
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load_file
+from safetensors.numpy import save as st_save
 
 from mlxinterp.core.errors import MlxInterpError, TapError
+from mlxinterp.analysis.directions import Direction, steering_taps
+from mlxinterp.core.gguf import open_gguf, read_metadata
+from mlxinterp.core.io import atomic_write_bytes
 
 ARCH = "controlvector"
 FORMAT = "mlxinterp.layer_vectors/1"
@@ -99,17 +107,11 @@ class LayerVectors:
     def taps(self, alpha: float = 1.0, layers: Sequence[int] | None = None, **kwargs) -> dict:
         """Add taps (`directions.steering_taps`) applying alpha * vector at every layer, every position,
         prompt included: what llama.cpp does with `--control-vector-scaled FILE alpha`."""
-        from mlxinterp.analysis.directions import steering_taps
-
         chosen = self.select(layers)
         return steering_taps(chosen.vectors, alpha, chosen.layers, hook=HOOK, **kwargs)
 
     def save(self, path: str | Path) -> Path:
         """One safetensors file, tensors `layer.{i}`; atomic."""
-        from safetensors.numpy import save as st_save
-
-        from mlxinterp.core.io import atomic_write_bytes
-
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
@@ -121,9 +123,6 @@ class LayerVectors:
     @classmethod
     def load(cls, path: str | Path) -> "LayerVectors":
         """A per-layer set written by `save` (or by `import-vector`)."""
-        from safetensors import SafetensorError, safe_open
-        from safetensors.numpy import load_file
-
         path = Path(path)
         try:
             with safe_open(str(path), "np") as f:
@@ -148,8 +147,6 @@ class LayerVectors:
         """From one `Direction` (replicated over `layers`, default its own layer) or {layer: Direction}
         (from `directions.extract`). Directions at `hook_resid_pre` of block N move to block N-1's output,
         which is the same activation; other hook points have no llama.cpp equivalent and are refused."""
-        from mlxinterp.analysis.directions import Direction
-
         if isinstance(dirs, Direction):
             layer = _output_layer(dirs.hook)
             chosen = [layer] if layers is None else list(layers)
@@ -180,8 +177,6 @@ def _output_layer(hook: str) -> int:
 
 def load_vectors(path: str | Path, layers: Sequence[int] | None = None) -> LayerVectors:
     """A Direction (.safetensors + .json, from Direction.save) or a per-layer file, as LayerVectors."""
-    from mlxinterp.analysis.directions import Direction
-
     path = Path(path)
     base = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
     if base.with_suffix(".json").exists():
@@ -207,10 +202,6 @@ def is_layer_vectors(path: str | Path) -> bool:
 def export_llama_cpp(vectors: LayerVectors, out: str | Path, scale: float = 1.0,
                      model_hint: str | None = None) -> Path:
     """Write `scale * vectors` as llama.cpp's control-vector GGUF (atomic). Layer 0 is refused (see module doc)."""
-    import gguf
-
-    from mlxinterp.core.io import atomic_write_bytes
-
     if 0 in vectors.vectors:
         raise ControlVectorError(
             "layer 0 cannot be exported: llama.cpp rejects direction.0 (block 0's output is never steered there)",
@@ -238,10 +229,6 @@ def import_llama_cpp(path: str | Path) -> LayerVectors:
     `direction.N` becomes layer N (added at blocks.N.hook_resid_post), the same place llama.cpp adds it.
     A `direction.0` (repeng can write one; llama.cpp refuses it) is kept as layer 0 and noted in `meta`.
     """
-    from gguf.quants import dequantize
-
-    from mlxinterp.core.gguf import open_gguf, read_metadata
-
     path = Path(path)
     if not path.is_file():
         raise ControlVectorError(f"no file at {path}", hint="give the .gguf control vector to import")

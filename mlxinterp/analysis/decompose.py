@@ -84,7 +84,10 @@ def stack_head_results(cache, layers: Sequence[int] | None = None) -> tuple[mx.a
     n, H = hm.info.n_layers, hm.info.n_heads
     layers = list(range(n)) if layers is None else [int(l) % n for l in layers]
     blocks = text_model(hm.model).layers
-    post = hm.spec.family == "gemma"
+    # A post-attention norm sits between the attention output and the residual when the two hook points differ
+    # (Gemma's sandwich blocks, OLMo 2).
+    post_path = hm.spec.sites["hook_attn_out"].path
+    post = post_path != hm.spec.sites["attn.hook_out"].path
     out, labels = [], []
     for l in layers:
         z = _get(cache, f"blocks.{l}.attn.hook_z")  # [B, L, H, Dh]
@@ -94,12 +97,18 @@ def stack_head_results(cache, layers: Sequence[int] | None = None) -> tuple[mx.a
         per_head = o_proj((z[None] * eye).reshape(H, B, L, H * Dh)).astype(mx.float32)
         per_head = per_head - o_proj(mx.zeros((H * Dh,), dtype=z.dtype)).astype(mx.float32)
         if post:
-            norm = blocks[l].post_attention_layernorm
+            norm = _module(blocks[l], post_path)
             raw = _get(cache, f"blocks.{l}.attn.hook_out")
             per_head = per_head * _scale(raw, norm.eps) * _gain(norm, raw.shape[-1])
         out.append(per_head)
         labels += [f"L{l}H{h}" for h in range(H)]
     return mx.concatenate(out), labels
+
+
+def _module(root, path: str):
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
 
 
 def apply_final_ln(cache, stack: mx.array) -> mx.array:

@@ -1,10 +1,10 @@
 """Directions in activation space: difference of means, their consistency, and steering with them.
 
-Statistics accumulate in float32 (bfloat16 overflows in late layers: seed 004
+Statistics accumulate in float32 (bfloat16 overflows in late layers: the cross-model plan
 saw infinite direction norms) and are finite-checked. A direction's norm is
 reported in absolute terms and relative to the mean residual norm at its hook,
-because raw norms differ ~20x between model families (seed 004) and only the
-relative size predicts whether steering does anything (seed 002).
+because raw norms differ ~20x between model families (the cross-model plan) and only the
+relative size predicts whether steering does anything (the qwen3-steering).
 """
 from __future__ import annotations
 
@@ -16,10 +16,15 @@ from typing import Sequence, Union
 
 import mlx.core as mx
 import numpy as np
+from safetensors.numpy import load_file
+from safetensors.numpy import save as st_save
 
+from mlxinterp.analysis.patching import KeepColumns
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError, TapError
 from mlxinterp.core import names as H
+from mlxinterp.core.spill import RowStore
+from mlxinterp.core.io import atomic_write_bytes, write_json
 
 PositionRule = Union[str, int]  # "last" | "mean" | int (negative from the end) | "last:K"
 
@@ -62,16 +67,12 @@ def collect(hm, prompts: Sequence[str], hooks: Sequence[str], position: Position
     (both default to the suite's per-experiment spill scope), so a capture larger
     than the memory left beside the model streams to disk instead of failing.
     """
-    from mlxinterp.core.spill import RowStore
-
     if not prompts:
         raise PromptError("empty prompt set: a direction needs at least one prompt on each side")
-    from mlxinterp.analysis.patching import _KeepColumns
-
     names = hm.names(list(hooks))
     # Nobody reads the logits here: unembed one column only (a 262k vocabulary costs more than the body).
     skip_logits = [] if any(n.startswith("ln_final") or n == "hook_logits" for n in names) else \
-        [("ln_final.hook_normalized", _KeepColumns(columns=(-1,)))]
+        [("ln_final.hook_normalized", KeepColumns(columns=(-1,)))]
     store = None
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
@@ -121,10 +122,6 @@ class Direction:
 
     def save(self, path: str | Path) -> Path:
         """`path`.safetensors (the vector) + `path`.json (everything else), both atomic."""
-        from safetensors.numpy import save as st_save
-
-        from mlxinterp.core.io import atomic_write_bytes, write_json
-
         path = Path(path).with_suffix("")
         meta = {k: v for k, v in asdict(self).items() if k != "vector"}
         atomic_write_bytes(path.with_suffix(".safetensors"),
@@ -134,8 +131,6 @@ class Direction:
 
     @classmethod
     def load(cls, path: str | Path) -> "Direction":
-        from safetensors.numpy import load_file
-
         base = Path(path).with_suffix("")
         try:
             vec = load_file(str(base.with_suffix(".safetensors")))["direction"]
@@ -199,7 +194,7 @@ PROFILES = ("flat", "gaussian", "bell", "donut")
 
 def layer_profile(kind: str | Sequence[float], n_layers: int, center: float | None = None,
                   width: float | None = None, lo: int | None = None, hi: int | None = None) -> np.ndarray:
-    """Per-layer steering weights (seed 000's weighted-layer ActAdd).
+    """Per-layer steering weights (the Qwen3-VL-8B notes' weighted-layer ActAdd).
 
     flat: 1 everywhere; gaussian: exp(-(l-c)^2 / 2w^2); bell: 1 / (1 + |(l-c)/w|^4), a plateau
     with soft shoulders; donut: 1 on lo..hi and 0 outside (skip early and late layers);
@@ -247,5 +242,5 @@ def steering_taps(vectors: np.ndarray | dict[int, np.ndarray], alpha: float, lay
 
 
 def perturbation_pct(vector_norm: float, alpha: float, resid_norm: float) -> float:
-    """Applied perturbation as % of the residual norm (seed 002: ~8 % steers, 0.04 % does nothing)."""
+    """Applied perturbation as % of the residual norm (the qwen3-steering: ~8 % steers, 0.04 % does nothing)."""
     return 100.0 * abs(alpha) * vector_norm / resid_norm if resid_norm else float("nan")

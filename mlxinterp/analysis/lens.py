@@ -2,7 +2,7 @@
 
 `mode="normed"` applies the final norm first (what the model itself does);
 `mode="raw"` multiplies the residual by the unembedding directly. Both run in
-float32: late-layer residual norms overflow bfloat16 (seed 004 saw infinite
+float32: late-layer residual norms overflow bfloat16 (the cross-model plan saw infinite
 norms). Entropy is in nats.
 """
 from __future__ import annotations
@@ -54,11 +54,18 @@ def target_id(hm, text: str) -> int:
     return int(ids[0])
 
 
-def layer_logits(hm, cache, position: int | slice = -1, mode: str = "normed", row: int = 0) -> mx.array:
-    """[n_layers, ..., vocab] float32 logits of each block's output at `position`."""
+def layer_logits(hm, cache, position: int | slice = -1, mode: str = "normed", row: int = 0, tuned=None) -> mx.array:
+    """[n_layers, ..., vocab] float32 logits of each block's output at `position`.
+
+    tuned: a `tuned_lens.TunedLens`; its per-layer translators are applied first (normed mode only).
+    """
     if mode not in ("normed", "raw"):
         raise MlxInterpError(f"lens mode={mode!r} is not allowed; use 'normed' or 'raw'")
     h = cache.stack("hook_resid_post")[:, row, position]
+    if tuned is not None:
+        if mode != "normed":
+            raise MlxInterpError("a tuned lens reads through the final norm; use mode='normed' with it")
+        h = tuned.apply(h)
     return hm.unembed(h, normed=(mode == "normed"))
 
 
@@ -67,28 +74,35 @@ def entropy(logits: mx.array) -> mx.array:
     return -mx.sum(mx.exp(logp) * logp, axis=-1)
 
 
+def check_lens_args(targets, top_k: int, mode: str, position: int) -> list[str]:
+    """The lens arguments that need no model (the CLI checks them before loading one); returns the
+    targets as a list (a bare string is one target, not one per character)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise MlxInterpError(f"top_k={top_k!r} is not allowed; use a whole number >= 1")
+    if mode not in ("normed", "raw"):
+        raise MlxInterpError(f"lens mode={mode!r:.40} is not allowed; use 'normed' or 'raw'")
+    targets = [targets] if isinstance(targets, str) else list(targets or [])
+    for t in targets:
+        check_text(t, f"target {t!r:.40}")
+    whole(position, "position", error=PromptError)
+    return targets
+
+
 def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 10,
-               mode: str = "normed", chat: bool = False, grid: bool = False, position: int = -1) -> LensResult:
+               mode: str = "normed", chat: bool = False, grid: bool = False, position: int = -1,
+               tuned=None) -> LensResult:
     """Per layer: top-k tokens, entropy and the rank/probability of target tokens at `position` (default last).
 
     grid=True also returns the top-1 token and its probability at every (layer, position).
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise MlxInterpError(f"top_k={top_k!r} is not allowed; use a whole number >= 1")
-    if mode not in ("normed", "raw"):
-        raise MlxInterpError(f"lens mode={mode!r} is not allowed; use 'normed' or 'raw'")
-    if isinstance(targets, str):  # one target, not one per character of it
-        targets = [targets]
-    for t in targets or []:
-        check_text(t, f"target {t!r:.40}")
-    whole(position, "position", error=PromptError)
+    targets = check_lens_args(targets, top_k, mode, position)
     batch = hm.tokens(prompt, chat=chat)
     n = batch.ids.shape[1]
     if not -n <= position < n:
         raise PromptError(f"position {position} is out of range for a {n}-token prompt (allowed {-n}..{n - 1})")
     position %= n
     _, cache = hm.run_with_cache(batch.ids, names="hook_resid_post")
-    logits = layer_logits(hm, cache, position, mode)
+    logits = layer_logits(hm, cache, position, mode, tuned=tuned)
     probs = mx.softmax(logits, axis=-1)
     ent = entropy(logits)
     order = mx.argsort(-logits, axis=-1)
@@ -104,9 +118,9 @@ def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 1
         first = next(iter(tg.values()), None)
         layers.append(LensLayer(layer, top, float(ent_np[layer]), tg, first["rank"] if first else None))
     ids = batch.ids[0].tolist()
-    result = LensResult(prompt, [decode([i]) for i in ids], position, mode, layers)
+    result = LensResult(prompt, [decode([i]) for i in ids], position, "tuned" if tuned is not None else mode, layers)
     if grid:
-        all_logits = layer_logits(hm, cache, slice(None), mode)  # [layers, L, V]
+        all_logits = layer_logits(hm, cache, slice(None), mode, tuned=tuned)  # [layers, L, V]
         p = mx.softmax(all_logits, axis=-1)
         best = mx.argmax(all_logits, axis=-1)
         pmax = mx.max(p, axis=-1)

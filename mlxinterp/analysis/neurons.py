@@ -1,6 +1,6 @@
 """Neuron-level statistics shared by the connectome, attribution and ablation studies.
 
-- `categories`: the prompt categories in data/categories/ (and their baseline set).
+(The prompt categories they compare are mlxinterp.tasks.categories.)
 - `pooled`: per prompt, each layer's activation at a hook, averaged over the
   prompt's real tokens *except BOS* (BOS activations are 10-100x larger on
   Gemma and would dominate every mean).
@@ -13,40 +13,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
 from mlxinterp.core import taps as T
-from mlxinterp.tasks.data import DATA_DIR, load_json
 from mlxinterp.core.errors import MlxInterpError, PromptError
 from mlxinterp.core import names as H
-
-BASELINE = "baseline"
-
-
-def category_names() -> list[str]:
-    """Every category file in data/categories/ except the baseline, sorted."""
-    names = sorted(p.stem for p in Path(DATA_DIR, "categories").glob("*.json"))
-    return [n for n in names if n != BASELINE]
-
-
-def categories(n: int | None = None, names: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """{category: first n prompts}; n must be >= 2 (statistics need variance)."""
-    if n is not None and n < 2:
-        raise MlxInterpError(f"n={n} prompts per category is too few; use n >= 2")
-    out = {}
-    for name in names or category_names():
-        ps = load_json(f"categories/{name}.json")["prompts"]
-        out[name] = list(ps[:n] if n else ps)
-    return out
-
-
-def baseline(n: int | None = None) -> list[str]:
-    return categories(n, [BASELINE])[BASELINE]
-
+from mlxinterp.analysis.patching import KeepColumns, forward_last
+from mlxinterp.core.archs import text_model
 
 def first_real(hm) -> int:
     """Index of the first token that is not BOS (pooling skips BOS)."""
@@ -106,7 +82,6 @@ def k_for(ratios: np.ndarray, frac: float) -> int:
     return int(np.searchsorted(np.cumsum(ratios), frac - 1e-12) + 1)
 
 
-_LAST = T.Fn(fn=lambda a, ctx: a[:, -1:])
 
 
 def _probe_taps(probes: dict[str, mx.array]) -> dict[str, T.Fn]:
@@ -129,12 +104,10 @@ def attribute(hm, prompt: str, target: int | None = None, suffix: str = "mlp.hoo
     _, cache = hm.run_with_cache(ids, names=names)
     acts = [cache[n].astype(mx.float32) for n in names]
     if target is None:
-        from mlxinterp.analysis.patching import forward_last
-
         target = int(mx.argmax(forward_last(hm, ids)[0, -1]).item())
 
     def logit(probes: list[mx.array], emb: mx.array) -> mx.array:
-        taps = list(_probe_taps(dict(zip(names, probes))).items()) + [("ln_final.hook_normalized", _LAST)]
+        taps = list(_probe_taps(dict(zip(names, probes))).items()) + [("ln_final.hook_normalized", KeepColumns(columns=(-1,)))]
         with hm.hooks(taps):  # unembed only the last position: 262k-vocab logits elsewhere cost 10x
             out = hm.model(ids, input_embeddings=emb * 1.0)
         return out[0, -1, target].astype(mx.float32)
@@ -150,8 +123,6 @@ def attribute(hm, prompt: str, target: int | None = None, suffix: str = "mlp.hoo
 
 def _embed(hm, ids: mx.array) -> mx.array:
     """The embedding-table rows mlx-lm would look up (before Gemma's sqrt(d) scale, which it applies itself)."""
-    from mlxinterp.core.archs import text_model
-
     with hm.hooks({}):
         e = text_model(hm.model).embed_tokens(ids)
     return e.astype(mx.float32) if e.dtype != mx.float32 else e
@@ -169,7 +140,6 @@ def ablate_neurons_effect(hm, prompt: str, target: int, cells: Sequence[tuple[in
         m[row, 0, j] = 0.0  # the last row stays clean
     taps = {H.name(l, suffix): T.Fn(fn=lambda a, ctx, m=mx.array(m): a * m.astype(a.dtype))
             for l, m in masks.items()}
-    from mlxinterp.analysis.patching import forward_last
 
     out = forward_last(hm, mx.repeat(ids, K + 1, axis=0), taps)
     lg = np.array(out[:, -1, target])

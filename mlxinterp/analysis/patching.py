@@ -23,12 +23,15 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 from matplotlib.figure import Figure
+from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from mlxinterp.analysis.plotting import subplots, token_label
 from mlxinterp.core import taps as T
 from mlxinterp.core.io import save_figure
 from mlxinterp.core.errors import HookNameError, PromptError, TapError
 from mlxinterp.core import names as H
+from mlxinterp.analysis.lens import target_id
+from mlxinterp.core.hooks import ActivationCache, Batch
 
 Metric = Callable[[mx.array], mx.array]  # logits [B, V] -> [B] (or [B, k]: run_variants then returns [n, k])
 
@@ -60,8 +63,9 @@ class _PatchCells(T.Tap):
 
 
 @dataclass(eq=False)
-class _KeepColumns(T.Tap):
-    """Keep only some sequence columns (before the unembedding)."""
+class KeepColumns(T.Tap):
+    """Keep only some sequence columns (before the unembedding), so a forward that needs one position's
+    logits (forward_last) or none of them (directions.collect) skips unembedding the rest."""
 
     columns: tuple = ()
     kept: object = None  # the kept columns, for an unembedding of a few vocabulary rows (forward_last)
@@ -98,16 +102,12 @@ def _vocab(metric: Metric) -> tuple[int, ...] | None:
 
 def logit_diff(hm, target: str | int, foil: str | int) -> VocabMetric:
     """logit(target) - logit(foil) at the read position: the usual patching metric."""
-    from mlxinterp.analysis.lens import target_id
-
     t = target if isinstance(target, int) else target_id(hm, target)
     f = foil if isinstance(foil, int) else target_id(hm, foil)
     return VocabMetric((int(t), int(f)), lambda z: z[:, 0] - z[:, 1])
 
 
 def token_logprob(hm, target: str | int) -> Metric:
-    from mlxinterp.analysis.lens import target_id
-
     t = target if isinstance(target, int) else target_id(hm, target)
     return lambda logits: logits[:, t] - mx.logsumexp(logits, axis=-1)
 
@@ -123,10 +123,8 @@ def forward_last(hm, ids, taps=None, read: Sequence[int] = (-1,), cache=None,
     those rows of the unembedding are computed (the model's own full
     unembedding stays an unevaluated node of MLX's lazy graph).
     """
-    from mlxinterp.core.hooks import Batch
-
     pairs = list(taps.items()) if isinstance(taps, dict) else list(taps or [])
-    keep = _KeepColumns(columns=tuple(read))
+    keep = KeepColumns(columns=tuple(read))
     pairs.append(("ln_final.hook_normalized", keep))
     with hm.hooks(pairs):
         if isinstance(ids, Batch):
@@ -222,8 +220,6 @@ def _position(pos: int, L: int, what: str = "patch position") -> int:
 
 def _empty_prefix_cache(hm, L: int) -> list | None:
     """A fresh mlx-lm prompt cache to fill with the unpatched prompt; None when it could not be cut to a prefix."""
-    from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
-
     cache = make_prompt_cache(hm.model)
     if not all(type(c) is KVCache or (type(c) is RotatingKVCache and L <= c.max_size) for c in cache):
         return None
@@ -316,7 +312,7 @@ def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], me
     rerun the corrupt forward exactly; it gets the corrupt metric without a run
     (`meta["skipped"]` counts them).
     """
-    clean_ids, corrupt_ids = _ids(hm, clean), _ids(hm, corrupt)
+    clean_ids, corrupt_ids = prompt_ids(hm, clean), prompt_ids(hm, corrupt)
     if len(clean_ids) != len(corrupt_ids):
         raise PromptError(f"clean and corrupt prompts have {len(clean_ids)} and {len(corrupt_ids)} tokens; "
                           "a position-wise sweep needs equal lengths (rephrase one, or patch chosen positions "
@@ -350,8 +346,6 @@ def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], me
 
 def _capture_run(hm, ids: list[int], names: list[str], metric: Metric, cache: list | None = None):
     """(metric at the last position, {hook: activations [L, *feat] float32}) of one unpatched forward."""
-    from mlxinterp.core.hooks import ActivationCache
-
     store = ActivationCache(hm)
     logits = forward_last(hm, mx.array([ids]), [(n, T.Capture(store=store)) for n in names], cache=cache,
                           vocab=_vocab(metric))[:, 0]
@@ -368,7 +362,8 @@ def _wrap(values: Sequence[int], n: int, what: str, error: type) -> list[int]:
     return [int(v) % n for v in values]
 
 
-def _ids(hm, prompt) -> list[int]:
+def prompt_ids(hm, prompt) -> list[int]:
+    """Token ids of a prompt given as text (tokenized the model's way) or as ids already."""
     if isinstance(prompt, str):
         return hm.tokens(prompt).ids[0].tolist()
     return [int(t) for t in prompt]

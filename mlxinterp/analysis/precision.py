@@ -163,7 +163,7 @@ def precision_patch(hm, metric: Metric, bits: int = 4, group_size: int = 64, gra
     `metric(hm)` returns per-prompt values (an array, or a dict of arrays for several metrics
     from the same forward passes). Returns a JSON-able dict keyed by metric, with 'units',
     'float' / 'quantized' per-prompt values, the gap's CI, and per direction and unit the values,
-    the share of the gap and the paired change; 'seconds' has the time per evaluation.
+    the share of the gap and the paired change; 'seconds' has the wall and CPU time per evaluation.
     """
     directions = list(directions)
     if bad := [d for d in directions if d not in DIRECTIONS]:
@@ -173,7 +173,7 @@ def precision_patch(hm, metric: Metric, bits: int = 4, group_size: int = 64, gra
     setup_s = time.perf_counter() - t0
     todo = list(units) if units is not None else sw.units
     evals: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    times = []
+    times, cpu0 = [], time.process_time()
 
     def run(key: tuple[str, str], quantized: Iterable[str]) -> None:
         t = time.perf_counter()
@@ -190,7 +190,10 @@ def precision_patch(hm, metric: Metric, bits: int = 4, group_size: int = 64, gra
             run((d, u), [v for v in sw.units if v != u] if d == "restore" else [u])
     out: dict[str, Any] = {"units": todo, "precision": sw.label, "granularity": sw.granularity,
                            "seconds": {"setup": round(setup_s, 3), "per_evaluation": round(float(np.mean(times)), 3),
-                                       "total": round(time.perf_counter() - t0, 3), "evaluations": len(times)},
+                                       "total": round(time.perf_counter() - t0, 3), "evaluations": len(times),
+                                       # CPU seconds of this process (all threads): wall time on a shared machine
+                                       # depends on the load, this much less
+                                       "cpu_per_evaluation": round((time.process_time() - cpu0) / len(times), 3)},
                            "metrics": {}}
     for name, f in evals[("float", "")].items():
         q = evals[("quantized", "")][name]

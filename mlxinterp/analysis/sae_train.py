@@ -229,24 +229,30 @@ def _init_params(d: int, cfg: TrainConfig, mean: np.ndarray) -> dict[str, mx.arr
             "b_dec": mx.array(mean.astype(np.float32))}
 
 
-def _loss(p: dict, x: mx.array, k: int, aux_k: int, aux_coef: float, dead: mx.array, var: mx.array):
-    """Normalised MSE (fraction of variance unexplained in the batch) + AuxK on dead latents."""
+def _loss(p: dict, x: mx.array, k: int, aux_k: int, aux_coef: float, dead_ids: mx.array | None, var: mx.array):
+    """Normalised MSE (fraction of variance unexplained in the batch) + AuxK on dead latents.
+
+    Only the k chosen decoder rows are gathered per token (and only the dead rows for AuxK):
+    a dense decoder matmul would cost as much as the encoder for nothing but zeros.
+    """
     pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
-    kth = mx.stop_gradient(mx.topk(pre, k, axis=-1).min(axis=-1, keepdims=True))
-    f = mx.where(pre >= kth, mx.maximum(pre, 0.0), 0.0)
-    recon = f @ p["W_dec"] + p["b_dec"]
+    idx = mx.stop_gradient(mx.argpartition(-pre, kth=k - 1, axis=-1)[:, :k])
+    vals = mx.maximum(mx.take_along_axis(pre, idx, axis=-1), 0.0)
+    rows = mx.take(p["W_dec"], idx.reshape(-1), axis=0).reshape(*idx.shape, -1)
+    recon = mx.sum(vals[..., None] * rows, axis=1) + p["b_dec"]
     err = x - recon
     mse = mx.mean(mx.sum(err * err, axis=-1)) / var
+    if dead_ids is None:
+        return mse, (mse, idx, vals)
     # AuxK: the dead latents' top aux_k pre-activations try to explain what the live ones left over.
-    masked = mx.where(dead, pre, -mx.inf)
-    akth = mx.stop_gradient(mx.topk(masked, aux_k, axis=-1).min(axis=-1, keepdims=True))
-    fa = mx.where((masked >= akth) & dead, mx.maximum(pre, 0.0), 0.0)
-    e_hat = fa @ p["W_dec"]
+    pre_d = mx.take(pre, dead_ids, axis=1)
+    ak = min(aux_k, int(dead_ids.shape[0]))
+    kth = mx.stop_gradient(mx.topk(pre_d, ak, axis=-1).min(axis=-1, keepdims=True))
+    fa = mx.where(pre_d >= kth, mx.maximum(pre_d, 0.0), 0.0)
+    e_hat = fa @ p["W_dec"][dead_ids]
     e = mx.stop_gradient(err)
     aux = mx.mean(mx.sum((e - e_hat) ** 2, axis=-1)) / mx.maximum(mx.mean(mx.sum(e * e, axis=-1)), 1e-12)
-    n_dead = mx.sum(dead)
-    total = mse + mx.where(n_dead > 0, aux_coef * aux, 0.0)
-    return total, (mse, f > 0)
+    return mse + aux_coef * aux, (mse, idx, vals)
 
 
 def _save_checkpoint(path: Path, params: dict, opt, state: dict) -> None:
@@ -314,15 +320,16 @@ def train(store: ActivationStore, cfg: TrainConfig, work: str | Path, hook: str,
         epoch, start = divmod(step, per_epoch)
         for batch in store.batches(cfg.batch_size, epoch, cfg.seed, start):
             x = mx.array(batch) * scale
-            dead = mx.array(since >= cfg.dead_tokens)
-            (loss, (mse, fired)), g = loss_and_grad(params, x, dead)
+            dead = np.flatnonzero(since >= cfg.dead_tokens)
+            (loss, (mse, idx, vals)), g = loss_and_grad(params, x, mx.array(dead.astype(np.int32)) if dead.size else None)
             # Keep decoder rows at unit norm: drop the gradient along each row, step, renormalise (Gao et al.).
             W = params["W_dec"]
             g["W_dec"] = g["W_dec"] - mx.sum(g["W_dec"] * W, axis=1, keepdims=True) * W
             params = opt.apply_gradients(g, params)
             params["W_dec"] = params["W_dec"] / mx.linalg.norm(params["W_dec"], axis=1, keepdims=True)
-            mx.eval(params, opt.state, loss, mse, fired)
-            any_fired = np.array(mx.any(fired, axis=0))
+            mx.eval(params, opt.state, loss, mse, idx, vals)
+            any_fired = np.zeros(cfg.width, bool)
+            any_fired[np.array(idx)[np.array(vals) > 0]] = True
             since = np.where(any_fired, 0, since + cfg.batch_size)
             step += 1
             if step % 10 == 0 or step == total:

@@ -5,7 +5,7 @@ per token of a fixed refusal phrase, teacher-forced after the prompt. A chat
 model that refuses puts high probability on it; a base model mostly does not,
 but steering along a refusal direction should still raise it. We report the
 change, never a thresholded "refused" label, because a base model has no
-refusal behaviour to threshold (seed 004's 0-100 % tables hid that).
+refusal behaviour to threshold (the cross-model plan's 0-100 % tables hid that).
 """
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 import numpy as np
+
+from mlxinterp.core.errors import PromptError
+from mlxinterp.analysis.patching import forward_last
+from mlxinterp.core.tokenization import encode
 
 REFUSAL_PHRASE = " I'm sorry, but I cannot help with that."
 COMPLY_PHRASE = " Sure, here is how to do that."
@@ -32,10 +36,6 @@ def continuation_logprob(hm, prompts: Sequence[str], continuations: Sequence[str
     Prompts are final text (format them with `instruction` first); only the
     continuation's positions are unembedded, so long prompts cost little.
     """
-    from mlxinterp.core.errors import PromptError
-    from mlxinterp.analysis.patching import forward_last
-    from mlxinterp.core.tokenization import encode
-
     if len(prompts) != len(continuations):
         raise PromptError(f"{len(prompts)} prompts but {len(continuations)} continuations; give one per prompt")
     rows, ks = [], []

@@ -28,10 +28,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
+import mlx.optimizers as optim
 import numpy as np
+import ot
+from scipy.spatial.distance import cdist
 
 from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.hooks import plain_call
 
 KERNEL_PARTS = ("qk", "ov")
 
@@ -60,8 +64,6 @@ def norm_gain(hm, layer: int) -> np.ndarray:
     A one-hot row e_j has RMS 1/sqrt(d), so norm(e_j) = sqrt(d) * gain_j * e_j,
     whatever the family's convention (Gemma's 1 + w, Llama's w).
     """
-    from mlxinterp.core.hooks import plain_call
-
     d = hm.info.d_model
     out = plain_call(_layer(hm, layer).input_layernorm, mx.eye(d, dtype=mx.float32))
     return np.diag(np.array(out.astype(mx.float32), dtype=np.float64)) / np.sqrt(d)
@@ -197,8 +199,6 @@ def energy_fraction(X: np.ndarray, V: np.ndarray) -> np.ndarray:
 
 def ot_plan(X_src: np.ndarray, X_tgt: np.ndarray) -> np.ndarray:
     """Exact OT plan (n x m) between token clouds: uniform marginals, squared-Euclidean cost (POT's ot.emd)."""
-    import ot
-
     X_src, X_tgt = np.asarray(X_src, np.float64), np.asarray(X_tgt, np.float64)
     if X_src.ndim != 2 or X_tgt.ndim != 2 or X_src.shape[1] != X_tgt.shape[1] or not len(X_src) or not len(X_tgt):
         raise MlxInterpError(f"OT needs two non-empty [n, d] clouds of equal d; got {X_src.shape} and {X_tgt.shape}")
@@ -217,7 +217,7 @@ def ot_transport(X_src: np.ndarray, plan: np.ndarray) -> np.ndarray:
 #
 # Two objectives over log lengthscales (fit_ard), both with the L1 penalty lam * sum_j 1/ell_j:
 #
-# - "seed" (seed 001 verbatim): MINIMISE sum_pairs unbiased MMD^2. Degenerate: every ell_j -> inf sends
+# - "seed" (the Qwen2.5-3B subspace notes verbatim): MINIMISE sum_pairs unbiased MMD^2. Degenerate: every ell_j -> inf sends
 #   MMD^2 -> 0 and the penalty -> 0, so nothing keeps a lengthscale finite, and the unbiased estimator's
 #   negative values (sampling noise) are a lower target the optimiser finds instead. Kept so that finding
 #   stays reproducible (BUGFIX 22).
@@ -251,8 +251,6 @@ def mmd2_reference(X: np.ndarray, Y: np.ndarray, lengthscales: np.ndarray, estim
 
     unbiased: within-cloud sums skip the diagonal and divide by n(n-1); biased (V-statistic): keep it, divide by n^2.
     """
-    from scipy.spatial.distance import cdist
-
     _check_estimator(estimator)
     ell = np.asarray(lengthscales, np.float64)
     Xs, Ys = np.asarray(X, np.float64) / ell, np.asarray(Y, np.float64) / ell
@@ -337,13 +335,11 @@ def fit_ard(X: mx.array, Y: mx.array, wx: mx.array, wy: mx.array, log_ell0: np.n
             log_every: int = 25, on_log=None) -> ARDFit:
     """Fit log lengthscales with Adam (mx.grad, mx.compile): loss = sign * sum_pairs MMD^2 + lam * sum_j 1/ell_j.
 
-    objective "seed": sign +1, unbiased MMD^2 (seed 001, degenerate); "power": sign -1, biased MMD^2
+    objective "seed": sign +1, unbiased MMD^2 (the Qwen2.5-3B subspace notes, degenerate); "power": sign -1, biased MMD^2
     (bounded, well-posed); see the section comment above. `history[i]["mmd2_sum"]` uses the objective's estimator.
     Convergence: stop once the loss moved by less than tol * max(|loss|, |loss - loss at step 1|) over the
     last `window` steps (relative to the distance travelled too, so a loss passing through 0 can converge).
     """
-    import mlx.optimizers as optim
-
     check_objective(objective)
     if lam < 0 or steps < 1 or lr <= 0:
         raise MlxInterpError(f"ARD fit needs lam >= 0, steps >= 1, lr > 0; got lam={lam}, steps={steps}, lr={lr}")

@@ -77,3 +77,48 @@ def _print(att, top: int) -> None:
         console.print(f"check: Spearman {rho}, sign agreement {c['sign_agreement']:.2f}, {c['n_checked']} cells "
                       f"patched exactly, unchecked effects <= {c['max_missed_bound']:.3f} (empirical bound)",
                       highlight=False)
+
+
+def circuit(
+    model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
+    clean: str = typer.Option(..., "--clean", help="the clean prompt"),
+    corrupt: str = typer.Option(..., "--corrupt", help="the corrupted prompt, same number of tokens"),
+    metric: Tuple[str, str] = typer.Option(..., "--metric", help='target and foil tokens, e.g. --metric " Paris" " Rome"'),
+    steps: int = typer.Option(8, "--steps", help="EAP-IG points on the corrupt -> clean input line (0: plain EAP)"),
+    target: float = typer.Option(0.8, "--target", help="the circuit is the fewest top edges recovering this fraction"),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="write the faithfulness curve and circuit PNG here"),
+    as_json: bool = typer.Option(False, "--json", help="print the circuit, curve and edges as JSON"),
+) -> None:
+    """Edge attribution patching with integrated gradients (EAP-IG) over heads and MLPs: every edge scored,
+    the faithfulness curve measured by exact edge patching, and the smallest circuit reaching --target.
+
+    Example: [bold]mlxinterp circuit --clean "The Eiffel Tower is located in the city of" --corrupt "The Colosseum is located in the city of" --metric " Paris" " Rome" --figure circuit.png[/bold]
+    """
+    from mlxinterp.analysis import circuits as C
+    from mlxinterp.analysis.patching import logit_diff
+
+    if steps < 0 or not 0 < target <= 1:
+        raise MlxInterpError(f"--steps {steps}, --target {target}: --steps must be >= 0 and --target in (0, 1]")
+    hm = load_model(model, dtype)
+    m = logit_diff(hm, metric[0], metric[1])
+    with console.status("EAP-IG ...") as st:
+        c = C.find_circuit(hm, clean, corrupt, m, steps=steps or None, target=target,
+                           progress=lambda msg: st.update(msg))
+    if figure is not None:
+        from mlxinterp.core.io import save_figure
+
+        save_figure(figure, C.plot_circuit(c, hm.info.n_layers))
+        console.print(f"figure: {figure}", highlight=False)
+    if as_json:
+        print_json({"model": hm.info.spec, "method": "eap-ig" if steps else "eap", **c.to_dict()})
+        return
+    table = Table("edges kept", "metric", "recovered")
+    for n, mv, r in zip(c.curve_edges, c.curve_metric, c.recovered):
+        table.add_row(str(n), f"{mv:.3f}", f"{r:.3f}")
+    out.print(table)
+    edges = Table("sender", "receiver", "score")
+    for e in c.edges():
+        edges.add_row(e["sender"], e["receiver"], f"{e['score']:+.4f}")
+    out.print(edges)
+    console.print(f"circuit: {c.n_edges} of {len(c.ranked)} edges recover >= {target:.0%} "
+                  f"(clean {c.clean_metric:.3f}, corrupt {c.corrupt_metric:.3f})", highlight=False)

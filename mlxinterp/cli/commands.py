@@ -1,4 +1,8 @@
-"""`mlxinterp` command line. Every expected failure is one clear line and exit code 2 (cli.common.run)."""
+"""`mlxinterp` command line. Every expected failure is one clear line and exit code 2 (cli.common.run).
+
+Commands import their analyses inside the command function, on purpose: `mlxinterp --help` must not load
+MLX, mlx-lm or matplotlib (tests/test_layers.py checks that importing the CLI leaves them unloaded).
+"""
 from __future__ import annotations
 
 import sys
@@ -10,12 +14,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out, print_json, run
+from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out, print_json, run, shown_text
 from mlxinterp.cli import attribute as attribute_cli
 from mlxinterp.cli import compare as compare_cli
+from mlxinterp.cli import replica as replica_cli
 from mlxinterp.cli import sae as sae_cli
+from mlxinterp.cli import readouts as readouts_cli
+from mlxinterp.cli import serve as serve_cli
 from mlxinterp.core.errors import MlxInterpError
-from mlxinterp.suite.runner import DEFAULT_OUT
+from mlxinterp.core.platform import SUITE_OUT, USER_OUT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Look inside mlx-lm models: hooks, taps, logit lens, steering, patching, experiment suite.")
@@ -72,22 +79,26 @@ def _print_catalogue(cat: dict) -> None:
     fits = lambda ok, ram: ("yes" if ram else "yes*") if ok else "[red]no[/red]"  # noqa: E731
     table = Table("checkpoint", "seed\n004", "params", "layers", "d_model", "heads\nq/kv", "head\ndim", "vocab",
                   "weights", f"KV cache\n{cat['batch']}x{cat['context']} tok", "model\n+margin", "captures",
-                  f"fits in\n{cat['memory_label']}", "model as\nfloat32",
-                  title="Known mlx-community checkpoints: estimated memory as stored (Metal)")
+                  f"fits in\n{cat['memory_label']}", "model as\nfloat32", "runs here as\n(dtype=None)",
+                  title="Known mlx-community checkpoints: estimated memory as stored"
+                  + (" (as Metal runs them)" if sys.platform == "darwin" else " (as a Mac with Metal runs them)")
+                  + "; 'fits' is for how this machine runs them ('runs here as')")
     table.columns[0].no_wrap = True
     for r in cat["rows"]:
         m, f = r["memory_as_stored"], r["memory_float32"]
         table.add_row(r["repo"].split("/", 1)[1], "yes" if r["in_seed_004"] else "", f"{r['n_params'] / 1e9:.2f}B",
                       str(r["n_layers"]), str(r["d_model"]), f"{r['n_heads']}/{r['n_kv_heads']}", str(r["head_dim"]),
                       str(r["vocab_size"]), _gb(m["weights"]), _gb(m["kv_cache"]), _gb(m["model"]),
-                      _gb(m["activations"]), fits(r["fits_as_stored"], r["captures_in_ram_as_stored"]),
-                      _gb(f["model"]) + ("" if r["fits_float32"] else " [red](no)[/red]"))
+                      _gb(m["activations"]), fits(r["fits_here"], r["captures_in_ram_here"]),
+                      _gb(f["model"]) + ("" if r["fits_float32"] else " [red](no)[/red]"),
+                      r["runs_here_as"] + ("" if r["fits_here"] else " [red](no)[/red]"))
     # complete rows (greppable) rather than names folded to an 80-column terminal
     Console(file=out.file, width=max(out.width, 170)).print(table)
     console.print(
         f"captures: {cat['activations']}. model = weights + margin (10 % + 256 MB) + KV cache: what must fit "
         "(run-suite refuses a model that does not); captures that do not fit beside it stream to disk (yes*). "
-        "'as float32' is how a CPU (Linux) runs them (dequantized at load).\n"
+        "'as float32' is how a CPU (Linux) runs them (dequantized at load) when that fits; otherwise they run "
+        "as stored with MLX's native quantized kernels ('runs here as'; --dtype overrides).\n"
         "Sources: layers/d_model/heads/head_dim/vocab from each upstream config.json as published (recorded "
         "offline; Gemma 3 270M read from this machine's GGUF); params computed from them (published counts in "
         "--json); memory computed (formula: mlxinterp/memory.py). Gemma 3 4B+ counts the text decoder only.",
@@ -100,20 +111,23 @@ def _gb(n) -> str:
 
 @app.command()
 def info(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
-         as_json: bool = typer.Option(False, "--json", help="print JSON (arch, n_layers, d_model, n_heads, vocab_size, hook_points, ...)")) -> None:
-    """Model metadata and its hook points.
+         as_json: bool = typer.Option(False, "--json", help="print JSON (arch, n_layers, d_model, n_heads, vocab_size, hook_points, ...)"),
+         load: bool = typer.Option(False, "--load", help="load the weights and tokenizer for every field (slower); "
+                                   "by default read from config.json and the weight files' headers")) -> None:
+    """Model metadata and its hook points (read without loading the weights).
 
-    Example: [bold]mlxinterp info --model default --json[/bold]
+    Examples:
+      [bold]mlxinterp info --model default --json[/bold]
+      [bold]mlxinterp info --model default --load[/bold]
     """
-    hm = load_model(model, dtype)
-    data = {**hm.info.to_dict(), "hook_points": hm.hook_names}
+    data, shapes = _metadata(model, dtype, load)
     if as_json:
-        print_json(data)
+        print_json({**data, "hook_points": list(shapes)})
         return
     table = Table("field", "value")
-    for k, v in hm.info.to_dict().items():
+    for k, v in data.items():
         table.add_row(k, str(v))
-    table.add_row("hook points", f"{len(hm.hook_names)} (see `mlxinterp hooks --model {model}`)")
+    table.add_row("hook points", f"{len(shapes)} (see `mlxinterp hooks --model {model}`)")
     out.print(table)
 
 
@@ -121,19 +135,38 @@ def info(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
 def hooks(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
           filter: Optional[str] = typer.Option(None, "--filter", help="substring, e.g. resid_post or blocks.3."),
           as_json: bool = typer.Option(False, "--json")) -> None:
-    """List hook points with their per-position shapes.
+    """List hook points with their per-position shapes (read without loading the weights).
 
     Example: [bold]mlxinterp hooks --model default --filter resid[/bold]
     """
-    hm = load_model(model, dtype)
-    names = hm.names(filter) if filter else hm.hook_names
+    from mlxinterp.core.errors import HookNameError
+
+    _, shapes = _metadata(model, dtype, False)
+    names = [n for n in shapes if filter in n] if filter else list(shapes)
+    if not names:
+        raise HookNameError(f"no hook point matches {filter!r}", hint="try 'resid_post', 'attn.hook_z' or 'blocks.3.'")
     if as_json:
-        print_json({n: list(hm.hook_shape(n)) for n in names})
+        print_json({n: list(shapes[n]) for n in names})
         return
     table = Table("hook point", "shape per position")
     for n in names:
-        table.add_row(n, str(hm.hook_shape(n)))
+        table.add_row(n, str(tuple(shapes[n])))
     out.print(table)
+
+
+def _metadata(model: str, dtype: str | None, load: bool) -> tuple[dict, dict]:
+    """(info fields, {hook point: shape}) from the files (core/metadata.py), or from the loaded model when
+    asked or when the hook points depend on the modules (mixture of experts)."""
+    from mlxinterp.core import metadata
+
+    if not load:
+        try:
+            data = metadata.describe(model, dtype)
+            return {k: v for k, v in data.items() if k != "hook_shapes"}, data["hook_shapes"]
+        except metadata.NotStatic:
+            pass
+    hm = load_model(model, dtype)
+    return hm.info.to_dict(), {n: hm.hook_shape(n) for n in hm.hook_names}
 
 
 @app.command()
@@ -144,26 +177,40 @@ def generate(prompt: str = typer.Argument(..., help="the prompt"), model: str = 
 
     Example: [bold]mlxinterp generate "The Eiffel Tower is located in" --max-tokens 8[/bold]
     """
+    from mlxinterp.core.hooks import check_generation  # here, not at the top: `--help` stays fast
+    from mlxinterp.core.tokenization import check_prompt
+
+    check_prompt(prompt)  # argument checks before the model loads
+    check_generation(max_tokens, temperature)
     hm = load_model(model, dtype)
     g = hm.generate(prompt, max_tokens=max_tokens, chat=chat, temperature=temperature)
-    out.print(prompt + g.text, highlight=False, markup=False)
+    out.print(prompt + shown_text(hm, g), highlight=False, markup=False)
 
 
 @app.command()
 def lens(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
          target: Optional[List[str]] = typer.Option(None, "--target", help='token to track, e.g. " Paris" (repeatable)'),
          top_k: int = typer.Option(5, "--top-k"), mode: str = typer.Option("normed", "--mode", help="normed (final norm first) | raw"),
-         as_json: bool = typer.Option(False, "--json"), out_dir: Path = typer.Option(Path("results/lens"), "--out", help="where the heatmap PNG goes"),
+         as_json: bool = typer.Option(False, "--json"), out_dir: Path = typer.Option(USER_OUT / "lens", "--out", help="where the heatmap PNG goes"),
          chat: bool = typer.Option(False, "--chat"),
-         position: int = typer.Option(-1, "--position", help="token position to read (negative from the end)")) -> None:
+         position: int = typer.Option(-1, "--position", help="token position to read (negative from the end)"),
+         tuned: Optional[Path] = typer.Option(None, "--tuned", help="a tuned lens (.safetensors from `mlxinterp tuned-lens`)")) -> None:
     """Logit lens: per layer, top tokens, entropy, and the rank of --target tokens; writes a heatmap PNG.
 
     Example: [bold]mlxinterp lens --model default "The Eiffel Tower is located in the city of" --target " Paris"[/bold]
     """
-    from mlxinterp.analysis.lens import logit_lens, plot_lens
+    from mlxinterp.analysis import tuned_lens
+    from mlxinterp.analysis.lens import check_lens_args, logit_lens, plot_lens
+    from mlxinterp.core.tokenization import check_prompt
 
+    check_prompt(prompt)  # argument checks before the model loads
+    check_lens_args(target, top_k, mode, position)
+    lens_file = tuned_lens.TunedLens.load(tuned) if tuned else None
     hm = load_model(model, dtype)
-    res = logit_lens(hm, prompt, targets=target, top_k=top_k, mode=mode, chat=chat, grid=True, position=position)
+    if lens_file is not None:
+        lens_file.check_model(hm)
+    res = logit_lens(hm, prompt, targets=target, top_k=top_k, mode=mode, chat=chat, grid=True, position=position,
+                     tuned=lens_file)
     png = plot_lens(res, Path(out_dir) / f"lens-{hm.info.slug}.png")
     if as_json:
         d = res.to_dict()
@@ -185,7 +232,7 @@ def lens(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODE
 def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="model spec (repeatable); default: default"),
               only: Optional[str] = typer.Option(None, "--only", help="comma-separated experiments to run"),
               skip: Optional[str] = typer.Option(None, "--skip", help="comma-separated experiments to skip"),
-              out_dir: Path = typer.Option(DEFAULT_OUT, "--out", help="results directory"),
+              out_dir: Path = typer.Option(SUITE_OUT, "--out", help="results directory"),
               reference: Optional[Path] = typer.Option(None, "--reference", help="a finished run (e.g. results, "
                                                        "the committed reference): print its time first and "
                                                        "compare with it at the end"),
@@ -245,12 +292,21 @@ def steer(prompt: str = typer.Argument(..., help="the prompt"), model: str = MOD
     """Generate steered and baseline text side by side.
 
     Examples:
-      [bold]mlxinterp steer "I think that" --vector results/dirs/refusal_L10 --alpha 4 --layers 8-11[/bold]
-      [bold]mlxinterp steer "I think that" --vector imported.safetensors --alpha 1[/bold]  (from import-vector)
+      [bold]mlxinterp steer "I think that" --vector tutorial/happy_L10 --alpha 4 --layers 8-11[/bold]  (docs/tutorial.md step 3 saves it)
+      [bold]mlxinterp steer "I think that" --vector tutorial/happy-layers.safetensors --alpha 1[/bold]  (from import-vector)
     """
     from mlxinterp.analysis.controlvec import is_layer_vectors, load_vectors
     from mlxinterp.analysis.directions import Direction, layer_profile, perturbation_pct, steering_taps
+    from mlxinterp.core.hooks import check_generation
+    from mlxinterp.core.tokenization import check_prompt
 
+    check_prompt(prompt)  # argument and file checks before the model loads
+    check_generation(max_tokens)
+    direction = None
+    if not is_layer_vectors(vector):
+        if layers is None:
+            raise MlxInterpError("--layers is needed with a single direction", hint="e.g. --layers 8-11")
+        direction = Direction.load(vector)
     hm = load_model(model, dtype)
     n = hm.info.n_layers
     if is_layer_vectors(vector):  # per-layer vectors (import-vector): each at its own blocks.N.hook_resid_post
@@ -259,7 +315,7 @@ def steer(prompt: str = typer.Argument(..., help="the prompt"), model: str = MOD
     elif layers is None:
         raise MlxInterpError("--layers is needed with a single direction", hint="e.g. --layers 8-11")
     else:
-        d = Direction.load(vector)
+        d = direction
         ls, vectors = _parse_layers(layers, n), d.vector
         hook = d.hook.split(".", 2)[-1] if d.hook.startswith("blocks.") else "hook_resid_post"
     full = layer_profile(profile, n, center=float(np.mean(ls)), lo=min(ls), hi=max(ls))
@@ -274,7 +330,7 @@ def steer(prompt: str = typer.Argument(..., help="the prompt"), model: str = MOD
         return
     size = f"; ~{pct:.1f}% of residual norm" if pct is not None else ""
     table = Table("baseline", f"steered (alpha {alpha}, layers {layers or ls}, {profile}{size})")
-    table.add_row(prompt + base.text, prompt + steered.text)
+    table.add_row(prompt + shown_text(hm, base), prompt + shown_text(hm, steered))
     out.print(table)
 
 
@@ -310,9 +366,10 @@ def export_vector(file: Path = typer.Argument(..., help="a Direction (NAME.safet
     """Write a direction as a llama.cpp control vector (GGUF: direction.N added to block N's output).
 
     Examples:
-      [bold]mlxinterp export-vector results/dirs/refusal_L10 --format llama-cpp --out refusal.gguf[/bold]
-      [bold]mlxinterp export-vector results/dirs/refusal_L10 --layers 8-11 --scale 4 --out refusal.gguf[/bold]
-    Then: [bold]llama-cli -m MODEL.gguf --control-vector-scaled refusal.gguf 1.0[/bold]
+      [bold]mlxinterp export-vector tutorial/happy_L10 --format llama-cpp --out mlxinterp-out/happy.gguf[/bold]
+      [bold]mlxinterp export-vector tutorial/happy_L10 --layers 8-11 --scale 4 --out mlxinterp-out/happy.gguf[/bold]
+    (tutorial/happy_L10 is the direction docs/tutorial.md step 3 saves.)
+    Then: [bold]llama-cli -m MODEL.gguf --control-vector-scaled mlxinterp-out/happy.gguf 1.0[/bold]
     """
     from mlxinterp.analysis.controlvec import export_llama_cpp, load_vectors
 
@@ -340,8 +397,8 @@ def import_vector(file: Path = typer.Argument(..., help="a llama.cpp control-vec
     """Read a llama.cpp control vector into per-layer vectors (layer.N at blocks.N.hook_resid_post).
 
     Examples:
-      [bold]mlxinterp import-vector happy.gguf --out happy.safetensors[/bold]
-      [bold]mlxinterp steer "I feel" --vector happy.safetensors --alpha 1[/bold]  (as llama.cpp at strength 1)
+      [bold]mlxinterp import-vector tutorial/happy.gguf --out tutorial/happy-layers.safetensors[/bold]
+      [bold]mlxinterp steer "I feel" --vector tutorial/happy-layers.safetensors --alpha 1[/bold]  (as llama.cpp at strength 1)
     """
     from mlxinterp.analysis.controlvec import import_llama_cpp
 
@@ -410,7 +467,12 @@ def doctor(as_json: bool = typer.Option(False, "--json")) -> None:
 
 app.command()(compare_cli.compare)
 app.add_typer(sae_cli.app, name="sae")
+app.command("tuned-lens")(readouts_cli.tuned_lens)
+app.command("probe")(readouts_cli.probe)
 app.command()(attribute_cli.attribute)
+app.command()(attribute_cli.circuit)
+app.command()(replica_cli.replica)
+app.command()(serve_cli.serve)
 
 
 def main(argv: list[str] | None = None) -> None:

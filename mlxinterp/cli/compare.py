@@ -11,8 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from mlxinterp.cli.common import out, print_json
-from mlxinterp.suite import compare as cmp
-from mlxinterp.suite.registry import register_builtin, select
 
 
 def compare(run_dir: Path = typer.Argument(..., help="a run-suite --out directory"),
@@ -26,6 +24,8 @@ def compare(run_dir: Path = typer.Argument(..., help="a run-suite --out director
       [bold]mlxinterp compare mlxinterp-out/suite --reference results[/bold]
       [bold]mlxinterp compare mlxinterp-out/suite --json[/bold]
     """
+    from mlxinterp.suite import compare as cmp  # here, not at the top: `mlxinterp --help` stays fast
+
     c = cmp.compare_runs(run_dir, reference)
     if as_json:
         print_json(c.to_dict())
@@ -40,6 +40,9 @@ def compare(run_dir: Path = typer.Argument(..., help="a run-suite --out director
 def print_estimate(reference: Path, specs: list[str], only: Optional[str], skip: Optional[str],
                    console: Console) -> None:
     """Before a run: how many experiments, and how long the reference run spent on them."""
+    from mlxinterp.suite import compare as cmp
+    from mlxinterp.suite.registry import register_builtin, select
+
     register_builtin()
     experiments = [e.name for e in select(only, skip)]
     for spec in specs:
@@ -53,6 +56,8 @@ def print_estimate(reference: Path, specs: list[str], only: Optional[str], skip:
 
 def print_comparison(run_dir: Path, reference: Optional[Path], console: Console) -> None:
     """After a run: the one-line comparison with the reference (nothing when there is none)."""
+    from mlxinterp.suite import compare as cmp
+
     if reference is None or not Path(reference).is_dir():
         return
     console.print(cmp.compare_runs(run_dir, reference).line(), highlight=False, markup=False, soft_wrap=True)

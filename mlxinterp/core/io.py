@@ -205,28 +205,57 @@ def remove_stale_temps(directory: str | os.PathLike) -> None:
 # ------------------------------------------------------------ JSONL checkpoints
 
 
-def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
-    """Records of an append-only JSONL file and the byte length of its intact prefix.
+@dataclasses.dataclass
+class JsonlScan:
+    """What an append-only JSONL file holds.
 
-    A kill mid-append leaves a last line without its newline (or with
-    half a record): it is dropped, and the caller truncates to the intact
-    length before appending again.
+    records/lines: every complete line that parses, with its 1-based line number;
+    bad_lines: complete lines that do not parse (damaged in place: a disk error,
+    an editor); good: the bytes of the parseable lines, to rewrite the file
+    without the bad ones; intact: the byte length of all complete lines (a torn
+    last line, from a kill mid-append, is excluded).
     """
+
+    records: list[Any]
+    lines: list[int]
+    bad_lines: list[int]
+    good: bytes
+    intact: int
+
+
+def scan_jsonl(path: str | os.PathLike) -> JsonlScan:
+    """Read a JSONL checkpoint, keeping every valid line even when one in the middle is corrupt."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return [], 0
-    records, good = [], 0
-    for line in data.splitlines(keepends=True):
+        return JsonlScan([], [], [], b"", 0)
+    except OSError as exc:
+        raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    records, lines, bad, good, intact = [], [], [], [], 0
+    for number, line in enumerate(data.splitlines(keepends=True), start=1):
         if not line.endswith(b"\n"):
-            break
+            break  # torn last line (a kill mid-append): cut before appending again
+        intact += len(line)
         try:
             records.append(json.loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            break
-        good += len(line)
-    return records, good
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            bad.append(number)
+            continue
+        lines.append(number)
+        good.append(line)
+    return JsonlScan(records, lines, bad, b"".join(good), intact)
+
+
+def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
+    """Records of an append-only JSONL file and the byte length of its complete lines.
+
+    A kill mid-append leaves a last line without its newline (or with half a
+    record): it is dropped, and the caller truncates to the intact length before
+    appending again. A corrupt line in the middle is skipped (scan_jsonl reports it).
+    """
+    scan = scan_jsonl(path)
+    return scan.records, scan.intact
 
 
 class JsonlAppender:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import struct
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +36,9 @@ from mlxinterp.core.errors import (
     UnsupportedArchitectureError,
     closest,
 )
-from mlxinterp.core.memory import check_memory, estimate_memory, text_config, with_margin
+from mlxinterp.core.memory import check_memory, choose_plan, estimate_memory, text_config, with_margin
 from mlxinterp.core.platform import cache_dir
+from mlxinterp.core.shape import Shape
 from mlxinterp.core.validate import check_config, check_finite_parameters, check_parameter_dtypes, env_flag
 from mlxinterp.core.quantize import PrecisionMap, dequantize, quant_name, quantize_by_map
 from mlxinterp.core.specs import (DEFAULT_SPEC, REPO_RE, DtypePlan, parse_spec,
@@ -49,20 +51,17 @@ DEFAULT_N_PARAMS = 268_098_176
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
+class DtypePolicyWarning(UserWarning):
+    """The automatic dtype changed from float32 to the stored quantization (float32 would not fit)."""
+
+
 @dataclass(frozen=True)
-class ModelInfo:
-    """Facts about a loaded model that every tool and every result's provenance needs."""
+class ModelInfo(Shape):
+    """Facts about a loaded model that every tool and every result's provenance needs (its shape, and more)."""
 
     spec: str
     slug: str
     arch: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    d_mlp: int
-    vocab_size: int
     dtype: str
     quantization: dict | None
     needs_bos: bool
@@ -225,8 +224,7 @@ def resolve(base: str, allow_download: bool = False) -> tuple[Path, str]:
     try:
         is_dir, is_file = path.is_dir(), path.is_file()
     except (OSError, ValueError) as e:  # a name longer than the OS allows, a NUL byte
-        raise ModelSpecError(f"model spec {base[:60]!r}{'...' if len(base) > 60 else ''} ({len(base)} characters) "
-                             f"is not a usable path: {getattr(e, 'strerror', None) or e}",
+        raise ModelSpecError(f"model spec {_shown(base)} is not a usable path: {getattr(e, 'strerror', None) or e}",
                              hint="give 'default', a model directory, a .gguf file or a Hugging Face org/name") from None
     if is_dir:
         return path, slugify(path.resolve().name)
@@ -237,10 +235,15 @@ def resolve(base: str, allow_download: bool = False) -> tuple[Path, str]:
                              hint="give the directory that holds config.json and model*.safetensors")
     if REPO_RE.match(base) and not base.startswith((".", "/", "~")):
         return hf_snapshot(base, allow_download), slugify(base.split("/")[-1])
-    near = closest(base, _known_names())
+    near = closest(base, _known_names()) if len(base) < 200 else None
     raise ModelSpecError(
-        f"unknown model spec {base!r}: not 'default', an existing path, or a Hugging Face org/name",
+        f"unknown model spec {_shown(base)}: not 'default', an existing path, or a Hugging Face org/name",
         hint=(f"did you mean {near}? " if near else "") + "`mlxinterp models` lists the models available here")
+
+
+def _shown(spec: str) -> str:
+    """A spec as messages show it: whole when short, else its start and its length (one line)."""
+    return repr(spec) if len(spec) <= 80 else f"{spec[:60]!r}... ({len(spec)} characters)"
 
 
 def _known_names() -> list[str]:
@@ -484,6 +487,9 @@ def load_model(spec: str | Path, dtype: str | None = None, allow_download: bool 
                  computed in float32, because MLX's CPU backend has no fast bfloat16 or
                  quantized matmul (PLATFORM.md: both are ~8-30x slower than float32 with
                  OpenBLAS); on Metal the checkpoint is kept as stored (4-bit is the point).
+                 Except: when float32 would not fit this machine's memory, the checkpoint
+                 is kept as stored (native quantized kernels) with a DtypePolicyWarning
+                 saying so (memory.choose_plan); an explicit dtype overrides.
       "native"   keep the checkpoint as stored (quantized stays QuantizedLinear).
       "float32" / "float16" / "bfloat16"   dequantize if needed and cast.
     Quantizing on load (@Nbit or `precision`) with dtype None on a CPU means quantize
@@ -504,6 +510,11 @@ def load_model(spec: str | Path, dtype: str | None = None, allow_download: bool 
     check_config(cfg, str(path / "config.json"))
     check_tokenizer(path)
     headers = safetensors_headers(path)
+    note = None
+    if not precision:  # float32 on a CPU unless it would not fit (then as stored)
+        plan, note = choose_plan(cfg, dtype, variant)
+    if note:
+        warnings.warn(f"{spec_text}: {note}", DtypePolicyWarning, stacklevel=2)
     check_memory(cfg, plan, spec_text)
     model, cfg = _load_mlx(path)
     check_parameter_dtypes(model, str(path))

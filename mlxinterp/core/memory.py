@@ -82,7 +82,33 @@ def estimate_memory(info_or_config: Any, dtype: str | None = None) -> int:
         per = q["bits"] / 8 + 4 / q["group_size"] if q else DTYPE_BYTES.get(dtype or info.dtype, 4)
         return with_margin(info.n_params * per)
     cfg = info_or_config
-    return with_margin(config_n_params(cfg) * bytes_per_param(cfg, plan_dtype(dtype)))
+    return with_margin(config_n_params(cfg) * bytes_per_param(cfg, choose_plan(cfg, dtype)[0]))
+
+
+def choose_plan(cfg: dict, dtype: str | None = None, variant: Variant | None = None,
+                limit: int | None = None) -> tuple[DtypePlan, str | None]:
+    """The load plan, and a note when the automatic choice had to change.
+
+    plan_dtype computes in float32 on a CPU (MLX's CPU kernels for bfloat16 and
+    quantized matmuls are slower). A model whose float32 weights (+ margin) would
+    not fit this machine is instead kept as stored, quantized with MLX's native
+    kernels: slower per token, but it runs (a 4-bit 9B model is ~5 GB as stored,
+    ~37 GB as float32). An explicit dtype or variant is always obeyed.
+    """
+    plan = plan_dtype(dtype, variant)
+    if dtype is not None or variant is not None or plan.dtype != "float32" or not text_config(cfg).get("quantization"):
+        return plan, None  # only quantized checkpoints: a float one too big for float32 is refused (check_memory)
+    have = total_memory_bytes() if limit is None else limit
+    try:
+        need = with_margin(config_n_params(cfg) * 4)
+    except (KeyError, TypeError):
+        return plan, None
+    if need <= have:
+        return plan, None
+    stored = DtypePlan(None)
+    label = _weights_label(cfg, stored)
+    return stored, (f"float32 would need {gb(need)} (this machine: {gb(have)}), so the weights stay as stored "
+                    f"({label}, MLX's native kernels); --dtype float32 forces float32")
 
 
 def check_memory(cfg: dict, plan: DtypePlan, spec: str) -> None:
@@ -105,7 +131,7 @@ def n_params(cfg: dict) -> int:
 
 def compute_bytes(cfg: dict, dtype: str | None = None, variant: Variant | None = None) -> int:
     """Bytes per activation/KV element under the load policy: the float dtype, or 2 when quantized."""
-    plan = plan_dtype(dtype, variant)
+    plan, _ = choose_plan(cfg, dtype, variant)
     if plan.dtype:
         return DTYPE_BYTES[plan.dtype]
     stored = cfg.get("torch_dtype") or cfg.get("dtype")
@@ -205,7 +231,7 @@ def estimate(cfg: dict, dtype: str | None = None, variant: Variant | None = None
              context: int = SUITE_CONTEXT, batch: int = 1, activations: ActivationPlan | None = None) -> Estimate:
     """Weights + margin (as loading.estimate_memory) + KV cache + captured activations, for a config
     loaded the way load_model would load it with this dtype and variant."""
-    plan = plan_dtype(dtype, variant)
+    plan, _ = choose_plan(cfg, dtype, variant)
     weights = int(n_params(cfg) * bytes_per_param(cfg, plan))
     margin = with_margin(weights) - weights
     kv = kv_cache_bytes(cfg, context, batch, compute_bytes(cfg, dtype, variant))
@@ -216,8 +242,7 @@ def estimate(cfg: dict, dtype: str | None = None, variant: Variant | None = None
 def model_need(info: Any) -> int:
     """Weights + margin + the suite's KV cache for a loaded model (from its ModelInfo)."""
     kv_bytes = 2 if info.quantization else DTYPE_BYTES.get(info.dtype, 4)
-    cfg = {"hidden_size": info.d_model, "num_hidden_layers": info.n_layers, "num_attention_heads": info.n_heads,
-           "num_key_value_heads": info.n_kv_heads, "head_dim": info.head_dim}
+    cfg = info.config()
     return estimate_memory(info) + kv_cache_bytes(cfg, SUITE_CONTEXT, SUITE_BATCH, kv_bytes)
 
 
@@ -226,3 +251,71 @@ def activation_budget(info: Any) -> int:
     return total_memory_bytes() - model_need(info)
 
 
+
+
+# ------------------------------------------------------------------ peak of one workload
+# What a process holds besides the model: Python, MLX, mlx-lm, transformers and a tokenizer,
+# measured as the resident set before loading plus the non-MLX growth during a load
+# (bench/replicas.py; docs/bigger-models.md has the table).
+RUNTIME_BYTES = 600 * 1024**2
+WORKLOADS = ("none", "all", "sweep")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One forward of `batch` x `tokens`: plain ("none"), capturing every hook point ("all"), or a
+    patch sweep's batch ("sweep": one hook per layer captured, rows restart from a KV-cached prefix)."""
+
+    tokens: int = 128
+    batch: int = 1
+    capture: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.capture not in WORKLOADS or self.tokens < 1 or self.batch < 1:
+            raise MlxInterpError(f"bad workload {self}: capture must be one of {WORKLOADS}, tokens and batch >= 1")
+
+
+def hook_widths(cfg: dict) -> tuple[int, int]:
+    """(elements per position over every per-block hook point of one layer, over the model-level ones)."""
+    from mlxinterp.core.archs import BLOCK_ORDER, arch_spec
+
+    c = text_config(cfg)
+    heads = c["num_attention_heads"]
+    kv, hd = c.get("num_key_value_heads") or heads, c.get("head_dim") or c["hidden_size"] // heads
+    k = c.get("num_experts_per_tok") or 0
+    width = {"d_model": c["hidden_size"], "d_mlp": c["intermediate_size"], "heads": heads * hd, "kv_heads": kv * hd,
+             "experts": c.get("num_experts") or c.get("num_local_experts") or 0, "topk_d_model": k * c["hidden_size"]}
+    sites = arch_spec(cfg["model_type"]).sites
+    per_layer = sum(width[sites[s].kind] for s in BLOCK_ORDER if s in sites)
+    return per_layer, 2 * c["hidden_size"] + c["vocab_size"]  # hook_embed, ln_final, hook_logits
+
+
+def predict_peak(cfg: dict, work: Workload, dtype: str | None = None, variant: Variant | None = None) -> Estimate:
+    """Peak memory of one workload: weights + runtime + the forward's working set + KV cache + captures.
+
+    weights     as `estimate` (n_params x bytes per parameter of the load plan)
+    margin      RUNTIME_BYTES + the largest transient arrays of a forward: the logits
+                (batch x tokens x vocab, twice: the unembedding's output and one
+                elementwise op on it, e.g. Gemma 2's soft-cap) and one layer's MLP
+                (batch x tokens x 3 d_mlp), in the compute dtype
+    kv_cache    only when a cache is kept (generation, the sweep's prefix): mlx-lm's
+                forward without a cache keeps no K/V beyond the attention call
+    activations captures at the compute dtype: every hook point ("all"), or for a
+                sweep one d_model hook per layer of the clean and corrupt runs
+    """
+    plan, _ = choose_plan(cfg, dtype, variant)
+    c = text_config(cfg)
+    el = compute_bytes(cfg, dtype, variant)
+    B, T = work.batch, work.tokens
+    weights = int(n_params(cfg) * bytes_per_param(cfg, plan))
+    read = 1 if work.capture == "sweep" else T  # a sweep unembeds only the position its metric reads
+    transient = el * B * (2 * read * c["vocab_size"] + 3 * T * c["intermediate_size"])
+    kv = kv_cache_bytes(cfg, T, B, el) if work.capture == "sweep" else 0
+    if work.capture == "all":
+        per_layer, model_level = hook_widths(cfg)
+        acts = el * B * T * (per_layer * c["num_hidden_layers"] + model_level)
+    elif work.capture == "sweep":
+        acts = el * 2 * T * c["hidden_size"] * c["num_hidden_layers"]
+    else:
+        acts = 0
+    return Estimate(weights, RUNTIME_BYTES + transient, kv, acts, _weights_label(cfg, plan))

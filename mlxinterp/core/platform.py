@@ -27,6 +27,12 @@ _OPENBLAS_GLOBS = (
 )
 
 
+# Where ad-hoc commands (lens, run-suite without --out) write: a folder of the working directory
+# that .gitignore ignores, never a committed folder of the repository such as results/.
+USER_OUT = Path("mlxinterp-out")
+SUITE_OUT = USER_OUT / "suite"  # run-suite's default --out; results/ is the committed reference
+
+
 def cache_dir() -> Path:
     """mlxinterp's own cache (imported models); MLXINTERP_CACHE overrides."""
     env = os.environ.get("MLXINTERP_CACHE")

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten
 
 from mlxinterp.core.errors import MlxInterpError
@@ -69,7 +68,9 @@ def _tensor(name: str, like: mx.array, params: dict, q: dict | None, dtype, seed
     """One tensor of the replica in its stored form (see the module docstring)."""
     key = _key(seed, name)
     if like.dtype == mx.uint32:  # packed codes
-        return mx.random.bits(like.shape, width=4, key=key)
+        # two exact 16-bit halves: randint over 2**32 values goes through float32 and biases the low bits
+        hi, lo = (mx.random.randint(0, 2**16, like.shape, dtype=mx.uint32, key=k) for k in mx.random.split(key))
+        return (hi << 16) | lo
     stem = name.rsplit(".", 1)[0]
     if q and name.endswith((".scales", ".biases")) and f"{stem}.weight" in params:
         levels = 2 ** q["bits"]
@@ -91,7 +92,7 @@ def write_replica(cfg: dict, out: Path, seed: int = 0, tokenizer_dir: Path | Non
         raise MlxInterpError(f"{out} exists and is not empty", hint="give a new directory, or delete this one first")
     dtype = _DTYPES.get(cfg.get("torch_dtype", "bfloat16"), mx.bfloat16)
     model, qcfg = lazy_model(cfg)
-    params = dict(tree_flatten(model.parameters()))
+    params = stored_params(model, cfg)
     q = cfg.get("quantization")
     shards = _plan_shards(params, shard_bytes, dtype)
     out.mkdir(parents=True, exist_ok=True)
@@ -114,10 +115,20 @@ def write_replica(cfg: dict, out: Path, seed: int = 0, tokenizer_dir: Path | Non
     return out
 
 
+def stored_params(model, cfg: dict) -> dict:
+    """The tensors a converted checkpoint stores: with tied embeddings there is no lm_head (Gemma 3's
+    mlx-lm class builds one and drops it in `sanitize` when the checkpoint has none)."""
+    params = dict(tree_flatten(model.parameters()))
+    tied = {**cfg, **cfg.get("text_config", {})}.get("tie_word_embeddings", False)
+    if tied:
+        params = {k: v for k, v in params.items() if not k.removeprefix("language_model.").startswith("lm_head.")}
+    return params
+
+
 def _plan_shards(params: dict, shard_bytes: int, dtype) -> list[list[str]]:
     shards, cur, size = [], [], 0
     for name, a in params.items():
-        n = a.size * (4 if a.dtype == mx.uint32 else np.dtype(str(dtype).split(".")[-1].replace("bfloat16", "float16")).itemsize)
+        n = a.size * (a.dtype.size if a.dtype == mx.uint32 else dtype.size)
         if cur and size + n > shard_bytes:
             shards.append(cur)
             cur, size = [], 0

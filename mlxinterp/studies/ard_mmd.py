@@ -41,7 +41,7 @@ class ARDConfig:
     seed: int = 0
     layer_fracs: tuple = (0.5, *SEED_FRACS)  # full run: (0.25, 0.5, 0.75, *SEED_FRACS)
     objective: tuple = ("power", "seed")  # subset of mlxinterp.analysis.subspace.ARD_OBJECTIVES; "power" is the primary
-    lambdas: tuple = (0.001, 0.01, 0.1)  # "seed" grid (seed 001's)
+    lambdas: tuple = (0.001, 0.01, 0.1)  # "seed" grid (the Qwen2.5-3B subspace notes')
     power_lambdas: tuple = (0.01, 0.1, 0.3, 1.0)  # "power" grid: its MMD^2 sum is O(pairs), so the penalty needs larger lambda to bite
     steps: int = 500
     lr: float = 0.01
@@ -80,8 +80,8 @@ def ard_mmd(hm, cfg: ARDConfig, ctx) -> dict:
     """Experiment C: ARD-RBF lengthscales fitted to en/zh token clouds with L1 on 1/ell (Adam, mx.grad, mx.compile).
 
     "power" (primary) maximises the biased MMD^2 minus the penalty: its short-lengthscale set D is a sparse set
-    of language-discriminating coordinates, which seed 001's Z hypothesis predicts to be disjoint from SVD-Z.
-    "seed" minimises the unbiased MMD^2 plus the penalty as seed 001 specifies; it is degenerate (its MMD^2
+    of language-discriminating coordinates, which the Qwen2.5-3B subspace notes' Z hypothesis predicts to be disjoint from SVD-Z.
+    "seed" minimises the unbiased MMD^2 plus the penalty as the Qwen2.5-3B subspace notes specifies; it is degenerate (its MMD^2
     goes negative and it does not converge) and is kept only so that finding is reproducible (BUGFIX 22).
     """
     d, L = hm.info.d_model, hm.info.n_layers
@@ -109,7 +109,7 @@ def ard_mmd(hm, cfg: ARDConfig, ctx) -> dict:
             "each coordinate standardised by the pooled mean/std over both languages' content tokens of the pairs at that layer",
             "objective": {"power": "maximise sum over pairs of biased (V-statistic) ARD-RBF MMD^2 - lambda * sum_j 1/ell_j "
                                    "(plain MMD^2, not the MMD^2/std test-power ratio); primary; init uniform ell = sqrt(d)",
-                          "seed": "minimise sum over pairs of unbiased ARD-RBF MMD^2 + lambda * sum_j 1/ell_j (seed 001 verbatim; "
+                          "seed": "minimise sum over pairs of unbiased ARD-RBF MMD^2 + lambda * sum_j 1/ell_j (the Qwen2.5-3B subspace notes verbatim; "
                                   "degenerate: ell -> inf minimises both terms); init SVD warm start"},
             "controls": "per layer at control_lambda: the other init; for power also the languages' token labels shuffled "
                         "within each pair (same sizes), the MMD^2 reachable without a language difference"}

@@ -1,4 +1,4 @@
-"""Gradient x input attribution (seed 000 §10): from the next-token logit to MLP neurons and input tokens.
+"""Gradient x input attribution (the Qwen3-VL-8B notes §10): from the next-token logit to MLP neurons and input tokens.
 
 For each prompt the target is the model's own top-1 next token; `neurons.attribute`
 differentiates its logit (mx.grad through mlx-lm's forward) with respect to a zero
@@ -22,6 +22,7 @@ from mlxinterp.analysis import neurons
 from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.tasks import categories
 
 
 @dataclass
@@ -35,7 +36,7 @@ class AttributionConfig:
 @experiment("attribution", AttributionConfig)
 def attribution(hm, cfg: AttributionConfig, ctx) -> dict:
     """Gradient x input from the top-1 logit to MLP neurons and input tokens; backbone neurons across categories."""
-    cats = neurons.categories(cfg.n)
+    cats = categories.categories(cfg.n)
     names = list(cats)
     per = dict(zip(names, ctx.map("categories", names, lambda c: _category(hm, cats[c], cfg))))
     mag = np.array([per[c]["mean_abs"] for c in names])  # [C, nl, d]

@@ -1,4 +1,4 @@
-"""Back-patching (Biran et al., "Hopping Too Late", ICLR 2025; seed 004 section 2.2).
+"""Back-patching (Biran et al., "Hopping Too Late", ICLR 2025; the cross-model plan section 2.2).
 
 For two-hop queries the model gets wrong (the answer is not its top-1 token;
 mlxinterp.tasks.twohop), take the last position's resid_post at every source layer
@@ -51,7 +51,7 @@ from mlxinterp.suite import experiment
 from mlxinterp.tasks.twohop import choose_backpatch_queries, ci_text, statuses
 
 PAPER_RATE = 0.66  # Biran et al.: up to 66 % of incorrect two-hop answers fixed (oracle over layer pairs)
-SEED004_RATES = (0.60, 0.80)  # seed 004: 9-12 of 15 cases per model
+PLAN_RATES = (0.60, 0.80)  # the cross-model plan: 9-12 of 15 cases per model
 SUBSETS = ("both_hops", "all_wrong")
 
 
@@ -223,7 +223,7 @@ def _summary(an: dict, n_queries: int, n_wrong: int) -> dict:
                       _pct(a[arm]["share_of_pairs_fixing"]))
     s.add("paper_oracle_rate", "paper (oracle, up to)", f"{PAPER_RATE:.0%}")
     s.add("earlier_plan_oracle_rates", "mlux experimental plan (oracle, 15 cases)",
-          f"{SEED004_RATES[0]:.0%}-{SEED004_RATES[1]:.0%}")
+          f"{PLAN_RATES[0]:.0%}-{PLAN_RATES[1]:.0%}")
     return s.to_result()
 
 
@@ -266,7 +266,7 @@ def _figures(an: dict, pairs, L: int, ctx) -> None:
         cis = [(an[s].get(arm) or {}).get(key, empty) for _, arm, key in rows]
         bars(ax, x + (j - 0.5) * 0.38, cis, 0.38, c, f"{s.replace('_', ' ')} (n={an[s]['n']})")
     ax.axhline(PAPER_RATE, color="tab:red", ls="--", lw=1, label="paper: up to 66 % (oracle)")
-    ax.axhspan(*SEED004_RATES, color="tab:orange", alpha=0.15, label="seed 004: 60-80 % (oracle, 15 cases)")
+    ax.axhspan(*PLAN_RATES, color="tab:orange", alpha=0.15, label="the cross-model plan: 60-80 % (oracle, 15 cases)")
     ax.set_xticks(x, [r for r, _, _ in rows], rotation=15, ha="right")
     ax.set(ylim=(0, 1.05), ylabel="share of wrong queries fixed (95 % Wilson CI)", title="back-patching fix rates")
     ax.legend(fontsize=7)

@@ -1,9 +1,9 @@
-"""Component share (seed 000 §2-3): how much of each layer's residual update is MLP vs attention, and head types.
+"""Component share (the Qwen3-VL-8B notes §2-3): how much of each layer's residual update is MLP vs attention, and head types.
 
 Share: per prompt, layer and token (BOS excluded), ||mlp_out|| / (||attn_out|| +
 ||mlp_out||) of what each sublayer adds to the residual (`hook_attn_out`,
 `hook_mlp_out`: after Gemma's post-norms), averaged over tokens; per category
-the mean over prompts with a bootstrap CI. Seed 000 saw 70-78 % MLP on Qwen3-VL-8B.
+the mean over prompts with a bootstrap CI. the Qwen3-VL-8B notes saw 70-78 % MLP on Qwen3-VL-8B.
 
 Heads: patterns recomputed from captured q/k (`mlxinterp.analysis.attention`, checked
 against `attn.hook_z`). A head is *identity* / *previous-token* / *BOS-sink*
@@ -25,6 +25,7 @@ from mlxinterp.analysis import attention, neurons
 from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.tasks import categories
 from mlxinterp.core import names as H
 
 TYPES = ("identity", "previous_token", "bos_sink")
@@ -42,7 +43,7 @@ class ComponentShareConfig:
 @experiment("component_share", ComponentShareConfig)
 def component_share(hm, cfg: ComponentShareConfig, ctx) -> dict:
     """MLP vs attention share of the residual update per layer and category; identity/prev/BOS/category heads."""
-    cats = neurons.categories(cfg.n)
+    cats = categories.categories(cfg.n)
     names = list(cats)
     per = dict(zip(names, ctx.map("categories", names, lambda c: [_prompt_stats(hm, p) for p in cats[c]])))
     share = {c: np.array([r["share"] for r in per[c]]) for c in names}  # [n, nl]

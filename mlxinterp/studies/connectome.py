@@ -1,4 +1,4 @@
-"""Connectome (seed 000 §1): which MLP neurons each prompt category moves, compared with a baseline set.
+"""Connectome (the Qwen3-VL-8B notes §1): which MLP neurons each prompt category moves, compared with a baseline set.
 
 Per category and per (layer, neuron): Welch t of the neuron's mean activation
 over the prompt's tokens (BOS excluded), category vs baseline ("z" in seed
@@ -20,6 +20,7 @@ from mlxinterp.core import io
 from mlxinterp.analysis import neurons
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.tasks import categories
 
 
 MIXED = "mixed_null"
@@ -51,9 +52,9 @@ def _floored_sd(base: np.ndarray, floor: float) -> np.ndarray:
 @experiment("connectome", ConnectomeConfig)
 def connectome(hm, cfg: ConnectomeConfig, ctx) -> dict:
     """MLP-neuron z maps per prompt category vs baseline: overlaps, SVD, hubs, exclusive neurons."""
-    cats = neurons.categories(cfg.n)
+    cats = categories.categories(cfg.n)
     names = list(cats)
-    base = neurons.pooled(hm, neurons.baseline(cfg.n), "mlp.hook_post")  # [N, nl, d]
+    base = neurons.pooled(hm, categories.baseline(cfg.n), "mlp.hook_post")  # [N, nl, d]
     nl, d = base.shape[1:]
     mu, sd = base.mean(0), _floored_sd(base, cfg.sd_floor)
     n_tests = nl * d

@@ -27,13 +27,14 @@ Protocol, fixed before the first run (mlxinterp.tasks.function_vectors has the m
    insensitive) in `natural_tokens` greedy tokens.
 
 Cost (Gemma 3 270M, 72 heads): per task ~12 x 73 patched last-token rows for the AIE plus
-24 x 55 for the layer sweep; defaults (4 tasks) take a few minutes on 2 CPU cores (PLAN.md
-"Issue 6: findings" has the measured time). Full-size run: `--n 20` with tasks = all 8,
+24 x 55 for the layer sweep; defaults (4 tasks) take a few minutes on 2 CPU cores (the
+result records the measured time under `timings`). Full-size run: `--n 20` with tasks = all 8,
 n_demos = 10, n_eval = 30 (`experiments/function_vectors.py --full`).
 """
 from __future__ import annotations
 
 import numpy as np
+from safetensors.numpy import save as st_save
 
 from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import behaviour as B
@@ -46,6 +47,7 @@ from mlxinterp.analysis.stats import bootstrap_ci, paired_binary_diff_ci, propor
 from mlxinterp.analysis.plotting import plot_ci, subplots
 from mlxinterp.suite import experiment
 from mlxinterp.core import names as H
+from mlxinterp.core.io import atomic_write_bytes
 
 VECTORS = ("v1", "v2", "v3")
 
@@ -177,10 +179,6 @@ def function_vectors(hm, cfg: FunctionVectorsConfig, ctx) -> dict:
 
 
 def _save_vectors(ctx, vecs: dict, heads: list) -> None:
-    from safetensors.numpy import save as st_save
-
-    from mlxinterp.core.io import atomic_write_bytes
-
     arrays = {f"{t}.{v}": np.asarray(a, np.float32) for t, d in vecs.items() for v, a in d.items()}
     atomic_write_bytes(ctx.out_dir / "function_vectors.safetensors",
                        st_save(arrays, metadata={"heads": str(heads), "v1_v2": "[layers, d] at resid_post",

@@ -1,4 +1,4 @@
-"""Layer ablation (seed 000 §8, §11-12): which layers are causally necessary, per category; a steerability map.
+"""Layer ablation (the Qwen3-VL-8B notes §8, §11-12): which layers are causally necessary, per category; a steerability map.
 
 Ablating layer l removes its whole residual update: `hook_attn_out` and
 `hook_mlp_out` (what each sublayer adds, after Gemma's post-norms) are set to
@@ -27,7 +27,11 @@ from mlxinterp.core import taps as T
 from mlxinterp.analysis.stats import bootstrap_ci, format_interval
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.tasks import categories
 from mlxinterp.core import names as H
+from mlxinterp.analysis.patching import forward_last
+from mlxinterp.analysis.stats import kl_divergence
+from mlxinterp.core.hooks import ActivationCache
 
 MODES = ("zero", "mean")
 
@@ -44,12 +48,12 @@ class LayerAblationConfig:
 @experiment("layer_ablation", LayerAblationConfig)
 def layer_ablation(hm, cfg: LayerAblationConfig, ctx) -> dict:
     """Zero/mean ablation of each layer: KL and behavioural change per category; steerability map."""
-    cats = neurons.categories(cfg.n)
+    cats = categories.categories(cfg.n)
     names = list(cats)
     nl = hm.info.n_layers
     prompts = [p for c in names for p in cats[c]]
     labels = np.array([i for i, c in enumerate(names) for _ in cats[c]])
-    base_all = neurons.baseline()
+    base_all = categories.baseline()
     base_dir, base_steer = base_all[: len(base_all) - cfg.n_steer_prompts], base_all[-cfg.n_steer_prompts:]
     means = _means(hm, base_dir)
     gens = hm.generate_batch(prompts, max_tokens=cfg.continuation)
@@ -121,8 +125,6 @@ def _score(hm, rows: list[list[int]], plen: list[int], taps) -> tuple[np.ndarray
     Rows are left-padded, so every row ends at the last column; only the last
     max-continuation + 1 columns are unembedded (262k-vocab logits are the cost).
     """
-    from mlxinterp.analysis.patching import forward_last
-
     batch = hm.tokens(rows)
     L = batch.ids.shape[1]
     keep = max(len(r) - p for r, p in zip(rows, plen)) + 1
@@ -144,8 +146,6 @@ def _score(hm, rows: list[list[int]], plen: list[int], taps) -> tuple[np.ndarray
 
 
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
-    from mlxinterp.analysis.stats import kl_divergence
-
     return kl_divergence(p_logits, q_logits)
 
 
@@ -158,9 +158,6 @@ def _critical(kl: np.ndarray, names: list[str]) -> dict:
 
 def _final_resid(hm, prompts: list[str], name: str, taps: dict) -> np.ndarray:
     """Last-token residual at `name` [N, d] (left padding: every prompt ends at column -1); unembeds one column."""
-    from mlxinterp.core.hooks import ActivationCache
-    from mlxinterp.analysis.patching import forward_last
-
     store = ActivationCache(hm)
     forward_last(hm, hm.tokens(prompts), list(taps.items()) + [(name, T.Capture(store=store))])
     return np.array(store[name][:, -1].astype(mx.float32))

@@ -1,4 +1,4 @@
-"""Layer-by-layer probe (seed 003): entropy per layer, raw vs normed lens, attractors, paraphrases, temperature.
+"""Layer-by-layer probe (the Qwen3-8B layer probe): entropy per layer, raw vs normed lens, attractors, paraphrases, temperature.
 
 Facts: country -> capital pairs (data/function_vectors/country_capital.json), each
 asked in three paraphrases. Per prompt and layer, the logit lens at the last token
@@ -6,12 +6,12 @@ in both modes (normed = final norm first, what the model does; raw = unembedding
 of the raw residual): entropy, top-k, and the rank of the answer. The *answer
 layer* is the first layer from which the answer stays top-1 to the end (None if
 it never does). Attractors: tokens that are top-1 at a layer for >= `attractor_frac`
-of prompts without being the answer (seed 003's " Answer" at mid-depth).
+of prompts without being the answer (the Qwen3-8B layer probe's " Answer" at mid-depth).
 Paraphrase consistency: spread of the answer layer across a fact's paraphrases.
 Temperature sweep of the final distribution: answer probability and entropy.
 Neuron trajectories: during greedy generation (mlx-lm's KV cache, a Capture tap),
 the `mlp.hook_post` activations at one late layer of the neurons that vary most
-over the recorded tokens, token by token (seed 000 §5: probes averaged over a
+over the recorded tokens, token by token (the Qwen3-VL-8B notes §5: probes averaged over a
 population understate a neuron's dynamic range during generation).
 """
 from __future__ import annotations

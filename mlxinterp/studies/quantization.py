@@ -106,7 +106,7 @@ class QuantizationConfig:
 
 
 def is_odd_token(token: str) -> bool:
-    """Rare-script, archaic or fragment tokens (seed 004's "houſe", "religieuses" artefacts).
+    """Rare-script, archaic or fragment tokens (the cross-model plan's "houſe", "religieuses" artefacts).
 
     Odd when the token has a letter outside the Latin script, an archaic Latin
     letter, or is a bare word fragment (no leading space, 1-2 letters).

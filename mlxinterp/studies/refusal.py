@@ -43,8 +43,8 @@ separate harmful from harmless prompts, and a "refusal direction" can only be
 read as a harmful-vs-harmless direction whose steering moves the phrase
 log-probabilities. The result says what is measurable (`base_model_note`).
 
-Cost on Gemma 3 270M (2 shared CPU cores): ~55k token-forwards; see PLAN.md "Issue 6: findings"
-for the measured time. Full-size run: `--n 64` with n_val=16, n_test=32 (all 112 pairs).
+Cost on Gemma 3 270M (2 shared CPU cores): ~55k token-forwards; the result records
+the measured time under `timings`. Full-size run: `--n 64` with n_val=16, n_test=32 (all 112 pairs).
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ from mlxinterp.suite import experiment
 from mlxinterp.core import names as H
 from mlxinterp.tasks.refusal import (HOOK, RefusalConfig, add_taps, formatted, layer_directions, post_instruction_k,
                                      random_like, select_layer, split)
+from mlxinterp.core.tokenization import encode
 
 PROTOCOL_NOTE = (
     "Changed after the first default-model run (n=40/8/24, seed 0): directional ablation moved the harmless "
@@ -224,8 +225,6 @@ def _generations(hm, ctx, d: directions.Direction, layer: int, test: dict, cfg: 
 
 
 def _tail_text(hm, prompt: str, k: int) -> list[str]:
-    from mlxinterp.core.tokenization import encode
-
     texts, chat = formatted(hm, [prompt])
     ids = encode(hm.tokenizer, hm.info, texts[0], chat=chat)
     return [hm.tokenizer.decode([t]) for t in ids[-k:]]

@@ -1,4 +1,4 @@
-"""Cross-lingual refusal (Arditi et al.'s direction; seed 004 exp 10): does the English direction act in other languages?
+"""Cross-lingual refusal (Arditi et al.'s direction; the cross-model plan exp 10): does the English direction act in other languages?
 
 Protocol, fixed before the first run:
 

@@ -1,11 +1,11 @@
-"""Steering sweep (seed 000 §6-7 field-effect steering, seed 002 style ActAdd): families x strength x layers.
+"""Steering sweep (the Qwen3-VL-8B notes §6-7 field-effect steering, the qwen3-steering style ActAdd): families x strength x layers.
 
 Style directions (terse / formal / socratic / dry-wit, data/styles/styles.json): per
 layer, difference of means of `hook_resid_post` at the last token of
 "Instruction: <positive>..." minus "Instruction: <negative>..." over the
 direction questions. Steering adds them, at every position while the model
 answers held-out questions with *no* instruction. Strength is a perturbation in
-% of the mean residual norm (seed 002: ~8 % steers, > 12 % collapses); multi-layer
+% of the mean residual norm (the qwen3-steering: ~8 % steers, > 12 % collapses); multi-layer
 profiles split that budget over layers (weights sum to 1).
 
 Families: static (one layer), flat / donut / gaussian (mid-peak) / bell profiles,

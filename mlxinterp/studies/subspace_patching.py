@@ -211,7 +211,7 @@ def _condition_stats(items: list[dict], name: str, seed: int) -> dict:
 
 
 def _verdict(stats: dict, l: int, k: int, a: str, seed: int, items: list[dict]) -> dict:
-    """Seed 001's criteria. Success: Z changes answers (CI > 0) while >= 80 % stay English, and Z-perp
+    """The Qwen2.5-3B subspace notes' criteria. Success: Z changes answers (CI > 0) while >= 80 % stay English, and Z-perp
     changes the language (CI > 0) while changing <= 20 % of answers. Partial: Z changes answers more
     than Z-perp (paired CI of the difference > 0). Null: that CI contains 0; 'reversed' if it lies below."""
     zs, zp, full = stats[f"Z L{l} k={k} {a}"], stats[f"Zperp L{l} k={k} {a}"], stats[f"full L{l} {a}"]

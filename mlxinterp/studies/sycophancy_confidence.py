@@ -1,4 +1,4 @@
-"""Sycophancy and confidence directions (seed 004 exp 12), with behavioural scores and causal layer choice.
+"""Sycophancy and confidence directions (the cross-model plan exp 12), with behavioural scores and causal layer choice.
 
 Protocol, fixed before the first run:
 
@@ -42,6 +42,7 @@ from mlxinterp.analysis.stats import proportion_ci
 from mlxinterp.tasks import refusal as R
 from mlxinterp.analysis.plotting import plot_ci, subplots
 from mlxinterp.suite import experiment
+from mlxinterp.analysis.patching import forward_last
 
 SETS = ("sycophancy", "confidence")
 CERTAIN = (" definitely", " certainly")
@@ -119,8 +120,6 @@ class Confidence:
 
     def score(self, idx, taps=None, framed: bool = False) -> np.ndarray:
         """The softmax normaliser cancels, so only the five words' logits are unembedded."""
-        from mlxinterp.analysis.patching import forward_last
-
         words = self.certain + self.hedges
         z = np.array(forward_last(self.hm, self.hm.tokens([self.prompt(i) for i in idx]), taps, vocab=words)[:, 0],
                      np.float64)

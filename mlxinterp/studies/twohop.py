@@ -1,10 +1,10 @@
-"""Two-hop reasoning through the logit lens (seed 004 section 2.1; Biran et al., "Hopping Too Late", ICLR 2025).
+"""Two-hop reasoning through the logit lens (the cross-model plan section 2.1; Biran et al., "Hopping Too Late", ICLR 2025).
 
 Per query of data/twohop/queries.json: does the model answer each single hop
 (hop1_prompt -> bridge, hop2_prompt -> answer) and the two-hop prompt
 (definition of "answers": mlxinterp.tasks.twohop); and, through the logit lens at
 the two-hop prompt's last position, the rank of the bridge and of the answer
-at every layer, the first layer each enters the top-k (k = 30, seed 004's
+at every layer, the first layer each enters the top-k (k = 30, the cross-model plan's
 choice), and the gap answer layer - bridge layer. A query is *sequential*
 when the bridge enters strictly before the answer.
 

@@ -1,4 +1,4 @@
-"""Validation: five sanity checks that must pass before any other result is trusted (seed 004, Phase 0).
+"""Validation: five sanity checks that must pass before any other result is trusted (the cross-model plan, Phase 0).
 
 (a) steering: alpha 0 is bit-identical, a large alpha changes the output,
     different layers change it differently;
@@ -11,10 +11,14 @@
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.utils import quantize_model
 from scipy import stats as sps
 
 from mlxinterp.suite.summary import Summary
@@ -25,6 +29,9 @@ from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergenc
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
 from mlxinterp.core import names as H
+from mlxinterp.core.tokenization import encode
+from mlxinterp.core.hooks import HookedModel
+from mlxinterp.core.loading import LoadedModel
 
 CHECKS = ("steering", "logit_lens", "refusal_direction", "tokenization", "numerics")
 
@@ -37,7 +44,7 @@ class ValidationConfig:
     lens_target: str = " Paris"
     lens_top_k: int = 10
     # Refusal steering strength as % of the mean residual norm at the layer. 8 % is
-    # seed 002's operating point (decides pass/fail); 4 and 16 % are reported beside it.
+    # qwen3-steering's operating point (decides pass/fail); 4 and 16 % are reported beside it.
     steer_pcts: tuple = (4.0, 8.0, 16.0)
     steer_pass_pct: float = 8.0
     random_steer_pct: float = 50.0  # random vector norm, % of the residual norm
@@ -134,7 +141,7 @@ def _refusal(hm, cfg, ctx) -> dict:
     fmt = lambda ps: [scoring.instruction(hm, p)[0] for p in ps]  # noqa: E731
     chat = hm.info.has_chat_template
     dirs = directions.extract(hm, fmt(harmful[: cfg.n]), fmt(harmless[: cfg.n]), position="last", chat=chat, seed=cfg.seed)
-    layer = int(round(0.6 * (hm.info.n_layers - 1)))  # seed 004: refusal localises at 60-65 % depth
+    layer = int(round(0.6 * (hm.info.n_layers - 1)))  # the cross-model plan: refusal localises at 60-65 % depth
     d = dirs[layer]
     finite = all(np.isfinite(x.norm) for x in dirs.values())
     nonzero = all(x.norm > 0 for x in dirs.values())
@@ -162,7 +169,7 @@ def _refusal(hm, cfg, ctx) -> dict:
             "scoring": "refusal score = mean per-token log-prob of a refusal phrase minus a compliance phrase, "
                        "teacher-forced after the prompt (mlxinterp.analysis.scoring); steering adds the unit direction x "
                        "(pct/100 x mean residual norm) at every position of held-out harmless prompts",
-            "protocol_note": "the decisive strength (8 % of the residual norm, seed 002's operating point) was "
+            "protocol_note": "the decisive strength (8 % of the residual norm, qwen3-steering's operating point) was "
             "fixed after a first run that steered with 8x the direction's norm (~27 % of the residual norm on "
             "Gemma 3 270M), which lowered the score: -0.54 [-0.63, -0.45]; 16 % is reported beside it",
             "base_model_note": None if chat else "base model (no chat template): it has no refusal behaviour; "
@@ -170,8 +177,6 @@ def _refusal(hm, cfg, ctx) -> dict:
 
 
 def _tokenization(hm, cfg, ctx) -> dict:
-    from mlxinterp.core.tokenization import encode
-
     info, tok = hm.info, hm.tokenizer
     ids = encode(tok, info, "Hello world")
     bos = info.bos_token_id
@@ -209,15 +214,6 @@ def _numerics(hm, cfg, ctx) -> dict:
 
 def _quant_agreement(hm, prompts, bits: int) -> dict:
     """Next-token top-1 agreement and KL between this model and its MLX-quantized copy, all positions."""
-    import contextlib
-    import copy
-    import io
-
-    from mlx_lm.utils import quantize_model
-
-    from mlxinterp.core.hooks import HookedModel
-    from mlxinterp.core.loading import LoadedModel
-
     if hm.info.quantization:
         return {"skipped": "model is already quantized; compare against a float load instead"}
     ref = [np.array(hm(p)[0].astype(mx.float32)) for p in prompts]

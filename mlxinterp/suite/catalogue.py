@@ -1,6 +1,6 @@
 """Known mlx-community checkpoints (Gemma, Llama, Qwen; 4-bit and 8-bit) and what they need in memory.
 
-Seed 004 ran its studies on seven mlx-community 4-bit checkpoints, 2B to 27B, on
+The cross-model plan (docs/sources.md) ran its studies on seven mlx-community 4-bit checkpoints, 2B to 27B, on
 a 64 GB Mac. Before downloading tens of gigabytes, a user wants to know which of
 them (and their 8-bit twins) fit, with how much room left for KV cache and
 captured activations. This module holds their architectures and prices them
@@ -18,7 +18,7 @@ Where the numbers come from (each entry's `source` says so again):
     published count (within 1 %; Gemma 3 4B+ within their vision tower) and, for
     Gemma 3 270M, against the real model (268,098,176 parameters);
   * memory: computed (mlxinterp.core.memory), never measured on these checkpoints here.
-Repo names follow seed 004 and the mlx-community naming (`<model>-4bit`, `-8bit`,
+Repo names follow the cross-model plan and the mlx-community naming (`<model>-4bit`, `-8bit`,
 group size 64); they were not checked against the hub from this machine.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from mlxinterp.core import memory
 from mlxinterp.core.errors import ModelSpecError, closest
+from mlxinterp.core.shape import Shape
 
 ORG = "mlx-community"
 _HUB = "config.json of {base} on the Hugging Face hub, as published (recorded offline)"
@@ -35,32 +36,23 @@ _GEMMA3_MM = ("multimodal checkpoint: mlx-lm loads the text decoder (model_type 
 
 
 @dataclass(frozen=True)
-class Architecture:
-    """A decoder's shape, as its upstream config.json gives it."""
+class Architecture(Shape):
+    """A published decoder: its shape as its upstream config.json gives it, and where it comes from."""
 
     base: str  # upstream repo, e.g. google/gemma-2-2b-it
     stem: str  # mlx-community repo name without the -4bit/-8bit suffix
     family: str
     model_type: str  # mlx-lm model_type
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    d_mlp: int
-    vocab_size: int
     tied_embeddings: bool
     max_context: int
     published_params_b: float
-    in_seed: bool = False  # one of seed 004's seven checkpoints
+    in_seed: bool = False  # one of the cross-model plan's seven checkpoints
     note: str = ""
     source: str = ""
 
     def config(self) -> dict:
         """The fields of an mlx-lm config.json that memory estimates read."""
-        return {"model_type": self.model_type, "hidden_size": self.d_model, "num_hidden_layers": self.n_layers,
-                "num_attention_heads": self.n_heads, "num_key_value_heads": self.n_kv_heads,
-                "head_dim": self.head_dim, "intermediate_size": self.d_mlp, "vocab_size": self.vocab_size,
+        return {"model_type": self.model_type, **super().config(),
                 "tie_word_embeddings": self.tied_embeddings, "max_position_embeddings": self.max_context}
 
     def full_config(self) -> dict:
@@ -78,25 +70,27 @@ class Architecture:
 def _arch(base: str, stem: str, family: str, model_type: str, layers: int, d: int, heads: int, kv: int,
           hd: int, mlp: int, vocab: int, tied: bool, ctx: int, params_b: float, in_seed: bool = False,
           note: str = "", source: str | None = None) -> Architecture:
-    return Architecture(base, stem, family, model_type, layers, d, heads, kv, hd, mlp, vocab, tied, ctx, params_b,
-                        in_seed, note, source or _HUB.format(base=base))
+    return Architecture(n_layers=layers, d_model=d, n_heads=heads, n_kv_heads=kv, head_dim=hd, d_mlp=mlp,
+                        vocab_size=vocab, base=base, stem=stem, family=family, model_type=model_type,
+                        tied_embeddings=tied, max_context=ctx, published_params_b=params_b, in_seed=in_seed,
+                        note=note, source=source or _HUB.format(base=base))
 
 
 ARCHITECTURES: tuple[Architecture, ...] = (
-    # Gemma 2 (seed 004: 2B, 9B, 27B)
+    # Gemma 2 (the cross-model plan: 2B, 9B, 27B)
     _arch("google/gemma-2-2b-it", "gemma-2-2b-it", "gemma2", "gemma2", 26, 2304, 8, 4, 256, 9216, 256000,
           True, 8192, 2.61, in_seed=True),
     _arch("google/gemma-2-9b-it", "gemma-2-9b-it", "gemma2", "gemma2", 42, 3584, 16, 8, 256, 14336, 256000,
           True, 8192, 9.24, in_seed=True),
     _arch("google/gemma-2-27b-it", "gemma-2-27b-it", "gemma2", "gemma2", 46, 4608, 32, 16, 128, 36864, 256000,
           True, 8192, 27.2, in_seed=True),
-    # Llama 3.x (seed 004: 3B, 8B)
+    # Llama 3.x (the cross-model plan: 3B, 8B)
     _arch("meta-llama/Llama-3.2-3B-Instruct", "Llama-3.2-3B-Instruct", "llama3", "llama", 28, 3072, 24, 8, 128,
           8192, 128256, True, 131072, 3.21, in_seed=True),
     _arch("meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct", "llama3", "llama", 32, 4096, 32, 8, 128,
           14336, 128256, False, 131072, 8.03, in_seed=True,
-          note="name as in seed 004; mlx-community also publishes it as Meta-Llama-3.1-8B-Instruct-4bit/-8bit"),
-    # Qwen 2.5 (seed 004: 7B, 14B)
+          note="name as in the cross-model plan; mlx-community also publishes it as Meta-Llama-3.1-8B-Instruct-4bit/-8bit"),
+    # Qwen 2.5 (the cross-model plan: 7B, 14B)
     _arch("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct", "qwen2.5", "qwen2", 28, 3584, 28, 4, 128, 18944,
           152064, False, 32768, 7.62, in_seed=True),
     _arch("Qwen/Qwen2.5-14B-Instruct", "Qwen2.5-14B-Instruct", "qwen2.5", "qwen2", 48, 5120, 40, 8, 128, 13824,
@@ -165,6 +159,10 @@ class Checkpoint:
         """The mlx-lm config.json fields memory estimates need, with this checkpoint's quantization."""
         return {**self.arch.config(), "quantization": {"bits": self.bits, "group_size": self.group_size}}
 
+    def full_config(self) -> dict:
+        """A complete mlx-lm config.json for this checkpoint (what `mlxinterp replica` writes)."""
+        return {**self.arch.full_config(), "quantization": {"bits": self.bits, "group_size": self.group_size}}
+
     def estimate(self, context: int = memory.SUITE_CONTEXT, batch: int = 1,
                  activations: memory.ActivationPlan | None = None, dtype: str | None = "native") -> memory.Estimate:
         """Memory to run it: weights (as stored by default) + KV cache + captured activations."""
@@ -208,6 +206,10 @@ def rows(memory_limit: int, context: int = memory.SUITE_CONTEXT, batch: int = me
         a = c.arch
         stored = c.estimate(context=context, batch=batch, activations=acts, dtype="native")
         f32 = c.estimate(context=context, batch=batch, activations=acts, dtype="float32")
+        # what `load_model` would do on this machine with dtype=None (memory.choose_plan): float32 on a
+        # CPU while it fits `memory_limit`, else the stored quantization
+        plan, policy_note = memory.choose_plan(c.config(), limit=memory_limit)
+        here = f32 if plan.dtype == "float32" else stored
         out.append({
             "repo": c.repo, "family": a.family, "model_type": a.model_type, "bits": c.bits,
             "group_size": c.group_size, "in_seed_004": a.in_seed, "n_params": c.n_params,
@@ -218,6 +220,9 @@ def rows(memory_limit: int, context: int = memory.SUITE_CONTEXT, batch: int = me
             # What the suite refuses on is the model (weights + margin + KV cache); captures that do not
             # fit beside it spill to disk (memory.RowStore), so they decide RAM vs disk, not fit.
             "fits_as_stored": stored.model <= memory_limit, "fits_float32": f32.model <= memory_limit,
+            "runs_here_as": here.dtype, "memory_here": here.to_dict(), "fits_here": here.model <= memory_limit,
+            "captures_in_ram_here": here.total <= memory_limit,
+            "policy_note": policy_note,
             "captures_in_ram_as_stored": stored.total <= memory_limit,
             "note": a.note, "source": {"architecture": a.source, "published_params_b": f"model card of {a.base}",
                                        "n_params": "computed from the architecture (loading.config_n_params)",

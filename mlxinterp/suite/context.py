@@ -160,8 +160,11 @@ class Context:
         path = self.out_dir / PARTIAL_DIR / f"{key}.jsonl"
         world = self.world
         tag = f"map {self.name}/{key}: {len(items)} items {hashlib.sha256(''.join(hashes).encode()).hexdigest()[:12]}"
-        done, intact = world.decide(lambda: _reload(path, hashes), tag) if world.distributed else _reload(path, hashes)
+        done, intact, bad = world.decide(lambda: _reload(path, hashes), tag) if world.distributed else _reload(path, hashes)
         done = {int(i): r for i, r in done.items()}  # JSON keys are strings on the other ranks
+        if bad:
+            self.log(f"checkpoint {path}: line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} "
+                     f"corrupted; kept the other {len(done)} finished items, recomputing the rest")
         results: list[Any] = [done.get(i) for i in range(len(items))]
         start = time.perf_counter()
         task = self._progress.add_task(f"  {self.name} · {key}", total=len(items), completed=len(done))
@@ -204,15 +207,30 @@ def finished_record(path: Path, name: str, seed: int | None = None,
     return rec, None
 
 
-def _reload(path: Path, hashes: list[str]) -> tuple[dict[int, Any], int]:
-    """Finished items of a checkpoint that still match their item; and its intact length."""
-    records, intact = io.read_jsonl(path)
+def _reload(path: Path, hashes: list[str]) -> tuple[dict[int, Any], int, list[int]]:
+    """Finished items of a checkpoint that still match their item, its intact length, and the numbers
+    of its corrupted lines.
+
+    A damaged line in the middle (not JSON, or not an item record) must cost
+    only its own item: the file is rewritten without it (atomically) and every
+    other finished item is kept; before, every line after it was discarded.
+    """
+    scan = io.scan_jsonl(path)
     done: dict[int, Any] = {}
-    for rec in records:
+    bad, keep = list(scan.bad_lines), []
+    for rec, line, raw in zip(scan.records, scan.lines, scan.good.splitlines(keepends=True)):
         i = rec.get("i") if isinstance(rec, dict) else None
-        if isinstance(i, int) and 0 <= i < len(hashes) and rec.get("h") == hashes[i] and "r" in rec:
+        if not (isinstance(i, int) and not isinstance(i, bool) and isinstance(rec.get("h"), str) and "r" in rec):
+            bad.append(line)
+            continue
+        keep.append(raw)
+        if 0 <= i < len(hashes) and rec["h"] == hashes[i]:
             done[i] = rec["r"]
-    return done, intact
+    if not bad:
+        return done, scan.intact, []
+    clean = b"".join(keep)
+    io.atomic_write_bytes(path, clean)
+    return done, len(clean), sorted(bad)
 
 
 def say(console: Console, msg: str, style: str = "") -> None:

@@ -60,7 +60,7 @@ class World:
         """Every rank's `data`, in rank order, on every rank."""
         if not self.distributed:
             return [data]
-        import mlx.core as mx
+        import mlx.core as mx  # here, not at the top: a single-process run never needs mx.distributed
 
         lengths = mx.distributed.all_gather(mx.array([len(data)], dtype=mx.int32), group=self.group,
                                             stream=mx.cpu).tolist()
@@ -123,7 +123,7 @@ def world() -> World:
     """The World of this process; initializes mx.distributed once when launched."""
     if not launched() or _single_host_ring():
         return World()
-    import mlx.core as mx
+    import mlx.core as mx  # only under mlx.launch: the suite imports without MLX otherwise
 
     try:
         group = mx.distributed.init(strict=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mlxinterp.core import loading
 from mlxinterp.core.errors import MemoryBudgetError
-from mlxinterp.core.memory import SUITE_BATCH, SUITE_CONTEXT, Estimate, estimate, gb
+from mlxinterp.core.memory import SUITE_BATCH, SUITE_CONTEXT, Estimate, choose_plan, estimate, gb
 from mlxinterp.core.platform import total_memory_bytes
 from mlxinterp.suite import catalogue
 
@@ -23,6 +23,7 @@ class ModelPlan:
     spec: str
     estimate: Estimate | None
     config_source: str
+    dtype_note: str | None = None  # set when float32 would not fit and the model runs as stored (memory.choose_plan)
 
     @property
     def need(self) -> int | None:
@@ -56,11 +57,13 @@ def plan_models(specs: Sequence[str], dtype: str | None = None, context: int = S
     plans = []
     for spec in specs:
         cfg, source = spec_config(spec)
-        est = None
+        est, note = None, None
         if cfg is not None:
             with contextlib.suppress(KeyError, TypeError, ValueError):
-                est = estimate(cfg, dtype, loading.parse_spec(spec)[1], context=context, batch=batch)
-        plans.append(ModelPlan(spec, est, source))
+                variant = loading.parse_spec(spec)[1]
+                est = estimate(cfg, dtype, variant, context=context, batch=batch)
+                note = choose_plan(cfg, dtype, variant)[1]  # the rule load_model applies
+        plans.append(ModelPlan(spec, est, source, note))
     return sorted(plans, key=lambda p: (p.need is None, p.need or 0))
 
 
@@ -75,7 +78,7 @@ def check_fit(plans: Sequence[ModelPlan], limit: int | None = None) -> None:
     raise MemoryBudgetError(
         f"{len(over)} model(s) will not fit in this machine's {gb(have)}{faked}: {lines}",
         hint="drop them from --model, or use a smaller or quantized checkpoint (on a Mac with Metal, "
-             "4-bit stays 4-bit; on a CPU it is dequantized to float32); "
+             "4-bit stays 4-bit; on a CPU it is dequantized to float32 when that fits, else kept as stored); "
              "`mlxinterp models --catalogue` lists what each needs")
 
 

@@ -65,9 +65,13 @@ def effect_verdict(stored: Mapping, quantized: Mapping) -> str:
         return "inconclusive"
     if a["low"] <= 0 <= a["high"]:
         return "inconclusive"
-    same = math.copysign(1, a["estimate"]) == math.copysign(1, b["estimate"])
+    same = _sign(a["estimate"]) == _sign(b["estimate"])
     overlap = a["low"] <= b["high"] and b["low"] <= a["high"]
     return "survives" if same and overlap else "changes"
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
 
 
 def number_verdict(stored: float | None, quantized: float | None) -> str:

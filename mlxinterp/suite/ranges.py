@@ -105,8 +105,8 @@ def check_value(exp_name: str, f: dataclasses.Field, value: Any, prefix: str = "
         if allows_none(f):
             return
         raise ResultsError(f"{prefix}{exp_name}.{f.name}=None is not allowed (default {default_of(f)!r})")
-    ref, rng = default_of(f), field_range(f)
-    if rng is None or ref is None or isinstance(ref, (bool, str)):
+    ref, rng = default_of(f), field_range(f) or Range()  # no declared range: still a finite number
+    if ref is None or isinstance(ref, (bool, str)):
         return
     values = value if isinstance(value, (tuple, list)) else (value,)
     elems = ref if isinstance(ref, (tuple, list)) else (ref,)

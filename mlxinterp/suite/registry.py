@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from mlxinterp.suite.context import Context
 
 BUILTIN_PACKAGE = "mlxinterp.studies"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# '@' and '+' appear in model slugs of variants (default@4bit-g64, ...+mixed-1a2b3c4d; specs.slugify)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
 
 ExperimentFn = Callable[[Any, Any, "Context"], dict]
 
@@ -61,7 +62,7 @@ def check_name(name: str, what: str) -> str:
     """Names become directory and file names, so keep them portable."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise MlxInterpError(f"invalid {what} {name!r}",
-                             hint="use letters, digits, '_', '-' or '.', starting with a letter or digit")
+                             hint="use letters, digits, '_', '-', '.', '@' or '+', starting with a letter or digit")
     return name
 
 
@@ -291,7 +292,7 @@ def _literal(raw: str) -> Any:
     """A Python literal, or the bare text itself (so `--set exp.lang=zh` needs no shell-proof quotes)."""
     try:
         return ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):  # also absurdly nested text
         return raw.strip()
 
 

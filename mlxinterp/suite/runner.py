@@ -15,6 +15,7 @@ between runs lives under that key.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import os
@@ -35,17 +36,18 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from mlxinterp.core import io, memory, spill
 from mlxinterp.core.errors import ResultsError
-from mlxinterp.core.platform import total_memory_bytes
-from mlxinterp.suite import distributed, planner, quantcheck
+from mlxinterp.core.platform import SUITE_OUT, total_memory_bytes
+from mlxinterp.suite import distributed, planner, quantcheck, ranges
 from mlxinterp.suite.context import PARTIAL_DIR, RESULT_FILE, Context, append_log, say
 from mlxinterp.suite.provenance import (FORMAT_VERSION, differences, fingerprint, fingerprint_of, git_commit,
                                         mismatch, versions)
+from mlxinterp.suite.report import write_report
 from mlxinterp.suite.registry import Experiment, check_name, docs, make_config, parse_overrides, register_builtin, select, split_names
 
 SPILL_DIR = ".spill"  # captured activations streamed to disk (spill.RowStore), removed when done
-# Where a run goes without --out: a git-ignored folder of the working directory, never the
-# repository's committed results/ (the reference that `mlxinterp compare` checks a run against).
-DEFAULT_OUT = Path("mlxinterp-out") / "suite"
+# Where a run goes without --out: never the repository's committed results/ (the reference
+# that `mlxinterp compare` checks a run against).
+DEFAULT_OUT = SUITE_OUT
 
 
 # ----------------------------------------------------------------------- runs
@@ -119,6 +121,7 @@ class _Run:
             shutil.rmtree(spill_dir, ignore_errors=True)
         if not isinstance(result, dict):
             raise ResultsError(f"experiment {exp.name!r} returned {type(result).__name__}, not a dict")
+        _check_not_empty(exp, ctx, config)
         timings = {"started": started.isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - t0, 3),
                    "model_load_seconds": load_s, "maps": ctx.map_timings, "resumed": status == "resumed"}
         if self.world.distributed:
@@ -221,6 +224,17 @@ class _Run:
         return False
 
 
+def _check_not_empty(exp: Experiment, ctx: Context, config: Any) -> None:
+    """An experiment whose every ctx.map got zero items analysed nothing: that is a failure, not a
+    "complete" result with empty statistics (e.g. a selection that matched no data)."""
+    maps = ctx.map_timings
+    if maps and not any(m["items"] for m in maps.values()):
+        raise ResultsError(f"experiment {exp.name!r} analysed zero items (ctx.map {', '.join(map(repr, maps))} "
+                           f"got none with config {config!r:.200}); not marking it complete",
+                           hint="check the config values that choose the items (n, chunk, ...): "
+                                "`mlxinterp run-suite --list --fields`")
+
+
 def free_memory() -> None:
     """Return a freed model's memory before the next model loads (MLX caches buffers).
 
@@ -230,7 +244,7 @@ def free_memory() -> None:
     (BUGFIX.md: 0.4-0.8 GB per cycle with the 270M model).
     """
     gc.collect()
-    try:
+    try:  # imported here, not at the top: planning, --list and reports run without loading MLX
         import mlx.core as mx
     except ImportError:  # pragma: no cover - mlx is a dependency
         return
@@ -245,8 +259,6 @@ def _trim_malloc() -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
         pass
@@ -263,7 +275,8 @@ def plan_models(models: Sequence[str], console: Console) -> list[str]:
 
 
 def _default_load(spec: str) -> Any:
-    """mlxinterp.core.hooks.load, imported only when a model is actually needed."""
+    """mlxinterp.core.hooks.load, imported only when a model is actually needed (it pulls MLX and mlx-lm,
+    which `mlxinterp run-suite --list` and stand-in models in tests never need)."""
     from mlxinterp.core.hooks import load
 
     return load(spec)
@@ -327,10 +340,18 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     overrides = parse_overrides(sets, [e.name for e in exps])
     if not models:
         raise ResultsError("no models given", hint="pass at least one --model")
-    if not isinstance(seed, int) or seed < 0:
-        raise ResultsError(f"seed must be a non-negative integer, not {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ResultsError(f"seed must be a non-negative integer, not {seed!r:.40}" + (" (too large)" if
+                           isinstance(seed, int) and seed >= 2**63 else ""))
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ResultsError(f"n (items per experiment) must be a whole number >= 1, not {n!r}")
+        raise ResultsError(f"n (items per experiment) must be a whole number >= 1, not {n!r:.40}")
+    if n is not None and n > ranges.MAX_ITEMS:
+        raise ResultsError(f"n (items per experiment) must be at most {ranges.MAX_ITEMS}, not {n}")
+    bad_spec = next((m for m in models if not isinstance(m, str) or not m.strip()), None) if models else None
+    if models and bad_spec is not None:
+        raise ResultsError(f"model spec {bad_spec!r:.60} is not allowed; give a model spec string")
+    for e in exps:  # every config within its declared ranges (suite/ranges.py), before any model loads
+        make_config(e, n, seed, overrides.get(e.name))
     out = Path(out)
     world = distributed.world()
     console = console or Console(stderr=True)
@@ -372,8 +393,6 @@ def _scratch(world: distributed.World) -> AbstractContextManager:
 
 
 def _write_report(out: Path) -> tuple[Path, Path]:
-    from mlxinterp.suite.report import write_report
-
     return write_report(out, docs=docs())
 
 

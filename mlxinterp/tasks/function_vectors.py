@@ -20,7 +20,7 @@ Here:
   so the heads' contributions add up exactly to `hook_attn_out`
   (`head_contributions`; tested). It is averaged over the clean ICL prompts.
 
-Two simpler vectors from seed 004 are built beside it for comparison: v1, the
+Two simpler vectors from the cross-model plan are built beside it for comparison: v1, the
 mean residual (resid_post, last position) over ICL prompts; v2, that minus the
 mean over the zero-shot prompts of the same queries.
 """
@@ -38,6 +38,8 @@ from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.patching import Patch, run_variants
 from mlxinterp.core import names as H
+from mlxinterp.analysis.lens import target_id
+from mlxinterp.core.hooks import plain_call
 
 TASKS = ("antonym", "country_capital", "english_french", "english_spanish", "singular_plural", "present_past",
          "uppercase", "sentiment")
@@ -65,8 +67,6 @@ def zero_shot_prompt(query: str) -> str:
 
 def answer_token(hm, answer: str) -> int:
     """First token of the answer as it follows "A:" (with its leading space)."""
-    from mlxinterp.analysis.lens import target_id
-
     return target_id(hm, " " + answer)
 
 
@@ -146,8 +146,6 @@ def head_contributions(hm, layer: int, z: np.ndarray, attn_raw: np.ndarray) -> n
     o_proj output at the same positions, needed for Gemma's post-norm scale).
     Runs the layer's own o_proj (float or quantized) on z with one head kept.
     """
-    from mlxinterp.core.hooks import plain_call
-
     N, H, Dh = z.shape
     o_proj = text_model(hm.model).layers[layer].self_attn.o_proj
     eye = np.eye(H, dtype=np.float32)[None, :, :, None]  # keep head h only

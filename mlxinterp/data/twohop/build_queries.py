@@ -1,6 +1,6 @@
 """Build data/twohop/queries.json from the hand-written fact tables below.
 
-Run:  .venv/bin/python data/twohop/build_queries.py
+Run:  .venv/bin/python mlxinterp/data/twohop/build_queries.py
 The output is deterministic: ids follow table order, so appending rows to a
 table never renumbers existing items (never reorder or delete rows; retire an
 item by moving it to DROPPED with a reason instead).

@@ -1,0 +1,236 @@
+"""Pipeline (layer) sharding: a model's blocks split across ranks, each rank holding only its own.
+
+Started by `mlx.launch -n N --backend ring python ...` (or mpirun), every rank runs
+the same script. Rank r holds the contiguous blocks `split_layers(n, N)[r]`; the
+embedding lives on rank 0, the final norm and unembedding on the last rank (and
+the embedding there too when the unembedding is tied to it). Everything else is
+replaced before any weight is read from disk, so a rank's memory is its share.
+
+mlx-lm's own forward still runs on every rank, unchanged: blocks a rank does not
+hold are `_Relay` modules. They return their input (keeping the KV cache's offset
+in step with a 1-wide dummy entry, so mlx-lm's masks and RoPE offsets are right),
+except two: the relay just before a rank's first block receives the residual
+stream from the previous rank, and the relay just after its last block sends it
+on. Since relays are not hooked, every tap of a rank's blocks has run before its
+output is sent: a steering tap on rank 1 changes what rank 2 receives exactly as
+in one process. The last rank's logits are summed over the group (the other ranks
+contribute zeros, so the sum is exact), so every rank sees the same logits and
+mlx-lm's generation samples the same tokens everywhere.
+
+Hook names are global (`blocks.17.hook_resid_post` is the same point on every
+rank); a tap is attached on the rank that holds its block and ignored elsewhere.
+`run_with_cache` gathers every rank's captures to rank 0.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlxinterp.core.archs import BLOCK_ORDER, arch_spec, text_model, top_text_model
+from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.hooks import ActivationCache, HookedModel
+
+_TOP_POINTS = {"hook_embed": "first", "ln_final.hook_normalized": "last", "hook_logits": "all"}
+
+
+class ShardingError(MlxInterpError):
+    """A model cannot be split as asked (more ranks than layers, no process group)."""
+
+
+def split_layers(n_layers: int, size: int) -> list[range]:
+    """Contiguous blocks per rank, in rank order; the first ranks take one extra when it does not divide."""
+    if size < 1 or n_layers < size:
+        raise ShardingError(f"cannot split {n_layers} layers over {size} ranks: each rank needs at least one layer",
+                            hint="launch fewer ranks")
+    base, extra = divmod(n_layers, size)
+    out, start = [], 0
+    for r in range(size):
+        n = base + (1 if r < extra else 0)
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+class _Relay(nn.Module):
+    """Stands in for a block this rank does not hold (see the module docstring)."""
+
+    def __init__(self, like: nn.Module, mode: str, peer: int, group):
+        super().__init__()
+        for k, v in vars(like).items():  # plain attributes mlx-lm reads off a block (use_sliding, is_sliding ...)
+            if isinstance(v, (bool, int, float, str)) or v is None:
+                object.__setattr__(self, k, v)
+        self._mode, self._peer, self._group = mode, peer, group
+
+    def __call__(self, x: mx.array, mask=None, cache=None, *args, **kwargs) -> mx.array:
+        if cache is not None:  # advance the offset as the real block's attention would
+            z = mx.zeros((x.shape[0], 1, x.shape[1], 1), dtype=x.dtype)
+            cache.update_and_fetch(z, z)
+        if self._mode == "recv":
+            return mx.distributed.recv_like(x, src=self._peer, group=self._group)
+        if self._mode == "send":
+            return mx.depends(x, mx.distributed.send(x, dst=self._peer, group=self._group))
+        return x
+
+
+class _ZeroEmbedding(nn.Module):
+    """The embedding on ranks that only need its shape: zeros [.., d_model] (replaced by what they receive)."""
+
+    def __init__(self, d_model: int, dtype):
+        super().__init__()
+        self._d, self._dtype = d_model, dtype
+
+    def __call__(self, ids: mx.array) -> mx.array:
+        return mx.zeros((*ids.shape, self._d), dtype=self._dtype)
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        return mx.zeros((*x.shape[:-1], 1), dtype=x.dtype)
+
+
+class _Identity(nn.Module):
+    def __call__(self, x: mx.array, *args, **kwargs) -> mx.array:
+        return x
+
+
+class _ZeroHead(nn.Module):
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.zeros((*x.shape[:-1], 1), dtype=x.dtype)
+
+
+def _pipelined_class(cls: type, vocab: int, is_last: bool, group) -> type:
+    """The top model's class, with its logits summed over the group (zeros from every rank but the last)."""
+    orig = cls.__call__
+
+    def __call__(self, inputs=None, cache=None, *args, **kwargs):
+        out = orig(self, inputs, cache, *args, **kwargs)
+        mine = out if is_last else mx.zeros((*out.shape[:-1], vocab), dtype=out.dtype)
+        return mx.distributed.all_sum(mine, group=group)
+
+    return type(f"Pipelined{cls.__name__}", (cls,), {"__call__": __call__})
+
+
+def shard_model(model, rank: int, size: int, group, dtype) -> range:
+    """Replace everything rank `rank` does not hold (call before the weights are evaluated)."""
+    inner, top = text_model(model), top_text_model(model)
+    n = len(inner.layers)
+    mine = split_layers(n, size)[rank]
+    first, last = rank == 0, rank == size - 1
+    for i in range(n):
+        if i in mine:
+            continue
+        mode = "recv" if i == mine.start - 1 else ("send" if i == mine.stop else "skip")
+        peer = rank - 1 if mode == "recv" else rank + 1
+        inner.layers[i] = _Relay(inner.layers[i], mode, peer, group)
+    tied = "lm_head" not in top
+    d_model = inner.embed_tokens.weight.shape[-1] * (32 // getattr(inner.embed_tokens, "bits", 32))
+    if not first and not (last and tied):
+        inner.embed_tokens = _ZeroEmbedding(d_model, dtype)
+    if not last:
+        inner.norm = _Identity()
+        if tied and not first:
+            pass  # the zero embedding's as_linear already returns [.., 1]
+        elif tied:
+            inner.embed_tokens.as_linear = _ZeroHead()  # rank 0 keeps its embedding, not the unembedding
+        else:
+            top.lm_head = _ZeroHead()
+    vocab = int(getattr(top, "args", None).vocab_size if hasattr(top, "args") else inner.vocab_size)
+    top.__class__ = _pipelined_class(type(top), vocab, last, group)
+    return mine
+
+
+class ShardedHookedModel(HookedModel):
+    """A HookedModel whose blocks are split across the ranks of `group` (see the module docstring)."""
+
+    def __init__(self, loaded, group, layers: range):
+        self.group, self.rank, self.size = group, group.rank(), group.size()
+        self.layers = layers
+        self.split = split_layers(loaded.info.n_layers, self.size)
+        super().__init__(loaded)
+
+    # -- which rank holds what
+    def owner(self, name: str) -> int:
+        """The rank whose hook point `name` (normalised) is; hook_logits is on every rank (returns -1)."""
+        if name in _TOP_POINTS:
+            return {"first": 0, "last": self.size - 1, "all": -1}[_TOP_POINTS[name]]
+        layer = int(name.split(".")[1])
+        return next(r for r, rng in enumerate(self.split) if layer in rng)
+
+    def owns(self, layer: int | None, name: str) -> bool:
+        o = self.owner(name) if layer is None else next(r for r, rng in enumerate(self.split) if layer in rng)
+        return o in (-1, self.rank)
+
+    @property
+    def global_hook_names(self) -> list[str]:
+        """Every hook point of the whole model, in forward order (each rank holds some of them)."""
+        sites = arch_spec(self.info.arch).sites
+        blocks = [f"blocks.{i}.{s}" for i in range(self.info.n_layers) for s in BLOCK_ORDER if s in sites]
+        return ["hook_embed", *blocks, "ln_final.hook_normalized", "hook_logits"]
+
+    def _normalise_global(self, name: str) -> str:
+        name = self._normalise(name)
+        if name not in set(self.global_hook_names):
+            return self.point(name).name  # raises the usual unknown-name error
+        return name
+
+    # -- taps: attach where the block is, validate everywhere
+    def hooks(self, taps=None):
+        pairs = list(taps.items()) if isinstance(taps, Mapping) else list(taps or [])
+        local = [(self._normalise_global(n), t) for n, t in pairs]
+        return super().hooks([(n, t) for n, t in local if self.owner(n) in (-1, self.rank)])
+
+    def names(self, filter=None) -> list[str]:
+        if filter is None or isinstance(filter, str) or callable(filter):
+            return super().names(filter)
+        return [n for n in (self._normalise_global(f) for f in filter) if self.owner(n) in (-1, self.rank)]
+
+    def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False):
+        """As HookedModel.run_with_cache; rank 0's cache holds every rank's captures, other ranks their own."""
+        wanted = self.global_hook_names if names is None else (
+            [n for n in self.global_hook_names if names in n] if isinstance(names, str)
+            else [self._normalise_global(n) for n in names])
+        local = [n for n in wanted if self.owner(n) in (-1, self.rank)]
+        logits, cache = super().run_with_cache(prompts, names=local, taps=taps, chat=chat)
+        return logits, self._gather(cache, wanted)
+
+    def _gather(self, cache: ActivationCache, wanted: Sequence[str]) -> ActivationCache:
+        """Send each rank's captures to rank 0 in one agreed order (global hook order, rank by rank)."""
+        template = cache[next(n for n in cache.keys())]
+        B, L = template.shape[:2]
+        for r in range(1, self.size):
+            for name in [n for n in wanted if self.owner(n) == r]:
+                if self.rank == r:
+                    mx.eval(mx.distributed.send(cache[name], dst=0, group=self.group))
+                elif self.rank == 0:
+                    shape = (B, L, *self._global_shape(name))
+                    got = mx.distributed.recv(shape, template.dtype, src=r, group=self.group)
+                    mx.eval(got)
+                    cache.append(name, got, None)
+        return cache
+
+    def _global_shape(self, name: str) -> tuple[int, ...]:
+        if name in _TOP_POINTS:
+            return self._shape_of({"hook_embed": "d_model", "ln_final.hook_normalized": "d_model",
+                                   "hook_logits": "vocab"}[name])
+        return self._shape_of(arch_spec(self.info.arch).sites[name.split(".", 2)[2]].kind)
+
+
+def load_sharded(spec: str, group=None, dtype: str | None = None) -> ShardedHookedModel:
+    """Load `spec` with this rank's blocks only (mx.distributed group: the launched one by default)."""
+    from mlxinterp.core.loading import load_model
+
+    group = group or mx.distributed.init(strict=True)
+    if group.size() < 2:
+        raise ShardingError("layer sharding needs at least 2 ranks; this process is alone",
+                            hint="start it with `mlx.launch -n 2 --backend ring python ...`")
+    held: dict[str, Any] = {}
+
+    def shard(model):
+        first = next(v for _, v in __import__("mlx.utils", fromlist=["tree_flatten"]).tree_flatten(model.parameters())
+                     if mx.issubdtype(v.dtype, mx.floating))
+        held["layers"] = shard_model(model, group.rank(), group.size(), group, first.dtype)
+        return model
+
+    loaded = load_model(spec, dtype=dtype, shard=shard)
+    return ShardedHookedModel(loaded, group, held["layers"])

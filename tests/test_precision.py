@@ -1,0 +1,175 @@
+"""Mixed-precision loading, precision patching and the quantization check, on tiny models of every architecture."""
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+import tiny
+
+from mlxinterp.analysis.precision import PrecisionSwitch, gap_share, plot_shares, precision_patch, unit_of
+from mlxinterp.core.errors import MlxInterpError, ModelSpecError
+from mlxinterp.core.hooks import load
+from mlxinterp.core.quantize import PrecisionMap, parse_precision
+from mlxinterp.suite import quantcheck as QC
+
+IDS = mx.array([[1, 5, 9, 23, 7, 3, 11, 2]])
+MIXED = {"default": "4bit", "blocks.1.attn": "float", "blocks.*.mlp": "8bit-g32"}
+
+
+@pytest.fixture(scope="module")
+def float_models(tiny_dirs):
+    return {a: load(str(tiny_dirs[(a, None)])) for a in tiny.ARCHS}
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_all_quantized_is_the_4bit_model_and_none_is_the_float_model_exactly(arch, tiny_dirs, float_models):
+    hm = float_models[arch]
+    float_logits = hm.model(IDS)
+    q_logits = load(str(tiny_dirs[(arch, None)]) + "@4bit").model(IDS)
+    sw = PrecisionSwitch(hm, 4, 64)
+    assert sw.units[0] == "embed" and "blocks.0.attn" in sw.units and "blocks.3.mlp" in sw.units
+    with sw.state(sw.units):  # restoring none
+        assert mx.array_equal(hm.model(IDS), q_logits)
+        sw.set([])  # restoring every module
+        assert mx.array_equal(hm.model(IDS), float_logits)
+        sw.set(sw.units)
+    assert mx.array_equal(hm.model(IDS), float_logits)  # leaving the block restores the float weights
+    assert not mx.array_equal(float_logits, q_logits)
+
+
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_precision_map_dequantized_equals_native_kernels(arch, tiny_dirs):
+    path = str(tiny_dirs[(arch, None)])
+    deq = load(path, precision=MIXED)  # CPU default: quantize, then compute with dequantized weights
+    native = load(path, dtype="float32", precision=MIXED)  # MLX's quantized kernels
+    assert deq.info.quantization["compute"] == "dequantized" and deq.info.quantization["map"]["blocks.1.attn"] == "float"
+    assert "+mixed-" in deq.info.slug and deq.info.slug == native.info.slug
+    a, b = native.model(IDS), deq.model(IDS)
+    assert float(mx.abs(a - b).max()) < 1e-4 * float(mx.abs(a).max()) + 1e-5
+    layers = native.model.language_model.model.layers if hasattr(native.model, "language_model") \
+        else native.model.model.layers
+    assert not isinstance(layers[1].self_attn.q_proj, nn.QuantizedLinear)
+    assert isinstance(layers[0].self_attn.q_proj, nn.QuantizedLinear) and layers[0].self_attn.q_proj.bits == 4
+    assert isinstance(layers[2].mlp.down_proj, nn.QuantizedLinear) and layers[2].mlp.down_proj.group_size == 32
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_switch_state_equals_a_mixed_precision_load(arch, tiny_dirs, float_models):
+    """Two independent paths to the same mixed model: swapping weights in place, and loading with a map."""
+    hm = float_models[arch]
+    sw = PrecisionSwitch(hm, 4, 64)
+    mixed = load(str(tiny_dirs[(arch, None)]), precision={"default": "4bit", "blocks.2.mlp": "float"})
+    with sw.state([u for u in sw.units if u != "blocks.2.mlp"]):
+        assert mx.array_equal(hm.model(IDS), mixed.model(IDS))
+
+
+def test_variant_on_cpu_is_quantize_then_dequantize(tiny_dirs):
+    hm = load(str(tiny_dirs[("qwen2", None)]) + "@8bit")
+    assert hm.info.quantization == {"bits": 8, "group_size": 64, "compute": "dequantized"}
+    assert not any(isinstance(m, nn.QuantizedLinear) for _, m in hm.model.named_modules())
+    native = load(str(tiny_dirs[("qwen2", None)]) + "@8bit", dtype="native")
+    assert native.info.quantization == {"bits": 8, "group_size": 64}
+
+
+def test_precision_map_names_and_lookup():
+    pm = PrecisionMap.parse(MIXED)
+    assert pm.lookup("blocks.1.attn.q_proj") is None
+    assert pm.lookup("blocks.0.attn.q_proj") == (4, 64)
+    assert pm.lookup("blocks.1.mlp.down_proj") == (8, 32)
+    assert pm.lookup("embed") == (4, 64)
+    both = PrecisionMap.parse({"blocks.*.mlp": "8bit", "blocks.3.mlp": "float"}, default=(4, 64))
+    assert both.lookup("blocks.3.mlp.up_proj") is None and both.lookup("blocks.2.mlp.up_proj") == (8, 64)
+    assert parse_precision("float") is None and parse_precision("4bit-g32") == (4, 32)
+    with pytest.raises(ModelSpecError, match="unknown module name 'blocks.x.attn'"):
+        PrecisionMap.parse({"blocks.x.attn": "float"})
+    with pytest.raises(ModelSpecError, match="unknown model variant"):
+        PrecisionMap.parse({"embed": "3bit"})
+    with pytest.raises(ModelSpecError, match="contradicts the variant"):
+        PrecisionMap.parse({"default": "8bit"}, default=(4, 64))
+    assert unit_of("blocks.3.attn.q_proj", "sublayer") == "blocks.3.attn"
+    assert unit_of("blocks.3.attn.q_proj", "layer") == "blocks.3" and unit_of("embed", "layer") == "embed"
+
+
+def test_precision_patch_values_and_shares(float_models, tiny_dirs):
+    hm = float_models["qwen3"]
+    prompts = mx.array([[1, 5, 9, 23, 7, 3], [2, 8, 4, 6, 3, 1], [3, 3, 9, 12, 40, 2]])
+
+    def metric(m):
+        return np.array(m.model(prompts)[:, -1, 7])
+
+    res = precision_patch(hm, metric, bits=4, group_size=64)
+    m = res["metrics"]["metric"]
+    q = load(str(tiny_dirs[("qwen3", None)]) + "@4bit")
+    assert np.array_equal(np.array(m["float"], np.float32), metric(hm))
+    assert np.array_equal(np.array(m["quantized"], np.float32), metric(q))
+    assert set(m["restore"]) == set(res["units"]) and set(m["quantize"]) == set(res["units"])
+    for d, other in (("restore", "quantized"), ("quantize", "float")):
+        for u, r in m[d].items():  # share is the ratio of mean changes
+            num = np.array(r["values"]) - np.array(m["quantized"]) if d == "restore" else \
+                np.array(m["float"]) - np.array(r["values"])
+            gap = np.array(m["float"]) - np.array(m["quantized"])
+            assert r["share"]["estimate"] == pytest.approx(num.mean() / gap.mean())
+    fig = plot_shares(res, "metric")
+    outside = [u for u in res["units"] if not u.startswith("blocks.")]
+    assert fig.axes[0].images[0].get_array().shape == (len(outside) + 4, 2)
+
+
+def test_gap_share_interval_and_no_gap():
+    ci = gap_share([0.5, 0.4, 0.6, 0.5], [1.0, 1.0, 1.0, 1.0])
+    assert ci["estimate"] == pytest.approx(0.5) and ci["low"] <= 0.5 <= ci["high"]
+    assert gap_share([0.1, 0.2], [0.0, 0.0])["estimate"] is None
+
+
+def test_switch_refuses_a_quantized_model(tiny_dirs):
+    with pytest.raises(MlxInterpError, match="needs the float model"):
+        PrecisionSwitch(load(str(tiny_dirs[("llama", None)]) + "@4bit"))
+
+
+# ----------------------------------------------------------------- --quant-check
+
+
+def test_quant_check_rules():
+    pos = {"estimate": 0.2, "low": 0.1, "high": 0.3}
+    assert QC.effect_verdict(pos, {"estimate": 0.25, "low": 0.15, "high": 0.35}) == "survives"
+    assert QC.effect_verdict(pos, {"estimate": -0.2, "low": -0.3, "high": -0.1}) == "changes"
+    assert QC.effect_verdict(pos, {"estimate": 0.6, "low": 0.5, "high": 0.7}) == "changes"  # disjoint
+    assert QC.effect_verdict({"estimate": 0.0, "low": -0.1, "high": 0.1}, pos) == "inconclusive"
+    assert QC.number_verdict(1.0, 1.05) == "survives" and QC.number_verdict(1.0, 1.2) == "changes"
+    assert QC.number_verdict(0.0, 1.0) == "inconclusive" and QC.number_verdict(None, 1.0) == "inconclusive"
+    assert QC.as_value("0.412 [0.301, 0.520] (5/12)") == {"estimate": 0.412, "low": 0.301, "high": 0.52}
+    assert QC.as_value("survives") is None and QC.as_value(True) is None
+    assert QC.variant_name("4") == "4bit-g64" and QC.variant_name("8bit-g32") == "8bit-g32"
+    assert QC.quantized_spec("default@f16", 4) == "default@4bit-g64"
+    with pytest.raises(ModelSpecError, match="unknown model variant"):
+        QC.variant_name("3")
+    res = {"summary": {"acc": "0.5 [0.4, 0.6]", "k": 3, "note": "text"}, "x": {"y": [1.0, 2.0]}}
+    assert set(QC.primary_metrics(res)) == {"acc", "k"}
+    assert QC.primary_metrics({**res, "primary": {"second": "x.y.1"}}) == {"second": 2.0}
+
+
+def test_quant_check_run_writes_verdicts_and_report(tiny_dirs, tmp_path):
+    from mlxinterp.suite import experiment, run_all
+
+    @experiment("qc_probe", _ProbeConfig)
+    def qc_probe(hm, cfg, ctx):
+        """Top logit of one prompt: a number that 4-bit moves."""
+        return {"summary": {"top logit": float(hm.model(IDS)[0, -1].max())}}
+
+    model = str(tiny_dirs[("llama", None)])
+    summary = run_all([model], only="qc_probe", out=tmp_path, quant_check="4")
+    assert {r["spec"] for r in summary["runs"]} == {model, model + "@4bit-g64"}
+    check = json.loads(next((tmp_path / QC.CHECK_DIR).glob("*/qc_probe.json")).read_text())
+    assert check["variant"] == "4bit-g64" and check["metrics"]["top logit"]["rule"] == "number"
+    assert check["metrics"]["top logit"]["verdict"] in QC.VERDICTS
+    assert "Quantization check" in (tmp_path / "report.md").read_text()
+
+
+from dataclasses import dataclass  # noqa: E402 - the probe's config, beside the test that registers it
+
+
+@dataclass
+class _ProbeConfig:
+    seed: int = 0
