@@ -224,6 +224,62 @@ def bench_generate(hm: HookedModel, prompt: str = BENCH_PROMPT, max_tokens: int 
     }
 
 
+BATCH_PROMPTS = (
+    "The Eiffel Tower is located in the city of",
+    "My favourite thing about autumn is",
+    "The best way to learn a new language is",
+    "Once upon a time, in a small village by the sea,",
+    "The recipe calls for two cups of flour and",
+    "Scientists recently discovered that",
+    "In the year 2050, cars will",
+    "The old man looked at the sky and said",
+)
+
+
+def bench_batchgen(hm: HookedModel, prompts: Sequence[str] = BATCH_PROMPTS, max_tokens: int = 32, rounds: int = 5,
+                   layer: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Tokens/s of a steering sweep: one `generate_batch` whose rows carry their own strength (Add with a
+    per-row scale) vs one `hm.generate` per prompt with that prompt's Add tap.
+
+    Greedy, same prompts, steering vector and strengths on both sides; tokens/s
+    counts generated tokens over the whole call (prompt processing included).
+    Row i of the batch is checked against sequential generation i (token ids).
+    """
+    _check_rounds(rounds)
+    layer = hm.info.n_layers // 2 if layer is None else layer
+    name = f"blocks.{layer}.hook_resid_post"
+    v = steering_vector(hm, layer)
+    scales = [float(s) for s in np.linspace(-2.0, 2.0, len(prompts))]
+
+    def batched(n: int = max_tokens) -> list[list[int]]:
+        return [g.tokens for g in hm.generate_batch(list(prompts), max_tokens=n, taps={name: T.Add(v, scales)})]
+
+    def sequential(n: int = max_tokens) -> list[list[int]]:
+        return [hm.generate(p, max_tokens=n, taps={name: T.Add(v, s)}).tokens for p, s in zip(prompts, scales)]
+
+    conditions = {"batched": batched, "sequential": sequential}
+    tps: dict[str, list[float]] = {k: [] for k in conditions}
+    tokens: dict[str, list[list[int]]] = {}
+    for fn in conditions.values():  # warm-up (short: it only has to touch every code path once)
+        fn(2)
+    for r in range(rounds):
+        for cond in _rotated(list(conditions), r):
+            t0 = time.perf_counter()
+            tokens[cond] = conditions[cond]()
+            tps[cond].append(sum(map(len, tokens[cond])) / (time.perf_counter() - t0))
+            if progress:
+                progress(f"round {r + 1}/{rounds} {cond}: {tps[cond][-1]:.1f} tokens/s")
+    same = [a == b[: len(a)] for a, b in zip(tokens["batched"], tokens["sequential"])]
+    return {
+        "prompts": len(prompts), "max_tokens": max_tokens, "layer": layer, "scales": scales, "rounds": rounds,
+        "generated_tokens": {k: sum(map(len, t)) for k, t in tokens.items()},
+        "rows_token_identical": int(sum(same)), "tokens_per_second": tps,
+        "median_tokens_per_second": {k: statistics.median(t) for k, t in tps.items()},
+        "batched_vs_sequential": ratio_summary(tps["batched"], tps["sequential"]),
+        "target": {"batched_vs_sequential": 4.0},
+    }
+
+
 def _rotated(names: list[str], r: int) -> list[str]:
     """Round r starts at a different condition, so no condition always runs first (or right after another)."""
     k = r % len(names)
@@ -789,7 +845,7 @@ def run_all(out: Path, readme: Path | None = None, quick: bool = False, progress
 
 
 # ------------------------------------------------------------------ results and the README table
-RESULT_NAMES = ("taps", "generate", "patching", "forward", "agreement", "memory", "attribution", "precision")
+RESULT_NAMES = ("taps", "generate", "batchgen", "patching", "forward", "agreement", "memory", "attribution", "precision")
 TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
@@ -844,6 +900,14 @@ def render_table(results: dict[str, dict]) -> str:
             _ci(g["hooked_no_tap_vs_mlx_lm"], "{:.3f}"), "", "")
         add("", f"hm.generate, Add tap on layer {g['layer']}", f"{tps['steered']:.1f} tok/s",
             _ci(g["steered_vs_mlx_lm"], "{:.3f}"), ">= 0.95", _met(g["steered_vs_mlx_lm"]["median"] >= 0.95))
+    if "batchgen" in results:
+        b = results["batchgen"]
+        tps, r = b["median_tokens_per_second"], b["batched_vs_sequential"]
+        add("batched steering", f"{b['prompts']} x hm.generate, one Add strength each, {b['max_tokens']} tokens",
+            f"{tps['sequential']:.1f} tok/s", "1", "", "")
+        add("", f"one generate_batch, per-row Add scale ({b['rows_token_identical']}/{b['prompts']} rows token-identical)",
+            f"{tps['batched']:.1f} tok/s", _ci(r), f">= {b['target']['batched_vs_sequential']:g}",
+            _met(r["median"] >= b["target"]["batched_vs_sequential"]))
     if "patching" in results:
         p = results["patching"]
         ref = p["reference"]

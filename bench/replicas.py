@@ -25,9 +25,9 @@ from pathlib import Path
 
 SHAPES = ("gemma-2-2b-it-4bit", "Llama-3.2-3B-Instruct-4bit", "Qwen2.5-7B-Instruct-4bit", "gemma-2-9b-it-4bit")
 SWEEP_SHAPES = {"gemma-2-2b-it-4bit", "Llama-3.2-3B-Instruct-4bit"}
-TOKENS = 128  # prompt length of the forward and capture-all measurements
-SWEEP_TOKENS, SWEEP_POSITIONS, SWEEP_BATCH = 12, 3, 16
-GEN_PROMPT, GEN_TOKENS = 16, 16
+TOKENS = 8  # prompt length of the forward and capture-all measurements (2 cores shared by 8: kept short)
+SWEEP_TOKENS, SWEEP_POSITIONS, SWEEP_BATCH = 6, 1, 16
+GEN_PROMPT, GEN_TOKENS = 4, 3
 RESERVE = 2 * 1024**3
 
 
@@ -45,6 +45,10 @@ def _rss() -> tuple[int, int]:
         if line.startswith(("VmRSS:", "VmHWM:")):
             vals[line.split(":")[0]] = int(line.split()[1]) * 1024
     return vals.get("VmRSS", 0), vals.get("VmHWM", 0)
+
+
+def _say(msg: str) -> None:
+    print(f"  [worker] {msg}", file=sys.stderr, flush=True)
 
 
 def _stage(fn: Callable[[], object]) -> dict:
@@ -79,6 +83,8 @@ def measure(path: str, like: str, sweep: bool) -> dict:
     rss0, _ = _rss()
     t0 = time.perf_counter()
     hm = load(path, dtype="native")
+    hm.model.set_dtype(mx.float32)  # as the CPU policy runs quantized models: float32 scales (10x faster than bf16)
+    mx.eval(hm.model.parameters())
     load_s = time.perf_counter() - t0
     rss_loaded, hwm_loaded = _rss()
     weights = int(mx.get_active_memory())
@@ -87,7 +93,9 @@ def measure(path: str, like: str, sweep: bool) -> dict:
     ids = mx.array(rng.integers(3, min(V, 259), size=(1, TOKENS)).astype(np.int32))
     res = {"like": like, "info": hm.info.to_dict(), "load_seconds": load_s, "rss_start": rss0,
            "rss_after_load": rss_loaded, "rss_peak_load": hwm_loaded, "mlx_weights": weights, "tokens": TOKENS}
+    _say("forward")
     res["forward"] = _stage(lambda: hm.model(ids))
+    _say("capture_all")
     res["capture_all"] = _stage(lambda: list(hm.run_with_cache(ids)[1].arrays()))
     if sweep:
         clean = rng.integers(3, 259, size=SWEEP_TOKENS).tolist()
@@ -95,9 +103,11 @@ def measure(path: str, like: str, sweep: bool) -> dict:
         corrupt[SWEEP_TOKENS // 2] = 3 + (corrupt[SWEEP_TOKENS // 2] + 7) % 256
         metric = logit_diff(hm, 10, 11)
         positions = list(range(SWEEP_TOKENS - SWEEP_POSITIONS, SWEEP_TOKENS))
+        _say("patch sweep")
         res["sweep"] = _stage(lambda: mx.array(patch_sweep(hm, clean, corrupt, metric, positions=positions,
-                                                          batch_size=SWEEP_BATCH).grid))
+                                                          batch_size=SWEEP_BATCH).metric))
         res["sweep"].update(cells=hm.info.n_layers * SWEEP_POSITIONS, batch=SWEEP_BATCH, tokens=SWEEP_TOKENS)
+    _say("generation")
     prompt = ids[0, :GEN_PROMPT].tolist()
     last = None
     for last in stream_generate(hm.model, hm.tokenizer, prompt, max_tokens=GEN_TOKENS):
@@ -117,7 +127,7 @@ def predicted(like: str) -> dict:
     for stage, work in {"forward": memory.Workload(tokens=TOKENS),
                         "capture_all": memory.Workload(tokens=TOKENS, capture="all"),
                         "sweep": memory.Workload(tokens=SWEEP_TOKENS, batch=SWEEP_BATCH, capture="sweep")}.items():
-        out[stage] = memory.predict_peak(cfg, work, dtype="native").to_dict()
+        out[stage] = memory.predict_peak(cfg, work, dtype="native", float32_scales=True).to_dict()
     return out
 
 
@@ -141,10 +151,10 @@ def run_one(like: str, root: Path, log: Callable[[str], None]) -> dict:
     try:
         code = (f"import json, sys; from bench.replicas import measure; "
                 f"print(json.dumps(measure({str(out)!r}, {like!r}, {like in SWEEP_SHAPES})))")
-        proc = subprocess.run([sys.executable, "-c", code], env=worker_env(), capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent.parent)
+        proc = subprocess.run([sys.executable, "-c", code], env=worker_env(), stdout=subprocess.PIPE,
+                              stderr=None, text=True, cwd=Path(__file__).resolve().parent.parent)
         if proc.returncode:
-            return {"like": like, "error": proc.stderr.strip().splitlines()[-1:], "predicted": pred}
+            return {"like": like, "error": f"worker exited with {proc.returncode}", "predicted": pred}
         res = json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -152,21 +162,24 @@ def run_one(like: str, root: Path, log: Callable[[str], None]) -> dict:
     return res
 
 
-def run(shapes=SHAPES, log: Callable[[str], None] = print) -> dict:
+def run(shapes=SHAPES, log: Callable[[str], None] = print, save: Path | None = None) -> dict:
+    """Every shape in turn; with `save`, replicas.json is rewritten after each one (a long run keeps its rows)."""
+    from bench.harness import machine
+    from mlxinterp.core.io import write_json
+
     root = Path(tempfile.mkdtemp(prefix="mlxinterp-replicas-"))
-    load_before = os.getloadavg()
-    rows = []
+    res = {"rows": [], "load_average_before": os.getloadavg(), "machine": machine()}
     try:
         for like in shapes:
             log(f"{like}: writing the replica, then measuring it in a worker")
-            rows.append(run_one(like, root, log))
-            log(summary_line(rows[-1]))
+            res["rows"].append(run_one(like, root, log))
+            res["load_average_after"] = os.getloadavg()
+            log(summary_line(res["rows"][-1]))
+            if save is not None:
+                write_json(Path(save) / "replicas.json", res)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    from bench.harness import machine
-
-    return {"rows": rows, "load_average_before": load_before, "load_average_after": os.getloadavg(),
-            "machine": machine()}
+    return res
 
 
 def measured_total(res: dict, stage: str) -> int:

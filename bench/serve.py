@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import statistics
 import threading
 import time
@@ -19,13 +20,16 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlxinterp.cli.serve import WARMUP_PROMPT
 from mlxinterp.core.platform import matmul_gflops
+from mlxinterp.serve.engine import lens_grid
 
-# 20 tokens each with BOS on Gemma 3 (checked in bench_serve); the warm-up uses the CLI's own prompt.
-LENS_PROMPTS = ["The Colosseum is an ancient amphitheatre in the centre of the city of Rome, in",
+# The first is 20 tokens with BOS on Gemma 3 (the others 17-19; counts in the result); the warm-up uses the
+# CLI's own prompt, so no view below repeats it.
+LENS_PROMPTS = ["In 1969 Neil Armstrong became the first person to walk on the surface of the",
+                "The Colosseum is an ancient amphitheatre in the centre of the city of Rome, in",
                 "Water boils at one hundred degrees Celsius at sea level, but at high altitude it",
-                "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm",
-                "In 1969 Neil Armstrong became the first person to walk on the surface of the"]
+                "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm"]
 STEER_PROMPT = "I think that the weather today is"
 CONTRAST = {"positive": ["I love this. It is wonderful, happy and bright.", "What a great, joyful day."],
             "negative": ["I hate this. It is terrible, sad and dark.", "What an awful, miserable day."]}
@@ -33,9 +37,7 @@ CONTRAST = {"positive": ["I love this. It is wonderful, happy and bright.", "Wha
 
 class _Live:
     def __init__(self, app):
-        import socket
-
-        import uvicorn
+        import uvicorn  # optional dependency (the serve extra)
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -84,6 +86,16 @@ class _Live:
         return first, time.perf_counter() - t0, "".join(text)
 
 
+def _mlx_lm_first_token_seconds(hm, ids: list[int]) -> float:
+    """The floor: mlx-lm's own stream_generate, no taps, no server, to its first token (prefill included)."""
+    from mlx_lm import stream_generate
+
+    t0 = time.perf_counter()
+    for _ in stream_generate(hm.model, hm.tokenizer, ids, max_tokens=1):
+        break
+    return time.perf_counter() - t0
+
+
 def _unembed_seconds(hm, n_rows: int, rounds: int = 3) -> float:
     """The lens's unembedding alone: [n_rows, d_model] through the final norm and the tied/untied head."""
     h = mx.random.normal((n_rows, hm.info.d_model))
@@ -98,9 +110,7 @@ def _unembed_seconds(hm, n_rows: int, rounds: int = 3) -> float:
 
 def bench_serve(hm, lens_rounds: int = 3, slider_moves: int = 5, vector_path: Path | None = None,
                 progress=None) -> dict:
-    from mlxinterp.cli.serve import WARMUP_PROMPT
-    from mlxinterp.serve.app import ServeConfig, create_app
-    from mlxinterp.serve.engine import lens_grid
+    from mlxinterp.serve.app import ServeConfig, create_app  # optional dependency (starlette, the serve extra)
 
     say = progress or (lambda msg: None)
     lengths = {p: len(hm.tokens(p).ids[0].tolist()) for p in LENS_PROMPTS}
@@ -136,14 +146,20 @@ def bench_serve(hm, lens_rounds: int = 3, slider_moves: int = 5, vector_path: Pa
         say("steering: first request")
         first, total, text0 = live.first_steered_token({**body, "strength_pct": 10})
         moves = []
+        ids = hm.tokens(STEER_PROMPT).ids[0].tolist()
         for k in range(slider_moves):
             say(f"steering: slider move {k + 1}")
             f, t, _ = live.first_steered_token({**body, "strength_pct": 12 + 4 * k})
-            moves.append({"first_token_seconds": f, "total_seconds": t})
+            # the floor, measured right after on the idle server: mlx-lm's own first token for this prompt
+            floor = ex.worker.run_sync(_mlx_lm_first_token_seconds, hm, ids)
+            moves.append({"first_token_seconds": f, "total_seconds": t, "mlx_lm_first_token_seconds": floor,
+                          "first_token_over_mlx_lm": f / floor})
         res["steering"] = {"vector": str(vector_path) if vector_path else "contrast prompts (extracted on first use)",
                            "first_request": {"first_token_seconds": first, "total_seconds": total},
                            "slider_moves": moves,
                            "slider_median_first_token_seconds": statistics.median(m["first_token_seconds"] for m in moves),
+                           "slider_median_first_token_over_mlx_lm": statistics.median(
+                               m["first_token_over_mlx_lm"] for m in moves),
                            "max_tokens": 16}
     res["load_average_end"] = list(os.getloadavg())
     return res

@@ -70,7 +70,7 @@ install_python_packages() {
   local stamp="$venv/.mlxinterp-installed"
   if [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then return 0; fi
   local t0=$SECONDS pip_log="$venv/pip.log"
-  log "installing mlxinterp and its dependencies into $venv (pip, 1-3 min; log: $pip_log)"
+  log "installing mlxinterp and its dependencies into $venv (pip, a few minutes the first time; log: $pip_log)"
   {
     "$venv/bin/python" -m pip install --upgrade pip
     "$venv/bin/python" -m pip install -e ".[test]"
@@ -78,7 +78,7 @@ install_python_packages() {
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do  # a sign of life while pip works silently
     sleep 15
-    kill -0 "$pid" 2>/dev/null && log "  still installing ($((SECONDS - t0)) s): $(grep -Eo '^(Collecting|Downloading|Installing|Building)[^(]*' "$pip_log" | tail -n1)"
+    kill -0 "$pid" 2>/dev/null && log "  still installing ($((SECONDS - t0)) s): $(grep -Eo '^(Collecting|Downloading|Installing|Building)[^(]*' "$pip_log" | tail -n1 | cut -c1-80)"
   done
   if ! wait "$pid"; then
     tail -n 20 "$pip_log" >&2
@@ -99,14 +99,16 @@ preload_openblas_in_venv() {
     log "OpenBLAS: not available; MLX uses its bundled BLAS (~16x slower float32 matmuls)"
     return 0
   fi
-  "$venv/bin/python" -c 'import sys; from mlxinterp.core.platform import startup_preload_line as f; sys.stdout.write(f(sys.argv[1]))' \
+  # -W: this one process runs before the preload exists (import mlxinterp would warn about it)
+  "$venv/bin/python" -W ignore::RuntimeWarning -c \
+    'import sys; from mlxinterp.core.platform import startup_preload_line as f; sys.stdout.write(f(sys.argv[1]))' \
     "$blas" >"$site/mlxinterp-openblas.pth"
   "$venv/bin/python" -m ipykernel install --sys-prefix --name mlxinterp --display-name "mlxinterp ($venv)" \
     --env LD_PRELOAD "$blas" >/dev/null 2>&1 || log "could not register the Jupyter kernel (ipykernel missing?)"
   export LD_PRELOAD="$blas${LD_PRELOAD:+:$LD_PRELOAD}"
   local in_use
   in_use="$("$venv/bin/python" -c 'from mlxinterp.core.platform import blas_in_use; print(blas_in_use())' 2>/dev/null || true)"
-  log "OpenBLAS: $blas, in use: ${in_use:-unknown} (python, pytest and the 'mlxinterp' Jupyter kernel of $venv preload it)"
+  log "BLAS in use: ${in_use:-unknown}; python, pytest and the 'mlxinterp' Jupyter kernel of $venv preload it"
 }
 
 setup() {

@@ -49,3 +49,26 @@ def real_hm():
     from mlxinterp.core.hooks import load
 
     return load("default")
+
+
+_SLOW_TESTS: dict = {}  # nodeid -> the terminal reporter, for tests marked slow or real
+
+
+def pytest_collection_modifyitems(config, items):
+    """Remember the slow and real-model tests (minutes each): pytest_runtest_logstart announces them."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or config.getoption("verbose") > 0:  # -v already prints each test as it starts
+        return
+    for item in items:
+        if {"slow", "real"} & {m.name for m in item.iter_markers()}:
+            _SLOW_TESTS[item.nodeid] = reporter
+
+
+def pytest_runtest_logstart(nodeid, location):
+    """A line when a slow test starts, outside output capture, so a quiet run is visibly alive."""
+    reporter = _SLOW_TESTS.get(nodeid)
+    if reporter is not None:
+        import time
+
+        reporter.ensure_newline()
+        reporter.write_line(f"{time.strftime('%H:%M:%S')} started {nodeid} (slow)")

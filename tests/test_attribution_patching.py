@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -148,13 +149,15 @@ def test_study_end_to_end_on_a_tiny_model(tiny_dirs, tmp_path):
 
     model = str(tiny_dirs[("qwen2", None)])
     run_all([model], only="attribution_patching", out=tmp_path, n=6,
-            sets=["attribution_patching.require_correct=False", "attribution_patching.check_k=3"])
+            sets=["attribution_patching.require_correct=False", "attribution_patching.check_k=3", "attribution_patching.circuit_pairs=2"])
     res = json.loads(next(tmp_path.rglob("attribution_patching/result.json")).read_text())["result"]
     summ = res["summary"]
     assert "6 / 6; 3 / 3" == summ["pairs"]
     for key in ("resid_spearman_all_layers", "check_spearman", "check_sign_agreement"):
         assert summ[key]["n"] >= 1 and -1 <= summ[key]["estimate"] <= 1
     assert len(res["pairs"]) == 6 and res["pairs"][0]["check"]["n_checked"] == 6
+    assert len(res["circuits"]) == 2 and summ["circuit_edges"]["n"] == 2
+    assert res["circuits"][0]["recovered"]["0"] == pytest.approx(0, abs=1e-4)
     assert next(tmp_path.rglob("attribution_patching/attribution_patching.png")).stat().st_size > 0
 
 
@@ -211,3 +214,29 @@ def test_cli_circuit_json(tiny_dirs, tmp_path, capsys):
     code, _, err = run(["circuit", "--model", "no-such", "--clean", "a", "--corrupt", "b", "--metric", "x", "y",
                         "--target", "2"], capsys)
     assert code == 2 and "--target" in err
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2", "gemma3_text"])
+def test_qk_fix_uses_the_exact_patched_pattern(tiny_hooked, arch):
+    """AtP*'s QK-fix for a query / key node = (pattern after really patching it - pattern) . d metric / d pattern,
+    the patched pattern read from the attention-pattern hook point of a forward with the q/k patch applied."""
+    from mlxinterp.core import patterns as PT
+    from mlxinterp.core import taps as T
+
+    hm = tiny_hooked(arch, None)
+    m = logit_diff(hm, 5, 7)
+    att = A.attribute(hm, CLEAN, CORRUPT, m, hooks=["attn.hook_q", "attn.hook_k"], layers=[1, 2], method="atp*")
+    A_, dA = A._pattern_grads(hm, CORRUPT, m, [1, 2])
+    _, clean = hm.run_with_cache(np.array([CLEAN]).tolist(), names=["blocks.1.attn.hook_q", "blocks.2.attn.hook_k"])
+    for name, l, pos, head in (("blocks.1.attn.hook_q", 1, 1, 2), ("blocks.2.attn.hook_k", 2, 1, 1)):
+        value = clean[name][0, pos]  # [heads, Dh]
+        store = PT.PatternStore()
+        with hm.hooks({name: T.Replace(value, positions=[pos], heads=[head])}):
+            with PT.pattern_hooks(hm, {f"blocks.{l}.attn.hook_pattern": T.Capture(store=store)}):
+                hm(np.array([CORRUPT]).tolist())
+        patched = store[f"blocks.{l}.attn.hook_pattern"][0].transpose(1, 0, 2)  # [H, L, L]
+        want = float(mx.sum((patched - A_[l]) * dA[l]).item())
+        got = att.estimates[name][pos, head]
+        assert got == pytest.approx(want, rel=1e-3, abs=1e-6), (name, got, want)
+    # the other estimates of these hooks are the same computation; GradDrop scores are there as well
+    assert att.graddrop is not None and att.estimates["blocks.1.attn.hook_q"].shape == (len(CLEAN), hm.info.n_heads)

@@ -570,9 +570,11 @@ CASES = [
          api=lambda e: load(e.with_file("model.safetensors", None))),
     Case("weights-do-not-match-config", ("cannot load the weights", "do not match config.json"),
          api=lambda e: load(e.with_config(num_hidden_layers=5))),
-    Case("arch-unsupported", ("architecture (model_type) 'phi3' is not supported",
-                              "llama, qwen2, qwen3, gemma2, gemma3_text, gemma3"),
-         api=lambda e: load(e.with_config(model_type="phi3")), cli=lambda e: ["info", "--model", e.with_config(model_type="phi3")]),
+    # mamba: an mlx-lm model_type with no hook map (a state-space model, not a transformer)
+    Case("arch-unsupported", ("architecture (model_type) 'mamba' is not supported", "supported: llama, ",
+                              "qwen3", "gemma2", "gemma3_text"),
+         api=lambda e: load(e.with_config(model_type="mamba")),
+         cli=lambda e: ["info", "--model", e.with_config(model_type="mamba")]),
     Case("tokenizer-missing", ("has no tokenizer (tokenizer.json or tokenizer.model)",),
          api=lambda e: load(e.with_file("tokenizer.json", None)),
          cli=lambda e: ["info", "--model", e.with_file("tokenizer.json", None)]),
@@ -591,7 +593,8 @@ CASES = [
          api=lambda e: load(e.gguf(arch_name="phi3")), cli=lambda e: ["info", "--model", e.gguf(arch_name="phi3")]),
     Case("memory-too-small", ("needs about", "this machine has 0.1 GB", "@4bit"),
          api=lambda e: (e.faults.setenv("MLXINTERP_MEMORY_LIMIT", "100MB"), load(e.model)),
-         cli=lambda e: (e.faults.setenv("MLXINTERP_MEMORY_LIMIT", "100MB"), ["info", "--model", e.model])[1]),
+         # `info` reads metadata only; --load loads the weights, so the memory check applies
+         cli=lambda e: (e.faults.setenv("MLXINTERP_MEMORY_LIMIT", "100MB"), ["info", "--model", e.model, "--load"])[1]),
     Case("gguf-memory-too-small", ("importing m.gguf needs about", "safetensors"),
          api=lambda e: (e.faults.setenv("MLXINTERP_MEMORY_LIMIT", "100KB"), load(e.gguf()))),
     # -- hook points and layers
@@ -955,3 +958,40 @@ def test_internal_error_says_it_is_a_bug_and_hides_the_traceback_unless_asked(en
     monkeypatch.setenv("MLXINTERP_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         cli_app.main(argv)
+
+
+# ----------------------------------------------------------------- declarations stay complete
+
+
+def test_errors_doc_lists_every_error_class():
+    """docs/errors.md's class table is generated from the classes; a new class must appear there."""
+    from mlxinterp.core.errors import classes_markdown, error_classes
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    assert classes_markdown() in text, "docs/errors.md is stale: run `python -m mlxinterp.core.errors`"
+    names = {name for name, *_ in error_classes()}
+    assert {"MlxInterpError", "ModelFileError", "TapError", "PromptError", "EnvVarError", "ResultsError"} <= names
+    assert all(doc for *_, doc in error_classes())  # every class says what it means
+
+
+def test_every_numeric_config_field_of_every_study_has_a_declared_range():
+    """A field without a range (beside its default or by the naming rules) would let any number through."""
+    reg.register_builtin()
+    missing = []
+    for exp in reg._REGISTRY.values():
+        for f in dataclasses.fields(exp.config_cls):
+            ref = ranges.default_of(f)
+            elems = ref if isinstance(ref, (tuple, list)) else (ref,)
+            numeric = any(isinstance(x, (int, float)) and not isinstance(x, bool) for x in elems)
+            if numeric and ranges.field_range(f) is None:
+                missing.append(f"{exp.name}.{f.name}")
+    assert not missing, f"declare a range (suite/ranges.py: ranged() or RULES) for {missing}"
+    assert len(reg._REGISTRY) >= 15  # the studies really were imported
+
+
+def test_every_study_default_config_is_within_its_ranges():
+    """The declared ranges must admit every study's own defaults (else the suite would refuse itself)."""
+    reg.register_builtin()
+    for exp in reg._REGISTRY.values():
+        reg.make_config(exp, None, 0)
+        reg.make_config(exp, 1, 2**32)  # the smallest n and a large seed

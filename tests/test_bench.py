@@ -56,6 +56,18 @@ def test_bench_generate_counts_tokens_of_every_condition(tiny_hooked):
     assert hm.hook_names  # hooks reinstalled after the bare mlx-lm condition
 
 
+def test_bench_batchgen_rows_match_sequential_generation(tiny_hooked):
+    hm = tiny_hooked("qwen2", None)
+    lines = []
+    res = B.bench_batchgen(hm, prompts=["hello world", "a b c d", "the cat"], max_tokens=4, rounds=2, layer=1,
+                           progress=lines.append)
+    assert res["rows_token_identical"] == 3  # row i of the batch == prompt i generated alone with its strength
+    assert res["generated_tokens"]["batched"] == res["generated_tokens"]["sequential"]
+    assert all(len(v) == 2 and min(v) > 0 for v in res["tokens_per_second"].values())
+    assert len(res["batched_vs_sequential"]["rounds"]) == 2 and len(lines) == 4
+    assert "one generate_batch, per-row Add scale (3/3 rows token-identical)" in B.render_table({"batchgen": res})
+
+
 def test_blas_variants_name_only_libraries_that_exist():
     variants = B.blas_variants()
     assert "reference" in variants and "LD_PRELOAD" not in variants["reference"]

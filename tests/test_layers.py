@@ -179,6 +179,28 @@ def test_no_private_names_imported_across_modules(graph):
     assert private_imports(graph[1]) == []
 
 
+def backend_switches(root: Path = ROOT) -> list[str]:
+    """Calls that change matplotlib's backend (`matplotlib.use`, `pyplot.switch_backend`) outside the CLI."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        if layer(module_name(path, root)) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in ("use", "switch_backend") \
+                    and ast.unparse(node.func.value).split(".")[0] in ("matplotlib", "mpl", "plt", "pyplot"):
+                out.append(f"{module_name(path, root)}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_library_code_never_switches_the_matplotlib_backend(tmp_path):
+    """A notebook's inline backend must survive every library plot (figures are built without pyplot)."""
+    assert backend_switches() == []
+    (tmp_path / PACKAGE / "analysis").mkdir(parents=True)
+    (tmp_path / PACKAGE / "analysis" / "fig.py").write_text('import matplotlib\nmatplotlib.use("Agg")\n')
+    assert backend_switches(tmp_path / PACKAGE) == ['mlxinterp.analysis.fig:2: matplotlib.use(\'Agg\')']
+
+
 def test_importing_the_cli_loads_no_heavy_module():
     """`mlxinterp --help` stays fast because the CLI imports MLX, mlx-lm and matplotlib only inside commands."""
     heavy = ("mlx.core", "mlx_lm", "matplotlib", "torch", "transformers")

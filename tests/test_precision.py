@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 import pytest
 import tiny
+from mlx import nn
 
-from mlxinterp.analysis.precision import PrecisionSwitch, gap_share, plot_shares, precision_patch, unit_of
+from mlxinterp.analysis.precision import (
+    PrecisionSwitch,
+    gap_share,
+    plot_shares,
+    precision_patch,
+    unit_of,
+)
 from mlxinterp.core.errors import MlxInterpError, ModelSpecError
 from mlxinterp.core.hooks import load
 from mlxinterp.core.quantize import PrecisionMap, parse_precision
@@ -107,7 +114,7 @@ def test_precision_patch_values_and_shares(float_models, tiny_dirs):
     assert np.array_equal(np.array(m["quantized"], np.float32), metric(q))
     assert set(m["restore"]) == set(res["units"]) and set(m["quantize"]) == set(res["units"])
     for d, other in (("restore", "quantized"), ("quantize", "float")):
-        for u, r in m[d].items():  # share is the ratio of mean changes
+        for r in m[d].values():  # share is the ratio of mean changes
             num = np.array(r["values"]) - np.array(m["quantized"]) if d == "restore" else \
                 np.array(m["float"]) - np.array(r["values"])
             gap = np.array(m["float"]) - np.array(m["quantized"])
@@ -150,6 +157,11 @@ def test_quant_check_rules():
     assert QC.primary_metrics({**res, "primary": {"second": "x.y.1"}}) == {"second": 2.0}
 
 
+@dataclass
+class _ProbeConfig:
+    seed: int = 0
+
+
 def test_quant_check_run_writes_verdicts_and_report(tiny_dirs, tmp_path):
     from mlxinterp.suite import experiment, run_all
 
@@ -167,9 +179,20 @@ def test_quant_check_run_writes_verdicts_and_report(tiny_dirs, tmp_path):
     assert "Quantization check" in (tmp_path / "report.md").read_text()
 
 
-from dataclasses import dataclass  # noqa: E402 - the probe's config, beside the test that registers it
 
+def test_precision_patching_study_on_a_tiny_model(tiny_dirs, tmp_path):
+    from mlxinterp.suite import run_all
 
-@dataclass
-class _ProbeConfig:
-    seed: int = 0
+    run_all([str(tiny_dirs[("gemma3_text", None)])], only="precision_patching", out=tmp_path,
+            sets=["n=4", "n_refusal=4", "variants=('4bit',)"])
+    rec = json.loads(next(tmp_path.glob("*/precision_patching/result.json")).read_text())
+    res = rec["result"]
+    assert [(m["variant"], m["finding"]) for m in res["maps"]] == [("4bit", "lens"), ("4bit", "direction")]
+    lens, direction = (m["metrics"] for m in res["maps"])
+    assert lens["lens_top1_agreement"]["float"] == [1.0] * 4 and lens["next_token_kl"]["float"] == pytest.approx([0] * 4, abs=1e-6)
+    assert direction["refusal_pair_cosine"]["float"] == pytest.approx([1.0] * 4, abs=1e-5)
+    # modules after the direction's layer cannot move it, so they are not evaluated
+    assert res["maps"][1]["units"] == ["embed"] + [f"blocks.{i}.{s}" for i in range(res["direction_layer"] + 1)
+                                                   for s in ("attn", "mlp")]
+    assert "shares_4bit-g64_lens_top1_agreement_restore.png" in rec["figures"]
+    assert "seconds" not in json.dumps(res)  # wall-clock time stays out of results (only in timings and the log)

@@ -4,7 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlxinterp.analysis.probes import ProbeError, control_labels, fit_logistic, probe_layers, split
+from mlxinterp.analysis.probes import (
+    ProbeError,
+    control_labels,
+    fit_logistic,
+    probe_layers,
+    split,
+)
 
 
 def _data(n=200, d=20, signal=3.0, seed=0):
@@ -17,7 +23,7 @@ def _data(n=200, d=20, signal=3.0, seed=0):
 
 
 def test_fit_logistic_separates_and_matches_numpy_gradient():
-    X, y, u = _data()
+    X, y, _u = _data()
     w, b, mu, sd = fit_logistic(X, y, l2=1e-2, steps=300)
     acc = ((((X - mu) / sd) @ w + b > 0) == y).mean()
     assert acc > 0.9
@@ -29,7 +35,7 @@ def test_fit_logistic_separates_and_matches_numpy_gradient():
 
 
 def test_probe_layers_selectivity_and_cosine():
-    X, y, u = _data(n=240)
+    X, y, _u = _data(n=240)
     noise = np.random.default_rng(5).normal(size=X.shape)
     groups = np.arange(len(y)) // 2  # pairs stay together
     res = probe_layers({0: noise, 1: X}, y, types=None, groups=groups, seed=1)
@@ -60,3 +66,13 @@ def test_split_keeps_groups_and_errors():
         probe_layers({0: np.zeros((4, 2))}, [1, 1, 1, 1])
     with pytest.raises(ProbeError, match="do not match"):
         probe_layers({0: np.zeros((3, 2))}, [1, 0, 1, 0])
+
+
+def test_choose_types_avoids_a_constant_control():
+    from mlxinterp.analysis.probes import choose_types
+
+    ids = [[1, 10 + i % 12, 99] for i in range(48)]  # every prompt ends in the same token ("?")
+    n, types = choose_types(ids)
+    assert n == 2 and len(set(types)) == 12
+    n, types = choose_types([[1, 5, 99]] * 10)
+    assert n is None and types == list(range(10))

@@ -7,8 +7,16 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxinterp.analysis.sae import (SAE, FeatureEdit, FeatureStore, SAEError, gemma_scope_site, load_sae, map_hook,
-                                    sae_taps)
+from mlxinterp.analysis.sae import (
+    SAE,
+    FeatureEdit,
+    FeatureStore,
+    SAEError,
+    gemma_scope_site,
+    load_sae,
+    map_hook,
+    sae_taps,
+)
 from mlxinterp.core import taps as T
 
 PROMPT = "The capital of France is Paris"
@@ -307,7 +315,12 @@ def test_collect_stops_at_hook_and_matches_capture(tiny_hooked, tmp_path):
 
 
 def test_train_resume_equals_uninterrupted(tiny_hooked, tmp_path):
-    from mlxinterp.analysis.sae_train import TrainConfig, collect, reconstruction_metrics, train
+    from mlxinterp.analysis.sae_train import (
+        TrainConfig,
+        collect,
+        reconstruction_metrics,
+        train,
+    )
 
     hm = tiny_hooked("qwen2", None)
     hook = "blocks.2.hook_resid_post"
@@ -395,3 +408,84 @@ def test_sae_features_study_on_tiny_model(tiny_hooked, tmp_path):
     from mlxinterp.analysis.sae import load_sae
 
     assert load_sae(tmp_path / "out" / "sae").hook == res["hook"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--tokens", "lots", "--out", "X"], "--tokens='lots' is not allowed"),
+    (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--width", "0", "--out", "X"], "width=0 is not allowed"),
+    (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--k", "64", "--width", "32", "--out", "X"], "k=64 is larger than width=32"),
+    (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--corpus", "/nonexistent", "--out", "X"], "does not exist"),
+    (["sae", "inspect", "/nonexistent/sae", "--out", "X"], "does not exist"),
+    (["tuned-lens", "--steps", "0", "--out", "X"], "--steps=0 is not allowed"),
+    (["lens", "hello", "--tuned", "/nonexistent.safetensors"], "cannot read tuned lens"),
+    (["probe"], "give --contrast FILE"),
+])
+def test_cli_bad_inputs_fail_before_loading(capsys, argv, message, monkeypatch):
+    from cli_runner import run
+
+    import mlxinterp.core.hooks as hooks
+
+    monkeypatch.setattr(hooks, "load", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    code, _, err = run(argv, capsys)
+    assert code == 2 and message in " ".join(err.split()), err
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "qwen3"])
+def test_feature_attribution_matches_finite_difference(tiny_hooked, arch):
+    from mlxinterp.analysis.patching import logit_diff
+    from mlxinterp.analysis.sae import feature_attribution
+
+    hm = tiny_hooked(arch, None)
+    sae = _resid_sae(hm, "relu", layer=1)
+    metric = logit_diff(hm, 5, 9)
+    res = feature_attribution(hm, sae, PROMPT, metric, top=3)
+    i = res["top"][0]["feature"]
+    eps = 1e-3
+
+    def value(edits):
+        with hm.hooks(sae_taps(sae, edits)):
+            logits = hm(PROMPT)
+        return float(np.array(logits[0, -1, 5] - logits[0, -1, 9]))
+
+    base = value([])
+    # scaling feature i by (1 - eps) everywhere removes eps of it: change ~ -eps * attribution
+    fd = (value([FeatureEdit(i, "scale", 1 - eps)]) - base) / -eps
+    assert fd == pytest.approx(res["top"][0]["attribution"], rel=0.05, abs=1e-3)
+    assert res["value"][0] == pytest.approx(base, rel=1e-4, abs=1e-4)
+
+
+def test_cli_end_to_end_on_tiny_model(tiny_dirs, tmp_path, capsys):
+    """sae train -> sae inspect -> tuned-lens -> lens --tuned -> probe, through the command line."""
+    from cli_runner import run
+
+    import tiny
+
+    model = str(tiny_dirs[("llama", None)])
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, line in enumerate(tiny.CORPUS[:6] * 4):
+        (corpus / f"doc{i:02d}.txt").write_text((line + " ") * 8)
+    common = ["--model", model, "--corpus", str(corpus), "--ctx-len", "16"]
+    code, out, err = run(["sae", "train", *common, "--hook", "blocks.1.hook_resid_post", "--width", "64", "--k", "4",
+                          "--tokens", "600", "--eval-tokens", "100", "--ce-windows", "2", "--batch-size", "64",
+                          "--out", str(tmp_path / "sae"), "--json"], capsys)
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["train_tokens"] >= 600 and rep["metrics"]["l0_mean"] <= 4 and "ce_recovered" in rep["metrics"]
+    code, _, err = run(["sae", "inspect", str(tmp_path / "sae"), *common, "--tokens", "200", "--n-features", "5",
+                        "--out", str(tmp_path / "insp")], capsys)
+    assert code == 0, err
+    feats = json.loads((tmp_path / "insp" / "features.json").read_text())["features"]
+    assert 0 < len(feats) <= 5 and (tmp_path / "insp" / "features.html").exists()
+    code, out, err = run(["tuned-lens", *common, "--train-windows", "16", "--eval-windows", "2", "--steps", "20",
+                          "--out", str(tmp_path / "tl.safetensors"), "--json"], capsys)
+    assert code == 0, err
+    assert len(json.loads(out)["heldout"]["kl_tuned_lens"]) == 4
+    code, out, err = run(["lens", "The capital of France is", "--model", model, "--tuned", str(tmp_path / "tl.safetensors"),
+                          "--json", "--out", str(tmp_path / "lens")], capsys)
+    assert code == 0 and json.loads(out)["mode"] == "tuned", err
+    code, out, err = run(["probe", "--model", model, "--contrast", "directions/confidence.json", "--layers", "1,3",
+                          "--json"], capsys)
+    assert code == 0, err
+    layers = json.loads(out)["layers"]
+    assert [r["layer"] for r in layers] == [1, 3] and all(0 <= r["test_acc"] <= 1 for r in layers)

@@ -142,7 +142,8 @@ def test_cli_never_offers_to_run_checkpoint_code(trap, tmp_path):
     trust_remote_code is given; a user answering y ran the checkpoint's code (BUGFIX.md)."""
     d, marker = trap(_tokenizer_auto_map)
     env = {**os.environ, "MLXINTERP_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, "-m", "mlxinterp", "info", "--model", str(d)], input="y\ny\n",
+    # `info` alone reads config.json only; --load builds the tokenizer, where transformers would ask
+    r = subprocess.run([sys.executable, "-m", "mlxinterp", "info", "--model", str(d), "--load"], input="y\ny\n",
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2, r.stderr
     assert "never executes code" in r.stderr and "Do you wish to run" not in r.stdout + r.stderr

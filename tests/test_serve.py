@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import threading
 import time
@@ -23,7 +22,7 @@ from mlxinterp.analysis.controlvec import LayerVectors, export_llama_cpp  # noqa
 from mlxinterp.analysis.directions import diff_of_means, steering_taps  # noqa: E402
 from mlxinterp.analysis.patching import logit_diff, patch_sweep  # noqa: E402
 from mlxinterp.serve.app import STATIC, ServeConfig, create_app  # noqa: E402
-from mlxinterp.serve.engine import Limits, reduce_rows  # noqa: E402
+from mlxinterp.serve.engine import reduce_rows  # noqa: E402
 
 BASE = "http://127.0.0.1:8000"
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -235,6 +234,46 @@ def test_patch_grid_is_patch_sweep_and_a_cell_agrees(client, model):
     assert same["patched"]["top"] == same["corrupt"]["top"]  # BOS: the clean activation is the corrupt one
 
 
+def test_patch_atp_estimate_beside_exact(client, model):
+    from mlxinterp.analysis.attribution import attribute
+
+    body = {"clean": CLEAN, "corrupt": CORRUPT, "target": " Paris", "foil": " Rome", "estimate": True}
+    res = client.post("/api/patch", json=body).json()
+    att = attribute(model, CLEAN, CORRUPT, logit_diff(model, " Paris", " Rome"), hooks=("hook_resid_pre",))
+    est = np.stack([att.estimates[f"blocks.{l}.hook_resid_pre"] for l in res["layers"]])
+    np.testing.assert_allclose(np.array(res["atp"]["grid"]) - res["corrupt"], est, atol=1e-4)
+    assert np.all(est[:, 0] == 0)  # BOS: clean and corrupt activations are identical
+    exact = np.array(res["grid"]) - res["corrupt"]
+    assert res["atp"]["pearson_r"] == pytest.approx(np.corrcoef(est.ravel(), exact.ravel())[0, 1], abs=1e-3)
+    assert "atp" not in client.post("/api/patch", json={**body, "estimate": False}).json()
+
+
+def test_tuned_lens_mode(model, dirs, tmp_path):
+    from mlxinterp.analysis.tuned_lens import TunedLens
+
+    n, d = model.info.n_layers, model.info.d_model
+    rng = np.random.default_rng(3)
+    lens = TunedLens(mx.array(rng.normal(size=(n, d, d)).astype(np.float32) * 0.05),
+                     mx.array(rng.normal(size=(n, d)).astype(np.float32) * 0.1))
+    path = lens.save(tmp_path / "tuned.safetensors")
+    app = create_app(model, ServeConfig(results_dir=dirs["results"], tuned_lens=path))
+    with TestClient(app, base_url=BASE) as c:
+        assert "tuned" in c.get("/api/info").json()["modes"]
+        res = c.post("/api/lens", json={"prompt": PROMPT, "mode": "tuned", "top_k": 3}).json()
+    _, cache = model.run_with_cache(PROMPT, names="hook_resid_post")
+    h = np.array(cache.stack("hook_resid_post")[:, 0]).astype(np.float64)
+    A, b = np.array(lens.A, np.float64), np.array(lens.b, np.float64)
+    translated = h + np.einsum("lpd,lde->lpe", h, A) + b[:, None, :]
+    logits = np.array(model.unembed(mx.array(translated.astype(np.float32)), normed=True))
+    for l in range(n):
+        for j in range(len(res["tokens"])):
+            want = np.argsort(-logits[l, j], kind="stable")[:3]
+            assert [t for t, _ in res["cells"][l][j]["top"]] == [model.tokenizer.decode([int(i)]) for i in want]
+    r = TestClient(create_app(model, ServeConfig(results_dir=dirs["results"])), base_url=BASE).post(
+        "/api/lens", json={"prompt": PROMPT, "mode": "tuned"})
+    assert r.status_code == 400 and "--tuned-lens" in r.json()["error"]
+
+
 # ------------------------------------------------------------------ results browser
 def test_results_listing_and_files(client):
     res = client.get("/api/results").json()
@@ -400,3 +439,47 @@ def test_cli_help_lists_serve(capsys):
 
     code, out, _ = run(["serve", "--help"], capsys)
     assert code == 0 and "--host" in out and "--token" in out
+
+
+def test_cli_serves_and_requires_the_printed_token_off_loopback(tiny_dirs, dirs):
+    """`mlxinterp serve` for real (uvicorn, a subprocess): bound to 127.0.0.2, which is not one of the
+    loopback names the server trusts without a token (so it makes one) but is still only reachable from here."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlxinterp", "serve", "--model", str(tiny_dirs[("llama", None)]), "--host", "127.0.0.2",
+           "--port", str(port), "--results", str(dirs["results"]), "--no-warmup"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        url = None
+        for line in proc.stderr:
+            m = re.search(r"(http://127\.0\.0\.2:\d+/\?token=[\w-]+)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, "no URL with a token printed"
+        token = url.split("token=")[1]
+        base = f"http://127.0.0.2:{port}"
+        for _ in range(100):  # the URL is printed just before uvicorn binds
+            try:
+                with urllib.request.urlopen(f"{base}/api/info", timeout=5):
+                    pass
+            except urllib.error.HTTPError as e:
+                assert e.code == 401
+                break
+            except OSError:
+                time.sleep(0.1)
+        req = urllib.request.Request(f"{base}/api/info", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read())["arch"] == "llama"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+

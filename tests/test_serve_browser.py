@@ -229,8 +229,14 @@ def test_patching_heatmap_and_cell(driver, model):
     L = len(model.tokens(clean).ids[0].tolist())
     cells = driver.find_elements("css selector", "#patch-grid td.cell")
     assert len(cells) == model.info.n_layers * L
-    colours = {c.value_of_css_property("background-color") for c in cells}
-    assert len(colours) > 3  # a heatmap, not a blank table
+    colours = [c.value_of_css_property("background-color") for c in cells]
+    assert len(set(colours)) > 3  # a heatmap, not a blank table
+    driver.execute_script("const s = document.getElementById('patch-show'); s.value = 'atp';"
+                          "s.dispatchEvent(new Event('change'));")
+    atp = [c.value_of_css_property("background-color") for c in
+           driver.find_elements("css selector", "#patch-grid td.cell")]
+    assert len(atp) == len(colours) and atp != colours  # the AtP estimate, coloured the same way
+    assert "AtP estimate vs exact: r =" in driver.find_element("id", "patch-cell").text
     driver.find_element("css selector", "#patch-grid td.cell[data-layer='1'][data-pos='3']").click()
     wait(driver, lambda d: "patched:" in d.find_element("id", "patch-cell").text, 60)
     assert "layer 1, position 3" in driver.find_element("id", "patch-cell").text
@@ -264,16 +270,17 @@ def screenshots(out: Path, model: str = "default", results: Path = Path("results
         try:
             d.get(srv.url)
             wait(d, lambda d: d.execute_script("return document.body.dataset.ready") == "1", 60)
+            set_value(d, "lens-prompt", "The Eiffel Tower is located in the city of Paris, which is the capital of")
             run_and_wait(d, "lens-run", "lens-status", 600)
             from selenium.webdriver import ActionChains
 
-            cell = d.find_element("css selector", f"#lens-grid td.cell[data-layer='{hm.info.n_layers - 4}'][data-pos='10']")
-            ActionChains(d).move_to_element(cell).perform()
+            cells = d.find_elements("css selector", f"#lens-grid td.cell[data-layer='{hm.info.n_layers - 3}']")
+            ActionChains(d).move_to_element(cells[len(cells) // 2]).perform()
             saved.append(_shot(d, out / "serve-lens.png"))
             show(d, "attention")
             set_value(d, "attn-layer", "5")
             run_and_wait(d, "attn-run", "attn-status", 600)
-            ActionChains(d).move_to_element(d.find_element("css selector", "#attn-grid td.cell[data-q='14'][data-k='3']")).perform()
+            ActionChains(d).move_to_element(d.find_elements("css selector", "#attn-grid tr:last-child td.cell")[3]).perform()
             saved.append(_shot(d, out / "serve-attention.png"))
             show(d, "steer")
             set_value(d, "steer-layers", "6")
@@ -282,7 +289,7 @@ def screenshots(out: Path, model: str = "default", results: Path = Path("results
             saved.append(_shot(d, out / "serve-steering.png"))
             show(d, "patch")
             run_and_wait(d, "patch-run", "patch-status", 900)
-            d.find_element("css selector", "#patch-grid td.cell[data-layer='8'][data-pos='4']").click()
+            d.find_element("css selector", "#patch-grid td.cell[data-layer='8'][data-pos='3']").click()
             wait(d, lambda d: "patched:" in d.find_element("id", "patch-cell").text, 120)
             saved.append(_shot(d, out / "serve-patching.png"))
             show(d, "results")

@@ -24,6 +24,7 @@ from mlxinterp import suite
 from mlxinterp.suite import provenance
 from mlxinterp.suite import registry as reg
 from mlxinterp.core.errors import ResultsError
+from mlxinterp.core.platform import openblas_interposed
 
 SCRIPT = textwrap.dedent('''
     import dataclasses, os, signal, sys, time
@@ -271,7 +272,9 @@ def test_layout_loads_once_and_skips_finished_work(registry, tmp_path):
     record = json.loads((out / "org--a/validation/result.json").read_text())
     assert record["status"] == "complete" and record["config"] == {"n": 4, "seed": 0}
     assert record["model"]["weights_hash"] == "h1" and record["format_version"] == provenance.FORMAT_VERSION
-    assert set(record["versions"]) == {"python", "mlx", "mlx_lm", "numpy", "mlxinterp"}
+    # the BLAS kernel family is recorded too when OpenBLAS is preloaded (it changes float32 digits)
+    blas = {"openblas_coretype"} if openblas_interposed() else set()
+    assert set(record["versions"]) == {"python", "mlx", "mlx_lm", "numpy", "mlxinterp"} | blas
     assert "git_commit" in record and "seconds" in record["timings"]
     n_calls = len(registry)
     summary, _ = _run_all(tmp_path, models=["org/a", "b"])
@@ -401,3 +404,15 @@ def test_every_experiment_script_names_a_registered_experiment():
                  [e.value for n in pyast.walk(tree) if isinstance(n, pyast.Tuple) for e in n.elts
                   if isinstance(e, pyast.Constant) and isinstance(e.value, str)])
         assert names and all(n in reg._REGISTRY for n in names), (script.name, names)
+
+
+def test_provenance_records_the_blas_kernel_choice(monkeypatch):
+    """OpenBLAS picks kernels per processor unless OPENBLAS_CORETYPE pins them; float32 results then differ
+    in the 7th digit, so a result must say which kernels made it."""
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert provenance.versions()["openblas_coretype"] == "Haswell"
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert provenance.versions()["openblas_coretype"].startswith("auto")
+    monkeypatch.setenv("LD_PRELOAD", "")
+    assert "openblas_coretype" not in provenance.versions()

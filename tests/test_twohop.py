@@ -182,6 +182,23 @@ def test_roles_and_spans_on_every_query(tiny_hooked):
         assert hm.tokenizer.decode(ids[1:b + 1]).endswith(q["bridge"]), q["id"]
 
 
+def test_backpatch_analysis_of_an_empty_subset_is_empty_not_a_crash():
+    """A model that answers no query's two single hops leaves the "both_hops" subset empty (BUGFIX.md)."""
+    an = BP.analyse([], [(1, 0), (2, 0), (2, 1)])
+    assert an == {"n": 0, "left_out_already_top1": 0, "own": None, "control": None}
+
+
+def test_backpatch_paired_counts_skip_a_query_without_a_donor():
+    """A query with no same-family donor has no control arm: own-vs-control counts use the paired queries only."""
+    pairs = [(1, 0), (2, 0), (2, 1)]
+    lone = {**_done("c", [0, 1, 0], [0, 0, 0], 0), "control": None}
+    a = BP.analyse([_done("a", [0, 1, 0], [0, 0, 0], 0), _done("b", [0, 0, 0], [1, 0, 0], 2, rank=1), lone], pairs)
+    assert a["own"]["oracle_fix_rate"] == proportion_ci(2, 3) and a["control"]["oracle_fix_rate"] == proportion_ci(1, 2)
+    assert a["oracle_own_vs_control"] == {"both": 0, "own_only": 1, "control_only": 1, "neither": 0, "mcnemar_exact_p": 1.0}
+    assert a["oracle_by_baseline_rank"]["rank_1"]["control"] == proportion_ci(1, 1)
+    assert a["oracle_by_baseline_rank"]["rank_2_or_more"]["own"] == proportion_ci(1, 1)
+
+
 def test_backpatch_variants_write_the_source_layer_into_the_target(tiny_hooked):
     hm = tiny_hooked("qwen2", None)
     q = QUERIES[5]

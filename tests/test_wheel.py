@@ -69,6 +69,7 @@ def test_installed_wheel_runs_the_suite_from_an_unrelated_directory(tmp_path, ti
     r = subprocess.run([str(env_dir / "bin" / "mlxinterp"), "run-suite", "--model", str(model), "--only", "validation",
                         "--out", "out"], cwd=work, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "[INFO]" not in r.stdout + r.stderr  # mlx-lm's quantize_model prints "[INFO] Quantized model with ..."
     (result,) = (work / "out").glob("*/validation/result.json")
     record = json.loads(result.read_text())
     assert record["status"] == "complete" and record["result"]["summary"]

@@ -16,8 +16,14 @@ forward + backward (analysis.gradients, probes at every hook). Methods:
   dropped (batched as L rows), and the unsigned
   score (1 / (L - 1)) * sum_l |AtP with layer l dropped| guarding against
   cancellation along paths. It ranks cells for the check; `estimate` stays
-  the signed AtP. (The QK-fix of AtP* needs attention patterns as hook points
-  and is not implemented.)
+  the signed AtP. The QK-fix (sec. 3.1.1) replaces the estimates of query and
+  key nodes (hooks attn.hook_q / attn.hook_k, when requested): patching a query
+  or key changes the attention pattern through a softmax that AtP linearises
+  badly when it saturates, so the patched pattern is computed exactly (from the
+  layer's own norms, RoPE and mask, analysis.attention.scores) and only the
+  pattern's effect on the metric is linearised: (A_patched - A) . d metric / d A,
+  with d metric / d A from a probe at the attention-pattern hook point
+  (core.patterns).
 - "ig": integrated gradients (Sundararajan et al. 2017) along the straight
   line from the corrupted to the clean token embeddings, as EAP-IG does
   (Hanna et al. 2024): gradients at every hook are averaged over `steps`
@@ -37,11 +43,13 @@ import mlx.core as mx
 import numpy as np
 from scipy import stats as sps
 
+from mlxinterp.analysis import attention
 from mlxinterp.analysis.gradients import Probe, check_metric, traced_metric, value_and_grad
 from mlxinterp.analysis.patching import Metric, Patch, run_variants
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError
+from mlxinterp.core.patterns import PATTERN, pattern_hooks
 
 METHODS = ("atp", "atp*", "ig")
 # The components AtP papers sweep: the residual stream entering each block, what attention and the MLP
@@ -162,6 +170,10 @@ def attribute(hm, clean, corrupt, metric: Metric, hooks: Sequence[str] = DEFAULT
         grads = {n: res.grads[n][1] for n in names}
     estimates = {n: np.array(_dot(diffs[n], grads[n]), dtype=np.float64) for n in names}
     gd = _graddrop(hm, corrupt_ids, metric, names, diffs) if method == "atp*" else None
+    if method == "atp*":
+        qk = [n for n in names if n.endswith(("attn.hook_q", "attn.hook_k"))]
+        if qk:
+            estimates.update(qk_fix(hm, clean_ids, corrupt_ids, metric, qk, res.acts))
     changed = {n: np.array(_any_change(diffs[n])) for n in names}
     decode = hm.tokenizer.decode
     return Attribution(method, float(res.value[0]), float(res.value[1]), [decode([t]) for t in corrupt_ids],
@@ -188,6 +200,63 @@ def _ig_grads(hm, clean_ids, corrupt_ids, metric, names, steps: int) -> dict[str
     mix = T.Fn(fn=lambda x, ctx: line.astype(x.dtype))
     res = value_and_grad(hm, mx.array([corrupt_ids] * steps), metric, names, taps=[("hook_embed", mix)])
     return {n: mx.mean(g, axis=0) for n, g in res.grads.items()}
+
+
+def qk_fix(hm, clean_ids, corrupt_ids, metric: Metric, names: Sequence[str], acts: dict) -> dict[str, np.ndarray]:
+    """AtP* QK-fix estimates for query / key hooks: exact pattern change, linearised only in the pattern.
+
+    acts: {hook: [2, L, ...]} clean (row 0) and corrupt (row 1) activations of the named q/k hooks.
+    Returns {name: [L, H] (queries) or [L, H_kv] (keys)}.
+    """
+    layers = sorted({int(n.split(".")[1]) for n in names})
+    A, dA = _pattern_grads(hm, corrupt_ids, metric, layers)
+    out = {}
+    for l in layers:
+        q = _qk_pair(hm, acts, f"blocks.{l}.attn.hook_q", clean_ids, corrupt_ids)
+        k = _qk_pair(hm, acts, f"blocks.{l}.attn.hook_k", clean_ids, corrupt_ids)
+        a, g = A[l], dA[l]  # [H, L, L]
+        s_corr = attention.scores(hm, l, q[1:2], k[1:2])[0]
+        if f"blocks.{l}.attn.hook_q" in names:
+            # patching query i of head h changes only row i of head h: that row of scores(q_clean, k_corrupt)
+            p = mx.softmax(attention.scores(hm, l, q[0:1], k[1:2])[0], axis=-1)
+            out[f"blocks.{l}.attn.hook_q"] = np.array(mx.sum((p - a) * g, axis=-1).T, dtype=np.float64)
+        if f"blocks.{l}.attn.hook_k" in names:
+            # patching key j of kv-head g changes column j of every query head in its group
+            s_k = attention.scores(hm, l, q[1:2], k[0:1])[0]
+            H, L = s_corr.shape[0], s_corr.shape[1]
+            Hkv = k.shape[2]
+            est = np.zeros((L, Hkv))
+            for j in range(L):
+                col = mx.arange(L) == j
+                p = mx.softmax(mx.where(col[None, None, :], s_k, s_corr), axis=-1)
+                per_head = mx.sum((p - a) * g, axis=(-2, -1))  # [H]
+                est[j] = np.array(per_head.reshape(Hkv, H // Hkv).sum(-1), dtype=np.float64)
+            out[f"blocks.{l}.attn.hook_k"] = est
+    return out
+
+
+def _qk_pair(hm, acts: dict, name: str, clean_ids, corrupt_ids) -> mx.array:
+    """[2, L, heads, Dh] clean and corrupt activations of a q/k hook (captured now when not given)."""
+    if name in acts:
+        return acts[name]
+    _, cache = hm.run_with_cache(mx.array([clean_ids, corrupt_ids]), names=[name])
+    return cache[name].astype(mx.float32)
+
+
+def _pattern_grads(hm, ids, metric: Metric, layers: Sequence[int]) -> tuple[dict, dict]:
+    """{layer: pattern [H, L, L]} and {layer: d metric / d pattern [H, L, L]} at the run of `ids`."""
+    L, H = len(ids), hm.info.n_heads
+    batch = hm.tokens(mx.array([ids]))
+
+    def fn(deltas):
+        probes = [Probe(delta=d) for d in deltas]
+        with pattern_hooks(hm, {f"blocks.{l}.{PATTERN}": p for l, p in zip(layers, probes)}):
+            total, _ = traced_metric(hm, batch, metric, [])
+        return total, [p.seen for p in probes]
+
+    (_, seen), grads = mx.value_and_grad(fn)([mx.zeros((1, L, H, L), dtype=mx.float32) for _ in layers])
+    to_attn = lambda a: a[0].transpose(1, 0, 2).astype(mx.float32)  # noqa: E731  [L, H, L] -> [H, L, L]
+    return {l: to_attn(a) for l, a in zip(layers, seen)}, {l: to_attn(g) for l, g in zip(layers, grads)}
 
 
 def _graddrop(hm, corrupt_ids, metric, names, diffs) -> dict[str, np.ndarray]:

@@ -15,9 +15,10 @@ over prompts, with a percentile-bootstrap interval that resamples prompts
 Modules interact, so the restore and quantize shares need not agree or sum to 1.
 
 Weights only differ, so nothing is reloaded: `PrecisionSwitch` keeps each weight's
-float value and dequantize(quantize(w)) (exactly what MLX's quantized kernels
-multiply by; core/quantize.py) and swaps the array in place. Hook points stay
-where they are, and a swap costs a pointer assignment. With every module quantized
+float value and its packed quantized form, and swaps in place either the float
+array or dequantize(quantize(w)) (exactly what MLX's quantized kernels multiply
+by; core/quantize.py). Hook points stay where they are; a swap costs one
+dequantize of the swapped module's weights. With every module quantized
 the model computes exactly what `load(spec + "@4bit")` computes on a CPU
 (quantize float32 weights, then dequantize), bit for bit; with none, exactly
 the float model (tests/test_precision.py).
@@ -35,7 +36,7 @@ import numpy as np
 
 from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.core.errors import MlxInterpError
-from mlxinterp.core.quantize import dequantize_weight, module_names, quantizable
+from mlxinterp.core.quantize import module_names, quantizable
 
 GRANULARITIES = ("layer", "sublayer", "projection")
 DIRECTIONS = ("restore", "quantize")
@@ -53,9 +54,17 @@ def unit_of(name: str, granularity: str) -> str:
 
 @dataclass
 class _Weight:
+    """One layer's float weight and its MLX-quantized form (packed: ~1/6 of float32 at 4 bits)."""
+
     module: Any
     float_w: mx.array
-    quant_w: mx.array
+    packed: tuple  # mx.quantize(float_w): (weights, scales, biases)
+    bits: int
+    group_size: int
+
+    def quantized(self) -> mx.array:
+        """dequantize(quantize(w)): the ops of QuantizedLinear.from_linear then mlx-lm's dequantize_model."""
+        return mx.dequantize(*self.packed, group_size=self.group_size, bits=self.bits)
 
 
 @dataclass
@@ -92,9 +101,9 @@ class PrecisionSwitch:
                 continue
             unit = unit_of(names.get(id(m), path), self.granularity)
             w = m.weight
-            self._weights.setdefault(unit, []).append(
-                _Weight(m, w, dequantize_weight(w, self.bits, self.group_size)))
-        mx.eval([w.quant_w for ws in self._weights.values() for w in ws])
+            packed = mx.quantize(w, group_size=self.group_size, bits=self.bits)
+            mx.eval(packed)
+            self._weights.setdefault(unit, []).append(_Weight(m, w, packed, self.bits, self.group_size))
         self.units = sorted(self._weights, key=_forward_order)
 
     @property
@@ -107,10 +116,13 @@ class PrecisionSwitch:
         if unknown := quantized - set(self.units):
             raise MlxInterpError(f"unknown precision-patching unit(s) {sorted(unknown)[:3]}",
                                  hint=f"units: {', '.join(self.units[:4])}, ...")
+        new = []
         for unit, ws in self._weights.items():
             if (unit in quantized) != (unit in self._quantized):
                 for w in ws:
-                    w.module.weight = w.quant_w if unit in quantized else w.float_w
+                    w.module.weight = w.quantized() if unit in quantized else w.float_w
+                    new.append(w.module.weight)
+        mx.eval(new)  # expanded once here, not inside every forward
         self._quantized = quantized
 
     @contextmanager

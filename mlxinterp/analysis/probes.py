@@ -88,6 +88,24 @@ def control_labels(types: Sequence, seed: int = 0, p_positive: float = 0.5) -> n
     return np.array([lab[t] for t in types])
 
 
+def choose_types(token_ids: Sequence[Sequence[int]], max_share: float = 0.25, min_types: int = 8
+                 ) -> tuple[int | None, list]:
+    """Control-task types for prompt-level probes: the last n tokens of each prompt, for the smallest n that
+    gives at least `min_types` types with none holding more than `max_share` of the prompts.
+
+    Hewitt & Liang's types are words that recur between train and test; prompts that all end in "?" would
+    make a last-token control one constant label (accuracy 1, selectivity meaningless). Returns (n, types);
+    n is None when no ending works and every prompt is its own type (the control is then chance on test).
+    """
+    N = len(token_ids)
+    for n in (1, 2, 3, 4):
+        types = [tuple(t[-n:]) for t in token_ids]
+        counts = np.unique([str(t) for t in types], return_counts=True)[1]
+        if len(counts) >= min(min_types, N) and counts.max() <= max_share * N:
+            return n, types
+    return None, list(range(N))
+
+
 def split(n: int, groups: Sequence | None, test_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train / test indices with whole groups on one side."""
     g = np.arange(n) if groups is None else np.asarray(groups)

@@ -282,7 +282,8 @@ def _load_saelens(d: Path, hook, activation, k, hook_out) -> SAE:
     if not hook:
         raise SAEError(f"{d / SAELENS_CFG} names no hook (hook_name)", hint="pass hook=... / --hook")
     out = hook_out or cfg.get("hook_name_out")
-    meta = {key: cfg[key] for key in ("model_name", "release", "sae_id", "dataset_path", "context_size") if key in cfg}
+    meta = {key: cfg[key] for key in ("model_name", "release", "sae_id", "dataset_path", "context_size",
+                                      "training_tokens") if key in cfg}
     return _from_tensors(_read_tensors(weights), weights, act, map_hook(hook), map_hook(out) if out else None, k,
                          bool(cfg.get("apply_b_dec_to_input", True)), meta)
 
@@ -297,7 +298,7 @@ def _saelens_activation(cfg: dict, d: Path) -> str:
     if arch in ("standard", "transcoder") and fn == "relu":
         return "relu"
     raise SAEError(f"{d / SAELENS_CFG}: architecture={arch!r} with activation {fn!r} is not supported",
-                   hint=f"supported: standard/relu, jumprelu, topk (gated SAEs are not)")
+                   hint="supported: standard/relu, jumprelu, topk (gated SAEs are not)")
 
 
 def _load_params(path: Path, hook, activation, k, hook_out) -> SAE:
@@ -404,7 +405,7 @@ class FeatureStore:
             self.dense.append(f)
 
 
-def _flat(a: mx.array, sae_width: int) -> tuple[mx.array, tuple]:
+def _flat(a: mx.array) -> tuple[mx.array, tuple]:
     """[B, L, *feature] -> [B, L, width] (per-head hooks such as attn.hook_z are concatenated)."""
     shape = a.shape
     if a.ndim > 3:
@@ -442,7 +443,7 @@ class SAETap(T.Tap):
         self._edit = _edit_arrays(list(self.edits), self.sae.d_sae)
 
     def __call__(self, a, ctx):
-        x, shape = _flat(a, self.sae.d_in)
+        x, shape = _flat(a)
         x_in = x if self.source is None else self.source.take()
         f = self.sae.encode(x_in)
         if self.store is not None:
@@ -465,7 +466,7 @@ class _HoldInput(T.Tap):
         self._held = None
 
     def __call__(self, a, ctx):
-        self._held = _flat(a, 0)[0]
+        self._held = _flat(a)[0]
         return a
 
     def take(self) -> mx.array:
@@ -519,3 +520,31 @@ def decoder_logit_effects(hm, sae: SAE, features: Sequence[int], top: int = 10) 
                     "promotes": [{"token": dec([int(t)]), "id": int(t), "logit": round(float(lg[row, t]), 4)} for t in up],
                     "suppresses": [{"token": dec([int(t)]), "id": int(t), "logit": round(float(lg[row, t]), 4)} for t in down]})
     return out
+
+
+def feature_attribution(hm, sae: SAE, prompts, metric, read: int = -1, top: int = 20) -> dict:
+    """Gradient x activation per feature (Marks et al. 2024, "Sparse feature circuits"): the first-order effect
+    on `metric` of removing each feature at each position, f_i * (d metric / d x) . W_dec[i], with the
+    error term held fixed. Uses `gradients.value_and_grad` at the SAE's hook(s).
+
+    Returns {"attr": [B, L, d_sae] float32 numpy, "total": per-feature sum over positions and prompts,
+    "top": the `top` features by |total|, "value": the metric per prompt}.
+    """
+    from mlxinterp.analysis import gradients
+
+    sae.check_model(hm)
+    out_hook = hm.point(sae.hook_out or sae.hook).name
+    names = list(dict.fromkeys([hm.point(sae.hook).name, out_hook]))
+    res = gradients.value_and_grad(hm, prompts, metric, at=names, read=read)
+    x = res.acts[names[0]]
+    g = res.grads[out_hook]
+    x = x.reshape(*x.shape[:2], -1)
+    g = g.reshape(*g.shape[:2], -1)
+    f = sae.encode(x)
+    attr = f * (g @ sae.W_dec.T)  # [B, L, d_sae]; padding has zero gradient
+    mx.eval(attr)
+    a = np.array(attr, dtype=np.float32)
+    total = a.sum(axis=(0, 1))
+    order = np.argsort(-np.abs(total))[:top]
+    return {"attr": a, "total": total, "value": res.value,
+            "top": [{"feature": int(i), "attribution": float(total[i])} for i in order]}

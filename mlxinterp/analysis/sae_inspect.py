@@ -67,11 +67,13 @@ def _row_token(store: ActivationStore, row: int, offsets: list[int], width: int 
 
 
 def inspect(hm, sae: SAE, store: ActivationStore, features: Sequence[int] | None = None, n_features: int = 50,
-            top_n: int = 8, max_rows: int | None = 100_000, logit_top: int = 8) -> dict:
-    """JSON-ready inspection of `features` (default: the `n_features` most frequently active ones)."""
+            top_n: int = 8, max_rows: int | None = 100_000, logit_top: int = 8, dense_frac: float = 0.1) -> dict:
+    """JSON-ready inspection of `features` (default: the `n_features` most frequently active features among
+    those active on at most `dense_frac` of the positions)."""
     tc = top_contexts(sae, store, top_n, max_rows)
-    if features is None:
-        features = [int(i) for i in np.argsort(-tc["freq"])[:n_features] if tc["freq"][i] > 0]
+    if features is None:  # the most frequent non-dense features: dense ones (> 10 % of positions) are rarely readable
+        ok = (tc["freq"] > 0) & (tc["freq"] <= dense_frac)
+        features = [int(i) for i in np.argsort(-np.where(ok, tc["freq"], -1.0))[: min(n_features, int(ok.sum()))]]
     effects = {e["feature"]: e for e in decoder_logit_effects(hm, sae, features, logit_top)} if features else {}
     dec = hm.tokenizer.decode
     out = []
@@ -87,7 +89,7 @@ def inspect(hm, sae: SAE, store: ActivationStore, features: Sequence[int] | None
                     "promotes": effects[f]["promotes"], "suppresses": effects[f]["suppresses"]})
     dead = int((tc["freq"] == 0).sum())
     return {"hook": sae.hook, "d_sae": sae.d_sae, "rows_seen": tc["rows_seen"], "dead_on_slice": dead,
-            "features": out}
+            "dense_on_slice": int((tc["freq"] > dense_frac).sum()), "features": out}
 
 
 def _tok(t: str) -> str:
@@ -117,6 +119,6 @@ section{{border:1px solid #ccc;border-radius:6px;padding:0.5em 1em;margin:1em 0}
 .v{{text-align:right;padding-right:1em;color:#555}} code{{background:#eef;padding:0 3px;margin:0 2px}}
 </style></head><body><h1>{html.escape(title)}</h1>
 <p>hook {html.escape(report["hook"])}; {report["d_sae"]} features; {report["rows_seen"]} token positions read;
-{report["dead_on_slice"]} features never active on them. Logit effects: decoder direction through the final norm
+{report["dead_on_slice"]} features never active on them, {report.get("dense_on_slice", 0)} active on more than 10 %. Logit effects: decoder direction through the final norm
 and unembedding, mean logit subtracted.</p><p>{index}</p>{"".join(cards)}</body></html>"""
     return atomic_write_text(path, page)

@@ -121,8 +121,8 @@ class ActivationStore:
 
 
 def collect(hm, hook: str, windows: Iterable[np.ndarray], out_dir: str | Path, n_tokens: int,
-            batch_windows: int = 16, shard_rows: int = 65536, progress: Progress | None = None,
-            source: dict | None = None) -> ActivationStore:
+            batch_windows: int = 16, shard_rows: int = 16384, progress: Progress | None = None,
+            source: dict | None = None, log: Callable[[str], None] | None = None) -> ActivationStore:
     """Stream activations at `hook` for about `n_tokens` text positions (BOS skipped) into shards.
 
     Resumes: windows already in finished shards are skipped (the caller's iterator must give the
@@ -162,6 +162,9 @@ def collect(hm, hook: str, windows: Iterable[np.ndarray], out_dir: str | Path, n
         man["seconds"] = round(man["seconds"] + time.perf_counter() - t0_flush[0], 3)
         t0_flush[0] = time.perf_counter()
         write_json(out / MANIFEST, man)
+        if log:
+            log(f"{out.name}: shard {i} written, {sum(s['rows'] for s in man['shards'])} positions so far "
+                f"({man['seconds']:.0f} s of collection)")
         acts, toks, rows = [], [], 0
 
     t0_flush = [t0]
@@ -256,9 +259,8 @@ def _loss(p: dict, x: mx.array, k: int, aux_k: int, aux_coef: float, dead_ids: m
 
 
 def _save_checkpoint(path: Path, params: dict, opt, state: dict) -> None:
-    from safetensors.numpy import save as st_save
-
     from mlx.utils import tree_flatten
+    from safetensors.numpy import save as st_save
 
     tensors = {f"param.{k}": np.array(v) for k, v in params.items()}
     for k, v in tree_flatten(opt.state):
@@ -270,9 +272,8 @@ def _save_checkpoint(path: Path, params: dict, opt, state: dict) -> None:
 
 
 def _load_checkpoint(path: Path):
-    from safetensors.numpy import load_file
-
     from mlx.utils import tree_unflatten
+    from safetensors.numpy import load_file
 
     t = load_file(str(path.with_suffix(".safetensors")))
     state = read_json(path.with_suffix(".json"))
@@ -294,7 +295,9 @@ def train(store: ActivationStore, cfg: TrainConfig, work: str | Path, hook: str,
     if per_epoch == 0:
         raise SAEError(f"{store.n_rows} activation rows are fewer than one batch of {cfg.batch_size}")
     total = per_epoch * cfg.epochs
-    fingerprint = {"cfg": asdict(cfg), "rows": store.n_rows, "hook": hook}
+    # epochs and checkpoint_every are left out: rerunning with more epochs extends a finished run.
+    fingerprint = {"cfg": {k: v for k, v in asdict(cfg).items() if k not in ("epochs", "checkpoint_every")},
+                   "rows": store.n_rows, "hook": hook}
     opt = optim.Adam(learning_rate=cfg.learning_rate())
     if ckpt.with_suffix(".json").exists() and read_json(ckpt.with_suffix(".json")).get("fingerprint") == fingerprint:
         params, opt_state, state = _load_checkpoint(ckpt)
@@ -338,6 +341,9 @@ def train(store: ActivationStore, cfg: TrainConfig, work: str | Path, hook: str,
                 progress("train", step, total)
             if step % cfg.checkpoint_every == 0 or step == total:
                 secs = seconds + time.perf_counter() - t0
+                if log:
+                    log(f"step {step}/{total}: batch FVU {float(mse.item()):.4f}, "
+                        f"{int((since >= cfg.dead_tokens).sum())} dead latents, {secs:.0f} s")
                 _save_checkpoint(ckpt, params, opt, {"step": step, "scale": scale, "since_fired": since,
                                                      "fingerprint": fingerprint, "seconds": round(secs, 3)})
             if step >= total:
@@ -383,7 +389,7 @@ def reconstruction_metrics(sae: SAE, rows: np.ndarray, dense_frac: float = 0.1, 
             "rows": int(len(rows))}
 
 
-def ce_metrics(hm, sae: SAE, windows: list[np.ndarray], batch_windows: int = 8) -> dict:
+def ce_metrics(hm, sae: SAE, windows: list[np.ndarray], batch_windows: int = 2) -> dict:
     """Next-token cross-entropy (nats) of the clean model, with the SAE spliced in (no error term), and with
     the hook zero-ablated; CE recovered = (zero - spliced) / (zero - clean). BOS is left untouched."""
     from mlxinterp.core.taps import Ablate

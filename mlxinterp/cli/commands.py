@@ -17,6 +17,7 @@ from rich.table import Table
 from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out, print_json, run, shown_text
 from mlxinterp.cli import attribute as attribute_cli
 from mlxinterp.cli import compare as compare_cli
+from mlxinterp.cli import cost as cost_cli
 from mlxinterp.cli import replica as replica_cli
 from mlxinterp.cli import sae as sae_cli
 from mlxinterp.cli import readouts as readouts_cli
@@ -172,10 +173,14 @@ def _metadata(model: str, dtype: str | None, load: bool) -> tuple[dict, dict]:
 @app.command()
 def generate(prompt: str = typer.Argument(..., help="the prompt"), model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
              max_tokens: int = typer.Option(32, "--max-tokens"), chat: bool = typer.Option(False, "--chat", help="apply the chat template"),
-             temperature: float = typer.Option(0.0, "--temperature")) -> None:
-    """Generate text (greedy by default) with mlx-lm's generate.
+             temperature: float = typer.Option(0.0, "--temperature"),
+             as_json: bool = typer.Option(False, "--json", help="prompt, text (special tokens kept) and token ids")) -> None:
+    """Generate text (greedy by default) with mlx-lm's generate. Special tokens are hidden from the text
+    shown (kept with --json).
 
-    Example: [bold]mlxinterp generate "The Eiffel Tower is located in" --max-tokens 8[/bold]
+    Examples:
+      [bold]mlxinterp generate "The Eiffel Tower is located in" --max-tokens 8[/bold]
+      [bold]mlxinterp generate "The Eiffel Tower is located in" --max-tokens 8 --json[/bold]
     """
     from mlxinterp.core.hooks import check_generation  # here, not at the top: `--help` stays fast
     from mlxinterp.core.tokenization import check_prompt
@@ -184,6 +189,9 @@ def generate(prompt: str = typer.Argument(..., help="the prompt"), model: str = 
     check_generation(max_tokens, temperature)
     hm = load_model(model, dtype)
     g = hm.generate(prompt, max_tokens=max_tokens, chat=chat, temperature=temperature)
+    if as_json:
+        print_json({"prompt": prompt, "text": g.text, "shown": shown_text(hm, g), "tokens": g.tokens})
+        return
     out.print(prompt + shown_text(hm, g), highlight=False, markup=False)
 
 
@@ -233,9 +241,8 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
               only: Optional[str] = typer.Option(None, "--only", help="comma-separated experiments to run"),
               skip: Optional[str] = typer.Option(None, "--skip", help="comma-separated experiments to skip"),
               out_dir: Path = typer.Option(SUITE_OUT, "--out", help="results directory"),
-              reference: Optional[Path] = typer.Option(None, "--reference", help="a finished run (e.g. results, "
-                                                       "the committed reference): print its time first and "
-                                                       "compare with it at the end"),
+              reference: Optional[Path] = typer.Option(None, "--reference", help="a finished run to compare with "
+                                                       "at the end (e.g. results, the committed reference)"),
               n: Optional[int] = typer.Option(None, "--n", help="items per experiment (smaller = faster)"),
               seed: int = typer.Option(0, "--seed"),
               resume: bool = typer.Option(True, "--resume/--no-resume", help="skip finished experiments and items"),
@@ -246,7 +253,10 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
                                                         "primary metric (docs/precision.md)"),
               list_only: bool = typer.Option(False, "--list", help="list the experiments and exit"),
               fields: bool = typer.Option(False, "--fields", help="with --list: each experiment's config fields "
-                                          "and defaults")) -> None:
+                                          "and defaults"),
+              cost: bool = typer.Option(False, "--cost", help="with --list: each experiment's forwards, tokens and "
+                                        "estimated time on this machine (loads each --model)"),
+              as_json: bool = typer.Option(False, "--json", help="with --list --cost: as JSON")) -> None:
     """Run the experiment suite; JSON, figures and report.md/report.html under --out.
 
     Examples:
@@ -255,6 +265,7 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
       [bold]mlxinterp run-suite --model default --only ard_mmd --set ard_mmd.steps=1000 --out mlxinterp-out/ard-full[/bold]
       [bold]mlxinterp run-suite --model default --only twohop --quant-check 4[/bold]  (does it survive 4-bit?)
       [bold]mlxinterp run-suite --list --fields[/bold]
+      [bold]mlxinterp run-suite --list --cost --model default --json[/bold]  (estimated seconds per experiment)
     A run with --set has its own config, so give it its own --out (or --no-resume).
     Interrupted? Run the same command again: finished work is reused (--resume is the default).
     """
@@ -263,14 +274,15 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
     world()  # under mlx.launch, meet the other ranks before the slow imports (the ring waits ~30 s)
     from mlxinterp.suite import config_fields, list_experiments, run_all
 
+    if list_only and cost:
+        cost_cli.print_cost(model or ["default"], only, skip, n, seed, sets or (), reference, as_json)
+        return
     if list_only:
         table = Table("experiment", "config fields (defaults)" if fields else "what it does")
         for name, doc in list_experiments():
             table.add_row(name, config_fields(name) if fields else doc)
         out.print(table)
         return
-    if reference is not None and world().is_root:
-        compare_cli.print_estimate(reference, model or ["default"], only, skip, console)
     summary = run_all(model or ["default"], only=only, skip=skip, out=out_dir, n=n, seed=seed, resume=resume,
                       console=console, sets=sets or (), quant_check=quant_check)
     if summary["report"]:  # rank 0 (or the only process) writes the report

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.io import dumps
-from mlxinterp.core.platform import ensure_fast_blas
+from mlxinterp.core.platform import check_environment, ensure_fast_blas
 from mlxinterp.core.validate import env_flag
 
 
@@ -50,9 +50,12 @@ _CONTROL_TOKEN = re.compile(r"^<(\|[^<>|]+\||[a-z]+(_[a-z0-9]+)+|unused\d+)>$")
 def shown_text(hm, generation) -> str:
     """Generated text as shown to a person: special and control tokens removed (JSON keeps them)."""
     tok = hm.tokenizer
-    hidden = set(getattr(tok, "all_special_ids", []) or [])
-    hidden |= {i for s, i in tok.get_added_vocab().items() if _CONTROL_TOKEN.match(s)}
-    return tok.decode([t for t in generation.tokens if t not in hidden])
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    text = generation.text  # mlx-lm's own detokenization, minus the hidden tokens' strings
+    for token, i in tok.get_added_vocab().items():
+        if token in text and (i in special or _CONTROL_TOKEN.match(token)):
+            text = text.replace(token, "")
+    return text
 
 
 def print_json(obj) -> None:
@@ -72,6 +75,7 @@ def run(app: typer.Typer, argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     try:
         debug = debug or env_flag("MLXINTERP_DEBUG")
+        check_environment()
         code = app(args=args, standalone_mode=False)
     except MlxInterpError as e:
         error_line(str(e))

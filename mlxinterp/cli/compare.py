@@ -1,6 +1,5 @@
 """`mlxinterp compare`: does a suite run reproduce a reference run (the repository's results/)?
-Also the two lines `run-suite --reference` prints: the time the reference took, before the
-run, and the comparison, after it. The rule is in mlxinterp/suite/compare.py."""
+Also the line `run-suite --reference` prints after a run. The rule is in mlxinterp/suite/compare.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mlxinterp.cli.common import out, print_json
 
@@ -30,33 +30,16 @@ def compare(run_dir: Path = typer.Argument(..., help="a run-suite --out director
     if as_json:
         print_json(c.to_dict())
         return
-    table = Table("model", "experiment", "status", "entries", "why", title=f"{run_dir} vs {reference}")
-    for e in c.experiments:
-        table.add_row(e.model, e.experiment, e.status, str(e.entries), "; ".join(e.reasons[:3]))
+    table = Table("model", "experiment", "status", "entries", "why", title=Text(f"{run_dir} vs {reference}"))
+    for e in c.experiments:  # Text: intervals such as "[0.50, 0.51]" are not rich markup
+        table.add_row(e.model, e.experiment, e.status, str(e.entries), Text("; ".join(e.reasons[:3])))
     out.print(table)
     out.print(c.line(), highlight=False, markup=False, soft_wrap=True)
 
 
-def print_estimate(reference: Path, specs: list[str], only: Optional[str], skip: Optional[str],
-                   console: Console) -> None:
-    """Before a run: how many experiments, and how long the reference run spent on them."""
-    from mlxinterp.suite import compare as cmp
-    from mlxinterp.suite.registry import register_builtin, select
-
-    register_builtin()
-    experiments = [e.name for e in select(only, skip)]
-    for spec in specs:
-        seconds, missing = cmp.reference_seconds(reference, spec, experiments)
-        timed = len(experiments) - len(missing)
-        took = (f"the reference run ({reference}) spent {cmp.duration(seconds)} on {timed} of them"
-                if timed else f"no timing for model {spec!r} in {reference}")
-        console.print(f"{len(experiments)} experiments on {spec}; {took} "
-                      "(its own machine; yours may be faster or slower).", highlight=False, soft_wrap=True)
-
-
 def print_comparison(run_dir: Path, reference: Optional[Path], console: Console) -> None:
     """After a run: the one-line comparison with the reference (nothing when there is none)."""
-    from mlxinterp.suite import compare as cmp
+    from mlxinterp.suite import compare as cmp  # here: the suite's imports would slow every command's start
 
     if reference is None or not Path(reference).is_dir():
         return

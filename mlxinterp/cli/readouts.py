@@ -5,10 +5,23 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out, print_json
+from mlxinterp.cli.common import (
+    DTYPE_OPT,
+    MODEL_OPT,
+    console,
+    load_model,
+    out,
+    print_json,
+)
 from mlxinterp.core.errors import MlxInterpError
 
 
@@ -74,7 +87,8 @@ def probe(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
 
     Example: [bold]mlxinterp probe --pos refusal/harmful_en.json --neg refusal/harmless_en.json[/bold]
     """
-    from mlxinterp.tasks.data import load_json, prompts as read_prompts
+    from mlxinterp.tasks.data import load_json
+    from mlxinterp.tasks.data import prompts as read_prompts
 
     if contrast:
         d = load_json(contrast)
@@ -100,10 +114,10 @@ def probe(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
 
 
 def run_probes(hm, positive: List[str], negative: List[str], layers: List[int], test_frac: float, seed: int) -> list[dict]:
-    """Last-token activations at each layer's output; pairs grouped when the sets are aligned; control types =
-    the last token id."""
+    """Last-token activations at each layer's output; pairs grouped when the sets are aligned; control types from
+    `probes.choose_types` (the shortest prompt ending that makes the control task non-trivial)."""
     from mlxinterp.analysis.directions import collect
-    from mlxinterp.analysis.probes import probe_layers
+    from mlxinterp.analysis.probes import choose_types, probe_layers
     from mlxinterp.core import names as H
 
     prompts = positive + negative
@@ -112,6 +126,7 @@ def run_probes(hm, positive: List[str], negative: List[str], layers: List[int], 
     y = [1] * len(positive) + [0] * len(negative)
     aligned = len(positive) == len(negative)
     groups = list(range(len(positive))) * 2 if aligned else None
-    types = [int(hm.tokens(p).ids[0, -1].item()) for p in prompts]
+    ids = [hm.tokens(p).ids[0].tolist() for p in prompts]
+    n_last, types = choose_types(ids)
     res = probe_layers({l: acts[hm.point(h).name] for l, h in zip(layers, hooks)}, y, types, groups, test_frac, seed)
-    return [r.to_dict() for r in res]
+    return [{**r.to_dict(), "control_type": f"last {n_last} tokens" if n_last else "each prompt"} for r in res]

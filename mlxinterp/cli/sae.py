@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, print_json
 from mlxinterp.core.errors import MlxInterpError
@@ -82,7 +89,8 @@ def train(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     with _progress() as p:
         bars = _Bars(p)
         train_store = ST.collect(hm, name, C.windows(hm.tokenizer, bos, corpus, "train", ctx_len, seed), work / "train",
-                                 n_tokens, progress=bars, source={**desc, "split": "train", "ctx_len": ctx_len, "seed": seed})
+                                 n_tokens, progress=bars, source={**desc, "split": "train", "ctx_len": ctx_len, "seed": seed},
+                                 log=console.print)
         held_store = ST.collect(hm, name, C.windows(hm.tokenizer, bos, corpus, "heldout", ctx_len, seed), work / "heldout",
                                 n_eval, source={**desc, "split": "heldout", "ctx_len": ctx_len, "seed": seed})
         t_collect = time.perf_counter() - t0
@@ -128,7 +136,8 @@ def inspect(sae_path: Path = typer.Argument(..., help="SAE directory or Gemma Sc
     """
     from mlxinterp.analysis import sae_train as ST
     from mlxinterp.analysis.sae import load_sae
-    from mlxinterp.analysis.sae_inspect import inspect as run_inspect, write_html
+    from mlxinterp.analysis.sae_inspect import inspect as run_inspect
+    from mlxinterp.analysis.sae_inspect import write_html
     from mlxinterp.core.io import write_json
     from mlxinterp.tasks import corpus as C
 

@@ -24,6 +24,8 @@ def serve(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
                                        "browser shows (read only)"),
           vectors: Optional[Path] = typer.Option(None, "--vectors", help="directory of steering vectors to offer; "
                                                  "uploads go to its uploads/ folder (default: --results)"),
+          tuned_lens: Optional[Path] = typer.Option(None, "--tuned-lens", help="a tuned lens for this model "
+                                                    "(`mlxinterp tuned-lens --out FILE`): adds the lens's 'tuned' mode"),
           queue: int = typer.Option(2, "--queue", help="requests that may wait behind the running one "
                                     "before the server answers 503 busy (0-16)"),
           warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="run one lens view before serving, so "
@@ -43,6 +45,8 @@ def serve(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     if token is not None and len(token) < 8:
         raise MlxInterpError("--token must be at least 8 characters")
     vectors = vectors or results
+    if tuned_lens is not None and not tuned_lens.is_file():
+        raise MlxInterpError(f"--tuned-lens {tuned_lens} is not a file", hint="train one with `mlxinterp tuned-lens --out FILE`")
     for flag, d in (("--results", results), ("--vectors", vectors)):
         if d.exists() and not d.is_dir():
             raise MlxInterpError(f"{flag} {d} is not a directory")
@@ -57,10 +61,11 @@ def serve(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     if not loopback and token is None:
         token = new_token()
     hm = load_model(model, dtype)
-    config = ServeConfig(results_dir=results, vectors_dir=vectors, token=token, loopback_only=loopback, queue=queue)
+    config = ServeConfig(results_dir=results, vectors_dir=vectors, token=token, loopback_only=loopback, queue=queue,
+                         tuned_lens=tuned_lens)
     app = create_app(hm, config)
     if warmup:
-        from mlxinterp.serve.engine import lens_grid
+        from mlxinterp.serve.engine import lens_grid  # here, not at the top: `mlxinterp --help` stays fast
 
         t0 = time.perf_counter()
         with console.status("warming up (one lens view) ..."):

@@ -24,12 +24,16 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm import stream_generate
 from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, KVCache, RotatingKVCache, make_prompt_cache
+from mlx_lm.sample_utils import make_sampler
 
 from mlxinterp.core.archs import BLOCK_ORDER, Site, arch_spec, text_model, top_text_model
 from mlxinterp.core.errors import HookNameError, PromptError, TapError, closest
 from mlxinterp.core.taps import Capture, Tap, TapContext
 from mlxinterp.core.validate import INT64_MAX, real, whole
+from mlxinterp.core.loading import load_model
+from mlxinterp.core.tokenization import encode_batch
 
 _HOOK_RE = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
 
@@ -78,6 +82,15 @@ class _ForwardState:
         self.padded = bool((self.seq_pos < 0).any())
         self.masks = {}
 
+    def logits_read(self) -> bool:
+        """False for a generation prefill chunk that ends before every row's last prompt token.
+
+        mlx-lm's stream_generate (and generate_batch) never read those logits, so they
+        stay unevaluated nodes of MLX's lazy graph; checking them would compute the
+        full unembedding of every prompt token for nothing.
+        """
+        return self.prompt_len is None or bool((self.seq_pos[:, -1] >= self.prompt_len - 1).any())
+
     def check_finite(self, logits: mx.array) -> None:
         """Refuse NaN/inf logits produced with editing taps attached, naming the taps.
 
@@ -124,7 +137,7 @@ def _hooked_class(cls: type, role: str) -> type:
                 return orig(self, inputs, cache, *args, **kwargs)
             site.state.begin(inputs, cache, kwargs.get("input_embeddings"))
             logits = site.run_out(orig(self, inputs, cache, *args, **kwargs))
-            if site.state.n_edits:
+            if site.state.n_edits and site.state.logits_read():
                 site.state.check_finite(logits)
             return logits
     elif role == "block":
@@ -241,7 +254,13 @@ class HookedModel:
                 self._attach(module, role, site.side, f"blocks.{i}.{suffix}", i, site.kind)
         self._attach(inner.norm, "plain", "out", "ln_final.hook_normalized", None, "d_model")
 
+    def owns(self, layer: int | None, name: str) -> bool:
+        """Whether this process holds the hook point (always; a layer-sharded model holds its own blocks)."""
+        return True
+
     def _attach(self, module, role: str, side: str, name: str, layer: int | None, kind: str) -> None:
+        if not self.owns(layer, name):
+            return
         site = getattr(module, "_mi_site", None)
         if site is None or site.state is not self._state:
             site = _Site(module, self._state)
@@ -368,7 +387,6 @@ class HookedModel:
             L = max(map(len, rows))
             pad = [L - len(r) for r in rows]
             return Batch(mx.array([[0] * p + r for p, r in zip(pad, rows)], dtype=mx.int32), pad)
-        from mlxinterp.core.tokenization import encode_batch
 
         ids, pad = encode_batch(self.tokenizer, self.info, texts, chat=chat)
         return Batch(ids, pad)
@@ -492,9 +510,6 @@ class HookedModel:
         The taps stay attached until the iterator is exhausted or closed, so consume
         it before running anything else on this model.
         """
-        from mlx_lm import stream_generate
-        from mlx_lm.sample_utils import make_sampler
-
         check_generation(max_tokens, temperature, seed)
         batch = self.tokens(prompt, chat=chat)
         if batch.ids.shape[0] != 1:
@@ -510,7 +525,6 @@ class HookedModel:
                     yield r.text, int(r.token)
         finally:
             self._state.prompt_len = None
-
 
     def generate_batch(self, prompts: Sequence[str] | Sequence[Sequence[int]], max_tokens: int = 32, taps=None,
                        chat: bool = False) -> list["Generation"]:
@@ -530,15 +544,17 @@ class HookedModel:
         done = np.zeros(B, bool)
         try:
             with self.hooks(taps):
-                logits = self.model(batch.ids, cache=cache)
-                for _ in range(max_tokens):
+                if batch.ids.shape[1] > 1:  # as mlx-lm does: the prompt but its last token fills the cache only
+                    self.model(batch.ids[:, :-1], cache=cache)  # (its logits are never computed)
+                logits = self.model(batch.ids[:, -1:], cache=cache)
+                for step in range(max_tokens):
                     nxt = mx.argmax(logits[:, -1], axis=-1)
                     toks = np.array(nxt).tolist()
                     for b, t in enumerate(toks):
                         if not done[b]:
                             out[b].append(int(t))
                             done[b] = t in eos
-                    if done.all():
+                    if done.all() or step == max_tokens - 1:  # no forward for a token nobody reads
                         break
                     logits = self.model(nxt[:, None].astype(mx.int32), cache=cache)
         finally:
@@ -581,7 +597,6 @@ def _tap_pairs(taps: Any) -> list[tuple[Any, Any]]:
     return pairs
 
 
-_check_generation = check_generation  # the old name, still imported by bench/cli.py
 
 
 def _id_row(row: Any, i: int) -> list[int]:
@@ -670,6 +685,4 @@ def load(spec: str = "default", dtype: str | None = None, allow_download: bool =
          precision: dict[str, str] | None = None) -> HookedModel:
     """Load a model (see `mlxinterp.core.loading.load_model`; `precision` is a per-module
     precision map, core/quantize.py) with hook points installed."""
-    from mlxinterp.core.loading import load_model
-
     return HookedModel(load_model(spec, dtype=dtype, allow_download=allow_download, precision=precision))

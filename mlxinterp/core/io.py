@@ -211,7 +211,7 @@ class JsonlScan:
 
     records/lines: every complete line that parses, with its 1-based line number;
     bad_lines: complete lines that do not parse (damaged in place: a disk error,
-    an editor); good: the bytes of the parseable lines, to rewrite the file
+    an editor); good: the bytes of each parseable line, to rewrite the file
     without the bad ones; intact: the byte length of all complete lines (a torn
     last line, from a kill mid-append, is excluded).
     """
@@ -219,7 +219,7 @@ class JsonlScan:
     records: list[Any]
     lines: list[int]
     bad_lines: list[int]
-    good: bytes
+    good: list[bytes]
     intact: int
 
 
@@ -229,13 +229,13 @@ def scan_jsonl(path: str | os.PathLike) -> JsonlScan:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return JsonlScan([], [], [], b"", 0)
+        return JsonlScan([], [], [], [], 0)
     except OSError as exc:
         raise ResultsError(f"cannot read {path}: {exc.strerror or exc}") from exc
     records, lines, bad, good, intact = [], [], [], [], 0
-    for number, line in enumerate(data.splitlines(keepends=True), start=1):
-        if not line.endswith(b"\n"):
-            break  # torn last line (a kill mid-append): cut before appending again
+    *complete, _torn = data.split(b"\n")  # only "\n" ends a record ("\r" may sit inside a damaged one)
+    for number, line in enumerate(complete, start=1):
+        line += b"\n"
         intact += len(line)
         try:
             records.append(json.loads(line))
@@ -244,7 +244,7 @@ def scan_jsonl(path: str | os.PathLike) -> JsonlScan:
             continue
         lines.append(number)
         good.append(line)
-    return JsonlScan(records, lines, bad, b"".join(good), intact)
+    return JsonlScan(records, lines, bad, good, intact)
 
 
 def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:

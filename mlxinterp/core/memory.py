@@ -108,7 +108,15 @@ def choose_plan(cfg: dict, dtype: str | None = None, variant: Variant | None = N
     stored = DtypePlan(None)
     label = _weights_label(cfg, stored)
     return stored, (f"float32 would need {gb(need)} (this machine: {gb(have)}), so the weights stay as stored "
-                    f"({label}, MLX's native kernels); --dtype float32 forces float32")
+                    f"({label}, MLX's native quantized kernels, float32 scales and activations); "
+                    "--dtype float32 forces float32")
+
+
+def quantized_float32_bytes(cfg: dict) -> float:
+    """Bytes per parameter of a quantized checkpoint kept quantized with float32 scales and biases
+    (the CPU fallback of choose_plan): bits/8 + 8/group_size, e.g. 5 bits at 4-bit g64."""
+    q = text_config(cfg)["quantization"]
+    return q["bits"] / 8 + 8 / q["group_size"]
 
 
 def check_memory(cfg: dict, plan: DtypePlan, spec: str) -> None:
@@ -121,7 +129,8 @@ def check_memory(cfg: dict, plan: DtypePlan, spec: str) -> None:
         raise MemoryBudgetError(
             f"model {spec!r} needs about {need / 1e9:.1f} GB at {plan.dtype or 'its stored dtype'}, "
             f"this machine has {have / 1e9:.1f} GB",
-            hint="try a quantized variant (e.g. SPEC@4bit) or dtype='native' for a quantized checkpoint")
+            hint="try a quantized variant with dtype='native' (SPEC@4bit --dtype native; on a CPU SPEC@4bit alone "
+                 "computes with float32 weights), or dtype='native' for a quantized checkpoint")
 
 
 def n_params(cfg: dict) -> int:
@@ -130,8 +139,11 @@ def n_params(cfg: dict) -> int:
 
 
 def compute_bytes(cfg: dict, dtype: str | None = None, variant: Variant | None = None) -> int:
-    """Bytes per activation/KV element under the load policy: the float dtype, or 2 when quantized."""
-    plan, _ = choose_plan(cfg, dtype, variant)
+    """Bytes per activation/KV element under the load policy: the float dtype, or 2 when quantized
+    (4 in the CPU fallback, which computes in float32)."""
+    plan, fallback = choose_plan(cfg, dtype, variant)
+    if fallback:
+        return 4
     if plan.dtype:
         return DTYPE_BYTES[plan.dtype]
     stored = cfg.get("torch_dtype") or cfg.get("dtype")
@@ -228,15 +240,17 @@ def _weights_label(cfg: dict, plan: Any) -> str:
 
 
 def estimate(cfg: dict, dtype: str | None = None, variant: Variant | None = None,
-             context: int = SUITE_CONTEXT, batch: int = 1, activations: ActivationPlan | None = None) -> Estimate:
+             context: int = SUITE_CONTEXT, batch: int = 1, activations: ActivationPlan | None = None,
+             limit: int | None = None) -> Estimate:
     """Weights + margin (as loading.estimate_memory) + KV cache + captured activations, for a config
     loaded the way load_model would load it with this dtype and variant."""
-    plan, _ = choose_plan(cfg, dtype, variant)
-    weights = int(n_params(cfg) * bytes_per_param(cfg, plan))
+    plan, fallback = choose_plan(cfg, dtype, variant, limit)
+    per = quantized_float32_bytes(cfg) if fallback else bytes_per_param(cfg, plan)
+    weights = int(n_params(cfg) * per)
     margin = with_margin(weights) - weights
-    kv = kv_cache_bytes(cfg, context, batch, compute_bytes(cfg, dtype, variant))
+    kv = kv_cache_bytes(cfg, context, batch, 4 if fallback else compute_bytes(cfg, dtype, variant))
     acts = activations.bytes(cfg) if activations else 0
-    return Estimate(weights, margin, kv, acts, _weights_label(cfg, plan))
+    return Estimate(weights, margin, kv, acts, _weights_label(cfg, plan) + (" (float32 scales)" if fallback else ""))
 
 
 def model_need(info: Any) -> int:
@@ -290,7 +304,8 @@ def hook_widths(cfg: dict) -> tuple[int, int]:
     return per_layer, 2 * c["hidden_size"] + c["vocab_size"]  # hook_embed, ln_final, hook_logits
 
 
-def predict_peak(cfg: dict, work: Workload, dtype: str | None = None, variant: Variant | None = None) -> Estimate:
+def predict_peak(cfg: dict, work: Workload, dtype: str | None = None, variant: Variant | None = None,
+                 float32_scales: bool = False) -> Estimate:
     """Peak memory of one workload: weights + runtime + the forward's working set + KV cache + captures.
 
     weights     as `estimate` (n_params x bytes per parameter of the load plan)
@@ -303,11 +318,12 @@ def predict_peak(cfg: dict, work: Workload, dtype: str | None = None, variant: V
     activations captures at the compute dtype: every hook point ("all"), or for a
                 sweep one d_model hook per layer of the clean and corrupt runs
     """
-    plan, _ = choose_plan(cfg, dtype, variant)
+    plan, fallback = choose_plan(cfg, dtype, variant)
+    float32_scales = float32_scales or fallback is not None
     c = text_config(cfg)
-    el = compute_bytes(cfg, dtype, variant)
+    el = 4 if float32_scales else compute_bytes(cfg, dtype, variant)
     B, T = work.batch, work.tokens
-    weights = int(n_params(cfg) * bytes_per_param(cfg, plan))
+    weights = int(n_params(cfg) * (quantized_float32_bytes(cfg) if float32_scales else bytes_per_param(cfg, plan)))
     read = 1 if work.capture == "sweep" else T  # a sweep unembeds only the position its metric reads
     transient = el * B * (2 * read * c["vocab_size"] + 3 * T * c["intermediate_size"])
     kv = kv_cache_bytes(cfg, T, B, el) if work.capture == "sweep" else 0
@@ -318,4 +334,5 @@ def predict_peak(cfg: dict, work: Workload, dtype: str | None = None, variant: V
         acts = el * 2 * T * c["hidden_size"] * c["num_hidden_layers"]
     else:
         acts = 0
-    return Estimate(weights, RUNTIME_BYTES + transient, kv, acts, _weights_label(cfg, plan))
+    label = _weights_label(cfg, plan) + (" (float32 scales)" if float32_scales else "")
+    return Estimate(weights, RUNTIME_BYTES + transient, kv, acts, label)

@@ -28,6 +28,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from mlxinterp.core.archs import BLOCK_ORDER, arch_spec, text_model, top_text_model
 from mlxinterp.core.errors import MlxInterpError
@@ -63,16 +64,25 @@ class _Relay(nn.Module):
             if isinstance(v, (bool, int, float, str)) or v is None:
                 object.__setattr__(self, k, v)
         self._mode, self._peer, self._group = mode, peer, group
+        object.__setattr__(self, "_last", [])  # this relay's previous transfer (see __call__); not a parameter
 
     def __call__(self, x: mx.array, mask=None, cache=None, *args, **kwargs) -> mx.array:
         if cache is not None:  # advance the offset as the real block's attention would
             z = mx.zeros((x.shape[0], 1, x.shape[1], 1), dtype=x.dtype)
             cache.update_and_fetch(z, z)
+        if self._mode == "skip":
+            return x
+        # Each transfer depends on the previous one, so transfers run in call order on both ends,
+        # and a forward whose output nobody evaluates (a prompt that only fills the KV cache,
+        # as mlx-lm's generation does) still sends before the next one.
+        x_in = mx.depends(x, self._last) if self._last else x
         if self._mode == "recv":
-            return mx.distributed.recv_like(x, src=self._peer, group=self._group)
-        if self._mode == "send":
-            return mx.depends(x, mx.distributed.send(x, dst=self._peer, group=self._group))
-        return x
+            out = mx.distributed.recv_like(x_in, src=self._peer, group=self._group)
+            object.__setattr__(self, "_last", [out])
+            return out
+        sent = mx.distributed.send(x_in, dst=self._peer, group=self._group)
+        object.__setattr__(self, "_last", [sent])
+        return mx.depends(x, sent)
 
 
 class _ZeroEmbedding(nn.Module):
@@ -86,7 +96,12 @@ class _ZeroEmbedding(nn.Module):
         return mx.zeros((*ids.shape, self._d), dtype=self._dtype)
 
     def as_linear(self, x: mx.array) -> mx.array:
-        return mx.zeros((*x.shape[:-1], 1), dtype=x.dtype)
+        return _zero_logits(self, x)
+
+
+def _zero_logits(self, x: mx.array) -> mx.array:
+    """[.., 1] zeros standing in for logits; they depend on x, so the forward that sends x still runs."""
+    return mx.depends(mx.zeros((*x.shape[:-1], 1), dtype=x.dtype), x)
 
 
 class _Identity(nn.Module):
@@ -96,7 +111,7 @@ class _Identity(nn.Module):
 
 class _ZeroHead(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
-        return mx.zeros((*x.shape[:-1], 1), dtype=x.dtype)
+        return _zero_logits(self, x)
 
 
 def _pipelined_class(cls: type, vocab: int, is_last: bool, group) -> type:
@@ -105,7 +120,8 @@ def _pipelined_class(cls: type, vocab: int, is_last: bool, group) -> type:
 
     def __call__(self, inputs=None, cache=None, *args, **kwargs):
         out = orig(self, inputs, cache, *args, **kwargs)
-        mine = out if is_last else mx.zeros((*out.shape[:-1], vocab), dtype=out.dtype)
+        # zeros that still depend on this rank's forward, so its send to the next rank runs
+        mine = out if is_last else mx.depends(mx.zeros((*out.shape[:-1], vocab), dtype=out.dtype), out)
         return mx.distributed.all_sum(mine, group=group)
 
     return type(f"Pipelined{cls.__name__}", (cls,), {"__call__": __call__})
@@ -129,13 +145,12 @@ def shard_model(model, rank: int, size: int, group, dtype) -> range:
         inner.embed_tokens = _ZeroEmbedding(d_model, dtype)
     if not last:
         inner.norm = _Identity()
-        if tied and not first:
-            pass  # the zero embedding's as_linear already returns [.., 1]
-        elif tied:
-            inner.embed_tokens.as_linear = _ZeroHead()  # rank 0 keeps its embedding, not the unembedding
-        else:
+        if "lm_head" in top:
             top.lm_head = _ZeroHead()
-    vocab = int(getattr(top, "args", None).vocab_size if hasattr(top, "args") else inner.vocab_size)
+        elif first:  # tied: rank 0 keeps its embedding for the lookup, not for the unembedding
+            emb = inner.embed_tokens
+            emb.__class__ = type(f"Headless{type(emb).__name__}", (type(emb),), {"as_linear": _zero_logits})
+    vocab = int(top.args.vocab_size if hasattr(top, "args") else inner.vocab_size)
     top.__class__ = _pipelined_class(type(top), vocab, last, group)
     return mine
 
@@ -158,8 +173,7 @@ class ShardedHookedModel(HookedModel):
         return next(r for r, rng in enumerate(self.split) if layer in rng)
 
     def owns(self, layer: int | None, name: str) -> bool:
-        o = self.owner(name) if layer is None else next(r for r, rng in enumerate(self.split) if layer in rng)
-        return o in (-1, self.rank)
+        return self.owner(name) in (-1, self.rank)
 
     @property
     def global_hook_names(self) -> list[str]:
@@ -168,7 +182,8 @@ class ShardedHookedModel(HookedModel):
         blocks = [f"blocks.{i}.{s}" for i in range(self.info.n_layers) for s in BLOCK_ORDER if s in sites]
         return ["hook_embed", *blocks, "ln_final.hook_normalized", "hook_logits"]
 
-    def _normalise_global(self, name: str) -> str:
+    def global_name(self, name: str) -> str:
+        """`name` normalised (negative layers counted from the end); unknown names raise as usual."""
         name = self._normalise(name)
         if name not in set(self.global_hook_names):
             return self.point(name).name  # raises the usual unknown-name error
@@ -177,34 +192,58 @@ class ShardedHookedModel(HookedModel):
     # -- taps: attach where the block is, validate everywhere
     def hooks(self, taps=None):
         pairs = list(taps.items()) if isinstance(taps, Mapping) else list(taps or [])
-        local = [(self._normalise_global(n), t) for n, t in pairs]
+        local = [(self.global_name(n), t) for n, t in pairs]
         return super().hooks([(n, t) for n, t in local if self.owner(n) in (-1, self.rank)])
 
     def names(self, filter=None) -> list[str]:
         if filter is None or isinstance(filter, str) or callable(filter):
             return super().names(filter)
-        return [n for n in (self._normalise_global(f) for f in filter) if self.owner(n) in (-1, self.rank)]
+        return [n for n in (self.global_name(f) for f in filter) if self.owner(n) in (-1, self.rank)]
 
     def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False):
         """As HookedModel.run_with_cache; rank 0's cache holds every rank's captures, other ranks their own."""
         wanted = self.global_hook_names if names is None else (
             [n for n in self.global_hook_names if names in n] if isinstance(names, str)
-            else [self._normalise_global(n) for n in names])
+            else [self.global_name(n) for n in names])
         local = [n for n in wanted if self.owner(n) in (-1, self.rank)]
         logits, cache = super().run_with_cache(prompts, names=local, taps=taps, chat=chat)
-        return logits, self._gather(cache, wanted)
+        return logits, self._gather(cache, wanted, logits)
 
-    def _gather(self, cache: ActivationCache, wanted: Sequence[str]) -> ActivationCache:
-        """Send each rank's captures to rank 0 in one agreed order (global hook order, rank by rank)."""
-        template = cache[next(n for n in cache.keys())]
-        B, L = template.shape[:2]
+    def forward(self, batch):
+        """Logits on every rank, evaluated now: a lazy result holding sends and a sum over the group
+        would pair with whatever collective another rank evaluates next (a deadlock)."""
+        logits = super().forward(batch)
+        mx.eval(logits)
+        return logits
+
+    def generate(self, prompt, max_tokens: int = 32, taps=None, chat: bool = False,
+                 temperature: float = 0.0, seed: int = 0):
+        """Greedy generation (HookedModel.generate_batch's loop, one prompt), taps in place.
+
+        mlx-lm's stream_generate evaluates only the KV cache during the prompt, which leaves
+        the send to the next rank unevaluated on the sending rank; the plain loop evaluates
+        the logits, which depend on every rank's forward.
+        """
+        if temperature:
+            raise ShardingError(f"temperature={temperature!r}: a layer-sharded model generates greedily only",
+                                hint="use temperature=0, or run the model in one process")
+        ids = self.tokens(prompt, chat=chat).ids[0].tolist()
+        return self.generate_batch([ids], max_tokens=max_tokens, taps=taps)[0]
+
+    def _gather(self, cache: ActivationCache, wanted: Sequence[str], logits: mx.array) -> ActivationCache:
+        """Send each rank's captures to rank 0 in one agreed order (global hook order, rank by rank),
+        in the logits' dtype (the same on every rank)."""
+        B, L = logits.shape[:2]
+        local, cache = cache, GatheredCache(self, cache.left_padding)
+        for name in local.keys():
+            cache.append(name, local[name], None)
         for r in range(1, self.size):
             for name in [n for n in wanted if self.owner(n) == r]:
                 if self.rank == r:
-                    mx.eval(mx.distributed.send(cache[name], dst=0, group=self.group))
+                    mx.eval(mx.distributed.send(cache[name].astype(logits.dtype), dst=0, group=self.group))
                 elif self.rank == 0:
                     shape = (B, L, *self._global_shape(name))
-                    got = mx.distributed.recv(shape, template.dtype, src=r, group=self.group)
+                    got = mx.distributed.recv(shape, logits.dtype, src=r, group=self.group)
                     mx.eval(got)
                     cache.append(name, got, None)
         return cache
@@ -216,19 +255,36 @@ class ShardedHookedModel(HookedModel):
         return self._shape_of(arch_spec(self.info.arch).sites[name.split(".", 2)[2]].kind)
 
 
+class GatheredCache(ActivationCache):
+    """The captures of a sharded forward, looked up by global hook name (rank 0 holds every rank's)."""
+
+    def __getitem__(self, name: str) -> mx.array:
+        name = self.hooked.global_name(name)
+        if name not in self:
+            raise KeyError(f"{name!r} was not captured on rank {self.hooked.rank}; captured: {len(self.keys())} "
+                           "hook points (rank 0 gathers every rank's)")
+        chunks = self._chunks[name]
+        if len(chunks) > 1:
+            self._chunks[name] = chunks = [mx.concatenate(chunks, axis=1)]
+        return chunks[0]
+
+
 def load_sharded(spec: str, group=None, dtype: str | None = None) -> ShardedHookedModel:
     """Load `spec` with this rank's blocks only (mx.distributed group: the launched one by default)."""
     from mlxinterp.core.loading import load_model
 
-    group = group or mx.distributed.init(strict=True)
-    if group.size() < 2:
+    if group is None:
+        try:
+            group = mx.distributed.init(strict=True)
+        except (RuntimeError, ValueError):
+            group = None
+    if group is None or group.size() < 2:
         raise ShardingError("layer sharding needs at least 2 ranks; this process is alone",
                             hint="start it with `mlx.launch -n 2 --backend ring python ...`")
     held: dict[str, Any] = {}
 
     def shard(model):
-        first = next(v for _, v in __import__("mlx.utils", fromlist=["tree_flatten"]).tree_flatten(model.parameters())
-                     if mx.issubdtype(v.dtype, mx.floating))
+        first = next(v for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating))
         held["layers"] = shard_model(model, group.rank(), group.size(), group, first.dtype)
         return model
 

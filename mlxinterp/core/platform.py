@@ -15,8 +15,8 @@ import re
 import sys
 from pathlib import Path
 
-from mlxinterp.core.errors import MlxInterpError
-from mlxinterp.core.validate import env_bytes, parse_bytes  # noqa: F401  (parse_bytes: re-exported for the CLI)
+from mlxinterp.core.errors import EnvVarError
+from mlxinterp.core.validate import env_bytes, env_flag, parse_bytes  # noqa: F401  (parse_bytes: re-exported for the CLI)
 
 _REEXEC_FLAG = "MLXINTERP_BLAS_REEXEC"
 _OPENBLAS_GLOBS = (
@@ -43,11 +43,20 @@ def cache_dir() -> Path:
         except (OSError, ValueError):  # a name too long for the OS, or a NUL byte
             bad = True
         if bad:
-            raise MlxInterpError(f"environment variable MLXINTERP_CACHE={env[:80]!r} is not a directory",
+            raise EnvVarError(f"environment variable MLXINTERP_CACHE={env[:80]!r} is not a directory",
                                  hint="point it at a writable directory (it is created if missing), or unset it")
         return path
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "mlxinterp"
+
+
+def check_environment() -> None:
+    """Parse every MLXINTERP_* variable once, so a malformed one is a clear error before any work
+    (the CLI calls this first; the library parses each where it is used)."""
+    env_bytes("MLXINTERP_MEMORY_LIMIT")
+    env_flag("MLXINTERP_ALLOW_DOWNLOAD")
+    env_flag("MLXINTERP_DEBUG")
+    cache_dir()
 
 
 def default_device() -> str:

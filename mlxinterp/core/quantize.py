@@ -175,10 +175,3 @@ def dequantize(model):
     from mlx_lm.utils import dequantize_model
 
     return dequantize_model(model)
-
-
-def dequantize_weight(w, bits: int, group_size: int):
-    """dequantize(quantize(w)): exactly the weight MLX's quantized kernels multiply by."""
-    import mlx.core as mx
-
-    return mx.dequantize(*mx.quantize(w, group_size=group_size, bits=bits), group_size=group_size, bits=bits)

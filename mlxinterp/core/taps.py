@@ -9,6 +9,11 @@ not touched at all: logits stay bit-identical to plain mlx-lm.
 
 Positions are counted per sequence from its first real token (left padding is
 skipped), and keep counting through generation with the KV cache.
+
+Every tap also takes `rows=`: the batch rows it acts on (default all), so the
+rows of one batched forward or `generate_batch` can carry different
+interventions (a steering sweep as one batch: one Add per row, or one Add
+with a per-row `scale`).
 """
 from __future__ import annotations
 
@@ -45,16 +50,18 @@ class TapContext:
         self._masks = {} if masks is None else masks  # shared across one forward's hook points
         self.padded = bool((seq_pos < 0).any()) if padded is None else padded
 
-    def mask(self, positions: Positions, when: str = "both") -> mx.array | None:
+    def mask(self, positions: Positions, when: str = "both", rows: Sequence[int] | None = None) -> mx.array | None:
         """Boolean [B, L] mask of columns a tap applies to; None means all columns."""
-        key = (_key(positions), when)
+        key = (_key(positions), when, None if rows is None else tuple(rows))
         if key not in self._masks:
-            self._masks[key] = self._build_mask(positions, when)
+            self._masks[key] = self._build_mask(positions, when, rows)
         return self._masks[key]
 
-    def _build_mask(self, positions: Positions, when: str) -> mx.array | None:
+    def _build_mask(self, positions: Positions, when: str, rows: Sequence[int] | None = None) -> mx.array | None:
         pos = self.seq_pos
         m = _position_mask(positions, pos, self.prompt_len)
+        if rows is not None:
+            m = _row_mask(rows, pos.shape[0])[:, None] & (True if m is None else m)
         if when != "both":  # a plain forward (prompt_len None) is all prompt
             gen = pos >= self.prompt_len[:, None] if self.prompt_len is not None else np.zeros(pos.shape, bool)
             m = (gen if when == "generated" else ~gen) & (True if m is None else m)
@@ -63,6 +70,16 @@ class TapContext:
         if m is None or bool(np.all(m)):
             return None
         return mx.array(m)
+
+
+def _row_mask(rows: Sequence[int], B: int) -> np.ndarray:
+    """[B] bool for a rows= selector; a row past the batch is a mistake, not a no-op."""
+    bad = [r for r in rows if not -B <= r < B]
+    if bad:
+        raise TapError(f"rows={list(rows)!r:.60} names row {bad[0]}; this forward has {B} rows (0..{B - 1})")
+    m = np.zeros(B, bool)
+    m[list(rows)] = True
+    return m
 
 
 def _key(positions: Positions) -> Any:
@@ -215,20 +232,28 @@ def _largest(arr: mx.array) -> float:
 
 @dataclass(kw_only=True, eq=False)
 class Tap:
-    """Base: positions, phase ('both' | 'prompt' | 'generated') and an optional head subset.
+    """Base: positions, phase ('both' | 'prompt' | 'generated'), an optional head subset and batch rows.
 
-    These three are keyword-only on every tap: `Add(v, 2.0, positions="last")`.
+    These four are keyword-only on every tap: `Add(v, 2.0, positions="last", rows=[0, 2])`.
     """
 
     positions: Positions = None
     when: str = "both"
     heads: Sequence[int] | None = None
+    rows: Sequence[int] | None = None
 
     def validate(self, feature_shape: tuple[int, ...], name: str) -> None:
         """Check arguments against the hook point before any forward runs."""
         _check_positions(self.positions)
         if self.when not in WHEN:
             raise TapError(f"when={self.when!r} is not allowed; use one of {WHEN}")
+        if self.rows is not None:
+            rows = self.rows
+            if isinstance(rows, (str, bytes, np.ndarray, mx.array)) or not isinstance(rows, (list, tuple, range)) \
+                    or not rows or not all(isinstance(r, (int, np.integer)) and not isinstance(r, (bool, np.bool_)) for r in rows):
+                raise TapError(f"rows={rows!r:.60} is not allowed; use a non-empty list of batch row indices, "
+                               "e.g. rows=[0, 2]")
+            self.rows = tuple(int(r) for r in rows)
         if self.heads is not None:
             heads = self.heads
             if isinstance(heads, (str, bytes, np.ndarray, mx.array)) or not isinstance(heads, (list, tuple, range)) \
@@ -252,9 +277,9 @@ class Tap:
         return mx.array(m)
 
     def _blend(self, a: mx.array, new: mx.array, ctx: TapContext) -> mx.array:
-        if self.positions is None and self.heads is None and not ctx.padded and (self.when == "both" or (self.when == "prompt" and ctx.prompt_len is None)):
+        if self.positions is None and self.heads is None and self.rows is None and not ctx.padded and (self.when == "both" or (self.when == "prompt" and ctx.prompt_len is None)):
             return new if new.dtype == a.dtype else new.astype(a.dtype)  # everywhere: no mask needed
-        return _apply(a, new, ctx.mask(self.positions, self.when), self._head_mask(ctx))
+        return _apply(a, new, ctx.mask(self.positions, self.when, self.rows), self._head_mask(ctx))
 
 
 @dataclass(eq=False)
@@ -281,27 +306,44 @@ class Capture(Tap):
 
 @dataclass(eq=False)
 class Add(Tap):
-    """a + scale * vector (steering). vector: feature shape, or [L, ...] / [B, L, ...] aligned to the chunk."""
+    """a + scale * vector (steering).
+
+    vector: feature shape, or [L, ...] / [B, L, ...] aligned to the chunk, or
+    [B, 1, ...]: one vector per batch row, at every position. scale: a number,
+    or one number per batch row (a strength sweep as one batched generation).
+    """
 
     vector: Any = None
-    scale: float = 1.0
+    scale: float | Sequence[float] = 1.0
 
     def validate(self, feature_shape, name):
         super().validate(feature_shape, name)
         self.vector = _as_vector(self.vector, feature_shape, f"steering vector for {name}")
-        _finite_number(self.scale, "scale")
-        if abs(float(self.scale)) * _largest(self.vector) > FLOAT32_MAX:
-            raise TapError(f"scale={self.scale!r} times the steering vector's largest entry {_largest(self.vector):.3g} "
+        scales = _scales(self.scale)
+        per_row = _per_row(self.scale)
+        shown = tuple(scales.tolist()) if per_row else self.scale  # a plain number as written: 10, not 10.0
+        self.scale = shown if per_row else float(scales[0])
+        if float(np.abs(scales).max()) * _largest(self.vector) > FLOAT32_MAX:
+            raise TapError(f"scale={shown!r} times the steering vector's largest entry {_largest(self.vector):.3g} "
                            f"at {name} overflows float32 (largest finite value {FLOAT32_MAX:.3g})",
                            hint="steering values are on the scale of the activations (`mlxinterp hooks` shows "
                                 "hook shapes; directions report their norm relative to the residual)")
 
     def describe(self) -> str:
-        return f"Add(scale={float(self.scale):g}, |vector|max={_largest(self.vector):.3g})"
+        s = _scales(self.scale)
+        scale = f"[{', '.join(f'{x:g}' for x in s[:4])}{', ...' if s.size > 4 else ''}]" if _per_row(self.scale) \
+            else f"{float(s[0]):g}"
+        return f"Add(scale={scale}, |vector|max={_largest(self.vector):.3g})"
 
     def __call__(self, a, ctx):
-        v = _align(self.vector, a, ctx)
-        new = a.astype(mx.float32) + float(self.scale) * v.astype(mx.float32)
+        v = _align(self.vector, a, ctx).astype(mx.float32)
+        if not _per_row(self.scale):
+            new = a.astype(mx.float32) + float(self.scale) * v
+        else:
+            s = _scales(self.scale)
+            if s.size != a.shape[0]:
+                raise TapError(f"{s.size} per-row scales at {ctx.name}; this forward has {a.shape[0]} rows")
+            new = a.astype(mx.float32) + mx.array(s.astype(np.float32)).reshape((-1,) + (1,) * (a.ndim - 1)) * v
         return self._blend(a, new, ctx)
 
 
@@ -425,6 +467,25 @@ class Fn(Tap):
         return self._blend(a, new, ctx)
 
 
+def _per_row(scale) -> bool:
+    return isinstance(scale, (list, tuple)) or isinstance(scale, (np.ndarray, mx.array)) and scale.ndim > 0
+
+
+def _scales(scale) -> np.ndarray:
+    """Add's scale as a float64 vector (one entry for a plain number), each entry checked."""
+    if _per_row(scale):
+        if isinstance(scale, (np.ndarray, mx.array)) and scale.ndim != 1:
+            raise TapError(f"scale of shape {tuple(scale.shape)} is not allowed; use a number, or one number per batch row")
+        vals = list(np.asarray(scale)) if isinstance(scale, (np.ndarray, mx.array)) else list(scale)
+        if not vals:
+            raise TapError("scale=[] is not allowed; use a number, or one number per batch row")
+        for x in vals:
+            _finite_number(x, "scale")
+        return np.asarray(vals, np.float64)
+    _finite_number(scale, "scale")
+    return np.asarray([float(scale)])
+
+
 def _finite_number(x, what: str) -> None:
     """A scalar argument (scale, factor) must be a finite real number, not a string or NaN."""
     try:
@@ -448,7 +509,7 @@ def _align(value: mx.array, a: mx.array, ctx: TapContext) -> mx.array:
     if value.ndim == a.ndim and value.shape[0] not in (1, a.shape[0]):
         raise TapError(f"value for {ctx.name} has batch size {value.shape[0]}; this forward has {a.shape[0]} rows")
     seq_len = value.shape[-n_feat - 1]
-    if seq_len == L:
+    if seq_len == L or seq_len == 1 and value.ndim == a.ndim:  # [B, 1, ...]: one value per row, every position
         return value
     starts = ctx.seq_pos[:, 0]
     if seq_len > L and (starts == starts[0]).all() and starts[0] >= 0 and starts[0] + L <= seq_len:

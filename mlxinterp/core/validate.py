@@ -21,12 +21,13 @@ import dataclasses
 import math
 import numbers
 import os
+import types as types_module
 import typing
 from typing import Any
 
 import numpy as np
 
-from mlxinterp.core.errors import MlxInterpError, ModelFileError, PromptError
+from mlxinterp.core.errors import EnvVarError, MlxInterpError, ModelFileError, PromptError
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # ~3.4e38: beyond it a value is inf in float32
 INT64_MAX = 2**63 - 1
@@ -114,7 +115,7 @@ def env_bytes(name: str) -> int | None:
     except (ValueError, OverflowError):
         n = 0
     if n <= 0:
-        raise MlxInterpError(f"environment variable {name}={_short(raw)} is not a size; use e.g. 8GB, 512MB "
+        raise EnvVarError(f"environment variable {name}={_short(raw)} is not a size; use e.g. 8GB, 512MB "
                              "or a number of bytes > 0", hint=f"fix or unset {name}")
     return n
 
@@ -143,7 +144,7 @@ def env_flag(name: str) -> bool:
         return True
     if raw in _FALSE:
         return False
-    raise MlxInterpError(f"environment variable {name}={_short(os.environ[name])} is not allowed; "
+    raise EnvVarError(f"environment variable {name}={_short(os.environ[name])} is not allowed; "
                          f"use 1/true/yes or 0/false/no", hint=f"fix or unset {name}")
 
 
@@ -195,7 +196,9 @@ def check_config(cfg: Any, where: str, key_names: dict[str, str] | None = None, 
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise bad(key, "use a finite number > 0")
     for key, kind in args_fields.get("types", {}).items():
-        if key in c and c[key] is not None and not _is_kind(c[key], kind):
+        if key not in c or c[key] is None and key in args_fields["nullable"]:
+            continue
+        if not _is_kind(c[key], kind):
             raise bad(key, f"mlx-lm's {arch} model takes {kind.__name__}")
     for key in args_fields.get("required", ()):
         if key not in c:
@@ -238,19 +241,22 @@ def _model_args_fields(cfg: dict) -> dict[str, Any]:
     args = getattr(mod, "ModelArgs", None)
     if args is None or not dataclasses.is_dataclass(args):
         return {}
-    required, defaults, types = [], [], {}
+    required, defaults, types, nullable = [], [], {}, []
     for f in dataclasses.fields(args):
         if f.name in ("model_type", "text_config"):
             continue
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         (defaults if has_default else required).append(f.name)
         kind = f.type
-        if typing.get_origin(kind) is typing.Union:  # Optional[int] -> int
+        if typing.get_origin(kind) in (typing.Union, types_module.UnionType):  # Optional[int] -> int
             inner = [a for a in typing.get_args(kind) if a is not type(None)]
+            nullable.append(f.name)
             kind = inner[0] if len(inner) == 1 else None
+        elif f.default is None:
+            nullable.append(f.name)
         if kind in (int, float, bool, str):
             types[f.name] = kind
-    return {"required": required, "defaults": defaults, "types": types}
+    return {"required": required, "defaults": defaults, "types": types, "nullable": nullable}
 
 
 # ---------------------------------------------------------------- weights
@@ -278,7 +284,7 @@ def check_parameter_dtypes(model: Any, where: str) -> None:
 
 
 def check_finite_parameters(model: Any, where: str) -> None:
-    """No NaN or inf in any floating parameter: one reduction per tensor, evaluated together.
+    """No NaN or inf in any floating parameter: one sum per tensor, evaluated together.
 
     A single NaN weight makes every logit NaN, and greedy decoding then emits
     token 0 (padding) forever and exits cleanly: a silent wrong result.
@@ -289,7 +295,9 @@ def check_finite_parameters(model: Any, where: str) -> None:
     items = [(n, p) for n, p in tree_flatten(model.parameters()) if mx.issubdtype(p.dtype, mx.floating)]
     if not items:
         return
-    flags = mx.stack([mx.all(mx.isfinite(p)) for _, p in items])
+    # A sum is NaN or inf exactly when an element is (finite float32 weights would need entries
+    # near 1e30 to overflow it), and it reads each tensor once without a mask the size of the weights.
+    flags = mx.stack([mx.isfinite(mx.sum(p)) for _, p in items])
     ok = np.array(flags)
     if ok.all():
         return

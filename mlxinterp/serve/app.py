@@ -28,6 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mlxinterp.analysis.controlvec import LayerVectors, import_llama_cpp, load_vectors
+from mlxinterp.analysis.tuned_lens import TunedLens
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.serve import engine, files
 from mlxinterp.serve.engine import Limits, RequestError
@@ -47,6 +48,7 @@ class ServeConfig:
     loopback_only: bool = True  # check the Host header names loopback (DNS-rebinding guard)
     queue: int = 2
     limits: Limits = field(default_factory=Limits)
+    tuned_lens: Path | None = None  # a tuned lens for this model (mlxinterp tuned-lens): the lens's "tuned" mode
 
 
 def new_token() -> str:
@@ -130,7 +132,11 @@ class Explorer:
     def __init__(self, hm, config: ServeConfig):
         self.hm, self.config, self.limits = hm, config, config.limits
         self.worker = Worker(config.queue)
-        self._baselines: dict = {}
+        self.tuned = None
+        if config.tuned_lens is not None:
+            self.tuned = TunedLens.load(config.tuned_lens)
+            self.tuned.check_model(hm)
+        self._steer_memo: dict = {}  # unsteered texts and residual norms between slider moves
         self._contrast: dict = {}
         self._vector_lock = threading.Lock()
 
@@ -154,12 +160,13 @@ class Explorer:
         return resp
 
     async def info(self, request: Request) -> Response:
-        return JSONResponse({**engine.info(self.hm), "limits": self.limits.__dict__, "busy": self.worker.pending})
+        return JSONResponse({**engine.info(self.hm, self.tuned), "limits": self.limits.__dict__,
+                             "busy": self.worker.pending})
 
     async def lens(self, request: Request) -> Response:
         b = await self._body(request)
         res = await self.worker.run(engine.lens_grid, self.hm, b.get("prompt"), self.limits, b.get("mode", "normed"),
-                                    b.get("top_k", 5), b.get("target") or None)
+                                    b.get("top_k", 5), b.get("target") or None, self.tuned)
         return JSONResponse(res)
 
     async def attention(self, request: Request) -> Response:
@@ -205,7 +212,7 @@ class Explorer:
         def events(cancel):
             vectors = self._vectors(b.get("vector"), b.get("layers"))
             yield from engine.steer_events(self.hm, b.get("prompt"), vectors, b.get("strength_pct", 0.0),
-                                           b.get("max_tokens", 24), self.limits, cancel, self._baselines)
+                                           b.get("max_tokens", 24), self.limits, cancel, self._steer_memo)
 
         stream = self.worker.stream(events)
         first = await stream.__anext__()  # validation errors surface here, as a 4xx, before any 200 is sent
@@ -227,7 +234,8 @@ class Explorer:
         b = await self._body(request)
         return JSONResponse(await self.worker.run(engine.patch_grid, self.hm, b.get("clean"), b.get("corrupt"),
                                                   b.get("target"), b.get("foil") or None,
-                                                  b.get("hook", "hook_resid_pre"), self.limits))
+                                                  b.get("hook", "hook_resid_pre"), self.limits,
+                                                  bool(b.get("estimate", False))))
 
     async def patch_cell(self, request: Request) -> Response:
         b = await self._body(request)

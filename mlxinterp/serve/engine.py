@@ -11,19 +11,23 @@ model for minutes.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
 from mlxinterp.analysis.attention import patterns_for
+from mlxinterp.analysis.attribution import attribute
 from mlxinterp.analysis.controlvec import LayerVectors
 from mlxinterp.analysis.directions import extract, steering_taps
 from mlxinterp.analysis.lens import layer_logits, target_id
 from mlxinterp.analysis.patching import forward_last, logit_diff, patch_sweep, token_logprob
+from mlxinterp.analysis.tuned_lens import TunedLens
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError
 
@@ -73,21 +77,25 @@ def _int(value, what: str, lo: int, hi: int) -> int:
     return int(value)
 
 
-def info(hm) -> dict:
-    return {**hm.info.to_dict(), "modes": list(MODES), "hooks": list(HOOKS)}
+def info(hm, tuned: TunedLens | None = None) -> dict:
+    return {**hm.info.to_dict(), "modes": list(MODES) + (["tuned"] if tuned is not None else []), "hooks": list(HOOKS)}
 
 
 # ------------------------------------------------------------------ logit lens
 def lens_grid(hm, prompt: str, limits: Limits, mode: str = "normed", top_k: int = 5,
-              target: str | None = None) -> dict:
+              target: str | None = None, tuned: TunedLens | None = None) -> dict:
     """Full-vocabulary logit lens at every (layer, position): top-k tokens, entropy, target rank.
 
     One forward capturing each block's output, then one unembedding of all
     layers x positions rows at once (the vocabulary matrix is read once, the
-    cost is a single [layers*positions, d] x [d, vocab] matmul).
+    cost is a single [layers*positions, d] x [d, vocab] matmul). mode "tuned"
+    translates each layer's residual with the tuned lens first (then the final
+    norm and unembedding, as analysis.tuned_lens trains it).
     """
-    if mode not in MODES:
-        raise RequestError(f"mode={mode!r} is not allowed; use one of {MODES}")
+    allowed = MODES + (("tuned",) if tuned is not None else ())
+    if mode not in allowed:
+        hint = "" if tuned is not None else " (start the server with --tuned-lens FILE for 'tuned')"
+        raise RequestError(f"mode={mode!r} is not allowed; use one of {allowed}{hint}")
     top_k = _int(top_k, "top_k", 1, limits.top_k)
     ids = ids_of(hm, prompt, limits)
     tid = None
@@ -97,7 +105,10 @@ def lens_grid(hm, prompt: str, limits: Limits, mode: str = "normed", top_k: int 
         tid = target_id(hm, target)
     t0 = time.perf_counter()
     _, cache = hm.run_with_cache(mx.array([ids]), names="hook_resid_post")
-    logits = layer_logits(hm, cache, slice(None), mode)  # [layers, L, V] float32
+    if mode == "tuned":
+        logits = hm.unembed(tuned.apply(cache.stack("hook_resid_post")[:, 0]), normed=True)
+    else:
+        logits = layer_logits(hm, cache, slice(None), mode)  # [layers, L, V] float32
     n_layers, L, V = logits.shape
     mx.eval(logits)
     rows = np.array(logits, copy=False).reshape(n_layers * L, V)  # a view: no 350 MB copy
@@ -136,9 +147,6 @@ def reduce_rows(logits: np.ndarray, top_k: int, target: int | None = None, threa
     logits all lie in the k blocks with the largest maxima (any other block has k blocks with a
     larger maximum above it), so only k * 512 candidates per row are sorted.
     """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     R, V = logits.shape
     out = {"top_ids": np.zeros((R, top_k), np.int64), "top_probs": np.zeros((R, top_k), np.float32),
            "entropy": np.zeros(R, np.float32), "target_rank": np.zeros(R, np.int64),
@@ -222,8 +230,10 @@ def residual_norms(hm, ids: list[int], layers: Sequence[int]) -> dict[int, float
     return out
 
 
-def steering_plan(hm, vectors: LayerVectors, ids: list[int], strength_pct: float, limits: Limits) -> dict:
-    """Per-layer weights so that the added vector's norm is strength_pct % of that layer's residual norm."""
+def steering_plan(hm, vectors: LayerVectors, ids: list[int], strength_pct: float, limits: Limits,
+                  norm_cache: dict | None = None) -> dict:
+    """Per-layer weights so that the added vector's norm is strength_pct % of that layer's residual norm
+    (norm_cache: residual norms remembered per prompt and layers, so a slider move costs no extra forward)."""
     try:
         pct = float(strength_pct)
     except (TypeError, ValueError):
@@ -235,7 +245,13 @@ def steering_plan(hm, vectors: LayerVectors, ids: list[int], strength_pct: float
     bad = [l for l in vectors.layers if l >= hm.info.n_layers]
     if bad:
         raise RequestError(f"layers {bad} are out of range; this model has layers 0..{hm.info.n_layers - 1}")
-    resid = residual_norms(hm, ids, vectors.layers)
+    key = (tuple(ids), tuple(vectors.layers))
+    cache = norm_cache if norm_cache is not None else {}
+    if key not in cache:
+        if len(cache) > 64:
+            cache.clear()
+        cache[key] = residual_norms(hm, ids, vectors.layers)
+    resid = cache[key]
     norms = vectors.norms()
     weights = [pct / 100 * resid[l] / norms[l] if norms[l] > 0 else 0.0 for l in vectors.layers]
     return {"layers": vectors.layers, "weights": weights, "strength_pct": pct,
@@ -255,18 +271,20 @@ def stream_text(hm, ids: list[int], max_tokens: int, taps, cancel: threading.Eve
 
 
 def steer_events(hm, prompt: str, vectors: LayerVectors, strength_pct: float, max_tokens: int, limits: Limits,
-                 cancel: threading.Event, baseline_cache: dict) -> Iterator[dict]:
-    """Events for the playground: the plan, the steered text token by token, then the unsteered text
-    (remembered per prompt and length, so dragging the slider recomputes only the steered side)."""
+                 cancel: threading.Event, memo: dict) -> Iterator[dict]:
+    """Events for the playground: the plan, the steered text token by token, then the unsteered text.
+    memo (kept by the caller between requests) remembers the unsteered text per prompt and length and
+    the residual norms, so dragging the slider recomputes only the steered side."""
     max_tokens = _int(max_tokens, "max_tokens", 1, limits.max_tokens)
     ids = ids_of(hm, prompt, limits)
     t0 = time.perf_counter()
-    plan = steering_plan(hm, vectors, ids, strength_pct, limits)
+    plan = steering_plan(hm, vectors, ids, strength_pct, limits, memo.setdefault("norms", {}))
     yield {"event": "plan", **plan}
     taps = steering_taps(vectors.vectors, 1.0, plan["layers"], plan["weights"], hook="hook_resid_post")
     for i, (text, tok) in enumerate(stream_text(hm, ids, max_tokens, taps, cancel)):
         yield {"event": "token", "side": "steered", "i": i, "text": text, "id": tok,
                "t": round(time.perf_counter() - t0, 4)}
+    baseline_cache = memo.setdefault("baseline", {})
     key = (tuple(ids), max_tokens)
     if key in baseline_cache:
         pieces = baseline_cache[key]
@@ -307,16 +325,35 @@ def _patch_inputs(hm, clean, corrupt, hook, limits: Limits) -> tuple[list[int], 
     return c, k
 
 
-def patch_grid(hm, clean: str, corrupt: str, target: str, foil: str | None, hook: str, limits: Limits) -> dict:
-    """Layer x position heatmap: clean activation patched into the corrupt run (analysis.patching.patch_sweep)."""
+def patch_grid(hm, clean: str, corrupt: str, target: str, foil: str | None, hook: str, limits: Limits,
+               estimate: bool = False) -> dict:
+    """Layer x position heatmap: clean activation patched into the corrupt run (analysis.patching.patch_sweep);
+    estimate=True adds attribution patching's first-order estimate of every cell (analysis.attribution, AtP)
+    beside the exact values, with their correlation."""
     c, k = _patch_inputs(hm, clean, corrupt, hook, limits)
     metric, label = _metric(hm, target, foil)
     res = patch_sweep(hm, c, k, metric, hook=hook)
-    nan_free = lambda g: [[None if not math.isfinite(x) else round(x, 5) for x in row] for row in g]  # noqa: E731
-    return {"clean_prompt": clean, "corrupt_prompt": corrupt, "hook": hook, "metric": label, "layers": res.layers,
-            "positions": res.positions, "tokens": res.tokens, "clean_tokens": _decode(hm, c), "clean": res.clean,
-            "corrupt": res.corrupt, "grid": nan_free(res.metric), "normalised": nan_free(res.normalised),
-            "seconds": round(res.seconds, 3)}
+    nan_free = lambda g: [[None if not math.isfinite(x) else round(float(x), 5) for x in row] for row in g]  # noqa: E731
+    out = {"clean_prompt": clean, "corrupt_prompt": corrupt, "hook": hook, "metric": label, "layers": res.layers,
+           "positions": res.positions, "tokens": res.tokens, "clean_tokens": _decode(hm, c), "clean": res.clean,
+           "corrupt": res.corrupt, "grid": nan_free(res.metric), "normalised": nan_free(res.normalised),
+           "seconds": round(res.seconds, 3)}
+    if estimate:
+        t0 = time.perf_counter()
+        att = attribute(hm, c, k, metric, hooks=(hook,), method="atp")
+        est = np.stack([att.estimates[f"blocks.{l}.{hook}"] for l in res.layers])  # [layers, L]: effect on the metric
+        exact = np.array(res.metric) - res.corrupt
+        denom = res.clean - res.corrupt
+        out["atp"] = {"grid": nan_free(est + res.corrupt),
+                      "normalised": nan_free(est / denom if abs(denom) > 1e-9 else np.full_like(est, np.nan)),
+                      "pearson_r": _pearson(est.ravel(), exact.ravel()), "seconds": round(time.perf_counter() - t0, 3)}
+    return out
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    if a.std() == 0 or b.std() == 0:
+        return None
+    return round(float(np.corrcoef(a, b)[0, 1]), 4)
 
 
 def _top(logits: mx.array, hm, k: int) -> list:

@@ -11,6 +11,9 @@ import base64
 import re
 from pathlib import Path, PurePosixPath
 
+from safetensors import safe_open
+
+from mlxinterp.core.io import atomic_write_bytes, write_json
 from mlxinterp.serve.engine import RequestError
 
 # What the results browser serves, and as what: report pages, figures, result JSON, discussion notes.
@@ -100,8 +103,6 @@ def list_vectors(root: Path) -> list[dict]:
 def _per_layer_kind(path: Path) -> str | None:
     """'per-layer' when the file's tensors are layer.N (what import-vector writes), else None."""
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), "np") as f:
             keys = list(f.keys())
     except Exception:  # unreadable files are simply not offered
@@ -120,8 +121,6 @@ def save_upload(root: Path, body: dict, limit: int) -> Path:
     if len(kinds) != 1:
         raise RequestError("give exactly one of 'gguf' or 'safetensors' (base64 file contents)")
     data = _b64(body[kinds[0]], kinds[0], limit)
-    from mlxinterp.core.io import atomic_write_bytes, write_json
-
     folder = root.resolve() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{name}.{kinds[0]}"

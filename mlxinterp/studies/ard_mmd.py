@@ -5,8 +5,8 @@ the shared prompts, activations and Z bases are in mlxinterp.tasks.language_pair
 
 ARD-RBF lengthscales fitted to the two languages' token clouds with an L1 penalty on inverse
 lengthscales (Adam, mx.grad, mx.compile): "power" maximises the biased MMD^2 (selects
-language-discriminating coordinates); "seed" minimises the unbiased MMD^2 as the seed study
-specifies (degenerate).
+language-discriminating coordinates); "seed" minimises the unbiased MMD^2 as the Qwen2.5-3B subspace notes
+specify (degenerate).
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import stats as sps
 
 from mlxinterp.analysis import attribution as A
+from mlxinterp.analysis import circuits
 from mlxinterp.analysis.patching import logit_diff, patch_sweep
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.stats import bootstrap_ci
@@ -44,6 +45,9 @@ class AttributionPatchingConfig:
     check_k: int = 10  # exact patches per pair: top-k AtP cells + k random cells
     large_effect: float = 0.2  # layer kept when its largest resid_pre effect is >= this fraction of the total
     require_correct: bool = True  # keep only pairs the model gets right (off: plumbing tests on random weights)
+    circuit_pairs: int = 10  # EAP-IG circuits on the first pairs of the report split
+    circuit_steps: int = 8  # EAP-IG interpolation points
+    circuit_target: float = 0.8  # a circuit is the fewest top edges recovering this fraction of the effect
 
 
 def candidate_pairs(hm, seed: int = 0) -> list[dict]:
@@ -78,9 +82,27 @@ def _pair_result(hm, p: dict, cfg: AttributionPatchingConfig) -> dict:
     exact = np.array(sweep.metric) - sweep.corrupt  # [layers, L]
     est = np.stack([att.estimates[f"blocks.{l}.hook_resid_pre"] for l in range(hm.info.n_layers)])
     chk = A.check(hm, att, metric, k=cfg.check_k, seed=cfg.seed)
-    return {"kept": True, "clean": p["clean"], "corrupt": p["corrupt"], "clean_metric": att.clean_metric,
+    return {"kept": True, "target": p["target"], "foil": p["foil"], "clean": p["clean"], "corrupt": p["corrupt"], "clean_metric": att.clean_metric,
             "corrupt_metric": att.corrupt_metric, "resid_exact": exact.tolist(), "resid_atp": est.tolist(),
             "check": {k: v for k, v in chk.items() if k != "points"}, "check_points": chk["points"]}
+
+
+def _circuit(hm, p: dict, cfg: AttributionPatchingConfig) -> dict:
+    """EAP-IG over heads and MLPs for one pair: circuit size and the faithfulness curve."""
+    c = circuits.find_circuit(hm, p["clean"], p["corrupt"], logit_diff(hm, p["target"], p["foil"]),
+                              steps=cfg.circuit_steps, target=cfg.circuit_target)
+    return {"clean": p["clean"], "n_edges": c.n_edges, "n_edges_total": len(c.ranked),
+            "recovered": {str(n): r for n, r in zip(c.curve_edges, c.recovered)}, "edges": c.edges()}
+
+
+def _edge_counts(circ: list[dict]) -> list[dict]:
+    """Edges by the number of pairs whose circuit contains them (most frequent first)."""
+    counts: dict[str, int] = {}
+    for c in circ:
+        for e in c["edges"]:
+            key = f"{e['sender']}->{e['receiver']}"
+            counts[key] = counts.get(key, 0) + 1
+    return [{"edge": k, "pairs": v} for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:20]]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -119,6 +141,8 @@ def attribution_patching(hm, cfg: AttributionPatchingConfig, ctx) -> dict:
     chk_rho = [r["check"]["spearman"] for r in report]
     chk_sign = [r["check"]["sign_agreement"] for r in report]
     ci = lambda xs: bootstrap_ci([x for x in xs if x is not None], np.median, seed=cfg.seed)  # noqa: E731
+    circ = ctx.map("circuits", [{k: r[k] for k in ("clean", "corrupt", "target", "foil")}
+                                for r in report[:cfg.circuit_pairs]], lambda p: _circuit(hm, p, cfg))
     _figure(ctx, kept[half:], per_layer, large, hm.info.n_layers)
     s = Summary()
     s.add("resid_spearman_large_layers", f"AtP vs exact, resid_pre at layers {large} (chosen on the other split), "
@@ -130,9 +154,14 @@ def attribution_patching(hm, cfg: AttributionPatchingConfig, ctx) -> dict:
     s.add("check_spearman", f"all hooks incl. heads, top-{cfg.check_k} + {cfg.check_k} random cells checked: "
           "median Spearman [95% CI]", ci(chk_rho))
     s.add("check_sign_agreement", "same cells: median sign agreement [95% CI]", ci(chk_sign))
+    if circ:
+        s.add("circuit_edges", f"EAP-IG circuit size: fewest top edges recovering >= {cfg.circuit_target:.0%} of the "
+              f"effect (exact edge patching), median over {len(circ)} pairs [95% CI]", ci([c["n_edges"] for c in circ]))
+        s.add("circuit_recovered_at_10", "metric recovered by the top-10 edges, median [95% CI]",
+              ci([c["recovered"].get("10") for c in circ]))
     s.add("pairs", "pairs kept (model right on both sides) / tried; selection / report split",
           f"{len(kept)} / {tried}; {half} / {len(kept) - half}")
-    return {**s.to_result(), "large_effect_layers": large, "large_effect_threshold": cfg.large_effect,
+    return {**s.to_result(), "circuits": circ, "circuit_edge_counts": _edge_counts(circ), "large_effect_layers": large, "large_effect_threshold": cfg.large_effect,
             "layer_effect_share_selection": share[:half].mean(0).round(4).tolist(),
             "per_layer_spearman_median": [None if not [x for x in v if x is not None] else
                                           float(np.median([x for x in v if x is not None])) for v in per_layer],

@@ -135,7 +135,9 @@ def patch_query(hm, job: dict, batch_size: int, reuse_prefix: bool = True) -> di
 def fix_matrix(done: list[dict], arm: str) -> np.ndarray:
     """[queries, pairs] booleans: did the pair make the answer top-1? (queries already top-1 left out)."""
     rows = [d[arm]["top1"] for d in done if d.get(arm) and not d["already_top1_unbatched"]]
-    return np.array(rows, bool).reshape(len(rows), -1)
+    if not rows:  # no query in this subset (e.g. none answers both single hops): an empty matrix, not a crash
+        return np.zeros((0, 0), bool)
+    return np.array(rows, bool)
 
 
 def loo_best_pair(fixed: np.ndarray) -> np.ndarray:
@@ -180,14 +182,17 @@ def analyse(done: list[dict], pairs: list[tuple[int, int]]) -> dict:
         }
     ranks = np.array([d["baseline"]["rank"] for d in kept])
     if out.get("own") and out.get("control"):
-        a, b = fix_matrix(kept, "own").any(axis=1), fix_matrix(kept, "control").any(axis=1)
+        # paired comparisons only over queries with both arms (a query without a same-family donor has no control)
+        paired = [d for d in kept if d.get("own") and d.get("control")]
+        a, b = fix_matrix(paired, "own").any(axis=1), fix_matrix(paired, "control").any(axis=1)
+        paired_ranks = np.array([d["baseline"]["rank"] for d in paired])
         own_only, ctl_only = int((a & ~b).sum()), int((~a & b).sum())
         out["oracle_own_vs_control"] = {
             "both": int((a & b).sum()), "own_only": own_only, "control_only": ctl_only, "neither": int((~a & ~b).sum()),
             "mcnemar_exact_p": float(binomtest(own_only, own_only + ctl_only).pvalue) if own_only + ctl_only else None}
         out["oracle_by_baseline_rank"] = {  # answer already second (rank 1) vs further down
             name: {"own": proportion_ci(int(a[m].sum()), int(m.sum())), "control": proportion_ci(int(b[m].sum()), int(m.sum()))}
-            for name, m in (("rank_1", ranks <= 1), ("rank_2_or_more", ranks > 1))}
+            for name, m in (("rank_1", paired_ranks <= 1), ("rank_2_or_more", paired_ranks > 1))}
     if out.get("own") and len(kept):
         fixed = fix_matrix(kept, "own").any(axis=1)
         out["baseline_rank_median"] = {"fixed": float(np.median(ranks[fixed])) if fixed.any() else None,
@@ -245,6 +250,17 @@ def pair_grid(per_pair: list[int], n: int, pairs: list[tuple[int, int]], L: int)
 def _figures(an: dict, pairs, L: int, ctx) -> None:
     a = an["all_wrong"]
     arms = [arm for arm in ("own", "control") if a.get(arm)]
+    if not arms:
+        fig, ax = subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "no wrong query to patch", ha="center", va="center")
+        ax.axis("off")
+        ctx.save_figure("backpatch_pairs", fig)
+    else:
+        _pair_maps(a, arms, pairs, L, ctx)
+    _rates_figure(an, ctx)
+
+
+def _pair_maps(a: dict, arms: list[str], pairs, L: int, ctx) -> None:
     fig, axes = subplots(1, len(arms), figsize=(6 * len(arms), 5), squeeze=False)
     grids = {arm: pair_grid(a[arm]["per_pair_fixes"], a["n"], pairs, L) for arm in arms}
     top = max([0.05] + [float(np.nanmax(g)) for g in grids.values() if np.isfinite(g).any()])  # one scale for both
@@ -256,6 +272,8 @@ def _figures(an: dict, pairs, L: int, ctx) -> None:
     fig.tight_layout()
     ctx.save_figure("backpatch_pairs", fig)
 
+
+def _rates_figure(an: dict, ctx) -> None:
     rows = [("oracle, own", "own", "oracle_fix_rate"), ("oracle, donor", "control", "oracle_fix_rate"),
             ("LOO best pair, own", "own", "loo_best_pair_fix_rate"), ("LOO best pair, donor", "control", "loo_best_pair_fix_rate"),
             ("a priori pair, own", "own", "a_priori_pair_fix_rate"), ("a priori pair, donor", "control", "a_priori_pair_fix_rate")]

@@ -26,16 +26,33 @@ import mlx.core as mx
 import numpy as np
 
 from mlxinterp.analysis import scoring
-from mlxinterp.analysis.precision import DIRECTIONS, GRANULARITIES, PrecisionSwitch, plot_shares, precision_patch
+from mlxinterp.analysis.precision import (
+    DIRECTIONS,
+    GRANULARITIES,
+    PrecisionSwitch,
+    plot_shares,
+    precision_patch,
+)
 from mlxinterp.analysis.stats import kl_divergence
 from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.hooks import ActivationCache, load
 from mlxinterp.core.quantize import parse_precision
+from mlxinterp.core.specs import parse_spec
+from mlxinterp.core.taps import Capture
 from mlxinterp.suite import experiment
 from mlxinterp.tasks import data
 from mlxinterp.tasks import twohop as TH
-from mlxinterp.tasks.refusal import RefusalConfig, add_taps, layer_directions, post_instruction_k, reuse_or_select, split
+from mlxinterp.tasks.refusal import (
+    RefusalConfig,
+    add_taps,
+    formatted,
+    layer_directions,
+    post_instruction_k,
+    reuse_or_select,
+    split,
+)
 
-FINDINGS = ("lens", "steering")
+FINDINGS = ("lens", "direction", "steering")
 
 
 @dataclass
@@ -43,10 +60,10 @@ class PrecisionPatchingConfig:
     n: int = 12  # factual prompts for the lens finding
     seed: int = 0
     variants: tuple = ("4bit", "4bit-g32")
-    findings: tuple = FINDINGS
+    findings: tuple = ("lens", "direction")  # "steering" too: ~10x a lens evaluation (full-vocabulary scoring)
     granularity: str = "sublayer"  # layer | sublayer | projection
     directions: tuple = DIRECTIONS  # restore (float module in the quantized model) and/or quantize
-    reverse_findings: tuple = ("lens",)  # findings that also get the 'quantize' direction (steering costs ~3x)
+    reverse_findings: tuple = ("lens", "direction")  # findings that also get the "quantize" direction
     n_refusal: int = 16  # refusal train pairs for the direction (as the quantization study)
     n_steer: int = 12  # held-out harmless prompts steered
     steer_pct: float = 8.0
@@ -71,6 +88,32 @@ def lens_metric(hm, prompts: list[str]):
             ref.update(top=top, last=last)
         return {"lens_top1_agreement": (top == ref["top"]).mean(1),
                 "next_token_kl": kl_divergence(ref["last"], last)}
+
+    return metric
+
+
+def direction_metric(hm, cfg: PrecisionPatchingConfig, layer: int):
+    """Per refusal train pair: cosine between its harmful - harmless activation difference (resid_post at
+    `layer`, mean over the post-instruction positions: the terms whose mean is the refusal direction) on the
+    model as it is and on the float model (1 by construction on the float model)."""
+    sp = split(RefusalConfig(seed=cfg.seed))
+    harmful, harmless = sp["train"]["harmful"][: cfg.n_refusal], sp["train"]["harmless"][: cfg.n_refusal]
+    k = post_instruction_k(hm, harmful + harmless)
+    texts, chat = formatted(hm, harmful + harmless)
+    name = f"blocks.{layer}.hook_resid_post"
+    ref: dict = {}
+
+    def metric(model) -> dict[str, np.ndarray]:
+        batch = model.tokens(texts, chat=chat)
+        cache = ActivationCache(model, batch.left_padding)
+        with model.hooks([(name, Capture(store=cache))]):
+            model.forward(batch)  # the logits stay unevaluated: MLX is lazy, so blocks after `layer` never run
+        pooled = np.array(cache[name][:, -k:].astype(mx.float32).mean(axis=1))
+        diff = pooled[: len(harmful)] - pooled[len(harmful):]
+        if not ref:
+            ref["diff"] = diff
+        cos = np.sum(diff * ref["diff"], 1) / (np.linalg.norm(diff, axis=1) * np.linalg.norm(ref["diff"], axis=1))
+        return {"refusal_pair_cosine": cos}
 
     return metric
 
@@ -106,20 +149,28 @@ def _check(cfg: PrecisionPatchingConfig) -> None:
 def precision_patching(hm, cfg: PrecisionPatchingConfig, ctx) -> dict:
     """Which module's quantization changes a finding: float restored (or quantized) one module at a time."""
     _check(cfg)
+    if hm.info.quantization:  # the study quantizes modules itself: start from the float weights
+        hm = load(parse_spec(hm.info.spec)[0] + "@f32")
     items = data.load_json("twohop/queries.json")["items"]
     rng = np.random.default_rng(cfg.seed)
     prompts = [items[i]["hop2_prompt"] for i in sorted(rng.choice(len(items), size=cfg.n, replace=False))]
     layer, layer_source = (reuse_or_select(hm, ctx, RefusalConfig(seed=cfg.seed)) if "steering" in cfg.findings
                            else (None, None))
+    direction_layer = round(0.6 * (hm.info.n_layers - 1))  # the quantization study's directions layer
     jobs = [(v, f) for f in cfg.findings for v in cfg.variants]  # every variant of a finding, then the next
 
     def one(job) -> dict:
         variant, finding = job
         bits, gs = parse_precision(variant)
         sw = PrecisionSwitch(hm, bits, gs, cfg.granularity)
-        metric = lens_metric(hm, prompts) if finding == "lens" else steering_metric(hm, cfg, layer)
+        metric = (lens_metric(hm, prompts) if finding == "lens" else direction_metric(hm, cfg, direction_layer)
+                  if finding == "direction" else steering_metric(hm, cfg, layer))
         dirs = [d for d in cfg.directions if d == "restore" or finding in cfg.reverse_findings]
-        res = precision_patch(hm, metric, switch=sw, directions=dirs, seed=cfg.seed,
+        units = sw.units
+        if finding == "direction":  # modules after the direction's layer (or an untied unembedding) cannot move it
+            units = [u for u in units if u == "embed" or (u.startswith("blocks.")
+                                                          and int(u.split(".")[1]) <= direction_layer)]
+        res = precision_patch(hm, metric, switch=sw, directions=dirs, units=units, seed=cfg.seed,
                               progress=lambda msg: ctx.log(f"{variant} {finding}: {msg}"))
         seconds = res.pop("seconds")  # wall-clock time goes to the log only: results must not vary between runs
         n_units = len(res["units"])
@@ -139,7 +190,7 @@ def precision_patching(hm, cfg: PrecisionPatchingConfig, ctx) -> dict:
                 top = top_units(m[d], 3)
                 summary[f"{tag}: top {d} shares"] = ", ".join(f"{u} {s:.2f}" for u, s in top)
                 ctx.save_figure(f"shares_{r['precision']}_{metric}_{d}", plot_shares(r, metric, d))
-    return {"summary": summary, "prompts": prompts, "steer_layer": layer, "steer_layer_source": layer_source,
+    return {"summary": summary, "prompts": prompts, "direction_layer": direction_layer, "steer_layer": layer, "steer_layer_source": layer_source,
             "maps": rows}
 
 

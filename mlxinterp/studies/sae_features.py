@@ -46,7 +46,7 @@ class SAEFeaturesConfig:
     width: int = 4096
     k: int = 32
     tokens: int = 50_000  # training positions; full-size run: 1_000_000
-    epochs: int = 4
+    epochs: int = 2
     batch_size: int = 512
     ctx_len: int = 128
     eval_tokens: int = 8_000
@@ -106,7 +106,7 @@ def _sae(hm, cfg: SAEFeaturesConfig, ctx, hook: str, corpus):
     if cfg.sae_path:
         sae = load_sae(Path(cfg.sae_path))
         sae.check_model(hm)
-        return sae, {"source": cfg.sae_path}
+        return sae, {"source": cfg.sae_path, "train_tokens": sae.meta.get("training_tokens")}
     work = ctx.out_dir / "sae_work"
     bos = hm.info.bos_token_id if hm.info.needs_bos else None
     t0 = time.perf_counter()

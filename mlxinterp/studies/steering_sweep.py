@@ -44,6 +44,7 @@ from mlxinterp.analysis.patching import forward_last
 from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergence, proportion_ci
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
+from mlxinterp.suite import cost as C
 from mlxinterp.core import names as H
 
 FAMILIES = ("static", "flat", "donut", "gaussian", "bell", "connectome", "ablation", "svd_k3")
@@ -98,7 +99,29 @@ def profile_weights(kind: str, nl: int, static_layer: int, sep: np.ndarray | Non
     return w / w.sum()
 
 
-@experiment("steering_sweep", SteeringSweepConfig)
+def _cost(cfg: SteeringSweepConfig, hm) -> C.Cost:
+    """What steering_sweep computes (see the function below), token-rows counted with left padding."""
+    sd = style_data()
+    tok = lambda texts: max(hm.tokens(list(texts)).lengths)  # noqa: E731  (a batch is padded to its longest)
+    qs = sd["questions"][: cfg.n_dir + cfg.n]
+    st = sd["styles"][cfg.styles[0]]
+    fit_tok = tok(sd["template"].format(instruction=st["positive"], question=q) for q in qs)
+    eval_tok = tok(sd["eval_template"].format(question=q) for q in qs)
+    bleed_tok = tok(sd["bleed_prompts"][: cfg.n_bleed])
+    nl = hm.info.n_layers
+    # directions.collect (8 per batch) and forward_last on each side, then the per-layer ablation KL
+    fit = 2 * (C.forward(cfg.n_dir, fit_tok, batch=8) + C.forward(cfg.n_dir, fit_tok)) + nl * C.forward(cfg.n_dir, fit_tok)
+    score = 3 * C.forward(cfg.n, fit_tok + cfg.max_tokens, unembed_each=cfg.max_tokens + 1)
+    gen = C.generation(cfg.n, eval_tok, cfg.max_tokens) + C.generation(cfg.n_bleed, bleed_tok, cfg.bleed_tokens)
+    conds = _conditions(cfg, int(round(cfg.static_depth * (nl - 1))), nl)
+    steered = sum(c["family"] != "none" for c in conds)
+    per_cond = score + C.forward(cfg.n, eval_tok) + C.forward(cfg.n_bleed, bleed_tok)
+    total = (len(cfg.styles) * (fit + score) + gen + C.forward(cfg.n_bleed, bleed_tok)
+             + len(conds) * per_cond + steered * gen)
+    return total.with_items(len(conds))
+
+
+@experiment("steering_sweep", SteeringSweepConfig, cost=_cost)
 def steering_sweep(hm, cfg: SteeringSweepConfig, ctx) -> dict:
     """Style steering: ActAdd families x strength x layer vs a logits processor; style, fluency, bleed, collapse."""
     sd = style_data()

@@ -6,7 +6,7 @@ the shared prompts, activations and Z bases are in mlxinterp.tasks.language_pair
 Patch the English run's residual (hook_resid_pre of the layer, i.e. what that layer's attention
 reads) with Chinese content in Z, in Z-perp, or in full, aligned by mean broadcast or per-token
 optimal transport; greedy generation; answer change, output language and correctness per
-condition, against the seed study's success / partial / null criteria.
+condition, against the Qwen2.5-3B subspace notes' success / partial / null criteria.
 """
 from __future__ import annotations
 

@@ -209,7 +209,8 @@ def rows(memory_limit: int, context: int = memory.SUITE_CONTEXT, batch: int = me
         # what `load_model` would do on this machine with dtype=None (memory.choose_plan): float32 on a
         # CPU while it fits `memory_limit`, else the stored quantization
         plan, policy_note = memory.choose_plan(c.config(), limit=memory_limit)
-        here = f32 if plan.dtype == "float32" else stored
+        here = f32 if plan.dtype == "float32" else memory.estimate(
+            c.config(), None, context=context, batch=batch, activations=acts, limit=memory_limit)
         out.append({
             "repo": c.repo, "family": a.family, "model_type": a.model_type, "bits": c.bits,
             "group_size": c.group_size, "in_seed_004": a.in_seed, "n_params": c.n_params,

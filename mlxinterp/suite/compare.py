@@ -1,11 +1,12 @@
 """Compare a suite run with a reference run (e.g. the repository's committed results/).
 
-Every experiment writes a `summary`: its key numbers as text, most with a 95 % interval,
-e.g. "+0.503 [+0.500, +0.506]" or "75.0 % [46.8, 91.1] (9/12)". Two runs of the same
-experiment, model and config are compared summary entry by summary entry:
+Every experiment writes a `summary`: its key numbers, most with a 95 % interval, stored
+either as an interval ({"estimate", "low", "high", "n", ...}, core/interval.py) or as text
+("+0.503 [+0.500, +0.506]", "75.0 % [46.8, 91.1] (9/12)"). Two runs of the same experiment,
+model and config are compared summary entry by summary entry:
 
-- an estimate followed by an interval in the reference ("x [lo, hi]"): the new estimate must
-  lie inside the reference's interval (for the rare entry whose estimate lies outside its own
+- an interval in the reference (stored, or "x [lo, hi]" in text): the new estimate must
+  lie inside the reference's interval, with the same number of units n (for the rare entry whose estimate lies outside its own
   bootstrap interval: equal the reference's estimate within the tolerance below);
 - any other number (counts, layers, ratios): equal within `REL_TOL` relative or `ABS_TOL`
   absolute;
@@ -27,6 +28,7 @@ from typing import Any
 
 from mlxinterp.core import io
 from mlxinterp.core.errors import ResultsError
+from mlxinterp.core.interval import format_interval, is_interval
 from mlxinterp.suite.context import RESULT_FILE
 from mlxinterp.suite.provenance import differences, fingerprint_of
 
@@ -109,12 +111,29 @@ def compare_files(new_path: Path, ref_path: Path | None, model: str = "", experi
     setting_diffs = differences(fingerprint_of(ref), fingerprint_of(new))
     if setting_diffs:
         return ExperimentComparison(model, experiment, "not comparable", setting_diffs)
-    reasons, entries = compare_summaries(_summary(ref), _summary(new))
+    reasons, entries = compare_summaries(*aligned_summaries(ref, new))
     return ExperimentComparison(model, experiment, "differs" if reasons else "reproduced", reasons, entries)
 
 
 def _summary(record: dict) -> Any:
     return (record.get("result") or {}).get("summary", {})
+
+
+def aligned_summaries(ref: dict, new: dict) -> tuple[Any, Any]:
+    """The two summaries under common keys. Results written since summaries got stable keys
+    (suite/summary.py) keep the old human wording under `labels`; an entry whose key the other run
+    lacks is matched by its label, so a run compares with a reference from before the change."""
+    a, b = _summary(ref), _summary(new)
+    if isinstance(a, dict) and isinstance(b, dict):
+        b = _relabel(b, (new.get("result") or {}).get("labels"), a)
+        a = _relabel(a, (ref.get("result") or {}).get("labels"), b)
+    return a, b
+
+
+def _relabel(summary: dict, labels: Any, other: dict) -> dict:
+    if not isinstance(labels, dict):
+        return summary
+    return {labels[k] if k not in other and labels.get(k) in other else k: v for k, v in summary.items()}
 
 
 def compare_summaries(ref: Any, new: Any) -> tuple[list[str], int]:
@@ -135,7 +154,7 @@ def compare_summaries(ref: Any, new: Any) -> tuple[list[str], int]:
 
 
 def _flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(obj, dict):
+    if isinstance(obj, dict) and not is_interval(obj):
         for k, v in obj.items():
             yield from _flatten(v, f"{prefix}{k}" if not prefix else f"{prefix} / {k}")
     else:
@@ -144,6 +163,8 @@ def _flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 def compare_values(ref: Any, new: Any) -> str | None:
     """None when `new` reproduces `ref`, else why not."""
+    if is_interval(ref) or is_interval(new):
+        return _compare_interval(_as_interval(ref), _as_interval(new), ref, new)
     ref_text, new_text = _text(ref), _text(new)
     if ref_text == new_text:
         return None
@@ -165,6 +186,42 @@ def compare_values(ref: Any, new: Any) -> str | None:
     return None
 
 
+def _as_interval(value: Any) -> dict | None:
+    """A stored interval as is; text holding exactly one "x [lo, hi]" (x %: a percentage) as one; else None."""
+    if is_interval(value):
+        return dict(value)
+    found = list(_INTERVAL_RE.finditer(value)) if isinstance(value, str) else []
+    if len(found) != 1:
+        return None
+    scale = 0.01 if "%" in found[0].group(0) else 1.0
+    est, lo, hi = (scale * float(found[0].group(i)) for i in (1, 2, 3))
+    return {"estimate": est, "low": lo, "high": hi, "n": None}
+
+
+def _compare_interval(ref: dict | None, new: dict | None, ref_raw: Any, new_raw: Any) -> str | None:
+    """Intervals (stored, or one in text): the new estimate inside the reference's interval, the same
+    number of units and counts (k) within the tolerance where both runs record them."""
+    shown = f"reference {_shown(ref_raw)}, now {_shown(new_raw)}"
+    if ref is None or new is None:
+        return shown
+    r, n, lo, hi = ref["estimate"], new["estimate"], ref["low"], ref["high"]
+    if r is None or n is None:
+        return None if r is None and n is None else shown
+    units = [(x, ref.get(x), new.get(x)) for x in ("n", "k") if ref.get(x) is not None and new.get(x) is not None]
+    if any(a != b if x == "n" else not _close(a, b) for x, a, b in units):
+        return f"{shown} (n {ref.get('n')} -> {new.get('n')}, k {ref.get('k')} -> {new.get('k')})"
+    if lo is None or hi is None:
+        return None if _close(r, n) else shown
+    own_outside = not lo <= r <= hi
+    if lo <= n <= hi or (own_outside and _close(r, n)):
+        return None
+    return f"{shown} ({n:g} outside [{lo:g}, {hi:g}])"
+
+
+def _shown(value: Any) -> str:
+    return format_interval(value) if is_interval(value) else _text(value)
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value)
@@ -183,35 +240,3 @@ def _bound_positions(text: str) -> set[int]:
 
 def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
-
-
-# ------------------------------------------------------------------ time estimate
-
-
-def reference_seconds(reference: str | Path, spec: str, experiments: list[str]) -> tuple[float, list[str]]:
-    """Seconds the reference run spent on these experiments of model `spec` (from each result.json's
-    timings), and the experiments it has no timing for."""
-    total, missing = 0.0, []
-    by_name = {}
-    for (_, name), path in results(reference).items():
-        try:
-            record = io.read_json(path)
-        except ResultsError:
-            continue
-        if (record.get("model") or {}).get("spec") == spec:
-            by_name[name] = record.get("timings") or {}
-    for name in experiments:
-        t = by_name.get(name)
-        if t and isinstance(t.get("seconds"), (int, float)):
-            total += float(t["seconds"])
-        else:
-            missing.append(name)
-    return total, missing
-
-
-def duration(seconds: float) -> str:
-    """1 h 41 min / 12 min / 40 s."""
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    return f"{s // 60} min" if s >= 60 else f"{s} s"

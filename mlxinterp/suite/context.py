@@ -118,12 +118,13 @@ class Context:
         return None if record is None else record["result"]
 
     def results_across_models(self, name: str) -> list[tuple[dict, dict]]:
-        """(model info, result) of every *other* model with a finished `name` result in this run's output dir.
+        """(model info, result) of every model with a finished `name` result in this run's output dir.
 
-        For summary figures that compare models; sorted by parameter count,
-        then slug. Unreadable or unfinished results are left out. The running
-        model's own result of the running experiment is never included (it is
-        written after the experiment returns); its other experiments are.
+        For summary figures that compare models, never for numbers in a result;
+        sorted by parameter count, then slug. Unreadable or unfinished results
+        are left out. When `name` is the running experiment, the running model
+        is left out (its result.json is written after the experiment returns);
+        its results of other experiments are included.
         """
         root, me = self.out_dir.parent.parent, self.out_dir.parent.name
         found = []
@@ -218,7 +219,7 @@ def _reload(path: Path, hashes: list[str]) -> tuple[dict[int, Any], int, list[in
     scan = io.scan_jsonl(path)
     done: dict[int, Any] = {}
     bad, keep = list(scan.bad_lines), []
-    for rec, line, raw in zip(scan.records, scan.lines, scan.good.splitlines(keepends=True)):
+    for rec, line, raw in zip(scan.records, scan.lines, scan.good):
         i = rec.get("i") if isinstance(rec, dict) else None
         if not (isinstance(i, int) and not isinstance(i, bool) and isinstance(rec.get("h"), str) and "r" in rec):
             bad.append(line)

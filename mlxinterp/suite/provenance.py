@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -11,6 +12,7 @@ from typing import Any
 
 from mlxinterp.core import io
 from mlxinterp.core.errors import ResultsError
+from mlxinterp.core.platform import openblas_interposed
 
 FORMAT_VERSION = 1
 
@@ -19,13 +21,20 @@ FORMAT_VERSION = 1
 
 
 def versions() -> dict[str, str | None]:
-    """Versions that can change a result; read from package metadata (no heavy imports)."""
+    """Versions that can change a result; read from package metadata (no heavy imports).
+
+    Also the BLAS kernel family on a CPU: OpenBLAS picks its kernels per processor unless
+    OPENBLAS_CORETYPE pins them, and float32 results then differ in the 7th digit (enough to
+    move a borderline count by one), so a reproduction must match it too.
+    """
     out: dict[str, str | None] = {"python": platform.python_version()}
     for key, dist in (("mlx", "mlx"), ("mlx_lm", "mlx-lm"), ("numpy", "numpy"), ("mlxinterp", "mlxinterp")):
         try:
             out[key] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[key] = None
+    if openblas_interposed():
+        out["openblas_coretype"] = os.environ.get("OPENBLAS_CORETYPE") or "auto (this processor's)"
     return out
 
 

@@ -48,6 +48,7 @@ class Experiment:
     doc: str
     uses: tuple[str, ...] = ()  # experiments whose results it needs (same model, same run output dir)
     reuses: tuple[str, ...] = ()  # experiments whose results it reuses when present (else computes them)
+    cost: Callable[[Any, Any], Any] | None = None  # (config, loaded model) -> suite.cost.Cost, before it runs
 
     def reads(self) -> tuple[str, ...]:
         """Every experiment this one reads with ctx.result_of, required ones first."""
@@ -66,8 +67,8 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def experiment(name: str, config_cls: type, uses: Sequence[str] = (),
-               reuses: Sequence[str] = ()) -> Callable[[ExperimentFn], ExperimentFn]:
+def experiment(name: str, config_cls: type, uses: Sequence[str] = (), reuses: Sequence[str] = (),
+               cost: Callable[[Any, Any], Any] | None = None) -> Callable[[ExperimentFn], ExperimentFn]:
     """Register `fn(model, config, ctx) -> dict` as experiment `name`.
 
     `config_cls` must be a dataclass whose fields all have defaults; `run_all`
@@ -76,12 +77,18 @@ def experiment(name: str, config_cls: type, uses: Sequence[str] = (),
     `run_all` adds them to a run that lacks them and runs them first.
     `reuses` names experiments whose result it takes when present (run first
     when selected, never added). Names are checked when the run selects them.
+    `cost(config, model) -> mlxinterp.suite.cost.Cost` counts what the
+    experiment computes, for `run-suite --list --cost` and the estimate printed
+    before a run (suite/cost.py).
     """
     check_name(name, "experiment name")
     if not (dataclasses.is_dataclass(config_cls) and isinstance(config_cls, type)):
         raise MlxInterpError(f"experiment {name!r}: config must be a dataclass class, "
                              f"not {config_cls!r}")
     uses, reuses = _dependency_names(name, uses, "uses"), _dependency_names(name, reuses, "reuses")
+    if cost is not None and not callable(cost):
+        raise MlxInterpError(f"experiment {name!r}: cost={cost!r:.60} is not callable",
+                             hint="pass a function (config, model) -> mlxinterp.suite.cost.Cost")
 
     def register(fn: ExperimentFn) -> ExperimentFn:
         old = _REGISTRY.get(name)
@@ -89,7 +96,7 @@ def experiment(name: str, config_cls: type, uses: Sequence[str] = (),
             raise MlxInterpError(f"experiment {name!r} is registered twice: "
                                  f"{_origin(old.fn)} and {_origin(fn)}")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Experiment(name, config_cls, fn, doc[0].strip() if doc else "", uses, reuses)
+        _REGISTRY[name] = Experiment(name, config_cls, fn, doc[0].strip() if doc else "", uses, reuses, cost)
         return fn
 
     return register

@@ -37,7 +37,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from mlxinterp.core import io, memory, spill
 from mlxinterp.core.errors import ResultsError
 from mlxinterp.core.platform import SUITE_OUT, total_memory_bytes
-from mlxinterp.suite import distributed, planner, quantcheck, ranges
+from mlxinterp.suite import cost, distributed, planner, quantcheck, ranges
 from mlxinterp.suite.context import PARTIAL_DIR, RESULT_FILE, Context, append_log, say
 from mlxinterp.suite.provenance import (FORMAT_VERSION, differences, fingerprint, fingerprint_of, git_commit,
                                         mismatch, versions)
@@ -72,6 +72,7 @@ class _Run:
         self.console = progress.console
         self.log_file = out / "suite.log" if self.world.is_root else None
         self.runs: list[dict] = []
+        self.estimates: dict[str, dict] = {}
 
     def note(self, msg: str, style: str = "") -> None:
         say(self.console, msg, style)
@@ -84,6 +85,7 @@ class _Run:
         model = load_fn(spec)
         load_s = round(time.perf_counter() - t0, 3)
         try:
+            self.estimates = self._estimate(model, exps)
             for exp in exps:
                 self.progress.update(overall, description=f"{model.info.slug} · {exp.name}")
                 status = self.experiment(model, exp, load_s)
@@ -94,6 +96,19 @@ class _Run:
         finally:
             del model
             free_memory()
+
+    def _estimate(self, model: Any, exps: list[Experiment]) -> dict[str, dict]:
+        """Each experiment's cost and estimated seconds (suite/cost.py), announced once before they run."""
+        # not under mlx.launch: a sharded model's ranks would have to run the timing forwards in step
+        rates = cost.measure_rates(model) if hasattr(model, "unembed") and not self.world.distributed else None
+        configs = {e.name: make_config(e, self.n, self.seed, self.overrides.get(e.name)) for e in exps}
+        try:
+            est = cost.suite_estimate(exps, configs, model, rates, cost.DEFAULT_REFERENCE)
+        except Exception as exc:  # an estimate must never stop the run it describes
+            self.note(f"no time estimate ({type(exc).__name__}: {exc})", "yellow")
+            return {}
+        self.note(cost.summary_line(est))
+        return est["experiments"]
 
     def experiment(self, model: Any, exp: Experiment, load_s: float) -> str:
         """Run (or skip, or finish) one experiment on a loaded model; return what happened.
@@ -123,7 +138,8 @@ class _Run:
             raise ResultsError(f"experiment {exp.name!r} returned {type(result).__name__}, not a dict")
         _check_not_empty(exp, ctx, config)
         timings = {"started": started.isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - t0, 3),
-                   "model_load_seconds": load_s, "maps": ctx.map_timings, "resumed": status == "resumed"}
+                   "model_load_seconds": load_s, "maps": ctx.map_timings, "resumed": status == "resumed",
+                   "estimate": self.estimates.get(exp.name)}
         if self.world.distributed:
             timings["ranks"] = self.world.size
         if self.world.is_root:

@@ -178,9 +178,9 @@ def prob_metric(target: int) -> Callable:
 
 def head_variants(z_mean: np.ndarray) -> list[list[Patch]]:
     """One variant per (layer, head) in row-major order: the head's mean z at the last position."""
-    L, H = z_mean.shape[:2]
+    n_layers, n_heads = z_mean.shape[:2]
     return [[Patch(H.z(l), -1, z_mean[l, h].astype(np.float32), head=h)]
-            for l in range(L) for h in range(H)]
+            for l in range(n_layers) for h in range(n_heads)]
 
 
 def indirect_effects(hm, corrupt_prompt: str, target: int, z_mean: np.ndarray, batch_size: int = 32) -> dict:

@@ -8,7 +8,7 @@ once per loaded model and keep it in a memo that lives exactly as long as
 that model object: the memo is keyed weakly on the model, so when the suite
 frees a model (suite.runner.free_memory) its activations go with it.
 
-Layers are given as fractions of depth: the seed study's layers 32 and 33 of
+Layers are given as fractions of depth: the Qwen2.5-3B subspace notes' layers 32 and 33 of
 Qwen2.5-3B's 36 layers are 32/35 and 33/35, which map back to exactly 32
 and 33 on that model. The BOS position (identical in both languages at every
 layer, and an outlier in norm) is left out of every mean, cloud and patch
@@ -28,7 +28,7 @@ from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.tasks import data
 
 PAIRS_FILE = "crosslingual/pairs.json"
-SEED_FRACS = (32 / 35, 33 / 35)  # the seed study's L32 (approach) and L33 (bottleneck) of 36 layers
+SEED_FRACS = (32 / 35, 33 / 35)  # the Qwen2.5-3B subspace notes' L32 (approach) and L33 (bottleneck) of 36 layers
 LANGS = ("en", "zh")
 
 # model -> {key: value}; an entry disappears when its model object is freed (see the module docstring)

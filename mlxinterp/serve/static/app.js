@@ -128,14 +128,18 @@ function lensHover(td) {
 
 async function runLens(ev) {
   if (ev) ev.preventDefault();
+  let res = null;
   await guarded($("lens-status"), async () => {
-    LENS = await apiJSON("/api/lens", {
+    res = await apiJSON("/api/lens", {
       prompt: $("lens-prompt").value, target: $("lens-target").value, mode: $("lens-mode").value, top_k: 8,
     });
+    LENS = res;
     renderLens();
-    $("lens-status").dataset.seconds = LENS.seconds;
   });
-  $("lens-status").textContent += LENS ? ` (server ${LENS.seconds.toFixed(2)} s, ${LENS.n_layers} x ${LENS.tokens.length} x ${LENS.vocab_size.toLocaleString()} logits)` : "";
+  if (res) {
+    $("lens-status").textContent += ` (server ${res.seconds.toFixed(2)} s, ${res.n_layers} x ${res.tokens.length} x ` +
+      `${res.vocab_size.toLocaleString()} logits)`;
+  }
 }
 
 // ------------------------------------------------------------------ attention
@@ -311,6 +315,7 @@ function patchBody() {
 
 function renderPatch() {
   const res = PATCH, grid = $("patch-grid");
+  const norm = $("patch-show").value === "atp" && res.atp ? res.atp.normalised : res.normalised;
   grid.replaceChildren();
   const head = el("tr", {}, el("th", { text: "layer" }));
   res.positions.forEach((j) => head.append(el("th", { class: "col", text: showTok(res.tokens[j]), title: `position ${j}` })));
@@ -318,7 +323,7 @@ function renderPatch() {
   for (let i = res.layers.length - 1; i >= 0; i--) {
     const row = el("tr", {}, el("th", { text: String(res.layers[i]) }));
     res.positions.forEach((j, jj) => {
-      const v = res.normalised[i][jj];
+      const v = norm[i][jj];
       const bg = diverging(v);
       const td = el("td", { class: "cell", text: v === null ? "" : v.toFixed(2), dataset: { layer: res.layers[i], pos: j } });
       td.style.background = bg;
@@ -332,9 +337,10 @@ function renderPatch() {
 async function runPatch(ev) {
   if (ev) ev.preventDefault();
   await guarded($("patch-status"), async () => {
-    PATCH = await apiJSON("/api/patch", patchBody());
+    PATCH = await apiJSON("/api/patch", { ...patchBody(), estimate: true });
     renderPatch();
-    $("patch-cell").textContent = `metric ${PATCH.metric}: clean ${PATCH.clean.toFixed(3)}, corrupt ${PATCH.corrupt.toFixed(3)}. Click a cell.`;
+    const r = PATCH.atp && PATCH.atp.pearson_r !== null ? `; AtP estimate vs exact: r = ${PATCH.atp.pearson_r.toFixed(3)}` : "";
+    $("patch-cell").textContent = `metric ${PATCH.metric}: clean ${PATCH.clean.toFixed(3)}, corrupt ${PATCH.corrupt.toFixed(3)}${r}. Click a cell.`;
   });
 }
 
@@ -345,6 +351,11 @@ async function patchCell(td) {
     const res = await apiJSON("/api/patch/cell", { ...patchBody(), layer: +td.dataset.layer, position: +td.dataset.pos });
     const panel = $("patch-cell");
     panel.replaceChildren(el("div", { class: "hover-title", text: `layer ${res.layer}, position ${res.position} (${res.hook})` }));
+    if (PATCH && PATCH.atp) {
+      const i = PATCH.layers.indexOf(res.layer), j = PATCH.positions.indexOf(res.position);
+      const est = PATCH.atp.grid[i][j];
+      if (est !== null) panel.append(el("div", { class: "atp", text: `AtP estimate of the patched metric: ${est.toFixed(3)}` }));
+    }
     for (const key of ["patched", "corrupt", "clean"]) {
       panel.append(el("h4", { text: `${key}: ${res.metric} = ${res[key].metric.toFixed(3)}` }), distTable(res[key].top));
     }
@@ -413,6 +424,7 @@ async function start() {
   $("steer-source").addEventListener("change", () => { $("steer-contrast").hidden = $("steer-source").value !== "contrast"; });
   $("steer-upload").addEventListener("change", uploadVector);
   $("patch-form").addEventListener("submit", runPatch);
+  $("patch-show").addEventListener("change", () => PATCH && renderPatch());
   $("patch-grid").addEventListener("click", (e) => { const td = e.target.closest("td.cell"); if (td) patchCell(td); });
   try {
     INFO = await apiJSON("/api/info");
@@ -420,6 +432,7 @@ async function start() {
       `${INFO.n_heads} heads, vocabulary ${INFO.vocab_size.toLocaleString()}`;
     $("attn-layer").replaceChildren(...Array.from({ length: INFO.n_layers }, (_, l) => el("option", { value: l, text: String(l) })));
     $("patch-hook").replaceChildren(...INFO.hooks.map((h) => el("option", { value: h, text: h })));
+    if (INFO.modes.includes("tuned")) $("lens-mode").append(el("option", { value: "tuned", text: "tuned lens" }));
     $("steer-layers").placeholder = `e.g. ${Math.floor(INFO.n_layers / 2)} or 2-${INFO.n_layers - 2}`;
   } catch (e) { showError(e.message); }
   const view = location.hash.slice(1);

@@ -1,0 +1,139 @@
+"""Layer (pipeline) sharding: 2 and 3 local ranks under `mlx.launch` give the single-process numbers.
+
+Every rank runs WORKER (below); rank 0 writes what it saw to an .npz, which is
+compared with the same calls on the unsharded model in this process: logits,
+every captured hook point (gathered to rank 0), steering and ablation taps on
+blocks held by other ranks, and greedy generation with a tap.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import tiny
+
+from mlxinterp.core import taps as T
+from mlxinterp.core.hooks import load
+from mlxinterp.core.pipeline import ShardingError, load_sharded, split_layers
+
+LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).parent / "mlx.launch")
+needs_launch = pytest.mark.skipif(not Path(LAUNCH).exists(), reason="mlx.launch is not installed (it comes with mlx)")
+IDS = [1, 287, 414, 417, 279, 280, 300, 301, 302, 303, 304, 305]
+
+WORKER = textwrap.dedent('''
+    import sys
+    import mlx.core as mx
+    import numpy as np
+    from mlxinterp.core import taps as T
+    from mlxinterp.core.pipeline import load_sharded
+
+    path, out = sys.argv[1], sys.argv[2]
+    hm = load_sharded(path, dtype="native")
+    ids = mx.array([%(ids)s])
+    v = mx.array(np.random.default_rng(0).normal(size=hm.info.d_model).astype(np.float32))
+    last = hm.info.n_layers - 1
+    res = {"logits": hm(ids)}
+    logits, cache = hm.run_with_cache(ids)
+    with hm.hooks({f"blocks.{last}.hook_resid_pre": T.Add(v, 4.0), "blocks.0.hook_resid_post": T.Add(v, 2.0, positions=[3])}):
+        res["steered"] = hm(ids)
+    with hm.hooks({f"blocks.{last}.attn.hook_z": T.Ablate("zero", heads=[1])}):
+        res["ablated"] = hm(ids)
+    res["generated"] = mx.array(hm.generate(ids[0].tolist(), max_tokens=4,
+                                            taps={"blocks.1.hook_resid_post": T.Add(v, 3.0, when="generated")}).tokens)
+    if hm.rank == 0:
+        arrays = {k: np.array(a) for k, a in res.items()}
+        arrays.update({"cache/" + n: np.array(cache[n]) for n in cache.keys()})
+        np.savez(out, **arrays)
+''') % {"ids": IDS}
+
+
+def _free_port_pair(n: int) -> int:
+    for _ in range(50):
+        p = random.randint(20000, 60000)
+        socks = [socket.socket() for _ in range(n)]
+        try:
+            for i, s in enumerate(socks):
+                s.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free ports")
+
+
+def _single(path: Path) -> dict:
+    """The same calls on the whole model in this process."""
+    hm = load(str(path), dtype="native")
+    ids = mx.array([IDS])
+    v = mx.array(np.random.default_rng(0).normal(size=hm.info.d_model).astype(np.float32))
+    last = hm.info.n_layers - 1
+    res = {"logits": hm(ids)}
+    _, cache = hm.run_with_cache(ids)
+    with hm.hooks({f"blocks.{last}.hook_resid_pre": T.Add(v, 4.0), "blocks.0.hook_resid_post": T.Add(v, 2.0, positions=[3])}):
+        res["steered"] = hm(ids)
+    with hm.hooks({f"blocks.{last}.attn.hook_z": T.Ablate("zero", heads=[1])}):
+        res["ablated"] = hm(ids)
+    res["generated"] = mx.array(hm.generate(IDS, max_tokens=4,
+                                            taps={"blocks.1.hook_resid_post": T.Add(v, 3.0, when="generated")}).tokens)
+    out = {k: np.array(a) for k, a in res.items()}
+    out.update({"cache/" + n: np.array(cache[n]) for n in cache.keys()})
+    return out
+
+
+@needs_launch
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen3", "gemma3_text"])
+def test_sharded_run_equals_one_process(arch, ranks, tmp_path):
+    _check_sharded(tiny.write_tiny_model(tmp_path / arch, arch), ranks, tmp_path)
+
+
+@needs_launch
+@pytest.mark.slow
+@pytest.mark.real
+def test_sharded_default_model_equals_one_process(tmp_path):
+    from mlxinterp.core.loading import default_model_dir
+
+    _check_sharded(default_model_dir(), 2, tmp_path)
+
+
+def _check_sharded(path: Path, ranks: int, tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "rank0.npz"
+    cmd = [LAUNCH, "-n", str(ranks), "--backend", "ring", "-p", str(_free_port_pair(ranks)), "--",
+           sys.executable, str(script), str(path), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert out.exists(), proc.stderr[-2000:]  # mlx.launch exits 0 even when a rank fails
+    got, want = dict(np.load(out)), _single(path)
+    assert set(got) == set(want)  # every hook point gathered to rank 0
+    for k in sorted(want, key=lambda k: k == "generated"):  # generation last (see below)
+        assert got[k].shape == want[k].shape, k
+        if k == "generated" and not np.array_equal(got[k], want[k]) and "sliding_window" in (path / "config.json").read_text():
+            # Known gap: the tiny gemma3_text (window 8 < 12-token prompt) generates other tokens when
+            # sharded, while its logits, captures and taps are equal; the default model (window 512) is equal.
+            pytest.xfail("sharded generation past a sliding window differs (docs/bigger-models.md)")
+        assert np.array_equal(got[k], want[k]), (k, float(np.abs(got[k] - want[k]).max()))
+
+
+def test_layers_split_contiguously_and_evenly():
+    assert [list(r) for r in split_layers(5, 2)] == [[0, 1, 2], [3, 4]]
+    assert [len(r) for r in split_layers(26, 3)] == [9, 9, 8]
+    with pytest.raises(ShardingError, match="at least one layer"):
+        split_layers(2, 3)
+
+
+def test_sharding_without_a_launcher_is_a_clear_error(tiny_dirs):
+    with pytest.raises(ShardingError, match="mlx.launch"):
+        load_sharded(str(tiny_dirs[("llama", None)]))
