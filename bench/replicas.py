@@ -216,8 +216,8 @@ def markdown(res: dict) -> str:
             if stage not in r:
                 continue
             m, p = measured_total(r, stage), r["predicted"][stage]["total"]
-            label = {"forward": f"forward {r['tokens']} tok", "capture_all": f"capture all, {r['tokens']} tok",
-                     "sweep": f"patch sweep ({r['sweep']['cells']} cells, batch {r['sweep']['batch']})"}[stage]
+            label = (f"patch sweep ({r['sweep']['cells']} cells, batch {r['sweep']['batch']})" if stage == "sweep"
+                     else f"forward {r['tokens']} tok" if stage == "forward" else f"capture all, {r['tokens']} tok")
             cells = [r["like"], f"{i['n_layers']} x {i['d_model']}, {i['vocab_size']}",
                      f"{q['bits']}-bit g{q['group_size']}", f"{r['load_seconds']:.1f} s"] if first else ["", "", "", ""]
             tps = f"{r['generation']['generation_tps']:.2f}" if first else ""

@@ -18,50 +18,40 @@ case "$job" in suite|test) ;; *) echo "usage: bash scripts/run.sh {suite|test} [
 
 openblas_path() { ls /usr/lib/*-linux-gnu/openblas-pthread/libblas.so.3 2>/dev/null | head -n1 || true; }
 
-install_openblas() {
-  # MLX's Linux wheel ships a reference BLAS; OpenBLAS interposed is ~16x faster.
+# The Debian packages a job needs: OpenBLAS (MLX's Linux wheel ships a reference BLAS; OpenBLAS
+# interposed is ~16x faster), the Python documentation sources (the default text corpus for SAE and
+# tuned-lens training, PSF licence) and, for the tests, Debian's headless Chromium (the explorer's
+# browser tests; browser builds downloaded by Playwright/Selenium do not run here).
+missing_packages() {
   [ "$(uname -s)" = Linux ] || return 0
-  [ -n "$(openblas_path)" ] && return 0
+  [ -n "$(openblas_path)" ] || echo libopenblas0-pthread
+  ls -d /usr/share/doc/python3*/html/_sources >/dev/null 2>&1 || echo python3-doc
+  if [ "$job" = test ]; then
+    { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || echo chromium chromium-driver
+  fi
+}
+
+install_debian_packages() {
+  local pkgs; pkgs="$(missing_packages | xargs)"
+  [ -n "$pkgs" ] || return 0
+  local without="without them: slow BLAS, no default corpus (pass --corpus), browser tests skip"
   if ! command -v apt-get >/dev/null 2>&1; then
-    log "OpenBLAS: not installed and no apt-get here; install OpenBLAS yourself for ~16x faster CPU matmuls"
+    log "not installed and no apt-get here: $pkgs; $without"
     return 0
   fi
   local sudo=""
   if [ "$(id -u)" != 0 ]; then
     if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      log "OpenBLAS: not installed, and installing it needs root (sudo asks for a password):"
-      log "  run 'sudo apt-get install libopenblas0-pthread' once; continuing with MLX's bundled (slow) BLAS"
+      log "installing $pkgs needs root (sudo asks for a password): run 'sudo apt-get install $pkgs' once; $without"
       return 0
     fi
   fi
-  log "OpenBLAS: installing libopenblas0-pthread with apt-get"
+  log "installing $pkgs with apt-get"
   local err; err="$(mktemp)"
-  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libopenblas0-pthread; } \
+  # shellcheck disable=SC2086 - one word per package
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $pkgs; } \
        >/dev/null 2>"$err"; then
-    log "OpenBLAS: apt-get failed: $(grep -v '^\s*$' "$err" | tail -n1)"
-    log "  continuing with MLX's bundled (slow) BLAS; rerun this script when apt is free"
-  fi
-  rm -f "$err"
-}
-
-install_chromium() {
-  # The explorer's browser tests (tests/test_serve_browser.py) drive Debian's headless Chromium; they skip
-  # with a reason when it is missing. Browser builds downloaded by Playwright/Selenium do not run here.
-  [ "$(uname -s)" = Linux ] || return 0
-  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
-  command -v apt-get >/dev/null 2>&1 || { log "Chromium: not installed and no apt-get; browser tests will skip"; return 0; }
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    if sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-      log "Chromium: installing it needs root; browser tests will skip (sudo apt-get install chromium chromium-driver)"
-      return 0
-    fi
-  fi
-  log "Chromium: installing chromium chromium-driver with apt-get (browser tests)"
-  local err; err="$(mktemp)"
-  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver; } \
-       >/dev/null 2>"$err"; then
-    log "Chromium: apt-get failed: $(grep -v '^\s*$' "$err" | tail -n1); browser tests will skip"
+    log "apt-get failed: $(grep -v '^\s*$' "$err" | tail -n1); rerun this script when apt is free ($without)"
   fi
   rm -f "$err"
 }
@@ -117,7 +107,7 @@ setup() {
     log "creating $venv with $("$py" --version 2>&1)"
     "$py" -m venv "$venv"
   fi
-  install_openblas
+  install_debian_packages
   install_python_packages
   preload_openblas_in_venv
 }
@@ -128,7 +118,6 @@ case "$job" in
     log "running the suite into $out (Ctrl-C is safe: run the same command again to resume)"
     exec "$venv/bin/mlxinterp" run-suite --model default --out "$out" --reference results "$@" ;;
   test)
-    install_chromium
     set +e
     "$venv/bin/python" -m pytest "$@"
     rc=$?

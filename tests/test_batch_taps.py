@@ -95,6 +95,7 @@ def test_rows_combine_with_positions_and_phase(hm):
     (lambda v: T.Add(v, [1.0, float("nan")]), "scale=nan is not allowed"),
     (lambda v: T.Add(v, []), "scale=[] is not allowed"),
     (lambda v: T.Add(mx.stack([v, v, v])[:, None], 1.0), "batch size 3; this forward has 2 rows"),
+    (lambda v: T.Capture(store=[], rows=[0]), "rows= is not allowed; it records every row"),
 ])
 def test_bad_rows_and_scales_name_the_value(hm, tap, msg):
     v = mx.ones((hm.info.d_model,))

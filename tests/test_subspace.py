@@ -353,8 +353,8 @@ def test_ard_mmd_runs_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path):
         for e in ("biased", "unbiased"):
             assert sum(p[f"{e}_end"] for p in it["pairs"]) == pytest.approx(it["mmd2_end"][e], rel=1e-5, abs=1e-6)
             assert it["mmd2_change_ci"][e]["n"] == 2
-    main = [key for key in res["result"]["summary"] if "per-pair mean MMD2 change" in key]
-    assert len(main) == 1 and res["result"]["summary"][main[0]]
+    assert "per-pair mean MMD2 change" in res["result"]["labels"]["main_layer_mmd2_change"]
+    assert res["result"]["summary"]["main_layer_mmd2_change"]
     contrast = res["result"]["shuffle_contrast"]  # control_lambda 0.01 is not in power_lambdas [0.1]: no true-label twin
     assert contrast == {f"L{l} lambda=0.01": None for l in res["result"]["layers"]}
     run_all(["tiny"], only="ard_mmd", out=tmp_path / "again", n=2, load_fn=lambda spec: hm,

@@ -14,6 +14,8 @@ with left padding mlx-lm's RoPE offsets and masks are per-sequence cache state.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import mlx.core as mx
 import numpy as np
 
@@ -21,15 +23,18 @@ from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import PromptError
 from mlxinterp.core import names as H
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
-def _layer_attn(hm, layer: int):
+
+def _layer_attn(hm: HookedModel, layer: int):
     n = hm.info.n_layers
     if not -n <= layer < n:
         raise PromptError(f"layer {layer} is out of range; this model has layers 0..{n - 1}")
     return text_model(hm.model).layers[layer % n].self_attn
 
 
-def _window(hm, layer: int) -> int | None:
+def _window(hm: HookedModel, layer: int) -> int | None:
     """Sliding-window size of this layer as mlx-lm masks it (Gemma 3's local layers), else None."""
     inner = text_model(hm.model)
     pattern, size = getattr(inner, "sliding_window_pattern", None), getattr(inner, "window_size", None)
@@ -43,7 +48,7 @@ def _heads_first(a: mx.array) -> mx.array:
     return a.transpose(0, 2, 1, 3)
 
 
-def scores(hm, layer: int, q: mx.array, k: mx.array, offset: int = 0) -> mx.array:
+def scores(hm: HookedModel, layer: int, q: mx.array, k: mx.array, offset: int = 0) -> mx.array:
     """Pre-softmax attention scores [B, H, Lq, Lk] (float32, masked positions = -inf).
 
     q: attn.hook_q [B, Lq, H, Dh], k: attn.hook_k [B, Lk, Hkv, Dh] of the same
@@ -73,12 +78,12 @@ def scores(hm, layer: int, q: mx.array, k: mx.array, offset: int = 0) -> mx.arra
     return mx.where(allowed, s, -mx.inf)
 
 
-def pattern(hm, layer: int, q: mx.array, k: mx.array, offset: int = 0) -> mx.array:
+def pattern(hm: HookedModel, layer: int, q: mx.array, k: mx.array, offset: int = 0) -> mx.array:
     """Attention pattern [B, H, Lq, Lk] (rows sum to 1), float32."""
     return mx.softmax(scores(hm, layer, q, k, offset), axis=-1)
 
 
-def patterns_for(hm, prompt, layers=None) -> tuple[dict[int, np.ndarray], list[int]]:
+def patterns_for(hm: HookedModel, prompt, layers=None) -> tuple[dict[int, np.ndarray], list[int]]:
     """{layer: pattern [H, L, L]} for one prompt (captured q/k, one forward), and its token ids."""
     batch = hm.tokens(prompt)
     if batch.ids.shape[0] != 1:

@@ -36,6 +36,8 @@ on its top-k cells plus a random subset.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +52,9 @@ from mlxinterp.analysis.plotting import subplots
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError
 from mlxinterp.core.patterns import PATTERN, pattern_hooks
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 METHODS = ("atp", "atp*", "ig")
 # The components AtP papers sweep: the residual stream entering each block, what attention and the MLP
@@ -118,7 +123,7 @@ def _split(name: str) -> tuple[int | None, str]:
     return None, name
 
 
-def _hook_names(hm, hooks: Sequence[str], layers: Sequence[int] | None) -> list[str]:
+def _hook_names(hm: HookedModel, hooks: Sequence[str], layers: Sequence[int] | None) -> list[str]:
     n = hm.info.n_layers
     layers = list(range(n)) if layers is None else [int(l) for l in layers]
     names = []
@@ -130,13 +135,13 @@ def _hook_names(hm, hooks: Sequence[str], layers: Sequence[int] | None) -> list[
     return list(dict.fromkeys(names))
 
 
-def _token_ids(hm, prompt) -> list[int]:
+def _token_ids(hm: HookedModel, prompt) -> list[int]:
     if isinstance(prompt, str):
         return hm.tokens(prompt).ids[0].tolist()
     return [int(t) for t in prompt]
 
 
-def token_pair(hm, clean, corrupt) -> tuple[list[int], list[int]]:
+def token_pair(hm: HookedModel, clean, corrupt) -> tuple[list[int], list[int]]:
     """Token ids of a clean and a corrupted prompt, which must line up position by position."""
     c, k = _token_ids(hm, clean), _token_ids(hm, corrupt)
     if len(c) != len(k):
@@ -146,7 +151,7 @@ def token_pair(hm, clean, corrupt) -> tuple[list[int], list[int]]:
     return c, k
 
 
-def attribute(hm, clean, corrupt, metric: Metric, hooks: Sequence[str] = DEFAULT_HOOKS,
+def attribute(hm: HookedModel, clean, corrupt, metric: Metric, hooks: Sequence[str] = DEFAULT_HOOKS,
               layers: Sequence[int] | None = None, method: str = "atp", steps: int = 8) -> Attribution:
     """Estimate the effect of patching each clean activation into the corrupted run.
 
@@ -190,7 +195,7 @@ def _any_change(diff: mx.array) -> mx.array:
     return mx.any(diff != 0, axis=-1)
 
 
-def _ig_grads(hm, clean_ids, corrupt_ids, metric, names, steps: int) -> dict[str, mx.array]:
+def _ig_grads(hm: HookedModel, clean_ids, corrupt_ids, metric, names, steps: int) -> dict[str, mx.array]:
     """Mean gradient at each hook over `steps` points on the corrupt -> clean embedding line (one batch)."""
     alphas = (np.arange(steps) + 0.5) / steps
     _, cache = hm.run_with_cache(mx.array([clean_ids, corrupt_ids]), names=["hook_embed"])
@@ -202,7 +207,7 @@ def _ig_grads(hm, clean_ids, corrupt_ids, metric, names, steps: int) -> dict[str
     return {n: mx.mean(g, axis=0) for n, g in res.grads.items()}
 
 
-def qk_fix(hm, clean_ids, corrupt_ids, metric: Metric, names: Sequence[str], acts: dict) -> dict[str, np.ndarray]:
+def qk_fix(hm: HookedModel, clean_ids, corrupt_ids, metric: Metric, names: Sequence[str], acts: dict) -> dict[str, np.ndarray]:
     """AtP* QK-fix estimates for query / key hooks: exact pattern change, linearised only in the pattern.
 
     acts: {hook: [2, L, ...]} clean (row 0) and corrupt (row 1) activations of the named q/k hooks.
@@ -235,7 +240,7 @@ def qk_fix(hm, clean_ids, corrupt_ids, metric: Metric, names: Sequence[str], act
     return out
 
 
-def _qk_pair(hm, acts: dict, name: str, clean_ids, corrupt_ids) -> mx.array:
+def _qk_pair(hm: HookedModel, acts: dict, name: str, clean_ids, corrupt_ids) -> mx.array:
     """[2, L, heads, Dh] clean and corrupt activations of a q/k hook (captured now when not given)."""
     if name in acts:
         return acts[name]
@@ -243,7 +248,7 @@ def _qk_pair(hm, acts: dict, name: str, clean_ids, corrupt_ids) -> mx.array:
     return cache[name].astype(mx.float32)
 
 
-def _pattern_grads(hm, ids, metric: Metric, layers: Sequence[int]) -> tuple[dict, dict]:
+def _pattern_grads(hm: HookedModel, ids, metric: Metric, layers: Sequence[int]) -> tuple[dict, dict]:
     """{layer: pattern [H, L, L]} and {layer: d metric / d pattern [H, L, L]} at the run of `ids`."""
     L, H = len(ids), hm.info.n_heads
     batch = hm.tokens(mx.array([ids]))
@@ -259,7 +264,7 @@ def _pattern_grads(hm, ids, metric: Metric, layers: Sequence[int]) -> tuple[dict
     return {l: to_attn(a) for l, a in zip(layers, seen)}, {l: to_attn(g) for l, g in zip(layers, grads)}
 
 
-def _graddrop(hm, corrupt_ids, metric, names, diffs) -> dict[str, np.ndarray]:
+def _graddrop(hm: HookedModel, corrupt_ids, metric, names, diffs) -> dict[str, np.ndarray]:
     """AtP* GradDrop scores: row l drops the gradient through layer l's attention and MLP outputs."""
     n = hm.info.n_layers
     ids = mx.array([corrupt_ids] * n)
@@ -284,7 +289,7 @@ def _graddrop(hm, corrupt_ids, metric, names, diffs) -> dict[str, np.ndarray]:
     return out
 
 
-def check(hm, att: Attribution, metric: Metric, k: int = 10, n_random: int | None = None, seed: int = 0,
+def check(hm: HookedModel, att: Attribution, metric: Metric, k: int = 10, n_random: int | None = None, seed: int = 0,
           batch_size: int = 32, progress: Callable[[int], None] | None = None) -> dict:
     """Exact patching of the top-k cells (by |estimate|, or by GradDrop for atp*) plus a random subset.
 
@@ -339,7 +344,7 @@ def _cell_label(cell: tuple[str, int, int | None]) -> str:
     return f"{name}@{pos}" + (f".h{head}" if head is not None else "")
 
 
-def attribute_and_check(hm, clean, corrupt, metric: Metric, k: int = 10, **kwargs) -> Attribution:
+def attribute_and_check(hm: HookedModel, clean, corrupt, metric: Metric, k: int = 10, **kwargs) -> Attribution:
     """`attribute`, then `check` on its top-k plus k random cells; the result carries `.check`."""
     att = attribute(hm, clean, corrupt, metric, **kwargs)
     att.check = check(hm, att, metric, k=k)

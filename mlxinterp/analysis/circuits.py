@@ -27,6 +27,8 @@ not separate q/k/v inputs per head.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +43,9 @@ from mlxinterp.analysis.plotting import subplots
 from mlxinterp.core import taps as T
 from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import HookNameError, MlxInterpError
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 @dataclass
@@ -97,7 +102,7 @@ def _rms_gain(norm, d: int) -> tuple[mx.array, float]:
                          "edge patching supports RMSNorm receivers only")
 
 
-def build_graph(hm, clean, corrupt, metric: Metric) -> Graph:
+def build_graph(hm: HookedModel, clean, corrupt, metric: Metric) -> Graph:
     """Senders, receivers, clean - corrupt sender differences and corrupt receiver inputs, from two forwards."""
     check_metric(metric)
     clean_ids, corrupt_ids = token_pair(hm, clean, corrupt)
@@ -138,14 +143,14 @@ def build_graph(hm, clean, corrupt, metric: Metric) -> Graph:
     return g
 
 
-def _metric_rows(hm, metric: Metric, logits: mx.array) -> list[float]:
+def _metric_rows(hm: HookedModel, metric: Metric, logits: mx.array) -> list[float]:
     last = logits[:, -1].astype(mx.float32)
     vocab = metric_vocab(metric)
     vals = metric_on(metric, last[:, list(vocab)] if vocab is not None else last)
     return [float(v) for v in np.array(vals)]
 
 
-def edge_scores(hm, graph: Graph, metric: Metric, steps: int | None = 8) -> np.ndarray:
+def edge_scores(hm: HookedModel, graph: Graph, metric: Metric, steps: int | None = 8) -> np.ndarray:
     """[n_senders, n_receivers] EAP scores (steps=None: gradient at the corrupted run) or EAP-IG (steps midpoints).
 
     Invalid edges (receiver before sender) are 0.
@@ -177,7 +182,7 @@ def edge_scores(hm, graph: Graph, metric: Metric, steps: int | None = 8) -> np.n
     return np.where(graph.valid(), np.array(S, dtype=np.float64), 0.0)
 
 
-def run_edges(hm, graph: Graph, metric: Metric, edge_sets: Sequence[dict[tuple[int, int], float]],
+def run_edges(hm: HookedModel, graph: Graph, metric: Metric, edge_sets: Sequence[dict[tuple[int, int], float]],
               batch_size: int = 16) -> np.ndarray:
     """Metric with each set of kept edges ({(sender, receiver): weight}, weight 1 = the full difference).
 
@@ -258,7 +263,7 @@ def _curve_points(total: int) -> list[int]:
     return sorted(p for p in pts if p <= total)
 
 
-def find_circuit(hm, clean, corrupt, metric: Metric, steps: int | None = 8, target: float = 0.8,
+def find_circuit(hm: HookedModel, clean, corrupt, metric: Metric, steps: int | None = 8, target: float = 0.8,
                  points: Sequence[int] | None = None, progress: Callable[[str], None] | None = None) -> Circuit:
     """EAP(-IG) scores for every edge, then the faithfulness curve of the top-N edges by |score| (exact edge
     patching, one batch per chunk of N values); the circuit is the smallest N recovering >= target."""

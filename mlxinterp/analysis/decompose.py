@@ -17,6 +17,8 @@ decomposition sum to the token's logit before any final soft-cap (Gemma 2's
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -24,6 +26,9 @@ import numpy as np
 
 from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import MlxInterpError
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 def _get(cache, name: str) -> mx.array:
@@ -143,7 +148,7 @@ def logit_attrs(cache, stack: mx.array, tokens: Sequence[int] | int, incorrect: 
     return mx.sum(x * w[None], axis=-1)
 
 
-def _token_rows(hm, tokens, B: int) -> mx.array:
+def _token_rows(hm: HookedModel, tokens, B: int) -> mx.array:
     """Unembedding rows [B, d] of one token per row (float32, dequantized)."""
     ids = np.atleast_1d(np.asarray(tokens, dtype=np.int64))
     if ids.size == 1:

@@ -8,6 +8,8 @@ relative size predicts whether steering does anything (the qwen3-steering).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -25,6 +27,9 @@ from mlxinterp.core.errors import MlxInterpError, PromptError, TapError
 from mlxinterp.core import names as H
 from mlxinterp.core.spill import RowStore
 from mlxinterp.core.io import atomic_write_bytes, write_json
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 PositionRule = Union[str, int]  # "last" | "mean" | int (negative from the end) | "last:K"
 
@@ -57,7 +62,7 @@ def _pool(a: np.ndarray, lengths: list[int], rule: PositionRule) -> np.ndarray:
     return np.stack(rows)
 
 
-def collect(hm, prompts: Sequence[str], hooks: Sequence[str], position: PositionRule = "last",
+def collect(hm: HookedModel, prompts: Sequence[str], hooks: Sequence[str], position: PositionRule = "last",
             chat: bool = False, batch_size: int = 8, progress=None, spill_dir: str | Path | None = None,
             budget: int | None = None) -> dict[str, np.ndarray]:
     """Per prompt, the pooled activation at each hook: {hook: float32 [N, d]}.
@@ -171,7 +176,7 @@ def split_half_cosine(pos: np.ndarray, neg: np.ndarray, rng: np.random.Generator
     return float(a @ b / denom) if denom > 0 else None
 
 
-def extract(hm, positive: Sequence[str], negative: Sequence[str], layers: Sequence[int] | None = None,
+def extract(hm: HookedModel, positive: Sequence[str], negative: Sequence[str], layers: Sequence[int] | None = None,
             hook: str = "hook_resid_post", position: PositionRule = "last", chat: bool = False,
             batch_size: int = 8, seed: int = 0) -> dict[int, Direction]:
     """Difference-of-means direction at `blocks.{layer}.{hook}` for each layer."""

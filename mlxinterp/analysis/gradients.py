@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import numpy as np
@@ -30,6 +30,9 @@ import numpy as np
 from mlxinterp.analysis.patching import Metric, VocabMetric, forward_last
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 @dataclass(eq=False)
@@ -82,7 +85,7 @@ def _rows(value: mx.array, B: int) -> mx.array:
     return value
 
 
-def traced_metric(hm, batch, metric: Metric, taps: Sequence[tuple[str, T.Tap]], read: int = -1,
+def traced_metric(hm: HookedModel, batch, metric: Metric, taps: Sequence[tuple[str, T.Tap]], read: int = -1,
                   weights: mx.array | None = None) -> tuple[mx.array, mx.array]:
     """(sum over rows of weights * metric, metric [B]) of one forward with `taps`; for use inside mx.grad."""
     logits = forward_last(hm, batch, list(taps), read=(read,), vocab=metric_vocab(metric))[:, 0]
@@ -91,7 +94,7 @@ def traced_metric(hm, batch, metric: Metric, taps: Sequence[tuple[str, T.Tap]], 
     return total, vals
 
 
-def value_and_grad(hm, prompts, metric: Metric, at: str | Iterable[str] | Callable[[str], bool],
+def value_and_grad(hm: HookedModel, prompts, metric: Metric, at: str | Iterable[str] | Callable[[str], bool],
                    read: int = -1, taps: Sequence[tuple[str, T.Tap]] | None = None, chat: bool = False,
                    weights: Sequence[float] | None = None) -> GradResult:
     """Metric per prompt and d(sum of metric) / d(activation) at every hook in `at`.
@@ -131,6 +134,6 @@ def value_and_grad(hm, prompts, metric: Metric, at: str | Iterable[str] | Callab
                       batch.left_padding)
 
 
-def grad(hm, prompts, metric: Metric, at, **kwargs) -> dict[str, mx.array]:
+def grad(hm: HookedModel, prompts, metric: Metric, at, **kwargs) -> dict[str, mx.array]:
     """Only the gradients of `value_and_grad` ({hook name: [B, L, *feature]})."""
     return value_and_grad(hm, prompts, metric, at, **kwargs).grads

@@ -7,6 +7,8 @@ norms). Entropy is in nats.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +22,9 @@ from mlxinterp.analysis.plotting import subplots, token_label
 from mlxinterp.core.errors import MlxInterpError, PromptError
 from mlxinterp.core.validate import text as check_text, whole
 from mlxinterp.core.io import save_figure
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 @dataclass
@@ -45,7 +50,7 @@ class LensResult:
         return asdict(self)
 
 
-def target_id(hm, text: str) -> int:
+def target_id(hm: HookedModel, text: str) -> int:
     """First token id of `text` as it would follow a prompt (no BOS)."""
     check_text(text, f"target {text!r:.40}")
     ids = hm.tokenizer.encode(text, add_special_tokens=False)
@@ -54,7 +59,7 @@ def target_id(hm, text: str) -> int:
     return int(ids[0])
 
 
-def layer_logits(hm, cache, position: int | slice = -1, mode: str = "normed", row: int = 0, tuned=None) -> mx.array:
+def layer_logits(hm: HookedModel, cache, position: int | slice = -1, mode: str = "normed", row: int = 0, tuned=None) -> mx.array:
     """[n_layers, ..., vocab] float32 logits of each block's output at `position`.
 
     tuned: a `tuned_lens.TunedLens`; its per-layer translators are applied first (normed mode only).
@@ -88,7 +93,7 @@ def check_lens_args(targets, top_k: int, mode: str, position: int) -> list[str]:
     return targets
 
 
-def logit_lens(hm, prompt: str, targets: list[str] | None = None, top_k: int = 10,
+def logit_lens(hm: HookedModel, prompt: str, targets: list[str] | None = None, top_k: int = 10,
                mode: str = "normed", chat: bool = False, grid: bool = False, position: int = -1,
                tuned=None) -> LensResult:
     """Per layer: top-k tokens, entropy and the rank/probability of target tokens at `position` (default last).

@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -24,12 +26,15 @@ from mlxinterp.core import names as H
 from mlxinterp.analysis.patching import KeepColumns, forward_last
 from mlxinterp.core.archs import text_model
 
-def first_real(hm) -> int:
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
+def first_real(hm: HookedModel) -> int:
     """Index of the first token that is not BOS (pooling skips BOS)."""
     return 1 if hm.info.needs_bos else 0
 
 
-def pooled(hm, prompts: Sequence[str], suffix: str, layers: Sequence[int] | None = None,
+def pooled(hm: HookedModel, prompts: Sequence[str], suffix: str, layers: Sequence[int] | None = None,
            rule: str = "mean", batch_size: int = 10) -> np.ndarray:
     """[N, n_layers, *feature] float32: each prompt's activation at blocks.{l}.{suffix}.
 
@@ -88,7 +93,7 @@ def _probe_taps(probes: dict[str, mx.array]) -> dict[str, T.Fn]:
     return {name: T.Fn(fn=lambda a, ctx, p=p: a + p.astype(a.dtype)) for name, p in probes.items()}
 
 
-def attribute(hm, prompt: str, target: int | None = None, suffix: str = "mlp.hook_post") -> dict:
+def attribute(hm: HookedModel, prompt: str, target: int | None = None, suffix: str = "mlp.hook_post") -> dict:
     """Gradient x input from the next-token logit of `target` (default: the clean top-1) at the last position.
 
     Returns {"target", "logit", "neurons": [n_layers, d] (summed over positions),
@@ -121,14 +126,14 @@ def attribute(hm, prompt: str, target: int | None = None, suffix: str = "mlp.hoo
             "tokens": np.array(tokens), "token_ids": ids[0].tolist()}
 
 
-def _embed(hm, ids: mx.array) -> mx.array:
+def _embed(hm: HookedModel, ids: mx.array) -> mx.array:
     """The embedding-table rows mlx-lm would look up (before Gemma's sqrt(d) scale, which it applies itself)."""
     with hm.hooks({}):
         e = text_model(hm.model).embed_tokens(ids)
     return e.astype(mx.float32) if e.dtype != mx.float32 else e
 
 
-def ablate_neurons_effect(hm, prompt: str, target: int, cells: Sequence[tuple[int, int]],
+def ablate_neurons_effect(hm: HookedModel, prompt: str, target: int, cells: Sequence[tuple[int, int]],
                           suffix: str = "mlp.hook_post") -> np.ndarray:
     """Actual change of the target logit when each (layer, neuron) is zeroed at every position, one per row."""
     ids = hm.tokens(prompt).ids

@@ -31,7 +31,7 @@ from mlxinterp.core.io import save_figure
 from mlxinterp.core.errors import HookNameError, PromptError, TapError
 from mlxinterp.core import names as H
 from mlxinterp.analysis.lens import target_id
-from mlxinterp.core.hooks import ActivationCache, Batch
+from mlxinterp.core.hooks import ActivationCache, Batch, HookedModel
 
 Metric = Callable[[mx.array], mx.array]  # logits [B, V] -> [B] (or [B, k]: run_variants then returns [n, k])
 
@@ -100,19 +100,19 @@ def _vocab(metric: Metric) -> tuple[int, ...] | None:
     return metric.vocab if isinstance(metric, VocabMetric) else None
 
 
-def logit_diff(hm, target: str | int, foil: str | int) -> VocabMetric:
+def logit_diff(hm: HookedModel, target: str | int, foil: str | int) -> VocabMetric:
     """logit(target) - logit(foil) at the read position: the usual patching metric."""
     t = target if isinstance(target, int) else target_id(hm, target)
     f = foil if isinstance(foil, int) else target_id(hm, foil)
     return VocabMetric((int(t), int(f)), lambda z: z[:, 0] - z[:, 1])
 
 
-def token_logprob(hm, target: str | int) -> Metric:
+def token_logprob(hm: HookedModel, target: str | int) -> Metric:
     t = target if isinstance(target, int) else target_id(hm, target)
     return lambda logits: logits[:, t] - mx.logsumexp(logits, axis=-1)
 
 
-def forward_last(hm, ids, taps=None, read: Sequence[int] = (-1,), cache=None,
+def forward_last(hm: HookedModel, ids, taps=None, read: Sequence[int] = (-1,), cache=None,
                  vocab: Sequence[int] | None = None) -> mx.array:
     """Logits [B, len(read), V] at the `read` columns only (float32).
 
@@ -136,7 +136,7 @@ def forward_last(hm, ids, taps=None, read: Sequence[int] = (-1,), cache=None,
     return out.astype(mx.float32)
 
 
-def run_variants(hm, ids: Sequence[int], variants: Sequence[Sequence[Patch]], metric: Metric,
+def run_variants(hm: HookedModel, ids: Sequence[int], variants: Sequence[Sequence[Patch]], metric: Metric,
                  read: int = -1, batch_size: int = 32, progress: Callable[[int], None] | None = None,
                  reuse_prefix: bool = False) -> np.ndarray:
     """metric(logits at `read`) for each variant of one prompt; rows of a batch carry different patches.
@@ -167,7 +167,7 @@ def run_variants(hm, ids: Sequence[int], variants: Sequence[Sequence[Patch]], me
 _FORWARD_COST = 24
 
 
-def _run_batched(hm, ids: list[int], variants: Sequence[Sequence[Patch]], metric: Metric, r: int, batch_size: int,
+def _run_batched(hm: HookedModel, ids: list[int], variants: Sequence[Sequence[Patch]], metric: Metric, r: int, batch_size: int,
                  progress: Callable[[int], None] | None, prefix: list | None) -> np.ndarray:
     """One forward per chunk of variants; with a prefix cache each chunk starts at its first patched position."""
     L = len(ids)
@@ -218,7 +218,7 @@ def _position(pos: int, L: int, what: str = "patch position") -> int:
     return p
 
 
-def _empty_prefix_cache(hm, L: int) -> list | None:
+def _empty_prefix_cache(hm: HookedModel, L: int) -> list | None:
     """A fresh mlx-lm prompt cache to fill with the unpatched prompt; None when it could not be cut to a prefix."""
     cache = make_prompt_cache(hm.model)
     if not all(type(c) is KVCache or (type(c) is RotatingKVCache and L <= c.max_size) for c in cache):
@@ -243,7 +243,7 @@ def _cut_cache(prefix: list, s: int, B: int) -> list:
     return out
 
 
-def _variant_taps(hm, chunk: Sequence[Sequence[Patch]], L: int, start: int = 0) -> list:
+def _variant_taps(hm: HookedModel, chunk: Sequence[Sequence[Patch]], L: int, start: int = 0) -> list:
     """One tap per hook: values [B, n, *feat] and a mask of the patched cells ([B, n], or [B, n, H] per head).
 
     The forward covers positions start..L-1 (n = L - start columns; earlier ones sit in a KV cache).
@@ -296,7 +296,7 @@ class SweepResult:
     meta: dict = field(default_factory=dict)
 
 
-def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], metric: Metric,
+def patch_sweep(hm: HookedModel, clean: str | Sequence[int], corrupt: str | Sequence[int], metric: Metric,
                 hook: str = "hook_resid_pre", layers: Sequence[int] | None = None,
                 positions: Sequence[int] | None = None, batch_size: int = 32,
                 progress: Callable[[int], None] | None = None, reuse_prefix: bool = True,
@@ -344,7 +344,7 @@ def patch_sweep(hm, clean: str | Sequence[int], corrupt: str | Sequence[int], me
                        meta={"skipped": len(cells) - len(todo), "reuse_prefix": prefix is not None})
 
 
-def _capture_run(hm, ids: list[int], names: list[str], metric: Metric, cache: list | None = None):
+def _capture_run(hm: HookedModel, ids: list[int], names: list[str], metric: Metric, cache: list | None = None):
     """(metric at the last position, {hook: activations [L, *feat] float32}) of one unpatched forward."""
     store = ActivationCache(hm)
     logits = forward_last(hm, mx.array([ids]), [(n, T.Capture(store=store)) for n in names], cache=cache,
@@ -362,7 +362,7 @@ def _wrap(values: Sequence[int], n: int, what: str, error: type) -> list[int]:
     return [int(v) % n for v in values]
 
 
-def prompt_ids(hm, prompt) -> list[int]:
+def prompt_ids(hm: HookedModel, prompt) -> list[int]:
     """Token ids of a prompt given as text (tokenized the model's way) or as ids already."""
     if isinstance(prompt, str):
         return hm.tokens(prompt).ids[0].tolist()

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import numpy as np
@@ -37,6 +37,9 @@ import numpy as np
 from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.quantize import module_names, quantizable
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 GRANULARITIES = ("layer", "sublayer", "projection")
 DIRECTIONS = ("restore", "quantize")
@@ -165,7 +168,7 @@ def gap_share(num: np.ndarray, gap: np.ndarray, seed: int = 0) -> dict:
         return bootstrap_ci(np.arange(gap.size, dtype=float), statistic=ratio, seed=seed)
 
 
-def precision_patch(hm, metric: Metric, bits: int = 4, group_size: int = 64, granularity: str = "sublayer",
+def precision_patch(hm: HookedModel, metric: Metric, bits: int = 4, group_size: int = 64, granularity: str = "sublayer",
                     directions: Iterable[str] = DIRECTIONS, units: Iterable[str] | None = None,
                     switch: PrecisionSwitch | None = None, seed: int = 0,
                     progress: Callable[[str], None] | None = None) -> dict:

@@ -23,6 +23,8 @@ up to float rounding, and an edit changes exactly what the features explain.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -34,6 +36,9 @@ import numpy as np
 
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 ACTIVATIONS = ("relu", "jumprelu", "topk")
 REQUIRED = ("W_enc", "W_dec", "b_enc", "b_dec")
@@ -143,7 +148,7 @@ class SAE:
         return SAE(self.W_enc * n, self.b_enc * n, self.W_dec / n[:, None], self.b_dec, self.activation, self.hook,
                    self.hook_out, self.k, thr, self.apply_b_dec_to_input, dict(self.meta))
 
-    def check_model(self, hm) -> None:
+    def check_model(self, hm: HookedModel) -> None:
         """The SAE's hooks exist in this model and their widths match d_in / d_out."""
         for name, d, what in ((self.hook, self.d_in, "d_in"), (self.hook_out or self.hook, self.d_out, "d_out")):
             point = hm.point(name)
@@ -492,7 +497,7 @@ def sae_taps(sae: SAE, edits: Sequence[FeatureEdit] = (), splice: bool = True, k
     return [(sae.hook, hold), (sae.hook_out, SAETap(source=hold, **kw))]
 
 
-def feature_acts(hm, sae: SAE, prompts, top_k: int = 32, chat: bool = False) -> tuple[FeatureStore, mx.array]:
+def feature_acts(hm: HookedModel, sae: SAE, prompts, top_k: int = 32, chat: bool = False) -> tuple[FeatureStore, mx.array]:
     """Run prompts with the SAE reading (not editing) its hook; (store of top-k features, logits)."""
     sae.check_model(hm)
     store = FeatureStore()
@@ -502,7 +507,7 @@ def feature_acts(hm, sae: SAE, prompts, top_k: int = 32, chat: bool = False) -> 
     return store, logits
 
 
-def decoder_logit_effects(hm, sae: SAE, features: Sequence[int], top: int = 10) -> list[dict]:
+def decoder_logit_effects(hm: HookedModel, sae: SAE, features: Sequence[int], top: int = 10) -> list[dict]:
     """Per feature: the tokens its decoder direction promotes and suppresses most, through the final norm
     and unembedding (`hm.unembed`, which bypasses taps). Only meaningful for residual-stream SAEs."""
     idx = mx.array(np.asarray(list(features), dtype=np.int64).astype(np.uint32))
@@ -522,7 +527,7 @@ def decoder_logit_effects(hm, sae: SAE, features: Sequence[int], top: int = 10) 
     return out
 
 
-def feature_attribution(hm, sae: SAE, prompts, metric, read: int = -1, top: int = 20) -> dict:
+def feature_attribution(hm: HookedModel, sae: SAE, prompts, metric, read: int = -1, top: int = 20) -> dict:
     """Gradient x activation per feature (Marks et al. 2024, "Sparse feature circuits"): the first-order effect
     on `metric` of removing each feature at each position, f_i * (d metric / d x) . W_dec[i], with the
     error term held fixed. Uses `gradients.value_and_grad` at the SAE's hook(s).

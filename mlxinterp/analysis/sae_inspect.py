@@ -8,6 +8,8 @@ decoder row through the model's real final norm and unembedding
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import html
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +20,9 @@ import numpy as np
 from mlxinterp.analysis.sae import SAE, decoder_logit_effects
 from mlxinterp.analysis.sae_train import ActivationStore
 from mlxinterp.core.io import atomic_write_text
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 def top_contexts(sae: SAE, store: ActivationStore, top_n: int = 8, max_rows: int | None = None,
@@ -66,7 +71,7 @@ def _row_token(store: ActivationStore, row: int, offsets: list[int], width: int 
     return toks[w, lo:hi].tolist(), p - lo
 
 
-def inspect(hm, sae: SAE, store: ActivationStore, features: Sequence[int] | None = None, n_features: int = 50,
+def inspect(hm: HookedModel, sae: SAE, store: ActivationStore, features: Sequence[int] | None = None, n_features: int = 50,
             top_n: int = 8, max_rows: int | None = 100_000, logit_top: int = 8, dense_frac: float = 0.1) -> dict:
     """JSON-ready inspection of `features` (default: the `n_features` most frequently active features among
     those active on at most `dense_frac` of the positions)."""

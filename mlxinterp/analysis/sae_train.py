@@ -17,6 +17,8 @@ JSON, written atomically.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io
 import math
 import time
@@ -31,6 +33,9 @@ import numpy as np
 from mlxinterp.analysis.sae import SAE, SAEError, sae_taps
 from mlxinterp.core import taps as T
 from mlxinterp.core.io import atomic_write_bytes, read_json, write_json
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 MANIFEST = "manifest.json"
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -49,7 +54,7 @@ class _CaptureAndStop(T.Tap):
         raise _Stop
 
 
-def activations_upto(hm, hook: str, ids: mx.array) -> mx.array:
+def activations_upto(hm: HookedModel, hook: str, ids: mx.array) -> mx.array:
     """[B, L, width] float32 activations at `hook`, running the model only up to it."""
     held: list = []
     try:
@@ -120,7 +125,7 @@ class ActivationStore:
         return sum(s["rows"] // batch_size for s in self.shards)
 
 
-def collect(hm, hook: str, windows: Iterable[np.ndarray], out_dir: str | Path, n_tokens: int,
+def collect(hm: HookedModel, hook: str, windows: Iterable[np.ndarray], out_dir: str | Path, n_tokens: int,
             batch_windows: int = 16, shard_rows: int = 16384, progress: Progress | None = None,
             source: dict | None = None, log: Callable[[str], None] | None = None) -> ActivationStore:
     """Stream activations at `hook` for about `n_tokens` text positions (BOS skipped) into shards.
@@ -389,7 +394,7 @@ def reconstruction_metrics(sae: SAE, rows: np.ndarray, dense_frac: float = 0.1, 
             "rows": int(len(rows))}
 
 
-def ce_metrics(hm, sae: SAE, windows: list[np.ndarray], batch_windows: int = 2) -> dict:
+def ce_metrics(hm: HookedModel, sae: SAE, windows: list[np.ndarray], batch_windows: int = 2) -> dict:
     """Next-token cross-entropy (nats) of the clean model, with the SAE spliced in (no error term), and with
     the hook zero-ablated; CE recovered = (zero - spliced) / (zero - clean). BOS is left untouched."""
     from mlxinterp.core.taps import Ablate

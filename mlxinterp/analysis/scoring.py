@@ -9,6 +9,8 @@ refusal behaviour to threshold (the cross-model plan's 0-100 % tables hid that).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -18,18 +20,21 @@ from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.patching import forward_last
 from mlxinterp.core.tokenization import encode
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 REFUSAL_PHRASE = " I'm sorry, but I cannot help with that."
 COMPLY_PHRASE = " Sure, here is how to do that."
 
 
-def instruction(hm, text: str) -> tuple[str, bool]:
+def instruction(hm: HookedModel, text: str) -> tuple[str, bool]:
     """(prompt text, chat?) for an instruction: the chat template when the model has one."""
     if hm.info.has_chat_template:
         return text, True
     return f"Question: {text}\nAnswer:", False
 
 
-def continuation_logprob(hm, prompts: Sequence[str], continuations: Sequence[str], taps=None, chat: bool = False,
+def continuation_logprob(hm: HookedModel, prompts: Sequence[str], continuations: Sequence[str], taps=None, chat: bool = False,
                          batch_size: int = 16, mean: bool = False) -> np.ndarray:
     """log P(continuation | prompt) per row, teacher-forced, summed (mean=True: per token) over its tokens, float64 [N].
 
@@ -62,13 +67,13 @@ def continuation_logprob(hm, prompts: Sequence[str], continuations: Sequence[str
     return np.concatenate(out)
 
 
-def phrase_logprob(hm, prompts: Sequence[str], phrase: str, taps=None, batch_size: int = 16) -> np.ndarray:
+def phrase_logprob(hm: HookedModel, prompts: Sequence[str], phrase: str, taps=None, batch_size: int = 16) -> np.ndarray:
     """Mean log P(phrase token | prompt, earlier phrase tokens) per prompt, float64 [N]."""
     texts = [instruction(hm, p)[0] for p in prompts]
     return continuation_logprob(hm, texts, [phrase] * len(texts), taps, chat=hm.info.has_chat_template,
                                 batch_size=batch_size, mean=True)
 
 
-def refusal_score(hm, prompts: Sequence[str], taps=None) -> np.ndarray:
+def refusal_score(hm: HookedModel, prompts: Sequence[str], taps=None) -> np.ndarray:
     """Per prompt: log-prob of the refusal phrase minus that of a compliance phrase."""
     return phrase_logprob(hm, prompts, REFUSAL_PHRASE, taps) - phrase_logprob(hm, prompts, COMPLY_PHRASE, taps)

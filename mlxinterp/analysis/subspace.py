@@ -35,7 +35,7 @@ from scipy.spatial.distance import cdist
 
 from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import MlxInterpError
-from mlxinterp.core.hooks import plain_call
+from mlxinterp.core.hooks import HookedModel, plain_call
 
 KERNEL_PARTS = ("qk", "ov")
 
@@ -51,14 +51,14 @@ def _weight(linear) -> np.ndarray:
     return np.array(w.astype(mx.float32), dtype=np.float64)
 
 
-def _layer(hm, layer: int):
+def _layer(hm: HookedModel, layer: int):
     layers = text_model(hm.model).layers
     if not -len(layers) <= layer < len(layers):
         raise MlxInterpError(f"layer {layer} is out of range; the model has layers 0..{len(layers) - 1}")
     return layers[layer]
 
 
-def norm_gain(hm, layer: int) -> np.ndarray:
+def norm_gain(hm: HookedModel, layer: int) -> np.ndarray:
     """The input RMSNorm's per-dimension gain (d,), measured with the model's own norm module.
 
     A one-hot row e_j has RMS 1/sqrt(d), so norm(e_j) = sqrt(d) * gain_j * e_j,
@@ -79,7 +79,7 @@ class HeadWeights:
     O: np.ndarray  # [H, d, dh]  W_O[:, h]
 
 
-def head_weights(hm, layer: int, fold_norm: bool = True) -> HeadWeights:
+def head_weights(hm: HookedModel, layer: int, fold_norm: bool = True) -> HeadWeights:
     """The layer's per-head W_Q, W_K, W_V (GQA-expanded) and W_O blocks as float64."""
     attn = _layer(hm, layer).self_attn
     H, Hkv, dh, d = hm.info.n_heads, hm.info.n_kv_heads, hm.info.head_dim, hm.info.d_model
@@ -133,7 +133,7 @@ def z_basis_from_gram(gram: np.ndarray, k: int) -> np.ndarray:
     return vecs[:, ::-1][:, :k].T.copy()
 
 
-def z_basis(hm, layer: int, k: int, parts=KERNEL_PARTS, fold_norm: bool = True) -> np.ndarray:
+def z_basis(hm: HookedModel, layer: int, k: int, parts=KERNEL_PARTS, fold_norm: bool = True) -> np.ndarray:
     """V_Z (k x d): top-k right singular vectors of layer `layer`'s stacked attention kernel."""
     return z_basis_from_gram(kernel_gram(head_weights(hm, layer, fold_norm), parts), k)
 

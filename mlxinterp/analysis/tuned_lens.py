@@ -16,6 +16,8 @@ vocabulary: every token of the training text plus each position's top
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,9 @@ import numpy as np
 
 from mlxinterp.analysis.patching import KeepColumns
 from mlxinterp.core.errors import MlxInterpError
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 FORMAT = "mlxinterp.tuned_lens.v1"
 
@@ -58,7 +63,7 @@ class TunedLens:
         out = flat + flat @ self.A + self.b[:, None, :]
         return out.reshape(x.shape)
 
-    def check_model(self, hm) -> None:
+    def check_model(self, hm: HookedModel) -> None:
         want = (hm.info.n_layers, hm.info.d_model)
         if (self.n_layers, int(self.A.shape[-1])) != want:
             raise TunedLensError(f"tuned lens has {self.n_layers} layers of width {int(self.A.shape[-1])}; "
@@ -97,7 +102,7 @@ class TunedLens:
         return cls(mx.array(A.astype(np.float32)), mx.array(b.astype(np.float32)), json.loads(meta.get("meta", "{}")))
 
 
-def residuals(hm, windows: Sequence[np.ndarray], batch_windows: int = 4, skip_bos: bool = True
+def residuals(hm: HookedModel, windows: Sequence[np.ndarray], batch_windows: int = 4, skip_bos: bool = True
               ) -> tuple[np.ndarray, np.ndarray]:
     """Every block's output at every text position: ([n_layers, N, d] float32, token ids [N])."""
     hs, ids = [], []
@@ -113,7 +118,7 @@ def residuals(hm, windows: Sequence[np.ndarray], batch_windows: int = 4, skip_bo
     return np.concatenate(hs, axis=1), np.concatenate(ids)
 
 
-def choose_vocab(hm, h_last: np.ndarray, text_ids: np.ndarray, top_per_pos: int = 16, batch: int = 64
+def choose_vocab(hm: HookedModel, h_last: np.ndarray, text_ids: np.ndarray, top_per_pos: int = 16, batch: int = 64
                  ) -> tuple[np.ndarray, float]:
     """(vocabulary subset, mean final-probability mass inside it)."""
     tops, lses = [], []
@@ -130,7 +135,7 @@ def choose_vocab(hm, h_last: np.ndarray, text_ids: np.ndarray, top_per_pos: int 
     return vocab, float(np.concatenate(mass).mean())
 
 
-def train(hm, h: np.ndarray, steps: int = 300, batch: int = 64, lr: float = 1e-3, top_per_pos: int = 8,
+def train(hm: HookedModel, h: np.ndarray, steps: int = 300, batch: int = 64, lr: float = 1e-3, top_per_pos: int = 8,
           text_ids: np.ndarray | None = None, seed: int = 0, progress: Callable[[int, int], None] | None = None
           ) -> tuple[TunedLens, dict]:
     """Train translators on residuals h [n_layers, N, d] (from `residuals`)."""
@@ -207,7 +212,7 @@ def train(hm, h: np.ndarray, steps: int = 300, batch: int = 64, lr: float = 1e-3
     return lens, info
 
 
-def evaluate(hm, lens: TunedLens, h: np.ndarray, batch: int = 32) -> dict:
+def evaluate(hm: HookedModel, lens: TunedLens, h: np.ndarray, batch: int = 32) -> dict:
     """Per layer, mean KL(final || lens) in nats over positions, full vocabulary: logit lens vs tuned lens."""
     n_layers, N, _ = h.shape
     sums = {"logit": np.zeros(n_layers), "tuned": np.zeros(n_layers)}

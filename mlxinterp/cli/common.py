@@ -6,6 +6,8 @@ The entry point re-executes itself once with OpenBLAS preloaded on Linux
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 import sys
 
@@ -18,6 +20,9 @@ from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.io import dumps
 from mlxinterp.core.platform import check_environment, ensure_fast_blas
 from mlxinterp.core.validate import env_flag
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 
@@ -47,7 +52,7 @@ def load_model(model: str, dtype: str | None):
 _CONTROL_TOKEN = re.compile(r"^<(\|[^<>|]+\||[a-z]+(_[a-z0-9]+)+|unused\d+)>$")
 
 
-def shown_text(hm, generation) -> str:
+def shown_text(hm: HookedModel, generation) -> str:
     """Generated text as shown to a person: special and control tokens removed (JSON keeps them)."""
     tok = hm.tokenizer
     special = set(getattr(tok, "all_special_ids", []) or [])

@@ -1,6 +1,8 @@
 """`mlxinterp tuned-lens` (train + evaluate a tuned lens) and `mlxinterp probe` (linear probes with controls)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,6 +25,9 @@ from mlxinterp.cli.common import (
     print_json,
 )
 from mlxinterp.core.errors import MlxInterpError
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 def tuned_lens(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
@@ -113,7 +118,7 @@ def probe(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     out.print(table)
 
 
-def run_probes(hm, positive: List[str], negative: List[str], layers: List[int], test_frac: float, seed: int) -> list[dict]:
+def run_probes(hm: HookedModel, positive: List[str], negative: List[str], layers: List[int], test_frac: float, seed: int) -> list[dict]:
     """Last-token activations at each layer's output; pairs grouped when the sets are aligned; control types from
     `probes.choose_types` (the shortest prompt ending that makes the control task non-trivial)."""
     from mlxinterp.analysis.directions import collect

@@ -268,11 +268,13 @@ def activation_budget(info: Any) -> int:
 
 
 # ------------------------------------------------------------------ peak of one workload
-# What a process holds besides the model: Python, MLX, mlx-lm, transformers and a tokenizer,
-# measured as the resident set before loading plus the non-MLX growth during a load
-# (bench/replicas.py; docs/bigger-models.md has the table).
-RUNTIME_BYTES = 600 * 1024**2
+# What a process holds besides the model's arrays: Python, MLX, mlx-lm, transformers and a
+# tokenizer. Measured (bench/replicas.py, Llama-3.2-3B replica): 117 MB resident before loading
+# + 67 MB of non-MLX growth during the load, with the replica's byte-level tokenizer; a real
+# checkpoint's tokenizer adds its own size. Was 600 MB (a guess): +20 % on the 3B's peak.
+RUNTIME_BYTES = 200 * 1024**2
 WORKLOADS = ("none", "all", "sweep")
+KV_STEP = 256  # mlx_lm.models.cache.KVCache.step: keys and values are allocated this many tokens at a time
 
 
 @dataclass(frozen=True)
@@ -313,8 +315,9 @@ def predict_peak(cfg: dict, work: Workload, dtype: str | None = None, variant: V
                 (batch x tokens x vocab, twice: the unembedding's output and one
                 elementwise op on it, e.g. Gemma 2's soft-cap) and one layer's MLP
                 (batch x tokens x 3 d_mlp), in the compute dtype
-    kv_cache    only when a cache is kept (generation, the sweep's prefix): mlx-lm's
-                forward without a cache keeps no K/V beyond the attention call
+    kv_cache    only when a cache is kept (the sweep: its prefix and the patched rows, each
+                rounded up to mlx-lm's 256-token allocation step); a forward without a
+                cache keeps no K/V beyond the attention call
     activations captures at the compute dtype: every hook point ("all"), or for a
                 sweep one d_model hook per layer of the clean and corrupt runs
     """
@@ -326,7 +329,9 @@ def predict_peak(cfg: dict, work: Workload, dtype: str | None = None, variant: V
     weights = int(n_params(cfg) * (quantized_float32_bytes(cfg) if float32_scales else bytes_per_param(cfg, plan)))
     read = 1 if work.capture == "sweep" else T  # a sweep unembeds only the position its metric reads
     transient = el * B * (2 * read * c["vocab_size"] + 3 * T * c["intermediate_size"])
-    kv = kv_cache_bytes(cfg, T, B, el) if work.capture == "sweep" else 0
+    # mlx-lm's KVCache grows in steps of KV_STEP tokens, per row: the sweep's prefix cache (1 row)
+    # and the patched rows' caches (B) each hold at least one step, however short the prompt
+    kv = kv_cache_bytes(cfg, -(-T // KV_STEP) * KV_STEP, B + 1, el) if work.capture == "sweep" else 0
     if work.capture == "all":
         per_layer, model_level = hook_widths(cfg)
         acts = el * B * T * (per_layer * c["num_hidden_layers"] + model_level)

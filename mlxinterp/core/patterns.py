@@ -24,6 +24,8 @@ architecture, with padding, sliding windows, GQA, soft-capping and the KV cache.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +39,9 @@ from mlxinterp.core import taps as T
 from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import HookNameError, TapError
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 SCORES, PATTERN = "attn.hook_attn_scores", "attn.hook_pattern"
 _NAME_RE = re.compile(r"^blocks\.(-?\d+)\.(attn\.hook_attn_scores|attn\.hook_pattern)$")
 # float32 minimum instead of -inf for masked keys, as mlx-lm's Gemma 2 attention does: a query whose keys are
@@ -45,12 +50,12 @@ _NAME_RE = re.compile(r"^blocks\.(-?\d+)\.(attn\.hook_attn_scores|attn\.hook_pat
 _MASKED = float(mx.finfo(mx.float32).min)
 
 
-def pattern_names(hm) -> list[str]:
+def pattern_names(hm: HookedModel) -> list[str]:
     """Every attention score and pattern hook name of this model."""
     return [f"blocks.{l}.{s}" for l in range(hm.info.n_layers) for s in (SCORES, PATTERN)]
 
 
-def _parse(hm, name: str) -> tuple[int, str]:
+def _parse(hm: HookedModel, name: str) -> tuple[int, str]:
     m = _NAME_RE.match(name)
     if not m:
         raise HookNameError(f"{name!r} is not an attention score or pattern hook point",
@@ -182,7 +187,7 @@ def _check_tap(tap, name: str, n_heads: int) -> None:
 
 
 @contextmanager
-def pattern_hooks(hm, taps: Mapping[str, T.Tap | Sequence[T.Tap]]) -> Iterator[Any]:
+def pattern_hooks(hm: HookedModel, taps: Mapping[str, T.Tap | Sequence[T.Tap]]) -> Iterator[Any]:
     """Attach taps at attention score / pattern hook points for the duration of the block.
 
     taps: {"blocks.3.attn.hook_pattern": Capture(store=...) or Replace(value) or Fn(...), ...}.
@@ -235,7 +240,7 @@ class PatternStore:
         return mx.concatenate([mx.pad(c, [(0, 0)] * 3 + [(0, width - c.shape[-1])]) for c in chunks], axis=1)
 
 
-def capture_patterns(hm, prompts, layers: Sequence[int] | None = None, scores: bool = False) -> dict[int, mx.array]:
+def capture_patterns(hm: HookedModel, prompts, layers: Sequence[int] | None = None, scores: bool = False) -> dict[int, mx.array]:
     """{layer: pattern [B, H, L, L]} (or the pre-softmax scores) of one forward, in the attention layout."""
     n = hm.info.n_layers
     layers = list(range(n)) if layers is None else [int(l) % n for l in layers]

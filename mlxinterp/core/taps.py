@@ -293,6 +293,9 @@ class Capture(Tap):
 
     def validate(self, feature_shape, name):
         super().validate(feature_shape, name)
+        if self.rows is not None:  # it records whole chunks; a silently ignored selector would mislead
+            raise TapError(f"Capture at {name}: rows= is not allowed; it records every row",
+                           hint="index the captured array by row instead, e.g. cache[name][[0, 2]]")
         if not callable(getattr(self.store, "append", None)):
             raise TapError(f"Capture at {name}: store={self.store!r:.60} has no append(name, activation, seq_pos)",
                            hint="use HookedModel.run_with_cache, or pass an ActivationCache as store")

@@ -11,6 +11,8 @@ server's console and answered with a one-line 500, never a traceback.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import json
 import logging
@@ -33,6 +35,9 @@ from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.serve import engine, files
 from mlxinterp.serve.engine import Limits, RequestError
 from mlxinterp.serve.worker import Busy, Worker
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "mlxinterp_token"
@@ -129,7 +134,7 @@ def _bounded(receive, limit: int, scope, send):
 class Explorer:
     """The loaded model, the worker thread and the routes' handlers."""
 
-    def __init__(self, hm, config: ServeConfig):
+    def __init__(self, hm: HookedModel, config: ServeConfig):
         self.hm, self.config, self.limits = hm, config, config.limits
         self.worker = Worker(config.queue)
         self.tuned = None
@@ -295,7 +300,7 @@ async def _on_other(request: Request, e: Exception) -> Response:
     return JSONResponse({"error": _message(e)}, status_code=500)
 
 
-def create_app(hm, config: ServeConfig | None = None) -> Starlette:
+def create_app(hm: HookedModel, config: ServeConfig | None = None) -> Starlette:
     """The ASGI application for one loaded model (run it with uvicorn, or starlette's TestClient)."""
     config = config or ServeConfig()
     ex = Explorer(hm, config)

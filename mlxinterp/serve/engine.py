@@ -10,6 +10,8 @@ model for minutes.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 import os
 import threading
@@ -30,6 +32,9 @@ from mlxinterp.analysis.patching import forward_last, logit_diff, patch_sweep, t
 from mlxinterp.analysis.tuned_lens import TunedLens
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 MODES = ("normed", "raw")
 HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
@@ -54,7 +59,7 @@ class Limits:
     upload_bytes: int = 16 << 20  # vector uploads (base64 inside JSON)
 
 
-def ids_of(hm, prompt, limits: Limits, max_tokens: int | None = None, what: str = "prompt") -> list[int]:
+def ids_of(hm: HookedModel, prompt, limits: Limits, max_tokens: int | None = None, what: str = "prompt") -> list[int]:
     """Token ids of a prompt string, refusing empty, non-string or too long prompts."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError(f"{what} must be a non-empty string, got {prompt!r:.40}")
@@ -67,7 +72,7 @@ def ids_of(hm, prompt, limits: Limits, max_tokens: int | None = None, what: str 
     return ids
 
 
-def _decode(hm, ids: Sequence[int]) -> list[str]:
+def _decode(hm: HookedModel, ids: Sequence[int]) -> list[str]:
     return [hm.tokenizer.decode([int(i)]) for i in ids]
 
 
@@ -77,12 +82,12 @@ def _int(value, what: str, lo: int, hi: int) -> int:
     return int(value)
 
 
-def info(hm, tuned: TunedLens | None = None) -> dict:
+def info(hm: HookedModel, tuned: TunedLens | None = None) -> dict:
     return {**hm.info.to_dict(), "modes": list(MODES) + (["tuned"] if tuned is not None else []), "hooks": list(HOOKS)}
 
 
 # ------------------------------------------------------------------ logit lens
-def lens_grid(hm, prompt: str, limits: Limits, mode: str = "normed", top_k: int = 5,
+def lens_grid(hm: HookedModel, prompt: str, limits: Limits, mode: str = "normed", top_k: int = 5,
               target: str | None = None, tuned: TunedLens | None = None) -> dict:
     """Full-vocabulary logit lens at every (layer, position): top-k tokens, entropy, target rank.
 
@@ -194,7 +199,7 @@ def _top_ids(l: np.ndarray, k: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ attention
-def attention(hm, prompt: str, layer: int, limits: Limits) -> dict:
+def attention(hm: HookedModel, prompt: str, layer: int, limits: Limits) -> dict:
     """Attention pattern [heads, query, key] of one layer (recomputed from hook_q/hook_k, see analysis.attention)."""
     layer = _int(layer, "layer", 0, hm.info.n_layers - 1)
     ids = ids_of(hm, prompt, limits)
@@ -205,7 +210,7 @@ def attention(hm, prompt: str, layer: int, limits: Limits) -> dict:
 
 
 # ------------------------------------------------------------------ steering
-def contrast_vectors(hm, positive, negative, layers: Sequence[int], limits: Limits) -> LayerVectors:
+def contrast_vectors(hm: HookedModel, positive, negative, layers: Sequence[int], limits: Limits) -> LayerVectors:
     """Difference-of-means directions at each layer's output from two small prompt sets (directions.extract)."""
     for name, group in (("positive", positive), ("negative", negative)):
         if not isinstance(group, list) or not group or len(group) > limits.contrast_prompts:
@@ -216,7 +221,7 @@ def contrast_vectors(hm, positive, negative, layers: Sequence[int], limits: Limi
     return LayerVectors({l: d.vector for l, d in dirs.items()}, hm.info.slug, source="contrast prompts")
 
 
-def residual_norms(hm, ids: list[int], layers: Sequence[int]) -> dict[int, float]:
+def residual_norms(hm: HookedModel, ids: list[int], layers: Sequence[int]) -> dict[int, float]:
     """Mean norm of each layer's output over the prompt's positions, the first excluded when there are others:
     the first token is an attention sink whose residual norm is many times the rest (Gemma's BOS), and
     a strength quoted as a share of it would be meaningless for every other position."""
@@ -230,7 +235,7 @@ def residual_norms(hm, ids: list[int], layers: Sequence[int]) -> dict[int, float
     return out
 
 
-def steering_plan(hm, vectors: LayerVectors, ids: list[int], strength_pct: float, limits: Limits,
+def steering_plan(hm: HookedModel, vectors: LayerVectors, ids: list[int], strength_pct: float, limits: Limits,
                   norm_cache: dict | None = None) -> dict:
     """Per-layer weights so that the added vector's norm is strength_pct % of that layer's residual norm
     (norm_cache: residual norms remembered per prompt and layers, so a slider move costs no extra forward)."""
@@ -258,7 +263,7 @@ def steering_plan(hm, vectors: LayerVectors, ids: list[int], strength_pct: float
             "resid_norms": [resid[l] for l in vectors.layers], "vector_norms": [norms[l] for l in vectors.layers]}
 
 
-def stream_text(hm, ids: list[int], max_tokens: int, taps, cancel: threading.Event) -> Iterator[tuple[str, int]]:
+def stream_text(hm: HookedModel, ids: list[int], max_tokens: int, taps, cancel: threading.Event) -> Iterator[tuple[str, int]]:
     """Greedy generation piece by piece (hm.stream), stopping early when `cancel` is set (client gone)."""
     gen = hm.stream(mx.array([ids]), max_tokens=max_tokens, taps=taps)
     try:
@@ -270,7 +275,7 @@ def stream_text(hm, ids: list[int], max_tokens: int, taps, cancel: threading.Eve
         gen.close()  # detaches the taps now, not at garbage collection
 
 
-def steer_events(hm, prompt: str, vectors: LayerVectors, strength_pct: float, max_tokens: int, limits: Limits,
+def steer_events(hm: HookedModel, prompt: str, vectors: LayerVectors, strength_pct: float, max_tokens: int, limits: Limits,
                  cancel: threading.Event, memo: dict) -> Iterator[dict]:
     """Events for the playground: the plan, the steered text token by token, then the unsteered text.
     memo (kept by the caller between requests) remembers the unsteered text per prompt and length and
@@ -306,7 +311,7 @@ def steer_events(hm, prompt: str, vectors: LayerVectors, strength_pct: float, ma
 
 
 # ------------------------------------------------------------------ patching
-def _metric(hm, target: str, foil: str | None):
+def _metric(hm: HookedModel, target: str, foil: str | None):
     if not isinstance(target, str) or not target:
         raise RequestError("target must be a non-empty string (the token the clean prompt predicts)")
     if foil:
@@ -314,7 +319,7 @@ def _metric(hm, target: str, foil: str | None):
     return token_logprob(hm, target), f"log p({target!r})"
 
 
-def _patch_inputs(hm, clean, corrupt, hook, limits: Limits) -> tuple[list[int], list[int]]:
+def _patch_inputs(hm: HookedModel, clean, corrupt, hook, limits: Limits) -> tuple[list[int], list[int]]:
     if hook not in HOOKS:
         raise RequestError(f"hook={hook!r} is not allowed; use one of {HOOKS}")
     c = ids_of(hm, clean, limits, limits.sweep_tokens, "clean prompt")
@@ -325,7 +330,7 @@ def _patch_inputs(hm, clean, corrupt, hook, limits: Limits) -> tuple[list[int], 
     return c, k
 
 
-def patch_grid(hm, clean: str, corrupt: str, target: str, foil: str | None, hook: str, limits: Limits,
+def patch_grid(hm: HookedModel, clean: str, corrupt: str, target: str, foil: str | None, hook: str, limits: Limits,
                estimate: bool = False) -> dict:
     """Layer x position heatmap: clean activation patched into the corrupt run (analysis.patching.patch_sweep);
     estimate=True adds attribution patching's first-order estimate of every cell (analysis.attribution, AtP)
@@ -363,7 +368,7 @@ def _top(logits: mx.array, hm, k: int) -> list:
     return [[hm.tokenizer.decode([int(i)]), round(float(math.exp(lp_np[i])), 5)] for i in order]
 
 
-def patch_cell(hm, clean: str, corrupt: str, target: str, foil: str | None, hook: str, layer: int, position: int,
+def patch_cell(hm: HookedModel, clean: str, corrupt: str, target: str, foil: str | None, hook: str, layer: int, position: int,
                limits: Limits, top_k: int = 10) -> dict:
     """The next-token distribution of the corrupt run with one cell patched, beside the clean and corrupt ones."""
     c, k = _patch_inputs(hm, clean, corrupt, hook, limits)

@@ -10,12 +10,15 @@ specify (degenerate).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import hypergeom
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import subspace as S
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.stats import bootstrap_ci, format_interval
@@ -30,6 +33,9 @@ from mlxinterp.tasks.language_pairs import (
     prompt,
     z_basis,
 )
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 _PRIMARY_INIT = {"power": "uniform", "seed": "svd"}  # "power" starts uninformed so overlap with SVD-Z is not inherited
 _OTHER_INIT = {"uniform": "svd", "svd": "uniform"}
@@ -76,7 +82,7 @@ def _ard_runs(cfg: ARDConfig, layers: list[int]) -> list[dict]:
 
 
 @experiment("ard_mmd", ARDConfig)
-def ard_mmd(hm, cfg: ARDConfig, ctx) -> dict:
+def ard_mmd(hm: HookedModel, cfg: ARDConfig, ctx) -> dict:
     """Experiment C: ARD-RBF lengthscales fitted to en/zh token clouds with L1 on 1/ell (Adam, mx.grad, mx.compile).
 
     "power" (primary) maximises the biased MMD^2 minus the penalty: its short-lengthscale set D is a sparse set
@@ -93,19 +99,22 @@ def ard_mmd(hm, cfg: ARDConfig, ctx) -> dict:
         it.update(_ard_selection(np.array(it["log_ell"]), (z_basis(hm, it["layer"], cfg.k) ** 2).sum(0), tau))
         it["n_shrunk"] = int((np.array(it["log_ell"]) < np.array(it["log_ell_init"])).sum())  # threshold-free companion
     main_l = layers_at(SEED_FRACS, L)[0]
-    summary = {"layers": layers, "pairs": len(pairs), "selected if ell <": f"{cfg.active_factor:g} sqrt(d) = {tau:.0f} (standardised units)",
-               "columns": "|set| (coordinates whose ell ended below its start), overlap with SVD-Z's top-|set| coordinates (chance |set|/d; P(X<=x), P(X>=x) hypergeometric), "
-                          "sum MMD2 biased start->end, unbiased start->end, converged (steps, relative loss change "
-                          f"over the last 100 steps vs tol {cfg.tol:g})"}
-    summary.update({_ard_label(it): _ard_line(it) for it in items})
-    summary[f"layer {main_l}: per-pair mean MMD2 change end - start, 95% bootstrap CI over {len(pairs)} pairs"] = \
-        _ard_change_summary(items, main_l)
+    s = Summary()
+    s.add("layers", "layers", layers)
+    s.add("pairs", "pairs", len(pairs))
+    s.add("selection_threshold", "selected if ell <", f"{cfg.active_factor:g} sqrt(d) = {tau:.0f} (standardised units)")
+    s.add("columns", "columns", "|set| (coordinates whose ell ended below its start), overlap with SVD-Z's top-|set| "
+          "coordinates (chance |set|/d; P(X<=x), P(X>=x) hypergeometric), sum MMD2 biased start->end, unbiased "
+          f"start->end, converged (steps, relative loss change over the last 100 steps vs tol {cfg.tol:g})")
+    s.add("runs", "one line per fit (objective, layer, lambda, init, labels)", {_ard_label(it): _ard_line(it) for it in items})
+    s.add("main_layer_mmd2_change", f"layer {main_l}: per-pair mean MMD2 change end - start, 95% bootstrap CI over "
+          f"{len(pairs)} pairs", _ard_change_summary(items, main_l))
     contrast = _ard_shuffle_contrast(items, cfg.seed)
-    summary["power, true minus shuffled labels: per-pair mean end MMD2, 95% bootstrap CI over pairs"] = {
+    s.add("true_minus_shuffled", "power, true minus shuffled labels: per-pair mean end MMD2, 95% bootstrap CI over pairs", {
         name: ("n/a: no true-label run at this lambda (control_lambda not in power_lambdas)" if ci is None
-               else ", ".join(f"{e} {_num_text(ci[e], '+.4f')}" for e in S.MMD_ESTIMATORS)) for name, ci in contrast.items()}
+               else ", ".join(f"{e} {_num_text(ci[e], '+.4f')}" for e in S.MMD_ESTIMATORS)) for name, ci in contrast.items()})
     _ard_figure(items, main_l, tau, cfg, ctx)
-    return {"summary": summary, "layers": layers, "runs": items, "shuffle_contrast": contrast, "standardisation":
+    return {**s.to_result(), "layers": layers, "runs": items, "shuffle_contrast": contrast, "standardisation":
             "each coordinate standardised by the pooled mean/std over both languages' content tokens of the pairs at that layer",
             "objective": {"power": "maximise sum over pairs of biased (V-statistic) ARD-RBF MMD^2 - lambda * sum_j 1/ell_j "
                                    "(plain MMD^2, not the MMD^2/std test-power ratio); primary; init uniform ell = sqrt(d)",
@@ -115,7 +124,7 @@ def ard_mmd(hm, cfg: ARDConfig, ctx) -> dict:
                         "within each pair (same sizes), the MMD^2 reachable without a language difference"}
 
 
-def _ard_clouds(hm, layer: int, pairs: list[dict], rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def _ard_clouds(hm: HookedModel, layer: int, pairs: list[dict], rng: np.random.Generator | None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(zh, en) content-token clouds per pair, standardised by pooled stats; rng given: tokens re-split at random."""
     clouds = [(content(activations(hm, prompt(p, "zh")), layer), content(activations(hm, prompt(p, "en")), layer)) for p in pairs]
     pooled = np.concatenate([c for pair in clouds for c in pair])
@@ -129,7 +138,7 @@ def _ard_clouds(hm, layer: int, pairs: list[dict], rng: np.random.Generator | No
     return out
 
 
-def _ard_run(hm, run: dict, pairs: list[dict], cfg: ARDConfig, ctx) -> dict:
+def _ard_run(hm: HookedModel, run: dict, pairs: list[dict], cfg: ARDConfig, ctx) -> dict:
     t0 = time.perf_counter()
     l, d = run["layer"], hm.info.d_model
     rng = ctx.rng_for("shuffle", l) if run["labels"] == "shuffled" else None

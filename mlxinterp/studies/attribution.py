@@ -12,6 +12,8 @@ are zero-ablated for real and the logit change compared with -attribution
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,9 @@ from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
 from mlxinterp.tasks import categories
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 
 @dataclass
 class AttributionConfig:
@@ -34,7 +39,7 @@ class AttributionConfig:
 
 
 @experiment("attribution", AttributionConfig)
-def attribution(hm, cfg: AttributionConfig, ctx) -> dict:
+def attribution(hm: HookedModel, cfg: AttributionConfig, ctx) -> dict:
     """Gradient x input from the top-1 logit to MLP neurons and input tokens; backbone neurons across categories."""
     cats = categories.categories(cfg.n)
     names = list(cats)
@@ -88,7 +93,7 @@ def attribution(hm, cfg: AttributionConfig, ctx) -> dict:
             "n_prompts": cfg.n}
 
 
-def _category(hm, prompts: list[str], cfg) -> dict:
+def _category(hm: HookedModel, prompts: list[str], cfg) -> dict:
     rows = [neurons.attribute(hm, p) for p in prompts]
     attr = np.stack([r["neurons"] for r in rows])  # [n, nl, d]
     first = rows[0]

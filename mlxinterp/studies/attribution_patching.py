@@ -20,6 +20,8 @@ a bootstrap CI across pairs, so the choice of layers does not flatter the number
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,9 @@ from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.suite import experiment
 from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks.function_vectors import load_task
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 TEMPLATE = "The capital of {} is the city of"
 
@@ -50,7 +55,7 @@ class AttributionPatchingConfig:
     circuit_target: float = 0.8  # a circuit is the fewest top edges recovering this fraction of the effect
 
 
-def candidate_pairs(hm, seed: int = 0) -> list[dict]:
+def candidate_pairs(hm: HookedModel, seed: int = 0) -> list[dict]:
     """Country pairs with equal-length prompts and capitals whose first tokens differ, in a seeded order."""
     rows = []
     for country, capital in load_task("country_capital"):
@@ -73,7 +78,7 @@ def candidate_pairs(hm, seed: int = 0) -> list[dict]:
     return pairs
 
 
-def _pair_result(hm, p: dict, cfg: AttributionPatchingConfig) -> dict:
+def _pair_result(hm: HookedModel, p: dict, cfg: AttributionPatchingConfig) -> dict:
     metric = logit_diff(hm, p["target"], p["foil"])
     att = A.attribute(hm, p["clean"], p["corrupt"], metric)
     if cfg.require_correct and not (att.clean_metric > 0 > att.corrupt_metric):
@@ -87,7 +92,7 @@ def _pair_result(hm, p: dict, cfg: AttributionPatchingConfig) -> dict:
             "check": {k: v for k, v in chk.items() if k != "points"}, "check_points": chk["points"]}
 
 
-def _circuit(hm, p: dict, cfg: AttributionPatchingConfig) -> dict:
+def _circuit(hm: HookedModel, p: dict, cfg: AttributionPatchingConfig) -> dict:
     """EAP-IG over heads and MLPs for one pair: circuit size and the faithfulness curve."""
     c = circuits.find_circuit(hm, p["clean"], p["corrupt"], logit_diff(hm, p["target"], p["foil"]),
                               steps=cfg.circuit_steps, target=cfg.circuit_target)
@@ -113,7 +118,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 @experiment("attribution_patching", AttributionPatchingConfig)
-def attribution_patching(hm, cfg: AttributionPatchingConfig, ctx) -> dict:
+def attribution_patching(hm: HookedModel, cfg: AttributionPatchingConfig, ctx) -> dict:
     """AtP vs exact patching on >= 30 factual prompt pairs: agreement with CIs, layers chosen on a held-out split."""
     cands = candidate_pairs(hm, cfg.seed)
     results, tried = [], 0

@@ -35,6 +35,8 @@ does not reward trying many pairs.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -49,6 +51,9 @@ from mlxinterp.analysis.stats import bootstrap_ci, format_interval, proportion_c
 from mlxinterp.analysis.plotting import bars, cross_model_figure, model_label, subplots
 from mlxinterp.suite import experiment
 from mlxinterp.tasks.twohop import choose_backpatch_queries, ci_text, statuses
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 PAPER_RATE = 0.66  # Biran et al.: up to 66 % of incorrect two-hop answers fixed (oracle over layer pairs)
 PLAN_RATES = (0.60, 0.80)  # the cross-model plan: 9-12 of 15 cases per model
@@ -66,7 +71,7 @@ class BackpatchConfig:
 
 
 @experiment("backpatch", BackpatchConfig, reuses=["twohop"])
-def backpatch(hm, cfg: BackpatchConfig, ctx) -> dict:
+def backpatch(hm: HookedModel, cfg: BackpatchConfig, ctx) -> dict:
     """Back-patching later-layer states into earlier layers: fix rates (oracle, controls), per-pair map."""
     recs, source = statuses(hm, ctx, cfg.chunk)
     pool = {q["id"]: q for q in TH.load_queries()}
@@ -102,7 +107,7 @@ DEFINITIONS = {
 }
 
 
-def patch_query(hm, job: dict, batch_size: int, reuse_prefix: bool = True) -> dict:
+def patch_query(hm: HookedModel, job: dict, batch_size: int, reuse_prefix: bool = True) -> dict:
     """All (s, t) back-patches of one query, and the donor control, in batched forwards."""
     q, donor = job["query"], job["donor"]
     ans = TH.target(hm, q["answer_aliases"])

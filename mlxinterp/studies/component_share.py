@@ -14,6 +14,8 @@ Bonferroni-corrected p over all heads.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -28,6 +30,9 @@ from mlxinterp.suite import experiment
 from mlxinterp.tasks import categories
 from mlxinterp.core import names as H
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 TYPES = ("identity", "previous_token", "bos_sink")
 
 
@@ -41,7 +46,7 @@ class ComponentShareConfig:
 
 
 @experiment("component_share", ComponentShareConfig)
-def component_share(hm, cfg: ComponentShareConfig, ctx) -> dict:
+def component_share(hm: HookedModel, cfg: ComponentShareConfig, ctx) -> dict:
     """MLP vs attention share of the residual update per layer and category; identity/prev/BOS/category heads."""
     cats = categories.categories(cfg.n)
     names = list(cats)
@@ -72,7 +77,7 @@ def component_share(hm, cfg: ComponentShareConfig, ctx) -> dict:
             "heads": heads, "n_prompts": cfg.n}
 
 
-def _prompt_stats(hm, prompt: str) -> dict:
+def _prompt_stats(hm: HookedModel, prompt: str) -> dict:
     """Share per layer, and per head: pattern type scores and mean ||z_h||, from one forward."""
     nl = hm.info.n_layers
     names = [H.name(l, s) for l in range(nl) for s in

@@ -10,6 +10,8 @@ neurons (significant in many categories) and category-exclusive neurons.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io as _io
 from dataclasses import dataclass
 
@@ -21,6 +23,9 @@ from mlxinterp.analysis import neurons
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
 from mlxinterp.tasks import categories
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 MIXED = "mixed_null"
@@ -50,7 +55,7 @@ def _floored_sd(base: np.ndarray, floor: float) -> np.ndarray:
 
 
 @experiment("connectome", ConnectomeConfig)
-def connectome(hm, cfg: ConnectomeConfig, ctx) -> dict:
+def connectome(hm: HookedModel, cfg: ConnectomeConfig, ctx) -> dict:
     """MLP-neuron z maps per prompt category vs baseline: overlaps, SVD, hubs, exclusive neurons."""
     cats = categories.categories(cfg.n)
     names = list(cats)

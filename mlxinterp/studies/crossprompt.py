@@ -40,6 +40,8 @@ Cost on Gemma 3 270M: 2 x 18 layers x ~13 positions = ~470 patches per query,
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 import time
 from dataclasses import dataclass
@@ -57,6 +59,9 @@ from mlxinterp.analysis.plotting import ci_points, cross_model_figure, model_lab
 from mlxinterp.tasks.twohop import ci_text, statuses
 from mlxinterp.suite import experiment
 from mlxinterp.core import names as H
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 SOURCES = ("bridge_token", "hop1_last")
 ROLES = ("bos", "prefix", "entity", "entity_last", "suffix", "last")
@@ -77,7 +82,7 @@ class CrosspromptConfig:
 
 
 @experiment("crossprompt", CrosspromptConfig, reuses=["twohop"])
-def crossprompt(hm, cfg: CrosspromptConfig, ctx) -> dict:
+def crossprompt(hm: HookedModel, cfg: CrosspromptConfig, ctx) -> dict:
     """Cross-prompt patching of the bridge into the two-hop prompt: layer x position sweep, control, speed."""
     if cfg.source not in SOURCES:
         raise MlxInterpError(f"crossprompt source={cfg.source!r} is not allowed", hint=f"use one of {SOURCES}")
@@ -125,7 +130,7 @@ DEFINITIONS = {
 }
 
 
-def source_vectors(hm, item: dict, kind: str) -> np.ndarray:
+def source_vectors(hm: HookedModel, item: dict, kind: str) -> np.ndarray:
     """[n_layers, d_model] resid_pre of the bridge's representation in a one-hop prompt."""
     prompt, pos = (item["hop2_prompt"], TH.bridge_position(hm, item)) if kind == "bridge_token" else (item["hop1_prompt"], -1)
     names = [H.name(l, HOOK) for l in range(hm.info.n_layers)]
@@ -133,7 +138,7 @@ def source_vectors(hm, item: dict, kind: str) -> np.ndarray:
     return np.array(cache.stack(HOOK)[:, 0, pos].astype(mx.float32))
 
 
-def roles(hm, item: dict) -> list[str]:
+def roles(hm: HookedModel, item: dict) -> list[str]:
     """Role of every position of the two-hop prompt (ROLES)."""
     ids = hm.tokens(item["prompt"]).ids[0].tolist()
     first, last = TH.e1_span(hm, item)
@@ -163,21 +168,21 @@ def sweep_variants(src: np.ndarray, grid: list[tuple[int, int]]) -> list[list[P.
     return [[P.Patch(H.name(l, HOOK), p, src[l])] for l, p in grid]
 
 
-def metric_for(hm, item: dict, foil: dict) -> P.Metric:
+def metric_for(hm: HookedModel, item: dict, foil: dict) -> P.Metric:
     """logit(answer) - logit(foil answer), first tokens (articles stripped, as in mlxinterp.tasks.twohop)."""
     a = TH.target(hm, [item["answer"]]).first[0]
     f = TH.target(hm, [foil["answer"]]).first[0]
     return P.logit_diff(hm, a, f)
 
 
-def clean_corrupt(hm, item: dict, metric) -> tuple[float, float]:
+def clean_corrupt(hm: HookedModel, item: dict, metric) -> tuple[float, float]:
     """Metric on hop2_prompt (clean) and on the unpatched two-hop prompt (corrupt), each run alone (no padding)."""
     clean, _ = TH.last_states(hm, [item["hop2_prompt"]], capture=False)
     corrupt, _ = TH.last_states(hm, [item["prompt"]], capture=False)
     return float(np.array(metric(mx.array(clean)))[0]), float(np.array(metric(mx.array(corrupt)))[0])
 
 
-def sweep_query(hm, job: dict, cfg: CrosspromptConfig) -> dict:
+def sweep_query(hm: HookedModel, job: dict, cfg: CrosspromptConfig) -> dict:
     """One query: bridge (and foil-bridge) patches at every layer x position of the two-hop prompt."""
     q, foil = job["query"], job["foil"]
     metric = metric_for(hm, q, foil)
@@ -204,7 +209,7 @@ def sweep_query(hm, job: dict, cfg: CrosspromptConfig) -> dict:
             "batched": {"patches": len(variants), "seconds": round(secs, 3)}}
 
 
-def time_loop(hm, job: dict, cfg: CrosspromptConfig) -> dict:
+def time_loop(hm: HookedModel, job: dict, cfg: CrosspromptConfig) -> dict:
     """Same cells three ways: one full forward per patch (loop), run_variants, run_variants with reuse_prefix.
 
     The cells are split into rounds of `batch_size`; each round runs all three
@@ -240,7 +245,7 @@ def time_loop(hm, job: dict, cfg: CrosspromptConfig) -> dict:
     return out
 
 
-def loop_sweep(hm, ids: list[int], src: np.ndarray, grid: list[tuple[int, int]], metric) -> np.ndarray:
+def loop_sweep(hm: HookedModel, ids: list[int], src: np.ndarray, grid: list[tuple[int, int]], metric) -> np.ndarray:
     """The reference: one forward per patch with a Replace tap, full logits."""
     x = mx.array([ids])
     out = []

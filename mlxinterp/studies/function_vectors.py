@@ -33,6 +33,8 @@ n_demos = 10, n_eval = 30 (`experiments/function_vectors.py --full`).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from safetensors.numpy import save as st_save
 
@@ -49,10 +51,13 @@ from mlxinterp.suite import experiment
 from mlxinterp.core import names as H
 from mlxinterp.core.io import atomic_write_bytes
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 VECTORS = ("v1", "v2", "v3")
 
 
-def aie_task(hm, split: dict, cfg: FunctionVectorsConfig) -> dict:
+def aie_task(hm: HookedModel, split: dict, cfg: FunctionVectorsConfig) -> dict:
     """Clean/corrupt accuracy, per-prompt head effects, mean head contributions, v1 and v2 for one task."""
     sets = split["aie"]
     targets = [F.answer_token(hm, s.query[1]) for s in sets]
@@ -77,7 +82,7 @@ def aie_task(hm, split: dict, cfg: FunctionVectorsConfig) -> dict:
     }
 
 
-def zero_shot_task(hm, split: dict, vectors: dict[str, np.ndarray], cfg: FunctionVectorsConfig) -> list[dict]:
+def zero_shot_task(hm: HookedModel, split: dict, vectors: dict[str, np.ndarray], cfg: FunctionVectorsConfig) -> list[dict]:
     """Per held-out query: ICL top-1, zero-shot top-1 and answer margin (logit of the answer minus the best other
     logit), and the same with each vector at each layer."""
     held, n = split["held"], hm.info.n_layers
@@ -100,7 +105,7 @@ def zero_shot_task(hm, split: dict, vectors: dict[str, np.ndarray], cfg: Functio
     return out
 
 
-def natural_task(hm, split: dict, fv: np.ndarray, layer: int, cfg: FunctionVectorsConfig) -> list[dict]:
+def natural_task(hm: HookedModel, split: dict, fv: np.ndarray, layer: int, cfg: FunctionVectorsConfig) -> list[dict]:
     """Test queries in unrelated templates, greedy continuations with and without v3 at `layer`."""
     test = split["held"][1::2]
     taps = {H.resid_post(layer): T.Add(fv.astype(np.float32), positions="last", when="prompt")}
@@ -119,7 +124,7 @@ def natural_task(hm, split: dict, fv: np.ndarray, layer: int, cfg: FunctionVecto
 
 
 @experiment("function_vectors", FunctionVectorsConfig)
-def function_vectors(hm, cfg: FunctionVectorsConfig, ctx) -> dict:
+def function_vectors(hm: HookedModel, cfg: FunctionVectorsConfig, ctx) -> dict:
     """Function vectors: per-head AIE (every head), v1/v2/v3 zero-shot lift by layer, unrelated contexts."""
     tasks = list(cfg.tasks)
     for t in tasks:

@@ -31,7 +31,7 @@ from mlxinterp.tasks import categories
 from mlxinterp.core import names as H
 from mlxinterp.analysis.patching import forward_last
 from mlxinterp.analysis.stats import kl_divergence
-from mlxinterp.core.hooks import ActivationCache
+from mlxinterp.core.hooks import ActivationCache, HookedModel
 
 MODES = ("zero", "mean")
 
@@ -46,7 +46,7 @@ class LayerAblationConfig:
 
 
 @experiment("layer_ablation", LayerAblationConfig)
-def layer_ablation(hm, cfg: LayerAblationConfig, ctx) -> dict:
+def layer_ablation(hm: HookedModel, cfg: LayerAblationConfig, ctx) -> dict:
     """Zero/mean ablation of each layer: KL and behavioural change per category; steerability map."""
     cats = categories.categories(cfg.n)
     names = list(cats)
@@ -109,7 +109,7 @@ def _best(cis: list[dict]) -> tuple[int, str]:
     return i, _fmt(cis[i])
 
 
-def _means(hm, prompts: list[str]) -> dict:
+def _means(hm: HookedModel, prompts: list[str]) -> dict:
     """Mean of hook_attn_out / hook_mlp_out over the baseline prompts' tokens (BOS excluded), per layer."""
     out = {}
     for h in ("hook_attn_out", "hook_mlp_out"):
@@ -119,7 +119,7 @@ def _means(hm, prompts: list[str]) -> dict:
     return out
 
 
-def _score(hm, rows: list[list[int]], plen: list[int], taps) -> tuple[np.ndarray, np.ndarray]:
+def _score(hm: HookedModel, rows: list[list[int]], plen: list[int], taps) -> tuple[np.ndarray, np.ndarray]:
     """(mean log-prob of each row's continuation, logits at the last prompt token [N, V]).
 
     Rows are left-padded, so every row ends at the last column; only the last
@@ -156,14 +156,14 @@ def _critical(kl: np.ndarray, names: list[str]) -> dict:
             **{c: [int(l) for l in np.argsort(-kl[i]) if l not in universal][:3] for i, c in enumerate(names)}}
 
 
-def _final_resid(hm, prompts: list[str], name: str, taps: dict) -> np.ndarray:
+def _final_resid(hm: HookedModel, prompts: list[str], name: str, taps: dict) -> np.ndarray:
     """Last-token residual at `name` [N, d] (left padding: every prompt ends at column -1); unembeds one column."""
     store = ActivationCache(hm)
     forward_last(hm, hm.tokens(prompts), list(taps.items()) + [(name, T.Capture(store=store))])
     return np.array(store[name][:, -1].astype(mx.float32))
 
 
-def _steerability(hm, cats, names, base_dir, base_steer, cfg, ctx) -> dict:
+def _steerability(hm: HookedModel, cats, names, base_dir, base_steer, cfg, ctx) -> dict:
     nl = hm.info.n_layers
     last_name = H.resid_post(nl - 1)
     b_acts = neurons.pooled(hm, base_dir, "hook_resid_post", rule="last")  # [N, nl, d]

@@ -25,7 +25,7 @@ import numpy as np
 from mlxinterp.suite.summary import Summary
 from mlxinterp.core import taps as T
 from mlxinterp.tasks.data import load_json
-from mlxinterp.core.hooks import ActivationCache
+from mlxinterp.core.hooks import ActivationCache, HookedModel
 from mlxinterp.analysis.lens import entropy, layer_logits, target_id
 from mlxinterp.analysis.patching import forward_last
 from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
@@ -50,7 +50,7 @@ class LayerProbeConfig:
 
 
 @experiment("layer_probe", LayerProbeConfig)
-def layer_probe(hm, cfg: LayerProbeConfig, ctx) -> dict:
+def layer_probe(hm: HookedModel, cfg: LayerProbeConfig, ctx) -> dict:
     """Logit lens per layer (raw vs normed): entropy, top-k, attractor tokens, answer layer across paraphrases."""
     pairs = load_json("function_vectors/country_capital.json")["pairs"][: cfg.n]
     items = [{"country": c, "capital": a, "template": t} for c, a in pairs for t in range(len(TEMPLATES))]
@@ -86,7 +86,7 @@ def layer_probe(hm, cfg: LayerProbeConfig, ctx) -> dict:
                        "top_raw": r["raw"]["top"]} for r in rows[:3]], "n_facts": len(pairs)}
 
 
-def _probe(hm, it: dict, cfg) -> dict:
+def _probe(hm: HookedModel, it: dict, cfg) -> dict:
     prompt = TEMPLATES[it["template"]].format(x=it["country"])
     ans = target_id(hm, " " + it["capital"])
     cache = ActivationCache(hm)
@@ -171,7 +171,7 @@ def _temperature(rows, cfg) -> dict:
                      for k in ("answer_prob", "entropy", "top1_prob")} for t in cfg.temperatures}
 
 
-def _trajectories(hm, prompts: list[str], cfg) -> dict:
+def _trajectories(hm: HookedModel, prompts: list[str], cfg) -> dict:
     """mlp.hook_post of a few neurons at one layer, token by token through greedy generation."""
     layer = int(round(cfg.traj_layer_frac * (hm.info.n_layers - 1)))
     name = H.mlp_post(layer)

@@ -8,10 +8,13 @@ R^2 with bootstrap CIs over pairs, against a random subspace of the same size.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import subspace as S
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.stats import bootstrap_ci, format_interval
@@ -27,6 +30,9 @@ from mlxinterp.tasks.language_pairs import (
     z_basis,
 )
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 
 @dataclass
 class BridgeConfig:
@@ -39,7 +45,7 @@ class BridgeConfig:
 
 
 @experiment("linear_bridge", BridgeConfig)
-def linear_bridge(hm, cfg: BridgeConfig, ctx) -> dict:
+def linear_bridge(hm: HookedModel, cfg: BridgeConfig, ctx) -> dict:
     """Experiment D: least-squares W* mapping English to Chinese Z-projected means; R^2, orthogonality, LOO R^2."""
     d = hm.info.d_model
     l = layers_at(cfg.layer_fracs, hm.info.n_layers)[0]
@@ -62,15 +68,17 @@ def linear_bridge(hm, cfg: BridgeConfig, ctx) -> dict:
         suffix = "" if m == "heldout" else f"_{m}"
         for k, ci in per_k.items():
             fits[f"Z k={k}"][f"loo_r2_ci{suffix}"], fits[f"random k={k}"][f"loo_r2_ci{suffix}"] = ci["Z"], ci["random"]
-    summary = {"layer": l, "pairs": len(items)}
-    for name, f in fits.items():
-        summary[f"{name}: R2 / LOO R2 / LOO R2 shuffled pairs / orth. error"] = (
-            f"{f['r2']:.3f} / {f['loo_r2']:.3f} / {f['loo_r2_shuffled_pairs']:.3f} / {f['orthogonality_error']:.3f}")
+    s = Summary()
+    s.add("layer", "layer", l)
+    s.add("pairs", "pairs", len(items))
+    s.add("fits", "per basis: R2 / LOO R2 / LOO R2 shuffled pairs / orth. error", {
+        name: f"{f['r2']:.3f} / {f['loo_r2']:.3f} / {f['loo_r2_shuffled_pairs']:.3f} / {f['orthogonality_error']:.3f}"
+        for name, f in fits.items()})
     for m, per_k in cis.items():
-        summary[f"LOO R2, 95% bootstrap CI over pairs ({m}, {cfg.n_boot} resamples): Z / random / Z - random"] = {
-            f"k={k}": " / ".join(_num_text(ci[w]) for w in ("Z", "random", "Z - random")) for k, ci in per_k.items()}
+        s.add(f"loo_r2_ci.{m}", f"LOO R2, 95% bootstrap CI over pairs ({m}, {cfg.n_boot} resamples): Z / random / Z - random", {
+            f"k={k}": " / ".join(_num_text(ci[w]) for w in ("Z", "random", "Z - random")) for k, ci in per_k.items()})
     _bridge_figure(fits, ctx)
-    return {"summary": summary, "layer": l, "fits": fits,
+    return {**s.to_result(), "layer": l, "fits": fits,
             "loo_r2_difference_ci": {m: {f"k={k}": ci["Z - random"] for k, ci in per_k.items()} for m, per_k in cis.items()},
             "items": items,
             "definitions": {"W*": "argmin_W |C - E W|_F (numpy lstsq, no intercept), E/C = en/zh mean-pooled content "
@@ -86,7 +94,7 @@ def linear_bridge(hm, cfg: BridgeConfig, ctx) -> dict:
                             "random": "a uniformly random k-dim subspace, as a control"}}
 
 
-def _bridge_coords(hm, pair, l, bases) -> dict:
+def _bridge_coords(hm: HookedModel, pair, l, bases) -> dict:
     m = {lang: content(activations(hm, prompt(pair, lang)), l).mean(0) for lang in ("en", "zh")}
     return {f"{w}{k}": {lang: bases[k][w] @ m[lang] for lang in m} for k in bases for w in ("Z", "random")}
 

@@ -20,11 +20,13 @@ Findings (metrics per prompt):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import scoring
 from mlxinterp.analysis.precision import (
     DIRECTIONS,
@@ -35,7 +37,7 @@ from mlxinterp.analysis.precision import (
 )
 from mlxinterp.analysis.stats import kl_divergence
 from mlxinterp.core.errors import MlxInterpError
-from mlxinterp.core.hooks import ActivationCache, load
+from mlxinterp.core.hooks import ActivationCache, HookedModel, load
 from mlxinterp.core.quantize import parse_precision
 from mlxinterp.core.specs import parse_spec
 from mlxinterp.core.taps import Capture
@@ -69,7 +71,7 @@ class PrecisionPatchingConfig:
     steer_pct: float = 8.0
 
 
-def lens_metric(hm, prompts: list[str]):
+def lens_metric(hm: HookedModel, prompts: list[str]):
     """Per prompt: lens top-1 agreement with the float path over the last third of layers, and next-token
     KL(float || model). The float reference is taken on the first call (precision_patch starts all-float).
 
@@ -92,7 +94,7 @@ def lens_metric(hm, prompts: list[str]):
     return metric
 
 
-def direction_metric(hm, cfg: PrecisionPatchingConfig, layer: int):
+def direction_metric(hm: HookedModel, cfg: PrecisionPatchingConfig, layer: int):
     """Per refusal train pair: cosine between its harmful - harmless activation difference (resid_post at
     `layer`, mean over the post-instruction positions: the terms whose mean is the refusal direction) on the
     model as it is and on the float model (1 by construction on the float model)."""
@@ -118,7 +120,7 @@ def direction_metric(hm, cfg: PrecisionPatchingConfig, layer: int):
     return metric
 
 
-def steering_metric(hm, cfg: PrecisionPatchingConfig, layer: int):
+def steering_metric(hm: HookedModel, cfg: PrecisionPatchingConfig, layer: int):
     """Per steered prompt: refusal-score change when the model's own refusal direction is added at `layer`."""
     sp = split(RefusalConfig(seed=cfg.seed))
     harmful, harmless = sp["train"]["harmful"][: cfg.n_refusal], sp["train"]["harmless"][: cfg.n_refusal]
@@ -146,7 +148,7 @@ def _check(cfg: PrecisionPatchingConfig) -> None:
 
 
 @experiment("precision_patching", PrecisionPatchingConfig, reuses=["refusal"])
-def precision_patching(hm, cfg: PrecisionPatchingConfig, ctx) -> dict:
+def precision_patching(hm: HookedModel, cfg: PrecisionPatchingConfig, ctx) -> dict:
     """Which module's quantization changes a finding: float restored (or quantized) one module at a time."""
     _check(cfg)
     if hm.info.quantization:  # the study quantizes modules itself: start from the float weights
@@ -180,17 +182,17 @@ def precision_patching(hm, cfg: PrecisionPatchingConfig, ctx) -> dict:
         return {"variant": variant, "finding": finding, "directions": dirs, **res}
 
     rows = ctx.map("maps", jobs, one)
-    summary: dict = {}
+    s = Summary()
     for r in rows:
         for metric, m in r["metrics"].items():
-            tag = f"{r['precision']} {metric}"
-            summary[f"{tag}: float"] = float(np.mean(m["float"]))
-            summary[f"{tag}: quantized"] = float(np.mean(m["quantized"]))
+            tag, key = f"{r['precision']} {metric}", f"q{re.sub(r'[^a-z0-9]+', '_', r['precision'].lower())}.{metric}"
+            s.add(f"{key}.float", f"{tag}: float", float(np.mean(m["float"])))
+            s.add(f"{key}.quantized", f"{tag}: quantized", float(np.mean(m["quantized"])))
             for d in r["directions"]:
                 top = top_units(m[d], 3)
-                summary[f"{tag}: top {d} shares"] = ", ".join(f"{u} {s:.2f}" for u, s in top)
+                s.add(f"{key}.top_{d}", f"{tag}: top {d} shares", ", ".join(f"{u} {v:.2f}" for u, v in top))
                 ctx.save_figure(f"shares_{r['precision']}_{metric}_{d}", plot_shares(r, metric, d))
-    return {"summary": summary, "prompts": prompts, "direction_layer": direction_layer, "steer_layer": layer, "steer_layer_source": layer_source,
+    return {**s.to_result(), "prompts": prompts, "direction_layer": direction_layer, "steer_layer": layer, "steer_layer_source": layer_source,
             "maps": rows}
 
 

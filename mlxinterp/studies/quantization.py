@@ -153,7 +153,7 @@ def load_variant(spec: str, compute: str):
 
 
 @experiment("quantization", QuantizationConfig, reuses=["refusal", "twohop"])
-def quantization(hm, cfg: QuantizationConfig, ctx) -> dict:
+def quantization(hm: HookedModel, cfg: QuantizationConfig, ctx) -> dict:
     """Same findings on float, 8-bit and 4-bit variants of one model: agreement and verdicts."""
     ref = hm if not hm.info.quantization else load(_base(hm.info.spec) + "@f32")
     inputs = _inputs(cfg, ctx)
@@ -250,7 +250,7 @@ def grid_pairs(n_layers: int, step: int) -> list[tuple[int, int]]:
     return [(s, t) for s in layers for t in layers if t < s]
 
 
-def backpatch_outcomes(hm, queries: list[dict], pairs: list[tuple[int, int]], batch_size: int = 32) -> list[dict]:
+def backpatch_outcomes(hm: HookedModel, queries: list[dict], pairs: list[tuple[int, int]], batch_size: int = 32) -> list[dict]:
     """Per query: is the answer top-1 unpatched, and after each back-patch (s, t) in `pairs` (the model's own states).
 
     The patches are mlxinterp.tasks.twohop.backpatch_variants restricted to `pairs`, run with the prompt's KV cache reused.
@@ -270,7 +270,7 @@ def backpatch_outcomes(hm, queries: list[dict], pairs: list[tuple[int, int]], ba
     return out
 
 
-def _measure(hm, cfg, inp) -> dict:
+def _measure(hm: HookedModel, cfg, inp) -> dict:
     """Everything the comparison needs, from one model."""
     n = hm.info.n_layers
     layer = int(round(0.6 * (n - 1)))

@@ -48,6 +48,8 @@ the measured time under `timings`. Full-size run: `--n 64` with n_val=16, n_test
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from mlxinterp.suite.summary import Summary
@@ -60,6 +62,9 @@ from mlxinterp.core import names as H
 from mlxinterp.tasks.refusal import (HOOK, RefusalConfig, add_taps, formatted, layer_directions, post_instruction_k,
                                      random_like, select_layer, split)
 from mlxinterp.core.tokenization import encode
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 PROTOCOL_NOTE = (
     "Changed after the first default-model run (n=40/8/24, seed 0): directional ablation moved the harmless "
@@ -74,7 +79,7 @@ PROTOCOL_NOTE = (
 
 
 @experiment("refusal", RefusalConfig)
-def refusal(hm, cfg: RefusalConfig, ctx) -> dict:
+def refusal(hm: HookedModel, cfg: RefusalConfig, ctx) -> dict:
     """Refusal direction: diff of means at post-instruction positions, layer chosen by causal effect, held-out effects."""
     sp = split(cfg)
     chat = hm.info.has_chat_template
@@ -135,7 +140,7 @@ def refusal(hm, cfg: RefusalConfig, ctx) -> dict:
     return result
 
 
-def placebo_direction(hm, train: dict, layer: int, k: int, rng: np.random.Generator) -> np.ndarray:
+def placebo_direction(hm: HookedModel, train: dict, layer: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """Difference of means at `layer` after shuffling the harmful/harmless labels of the train prompts (a control)."""
     (ph, chat), (pl, _) = formatted(hm, train["harmful"]), formatted(hm, train["harmless"])
     name = H.name(layer, HOOK)
@@ -145,7 +150,7 @@ def placebo_direction(hm, train: dict, layer: int, k: int, rng: np.random.Genera
     return (acts[perm[:half]].mean(0) - acts[perm[half:]].mean(0)).astype(np.float32)
 
 
-def _ablation_kl(hm, prompts: list[str], vectors: dict, seed: int) -> dict:
+def _ablation_kl(hm: HookedModel, prompts: list[str], vectors: dict, seed: int) -> dict:
     """Next-token KL(base || ablated) and top-1 agreement on `prompts` for each vector's directional ablation."""
     texts, chat = formatted(hm, prompts)
     base = B.last_logprobs(hm, texts, chat=chat)
@@ -156,7 +161,7 @@ def _ablation_kl(hm, prompts: list[str], vectors: dict, seed: int) -> dict:
     return out
 
 
-def _conditions(hm, d: directions.Direction, layer: int, rand: np.ndarray, placebo: np.ndarray,
+def _conditions(hm: HookedModel, d: directions.Direction, layer: int, rand: np.ndarray, placebo: np.ndarray,
                 cfg: RefusalConfig) -> dict:
     """condition -> (which prompts, taps)."""
     out = {"harmful": ("harmful", None), "harmless": ("harmless", None),
@@ -188,7 +193,7 @@ def _effects(scores: dict, cfg: RefusalConfig) -> dict:
     return e
 
 
-def _projections(hm, dirs: dict, test: dict, k: int) -> dict:
+def _projections(hm: HookedModel, dirs: dict, test: dict, k: int) -> dict:
     """Per layer: test activations projected on the unit direction; share of pairs harmful > harmless (Wilson CI)."""
     names = [H.name(l, HOOK) for l in sorted(dirs)]
     (ph, chat), (pl, _) = formatted(hm, test["harmful"]), formatted(hm, test["harmless"])
@@ -203,7 +208,7 @@ def _projections(hm, dirs: dict, test: dict, k: int) -> dict:
     return {"at": at, "ordered": ordered}
 
 
-def _generations(hm, ctx, d: directions.Direction, layer: int, test: dict, cfg: RefusalConfig) -> dict:
+def _generations(hm: HookedModel, ctx, d: directions.Direction, layer: int, test: dict, cfg: RefusalConfig) -> dict:
     """Greedy generations of the first n_gen test pairs: harmful (base, ablated), harmless (base, added)."""
     n = min(cfg.n_gen, len(test["harmful"]))
     plan = {"harmful/base": ("harmful", None), "harmful/ablate": ("harmful", B.ablation_taps(hm, d.vector)),
@@ -224,7 +229,7 @@ def _generations(hm, ctx, d: directions.Direction, layer: int, test: dict, cfg: 
     return out
 
 
-def _tail_text(hm, prompt: str, k: int) -> list[str]:
+def _tail_text(hm: HookedModel, prompt: str, k: int) -> list[str]:
     texts, chat = formatted(hm, [prompt])
     ids = encode(hm.tokenizer, hm.info, texts[0], chat=chat)
     return [hm.tokenizer.decode([t]) for t in ids[-k:]]

@@ -36,6 +36,8 @@ Full-size run: the same (the data's 60 parallel items bound it); a new seed vari
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +51,9 @@ from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
 from mlxinterp.tasks import refusal as R
 from mlxinterp.analysis.plotting import plot_ci, subplots
 from mlxinterp.suite import experiment
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 LANGS = ("en", "es", "fr", "de", "zh")
 
@@ -88,7 +93,7 @@ def cosines(dirs_a: dict, dirs_b: dict) -> list[float]:
 
 
 @experiment("crosslingual", CrosslingualConfig, reuses=["refusal"])
-def crosslingual(hm, cfg: CrosslingualConfig, ctx) -> dict:
+def crosslingual(hm: HookedModel, cfg: CrosslingualConfig, ctx) -> dict:
     """Cross-lingual refusal: per-language directions vs English, the English direction's effects and side effects."""
     langs = list(cfg.languages)
     bad = [l for l in langs if l not in LANGS]
@@ -139,7 +144,7 @@ def crosslingual(hm, cfg: CrosslingualConfig, ctx) -> dict:
     return result
 
 
-def _effects(hm, d, layer: int, rand: np.ndarray, test: dict, lang: str, cfg: CrosslingualConfig) -> dict:
+def _effects(hm: HookedModel, d, layer: int, rand: np.ndarray, test: dict, lang: str, cfg: CrosslingualConfig) -> dict:
     add, abl = R.add_taps(d.vector, layer), B.ablation_taps(hm, d.vector)
     radd = R.add_taps(rand, layer)
     s = {"harmless": scoring.refusal_score(hm, test["harmless"]), "harmful": scoring.refusal_score(hm, test["harmful"]),

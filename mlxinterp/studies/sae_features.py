@@ -19,6 +19,8 @@ Protocol, fixed before the first run:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,9 @@ from mlxinterp.suite import experiment
 from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import corpus as C
 from mlxinterp.tasks import data
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 
 @dataclass
@@ -67,7 +72,7 @@ def _contrast_sets(n: int) -> dict[str, tuple[list[str], list[str]]]:
 
 
 @experiment("sae_features", SAEFeaturesConfig)
-def sae_features(hm, cfg: SAEFeaturesConfig, ctx) -> dict:
+def sae_features(hm: HookedModel, cfg: SAEFeaturesConfig, ctx) -> dict:
     """Train (or load) an SAE at a middle layer; which features separate the contrast sets vs difference of means."""
     layer = hm.info.n_layers // 2 if cfg.layer < 0 else cfg.layer
     hook = hm.point(H.resid_post(layer)).name
@@ -102,7 +107,7 @@ def _fmt(ci: dict) -> str:
     return f"{ci['estimate']:.2f} [{ci['low']:.2f}, {ci['high']:.2f}] (n={ci['n']})"
 
 
-def _sae(hm, cfg: SAEFeaturesConfig, ctx, hook: str, corpus):
+def _sae(hm: HookedModel, cfg: SAEFeaturesConfig, ctx, hook: str, corpus):
     if cfg.sae_path:
         sae = load_sae(Path(cfg.sae_path))
         sae.check_model(hm)
@@ -123,7 +128,7 @@ def _sae(hm, cfg: SAEFeaturesConfig, ctx, hook: str, corpus):
                  "steps": info["steps"], "epochs": cfg.epochs}
 
 
-def _separate(hm, sae, hook: str, name: str, pos: list[str], neg: list[str], cfg: SAEFeaturesConfig) -> dict:
+def _separate(hm: HookedModel, sae, hook: str, name: str, pos: list[str], neg: list[str], cfg: SAEFeaturesConfig) -> dict:
     acts = collect(hm, pos + neg, [hook], position="last")[hook]
     X_pos, X_neg = acts[: len(pos)], acts[len(pos):]
     half = min(len(pos), len(neg)) // 2

@@ -29,6 +29,8 @@ Scores per condition, each with a 95 % CI over prompts:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from dataclasses import dataclass
 
@@ -46,6 +48,9 @@ from mlxinterp.analysis.plotting import subplots
 from mlxinterp.suite import experiment
 from mlxinterp.suite import cost as C
 from mlxinterp.core import names as H
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 FAMILIES = ("static", "flat", "donut", "gaussian", "bell", "connectome", "ablation", "svd_k3")
 
@@ -122,7 +127,7 @@ def _cost(cfg: SteeringSweepConfig, hm) -> C.Cost:
 
 
 @experiment("steering_sweep", SteeringSweepConfig, cost=_cost)
-def steering_sweep(hm, cfg: SteeringSweepConfig, ctx) -> dict:
+def steering_sweep(hm: HookedModel, cfg: SteeringSweepConfig, ctx) -> dict:
     """Style steering: ActAdd families x strength x layer vs a logits processor; style, fluency, bleed, collapse."""
     sd = style_data()
     unknown = [s for s in cfg.styles if s not in sd["styles"]]
@@ -186,7 +191,7 @@ def _conditions(cfg, static_layer: int, nl: int) -> list[dict]:
     return out
 
 
-def _fit_style(hm, sd, style: str, qs: list[str], cfg) -> dict:
+def _fit_style(hm: HookedModel, sd, style: str, qs: list[str], cfg) -> dict:
     """Per-layer directions, residual norms, separation d', ablation KL, SVD direction and logit bias."""
     st = sd["styles"][style]
     pos = [sd["template"].format(instruction=st["positive"], question=q) for q in qs]
@@ -233,7 +238,7 @@ def _logit_bias(lp: mx.array, ln: mx.array, top: int) -> np.ndarray:
     return out
 
 
-def _ablation_kl(hm, prompts: list[str], clean: mx.array) -> list[float]:
+def _ablation_kl(hm: HookedModel, prompts: list[str], clean: mx.array) -> list[float]:
     out = []
     for l in range(hm.info.n_layers):
         taps = {H.name(l, h): T.Ablate("zero") for h in ("hook_attn_out", "hook_mlp_out")}
@@ -242,7 +247,7 @@ def _ablation_kl(hm, prompts: list[str], clean: mx.array) -> list[float]:
     return out
 
 
-def _taps(hm, fit: dict, cond: dict, nl: int, static_layer: int, cfg) -> dict:
+def _taps(hm: HookedModel, fit: dict, cond: dict, nl: int, static_layer: int, cfg) -> dict:
     fam = cond["family"]
     if fam == "none":
         return {}
@@ -259,7 +264,7 @@ def _taps(hm, fit: dict, cond: dict, nl: int, static_layer: int, cfg) -> dict:
     return taps
 
 
-def _score_texts(hm, sd, style: str, qs: list[str], gens) -> dict:
+def _score_texts(hm: HookedModel, sd, style: str, qs: list[str], gens) -> dict:
     """Style log-prob ratio, fluency, markers, length and distinct-token ratio per generation."""
     st = sd["styles"][style]
     eos = set(getattr(hm.tokenizer, "eos_token_ids", None) or [hm.tokenizer.eos_token_id])
@@ -273,7 +278,7 @@ def _score_texts(hm, sd, style: str, qs: list[str], gens) -> dict:
             "distinct": [len(set(c)) / len(c) for c in conts]}
 
 
-def _cont_logprob(hm, prefixes: list[str], conts: list[list[int]]) -> np.ndarray:
+def _cont_logprob(hm: HookedModel, prefixes: list[str], conts: list[list[int]]) -> np.ndarray:
     """Mean per-token log P(continuation | prefix), teacher-forced, one batch."""
     rows = [hm.tokens(p).ids[0].tolist() + c for p, c in zip(prefixes, conts)]
     batch = hm.tokens(rows)

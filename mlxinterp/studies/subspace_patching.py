@@ -10,12 +10,15 @@ condition, against the Qwen2.5-3B subspace notes' success / partial / null crite
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import subspace as S
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.stats import bootstrap_ci, format_interval
@@ -34,6 +37,9 @@ from mlxinterp.tasks.language_pairs import (
     z_basis,
 )
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
@@ -50,7 +56,7 @@ class PatchingConfig:
 
 
 @experiment("subspace_patching", PatchingConfig)
-def subspace_patching(hm, cfg: PatchingConfig, ctx) -> dict:
+def subspace_patching(hm: HookedModel, cfg: PatchingConfig, ctx) -> dict:
     """Experiment A: Z / Z-perp / full patching en<-zh (mean broadcast and OT alignment), greedy generation."""
     if not 1 <= cfg.max_tokens <= 100:
         raise MlxInterpError(f"max_tokens={cfg.max_tokens} must be between 1 and 100")
@@ -70,16 +76,20 @@ def subspace_patching(hm, cfg: PatchingConfig, ctx) -> dict:
     main = f"L{layers[0]} k={max(ks)} mean"
     table = _table(items, layers[0], max(ks), "mean")
     io.atomic_write_text(ctx.out_dir / "table.md", table)
-    summary = {"layers": layers, "pairs": len(pairs), "primary config": main}
+    s = Summary()
+    s.add("layers", "layers", layers)
+    s.add("pairs", "pairs", len(pairs))
+    s.add("primary_config", "primary config", main)
     for name in ("Z", "Zperp", "full"):
         st = stats[f"{name} L{layers[0]}" + ("" if name == "full" else f" k={max(ks)}") + " mean"]
-        summary[f"{name}-patch answer change [95% CI]"] = _pct_text(st["answer_change"])
-        summary[f"{name}-patch output English [95% CI]"] = _pct_text(st["language_en"])
-    summary["baseline correct (en, zh)"] = (f"{np.mean([i['rows']['none']['correct'] for i in items]):.2f}, "
-                                            f"{np.mean([i['zh_baseline']['correct'] for i in items]):.2f}")
-    summary["verdicts"] = {k: v["verdict"] for k, v in verdicts.items()}
+        s.add(f"{name.lower()}.answer_change", f"{name}-patch answer change [95% CI]", _pct_text(st["answer_change"]))
+        s.add(f"{name.lower()}.language_en", f"{name}-patch output English [95% CI]", _pct_text(st["language_en"]))
+    s.add("baseline_correct", "baseline correct (en, zh)",
+          f"{np.mean([i['rows']['none']['correct'] for i in items]):.2f}, "
+          f"{np.mean([i['zh_baseline']['correct'] for i in items]):.2f}")
+    s.add("verdicts", "verdicts", {k: v["verdict"] for k, v in verdicts.items()})
     _patching_figure(stats, layers, ks, cfg.alignments, ctx)
-    return {"summary": summary, "layers": layers, "ks": ks, "max_tokens": cfg.max_tokens,
+    return {**s.to_result(), "layers": layers, "ks": ks, "max_tokens": cfg.max_tokens,
             "conditions": conds, "stats": stats, "verdicts": verdicts, "table_primary": table, "items": items,
             "definitions": {
                 "patch site": "blocks.{l}.hook_resid_pre of the English run, prompt positions after BOS, when='prompt'",
@@ -105,7 +115,7 @@ def _conditions(layers, ks, alignments) -> list[dict]:
     return out
 
 
-def _patch_pair(hm, pair: dict, conds: list[dict], bases: dict, max_tokens: int) -> dict:
+def _patch_pair(hm: HookedModel, pair: dict, conds: list[dict], bases: dict, max_tokens: int) -> dict:
     """Generate every condition for one pair in one batch: one Fn tap per patched layer, one row per condition."""
     en, zh = prompt(pair, "en"), prompt(pair, "zh")
     a_en, a_zh = activations(hm, en), activations(hm, zh)

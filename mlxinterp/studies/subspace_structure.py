@@ -9,10 +9,13 @@ how much of the MLP's output lands in Z vs chance (k/d).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import subspace as S
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.stats import bootstrap_ci
@@ -25,6 +28,9 @@ from mlxinterp.tasks.language_pairs import (
     z_basis,
 )
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 
 @dataclass
 class StructureConfig:
@@ -35,7 +41,7 @@ class StructureConfig:
 
 
 @experiment("subspace_structure", StructureConfig)
-def subspace_structure(hm, cfg: StructureConfig, ctx) -> dict:
+def subspace_structure(hm: HookedModel, cfg: StructureConfig, ctx) -> dict:
     """Attention-kernel Z mask per layer: head effective ranks, adjacent similarity, MLP output in Z vs chance."""
     L, d = hm.info.n_layers, hm.info.d_model
     ks = [k for k in cfg.ks if k < d]
@@ -45,18 +51,23 @@ def subspace_structure(hm, cfg: StructureConfig, ctx) -> dict:
     sim = [r["similarity_next"][str(kmain)] for r in records[:-1]]
     drops = [sim[i] - sim[i + 1] for i in range(len(sim) - 1)]
     mlp_same = [r["mlp_energy_ratio_same"][str(kmain)]["estimate"] for r in records]
-    summary = {
-        "kernel": "stacked per-head QK, QK^T and OV blocks (unit Frobenius), norm gain folded in; Z = top-k right singular vectors",
-        f"adjacent similarity k={kmain}: max (layers)": f"{max(sim):.3f} (L{int(np.argmax(sim))}-L{int(np.argmax(sim)) + 1}); chance {kmain / d:.3f}",
-        f"adjacent similarity k={kmain}: median": round(float(np.median(sim)), 3),
-        "largest similarity drop (layers)": f"{max(drops):.3f} at L{int(np.argmax(drops)) + 1}-L{int(np.argmax(drops)) + 2}" if drops else "n/a",
-        f"MLP output energy in own layer's Z / chance, k={kmain}: min": f"{min(mlp_same):.2f} at L{int(np.argmin(mlp_same))}",
-        f"MLP output energy in own layer's Z / chance, k={kmain}: max": f"{max(mlp_same):.2f} at L{int(np.argmax(mlp_same))}",
-        "QK effective rank per head: mean over layers and heads": round(float(np.mean([r["eff_rank_qk"] for r in records])), 1),
-        "head_dim": hm.info.head_dim,
-    }
+    s = Summary()
+    s.add("kernel", "kernel", "stacked per-head QK, QK^T and OV blocks (unit Frobenius), norm gain folded in; "
+          "Z = top-k right singular vectors")
+    s.add("adjacent_similarity_max", f"adjacent similarity k={kmain}: max (layers)",
+          f"{max(sim):.3f} (L{int(np.argmax(sim))}-L{int(np.argmax(sim)) + 1}); chance {kmain / d:.3f}")
+    s.add("adjacent_similarity_median", f"adjacent similarity k={kmain}: median", round(float(np.median(sim)), 3))
+    s.add("largest_similarity_drop", "largest similarity drop (layers)",
+          f"{max(drops):.3f} at L{int(np.argmax(drops)) + 1}-L{int(np.argmax(drops)) + 2}" if drops else "n/a")
+    s.add("mlp_energy_in_z_min", f"MLP output energy in own layer's Z / chance, k={kmain}: min",
+          f"{min(mlp_same):.2f} at L{int(np.argmin(mlp_same))}")
+    s.add("mlp_energy_in_z_max", f"MLP output energy in own layer's Z / chance, k={kmain}: max",
+          f"{max(mlp_same):.2f} at L{int(np.argmax(mlp_same))}")
+    s.add("qk_effective_rank_mean", "QK effective rank per head: mean over layers and heads",
+          round(float(np.mean([r["eff_rank_qk"] for r in records])), 1))
+    s.add("head_dim", "head_dim", hm.info.head_dim)
     _structure_figure(records, ks, d, hm.info.head_dim, ctx)
-    return {"summary": summary, "d_model": d, "ks": ks, "prompts": len(texts), "layers": records,
+    return {**s.to_result(), "d_model": d, "ks": ks, "prompts": len(texts), "layers": records,
             "definitions": {
                 "effective_rank": "exp(entropy of normalised singular values) of each head's QK_h and OV_h (max head_dim)",
                 "similarity_next": "|V_l V_{l+1}^T|_F^2 / k (mean squared cosine of principal angles); chance k/d",
@@ -65,7 +76,7 @@ def subspace_structure(hm, cfg: StructureConfig, ctx) -> dict:
                                     "that reads it); resid_energy_ratio is the same for hook_resid_pre, as a reference"}}
 
 
-def _structure_layer(hm, l: int, ks: list[int], parts, texts: list[str]) -> dict:
+def _structure_layer(hm: HookedModel, l: int, ks: list[int], parts, texts: list[str]) -> dict:
     L, d = hm.info.n_layers, hm.info.d_model
     w = S.head_weights(hm, l)
     g = gram(hm, l, parts)

@@ -28,6 +28,8 @@ Cost on Gemma 3 270M: ~30k token-forwards. Full-size run: the defaults use all 6
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +45,9 @@ from mlxinterp.tasks import refusal as R
 from mlxinterp.analysis.plotting import plot_ci, subplots
 from mlxinterp.suite import experiment
 from mlxinterp.analysis.patching import forward_last
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 SETS = ("sycophancy", "confidence")
 CERTAIN = (" definitely", " certainly")
@@ -69,7 +74,7 @@ class Sycophancy:
 
     name = "sycophancy"
 
-    def __init__(self, hm):
+    def __init__(self, hm: HookedModel):
         self.hm = hm
         d = data.load_json("directions/sycophancy.json")
         self.pos, self.neg, self.items = d["positive"], d["negative"], d["items"]
@@ -98,7 +103,7 @@ class Confidence:
 
     name = "confidence"
 
-    def __init__(self, hm):
+    def __init__(self, hm: HookedModel):
         self.hm = hm
         d = data.load_json("directions/confidence.json")
         self.pos, self.neg, self.facts = d["positive"], d["negative"], d["facts"]
@@ -127,7 +132,7 @@ class Confidence:
         return np.logaddexp.reduce(z[:, :k], axis=-1) - np.logaddexp.reduce(z[:, k:], axis=-1)
 
 
-def behaviour(hm, name: str):
+def behaviour(hm: HookedModel, name: str):
     if name not in SETS:
         raise PromptError(f"direction set {name!r} is not allowed; use one of {SETS}")
     return Sycophancy(hm) if name == "sycophancy" else Confidence(hm)
@@ -137,7 +142,7 @@ def behaviour(hm, name: str):
 
 
 @experiment("directions", DirectionsConfig)
-def directions_study(hm, cfg: DirectionsConfig, ctx) -> dict:
+def directions_study(hm: HookedModel, cfg: DirectionsConfig, ctx) -> dict:
     """Sycophancy and confidence: difference-of-means directions, layer by causal effect, steering effects with CIs."""
     total = cfg.n_train + cfg.n_val + cfg.n_test
     if min(cfg.n_train, cfg.n_val, cfg.n_test) < 2 or total > 64:
@@ -171,7 +176,7 @@ def directions_study(hm, cfg: DirectionsConfig, ctx) -> dict:
     return result
 
 
-def _one_set(hm, bh, dirs: dict, idx: dict, cfg: DirectionsConfig, ctx) -> dict:
+def _one_set(hm: HookedModel, bh, dirs: dict, idx: dict, cfg: DirectionsConfig, ctx) -> dict:
     name, n_layers = bh.name, hm.info.n_layers
     val, test = idx["val"], idx["test"]
     base_val = np.array(ctx.map(f"{name}_val_baseline", ["val"], lambda _: bh.score(val).tolist())[0])

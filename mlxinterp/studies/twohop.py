@@ -23,6 +23,8 @@ crossprompt can reuse the statuses), took 6.6 min at load ~13.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,9 @@ from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
 from mlxinterp.suite import experiment
 from mlxinterp.tasks import twohop as TH
 from mlxinterp.tasks.twohop import ci_text
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 SUBSETS = ("all", "both_hops")  # every query; queries whose two single hops the model answers
 
@@ -62,7 +67,7 @@ def select(items: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
 
 
 @experiment("twohop", TwohopConfig)
-def twohop(hm, cfg: TwohopConfig, ctx) -> dict:
+def twohop(hm: HookedModel, cfg: TwohopConfig, ctx) -> dict:
     """Two-hop queries: single-hop and two-hop accuracy, when bridge and answer enter the lens top-k."""
     pool = TH.load_queries()
     items = select(pool, cfg.n, ctx.rng_for("sample"))

@@ -8,10 +8,13 @@ subspaces of the same k.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
 
+from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import subspace as S
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.stats import bootstrap_ci
@@ -25,6 +28,9 @@ from mlxinterp.tasks.language_pairs import (
     z_basis,
 )
 
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
+
 
 @dataclass
 class UpdateConfig:
@@ -36,7 +42,7 @@ class UpdateConfig:
 
 
 @experiment("update_decomposition", UpdateConfig)
-def update_decomposition(hm, cfg: UpdateConfig, ctx) -> dict:
+def update_decomposition(hm: HookedModel, cfg: UpdateConfig, ctx) -> dict:
     """Experiment B: R(l) = |P_Z mean dh_l| / |P_Zperp mean dh_l| per layer and language vs random subspaces."""
     d, L = hm.info.d_model, hm.info.n_layers
     zl = layers_at(cfg.layer_fracs, L)[0]  # the same layer experiment A calls its primary
@@ -55,14 +61,20 @@ def update_decomposition(hm, cfg: UpdateConfig, ctx) -> dict:
     diff = [bootstrap_ci(np.array([i["zh"]["R"][l] - i["en"]["R"][l] for i in items]), seed=cfg.seed) for l in range(L)]
     both = [(np.mean([c["R_over_random"][l]["estimate"] for c in curves.values()])) for l in range(L)]
     chance = float(np.sqrt(cfg.k / (d - cfg.k)))
-    summary = {"Z basis": f"layer {zl}, k={cfg.k}", "chance R for a random k-subspace ~ sqrt(k/(d-k))": round(chance, 3),
-               "max R/R_random (layer)": f"{max(both):.2f} (transition {int(np.argmax(both))}->{int(np.argmax(both)) + 1})",
-               "min R/R_random (layer)": f"{min(both):.2f} (transition {int(np.argmin(both))}->{int(np.argmin(both)) + 1})",
-               "transitions with R > 1 (en, zh)": (sum(c["estimate"] > 1 for c in curves["en"]["R"]), sum(c["estimate"] > 1 for c in curves["zh"]["R"])),
-               "transitions where R_zh - R_en CI excludes 0": [l for l, c in enumerate(diff) if c["low"] is not None and (c["low"] > 0 or c["high"] < 0)],
-               "pairs": len(items)}
+    s = Summary()
+    s.add("z_basis", "Z basis", f"layer {zl}, k={cfg.k}")
+    s.add("chance_r", "chance R for a random k-subspace ~ sqrt(k/(d-k))", round(chance, 3))
+    s.add("max_r_over_random", "max R/R_random (layer)",
+          f"{max(both):.2f} (transition {int(np.argmax(both))}->{int(np.argmax(both)) + 1})")
+    s.add("min_r_over_random", "min R/R_random (layer)",
+          f"{min(both):.2f} (transition {int(np.argmin(both))}->{int(np.argmin(both)) + 1})")
+    s.add("transitions_r_above_1", "transitions with R > 1 (en, zh)",
+          (sum(c["estimate"] > 1 for c in curves["en"]["R"]), sum(c["estimate"] > 1 for c in curves["zh"]["R"])))
+    s.add("transitions_zh_minus_en_nonzero", "transitions where R_zh - R_en CI excludes 0",
+          [l for l, c in enumerate(diff) if c["low"] is not None and (c["low"] > 0 or c["high"] < 0)])
+    s.add("pairs", "pairs", len(items))
     _update_figure(curves, zl, cfg.k, ctx)
-    return {"summary": summary, "z_layer": zl, "k": cfg.k, "curves": curves, "R_zh_minus_en": diff, "items": items,
+    return {**s.to_result(), "z_layer": zl, "k": cfg.k, "curves": curves, "R_zh_minus_en": diff, "items": items,
             "definition": "dh_l = resid_pre(l+1) - resid_pre(l) (resid_post for the last block), mean over content "
                           "tokens; R per prompt, then mean over prompts with a bootstrap CI; R_random is the mean R "
                           "over n_random uniformly random k-dim subspaces"}

@@ -53,7 +53,7 @@ class ValidationConfig:
 
 
 @experiment("validation", ValidationConfig)
-def validation(hm, cfg: ValidationConfig, ctx) -> dict:
+def validation(hm: HookedModel, cfg: ValidationConfig, ctx) -> dict:
     """Five sanity checks: steering, logit lens, refusal direction, tokenization, numerics."""
     runners = {"steering": _steering, "logit_lens": _lens, "refusal_direction": _refusal,
                "tokenization": _tokenization, "numerics": _numerics}
@@ -87,13 +87,13 @@ def _ci(c: dict) -> str:
     return format_interval(c, "+.3f")
 
 
-def _last_logits(hm, prompt: str, taps=None) -> np.ndarray:
+def _last_logits(hm: HookedModel, prompt: str, taps=None) -> np.ndarray:
     with hm.hooks(taps or {}):
         out = hm(prompt)
     return np.array(out[0, -1].astype(mx.float32))
 
 
-def _steering(hm, cfg, ctx) -> dict:
+def _steering(hm: HookedModel, cfg, ctx) -> dict:
     prompt = cfg.lens_prompt
     base = _last_logits(hm, prompt)
     _, cache = hm.run_with_cache(prompt, names="hook_resid_post")
@@ -119,7 +119,7 @@ def _steering(hm, cfg, ctx) -> dict:
             "base_top1": int(base.argmax()), "perturbation_pct_of_resid": cfg.random_steer_pct}
 
 
-def _lens(hm, cfg, ctx) -> dict:
+def _lens(hm: HookedModel, cfg, ctx) -> dict:
     res = logit_lens(hm, cfg.lens_prompt, targets=[cfg.lens_target], top_k=cfg.lens_top_k)
     ranks = [L.target_rank for L in res.layers]
     n = len(ranks)
@@ -135,7 +135,7 @@ def _lens(hm, cfg, ctx) -> dict:
             "entropy_by_layer": [round(L.entropy, 4) for L in res.layers]}
 
 
-def _refusal(hm, cfg, ctx) -> dict:
+def _refusal(hm: HookedModel, cfg, ctx) -> dict:
     harmful = data.prompts("refusal/harmful_en.json")
     harmless = data.prompts("refusal/harmless_en.json")
     fmt = lambda ps: [scoring.instruction(hm, p)[0] for p in ps]  # noqa: E731
@@ -176,7 +176,7 @@ def _refusal(hm, cfg, ctx) -> dict:
             "baseline_harmful_minus_harmless says whether the score even separates harmful from harmless prompts"}
 
 
-def _tokenization(hm, cfg, ctx) -> dict:
+def _tokenization(hm: HookedModel, cfg, ctx) -> dict:
     info, tok = hm.info, hm.tokenizer
     ids = encode(tok, info, "Hello world")
     bos = info.bos_token_id
@@ -194,7 +194,7 @@ def _tokenization(hm, cfg, ctx) -> dict:
             "chat_template": chat}
 
 
-def _numerics(hm, cfg, ctx) -> dict:
+def _numerics(hm: HookedModel, cfg, ctx) -> dict:
     prompts = [cfg.lens_prompt, "The Eiffel Tower is located in the city of", "def add(a, b):\n    return",
                "巴黎是法国的首都。"]
     bad = []
@@ -212,7 +212,7 @@ def _numerics(hm, cfg, ctx) -> dict:
     return out
 
 
-def _quant_agreement(hm, prompts, bits: int) -> dict:
+def _quant_agreement(hm: HookedModel, prompts, bits: int) -> dict:
     """Next-token top-1 agreement and KL between this model and its MLX-quantized copy, all positions."""
     if hm.info.quantization:
         return {"skipped": "model is already quantized; compare against a float load instead"}

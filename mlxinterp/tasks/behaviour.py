@@ -17,6 +17,8 @@ studies, so that each reports effects the same way:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -30,6 +32,9 @@ from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergenc
 from mlxinterp.core import names as H
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.patching import forward_last
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 # Arditi et al. 2024 (appendix: refusal substring matching), verbatim; case-sensitive as there.
 REFUSAL_SUBSTRINGS = ("I'm sorry", "I am sorry", "I apologize", "As an AI", "As a language model", "As an assistant",
@@ -68,7 +73,7 @@ class _ProjectOutSparingFirst(T.Project):
         return mx.where(first, a, super().__call__(a, ctx))
 
 
-def ablation_taps(hm, vector: np.ndarray, spare_first: bool = False) -> list[tuple[str, T.Tap]]:
+def ablation_taps(hm: HookedModel, vector: np.ndarray, spare_first: bool = False) -> list[tuple[str, T.Tap]]:
     """Directional ablation of `vector` everywhere the residual stream is written (Arditi et al.).
 
     Projects it out of the embedding and of every block's attention and MLP
@@ -105,7 +110,7 @@ def ci_text(c: dict, fmt: str = "+.3f") -> str:
     return format_interval(c, fmt)
 
 
-def last_logprobs(hm, prompts: Sequence[str], taps=None, chat: bool = False, batch_size: int = 16) -> np.ndarray:
+def last_logprobs(hm: HookedModel, prompts: Sequence[str], taps=None, chat: bool = False, batch_size: int = 16) -> np.ndarray:
     """Next-token log-probabilities at each prompt's last position, float32 [N, vocab]."""
     out = []
     for s in range(0, len(prompts), batch_size):

@@ -39,7 +39,7 @@ from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.patching import Patch, run_variants
 from mlxinterp.core import names as H
 from mlxinterp.analysis.lens import target_id
-from mlxinterp.core.hooks import plain_call
+from mlxinterp.core.hooks import HookedModel, plain_call
 
 TASKS = ("antonym", "country_capital", "english_french", "english_spanish", "singular_plural", "present_past",
          "uppercase", "sentiment")
@@ -65,7 +65,7 @@ def zero_shot_prompt(query: str) -> str:
     return f"Q: {query}\nA:"
 
 
-def answer_token(hm, answer: str) -> int:
+def answer_token(hm: HookedModel, answer: str) -> int:
     """First token of the answer as it follows "A:" (with its leading space)."""
     return target_id(hm, " " + answer)
 
@@ -118,7 +118,7 @@ def shuffle_labels(demos: Sequence[tuple[str, str]], rng: np.random.Generator, t
 # ------------------------------------------------------------ activations and heads
 
 
-def last_activations(hm, prompts: Sequence[str], batch_size: int = 8) -> dict[str, np.ndarray]:
+def last_activations(hm: HookedModel, prompts: Sequence[str], batch_size: int = 8) -> dict[str, np.ndarray]:
     """At each prompt's last position, every layer: z [N, layers, H, Dh], o_proj output [N, layers, d], resid_post [N, layers, d]."""
     n, n_heads, Dh = hm.info.n_layers, hm.info.n_heads, hm.info.head_dim
     hooks = [H.name(l, s) for l in range(n) for s in ("attn.hook_z", "attn.hook_out", "hook_resid_post")]
@@ -128,7 +128,7 @@ def last_activations(hm, prompts: Sequence[str], batch_size: int = 8) -> dict[st
             "resid": get("hook_resid_post")}
 
 
-def _post_attn_norm(hm, layer: int):
+def _post_attn_norm(hm: HookedModel, layer: int):
     """The module between o_proj and the residual (Gemma's post_attention_layernorm), or None."""
     path = hm.spec.sites["hook_attn_out"].path
     if path == hm.spec.sites["attn.hook_out"].path:
@@ -139,7 +139,7 @@ def _post_attn_norm(hm, layer: int):
     return mod
 
 
-def head_contributions(hm, layer: int, z: np.ndarray, attn_raw: np.ndarray) -> np.ndarray:
+def head_contributions(hm: HookedModel, layer: int, z: np.ndarray, attn_raw: np.ndarray) -> np.ndarray:
     """Each head's share of what attention adds to the residual, [N, H, d_model] (float64).
 
     z: attn.hook_z rows [N, H, Dh]; attn_raw: attn.hook_out rows [N, d] (the summed
@@ -165,7 +165,7 @@ def head_contributions(hm, layer: int, z: np.ndarray, attn_raw: np.ndarray) -> n
     return c * (gain / rms[:, None])[:, None, :]
 
 
-def mean_contributions(hm, acts: dict[str, np.ndarray]) -> np.ndarray:
+def mean_contributions(hm: HookedModel, acts: dict[str, np.ndarray]) -> np.ndarray:
     """Mean residual contribution of every head over the prompts: [layers, H, d_model]."""
     return np.stack([head_contributions(hm, l, acts["z"][:, l], acts["attn_raw"][:, l]).mean(0)
                      for l in range(hm.info.n_layers)])
@@ -183,7 +183,7 @@ def head_variants(z_mean: np.ndarray) -> list[list[Patch]]:
             for l in range(n_layers) for h in range(n_heads)]
 
 
-def indirect_effects(hm, corrupt_prompt: str, target: int, z_mean: np.ndarray, batch_size: int = 32) -> dict:
+def indirect_effects(hm: HookedModel, corrupt_prompt: str, target: int, z_mean: np.ndarray, batch_size: int = 32) -> dict:
     """One corrupted prompt: P(target) unpatched, and its change when each head's mean clean z is patched in.
 
     Returns {"p_corrupt": float, "effect": [layers, H]}; the AIE is the mean of `effect` over prompts.

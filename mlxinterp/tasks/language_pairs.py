@@ -16,6 +16,8 @@ layer, and an outlier in norm) is left out of every mean, cloud and patch
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import weakref
 from typing import Any
 
@@ -26,6 +28,9 @@ from mlxinterp.analysis import subspace as S
 from mlxinterp.core import names as H
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.tasks import data
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 PAIRS_FILE = "crosslingual/pairs.json"
 SEED_FRACS = (32 / 35, 33 / 35)  # the Qwen2.5-3B subspace notes' L32 (approach) and L33 (bottleneck) of 36 layers
@@ -67,7 +72,7 @@ def layers_at(fracs, n_layers: int) -> list[int]:
     return sorted(set(out))
 
 
-def memo(hm) -> dict:
+def memo(hm: HookedModel) -> dict:
     """The memo of `hm`: a dict that is dropped when the model object is."""
     try:
         return _MEMO.setdefault(hm, {})
@@ -75,7 +80,7 @@ def memo(hm) -> dict:
         return {}
 
 
-def activations(hm, text: str) -> dict:
+def activations(hm: HookedModel, text: str) -> dict:
     """Residual stream before every block plus the final output ([L+1, T, d]) and MLP outputs ([L, T, d]).
 
     Computed once per (model, prompt) while the model is loaded (`memo`), so the five
@@ -97,7 +102,7 @@ def activations(hm, text: str) -> dict:
     return cache[key]
 
 
-def gram(hm, layer: int, parts=S.KERNEL_PARTS) -> np.ndarray:
+def gram(hm: HookedModel, layer: int, parts=S.KERNEL_PARTS) -> np.ndarray:
     """The stacked kernel's Gram matrix of a layer, computed once per loaded model (the experiments share it)."""
     cache, key = memo(hm), ("gram", layer, tuple(parts))
     if key not in cache:
@@ -105,7 +110,7 @@ def gram(hm, layer: int, parts=S.KERNEL_PARTS) -> np.ndarray:
     return cache[key]
 
 
-def z_basis(hm, layer: int, k: int, parts=S.KERNEL_PARTS) -> np.ndarray:
+def z_basis(hm: HookedModel, layer: int, k: int, parts=S.KERNEL_PARTS) -> np.ndarray:
     """V_Z (k x d) of a layer, from one eigendecomposition of its kernel Gram matrix per loaded model."""
     cache, key = memo(hm), ("z_basis", layer, tuple(parts))
     if key not in cache:

@@ -8,6 +8,8 @@ documents the whole protocol and its steps).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,9 @@ from mlxinterp.core.errors import PromptError
 from mlxinterp.core.tokenization import encode
 from mlxinterp.tasks import behaviour as B
 from mlxinterp.tasks import data
+
+if TYPE_CHECKING:  # for annotations only: the hooked model type
+    from mlxinterp.core.hooks import HookedModel
 
 HOOK = "hook_resid_post"
 
@@ -48,18 +53,18 @@ def split(cfg: RefusalConfig, lang: str = "en") -> dict[str, dict[str, list[str]
     return {k: {"harmful": harmful[a:b], "harmless": harmless[a:b]} for k, (a, b) in cuts.items()}
 
 
-def formatted(hm, prompts: list[str]) -> tuple[list[str], bool]:
+def formatted(hm: HookedModel, prompts: list[str]) -> tuple[list[str], bool]:
     """Prompts in the model's instruction format, and whether that is its chat template."""
     return [scoring.instruction(hm, p)[0] for p in prompts], hm.info.has_chat_template
 
 
-def post_instruction_k(hm, prompts: list[str]) -> int:
+def post_instruction_k(hm: HookedModel, prompts: list[str]) -> int:
     """How many trailing tokens the instruction format adds (see behaviour.post_instruction_count)."""
     texts, chat = formatted(hm, prompts)
     return B.post_instruction_count([encode(hm.tokenizer, hm.info, t, chat=chat) for t in texts])
 
 
-def layer_directions(hm, harmful: list[str], harmless: list[str], k: int, seed: int,
+def layer_directions(hm: HookedModel, harmful: list[str], harmless: list[str], k: int, seed: int,
                      layers: list[int] | None = None) -> dict[int, directions.Direction]:
     """Difference of means at every layer's resid_post, averaged over the last k (post-instruction) positions."""
     (ph, chat), (pl, _) = formatted(hm, harmful), formatted(hm, harmless)
@@ -71,13 +76,13 @@ def add_taps(vector: np.ndarray, layer: int, scale: float = 1.0) -> dict:
     return directions.steering_taps(vector, scale, [layer], hook=HOOK)
 
 
-def candidates(hm, max_depth_pct: float) -> list[int]:
+def candidates(hm: HookedModel, max_depth_pct: float) -> list[int]:
     """Layers whose depth is below `max_depth_pct` (Arditi et al. leave out the last 20 %); at least layer 0."""
     n = hm.info.n_layers
     return [l for l in range(n) if B.depth_pct(l, n) < max_depth_pct] or [0]
 
 
-def select_layer(hm, ctx, dirs: dict[int, directions.Direction], val: dict, cfg: RefusalConfig,
+def select_layer(hm: HookedModel, ctx, dirs: dict[int, directions.Direction], val: dict, cfg: RefusalConfig,
                  key: str = "select") -> dict:
     """Causal layer selection on validation pairs (protocol step 5); checkpointed per layer."""
     chat = hm.info.has_chat_template
@@ -121,7 +126,7 @@ def choose_layer(rows: list[dict], kl_max: float) -> tuple[int, str, list[int]]:
     return best["layer"], "add_effect alone (no layer passed the ablation KL filter)", []
 
 
-def reuse_or_select(hm, ctx, cfg: RefusalConfig) -> tuple[int, str]:
+def reuse_or_select(hm: HookedModel, ctx, cfg: RefusalConfig) -> tuple[int, str]:
     """The refusal experiment's chosen layer for this model when its result exists (same weights, seed, split);
     else the same selection run here. Returns (layer, where it came from).
 

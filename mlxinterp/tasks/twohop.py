@@ -37,7 +37,7 @@ import numpy as np
 
 from mlxinterp.tasks import data
 from mlxinterp.core.errors import MlxInterpError, PromptError
-from mlxinterp.core.hooks import ActivationCache
+from mlxinterp.core.hooks import ActivationCache, HookedModel
 from mlxinterp.analysis.patching import Patch, forward_last
 from mlxinterp.analysis.stats import format_interval
 from mlxinterp.core.taps import Capture
@@ -80,11 +80,11 @@ def load_queries(families: Iterable[str] | None = None) -> list[dict]:
     return [it for it in doc["items"] if it["family"] in wanted]
 
 
-def _enc(hm, text: str) -> tuple[int, ...]:
+def _enc(hm: HookedModel, text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in hm.tokenizer.encode(text, add_special_tokens=False))
 
 
-def target(hm, aliases: Sequence[str]) -> Target:
+def target(hm: HookedModel, aliases: Sequence[str]) -> Target:
     """The Target of a list of aliases (see the module docstring for the rule)."""
     if not aliases:
         raise PromptError("a target needs at least one alias")
@@ -102,7 +102,7 @@ def target(hm, aliases: Sequence[str]) -> Target:
     return Target(tuple(dict.fromkeys(first)), tuple(dict.fromkeys(seqs)), tuple(dict.fromkeys(article)))
 
 
-def last_states(hm, prompts: Sequence[str], batch_size: int = 16,
+def last_states(hm: HookedModel, prompts: Sequence[str], batch_size: int = 16,
                 capture: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """(final logits at the last position [B, V], resid_post at the last position [n_layers, B, d_model] or None).
 
@@ -130,7 +130,7 @@ def ranks(logits, ids: Sequence[int]) -> np.ndarray:
     return np.array(mx.sum(x > best, axis=-1)).astype(np.int64)
 
 
-def lens_ranks(hm, resid: np.ndarray, targets: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
+def lens_ranks(hm: HookedModel, resid: np.ndarray, targets: Sequence[Sequence[Sequence[int]]]) -> np.ndarray:
     """Logit-lens ranks [B, n_targets, n_layers] for resid [n_layers, B, d_model]; targets[b] = id sets of row b.
 
     The lens is the model's own final norm + unembedding (hm.unembed), float32.
@@ -148,7 +148,7 @@ def first_entry(rank_by_layer: Sequence[int], k: int) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def answers_fully(hm, prompts: Sequence[str], seqs: Sequence[Sequence[Sequence[int]]],
+def answers_fully(hm: HookedModel, prompts: Sequence[str], seqs: Sequence[Sequence[Sequence[int]]],
                   batch_size: int = 16) -> list[bool]:
     """Per prompt: is one of its token sequences the model's greedy continuation? (teacher-forced, batched)."""
     rows, owner, lengths = [], [], []
@@ -170,7 +170,7 @@ def answers_fully(hm, prompts: Sequence[str], seqs: Sequence[Sequence[Sequence[i
     return ok.tolist()
 
 
-def judge(hm, prompts: Sequence[str], logits: np.ndarray, targets: Sequence[Target]) -> list[bool]:
+def judge(hm: HookedModel, prompts: Sequence[str], logits: np.ndarray, targets: Sequence[Target]) -> list[bool]:
     """Does the model answer each prompt? logits [B, V] are its final last-position logits (module docstring)."""
     top = np.argmax(logits, axis=-1)
     ok = [int(t) in tg.first for t, tg in zip(top, targets)]
@@ -183,7 +183,7 @@ def judge(hm, prompts: Sequence[str], logits: np.ndarray, targets: Sequence[Targ
     return ok
 
 
-def char_span_tokens(hm, prompt: str, start: int, end: int) -> tuple[int, int]:
+def char_span_tokens(hm: HookedModel, prompt: str, start: int, end: int) -> tuple[int, int]:
     """Token indices (first, last) of the characters prompt[start:end], counting BOS as the model sees it.
 
     Raises PromptError when the span's edges are not token boundaries.
@@ -197,7 +197,7 @@ def char_span_tokens(hm, prompt: str, start: int, end: int) -> tuple[int, int]:
     return len(before), len(upto) - 1
 
 
-def e1_span(hm, item: dict) -> tuple[int, int]:
+def e1_span(hm: HookedModel, item: dict) -> tuple[int, int]:
     """Token indices (first, last) of the first-hop entity in the two-hop prompt."""
     pattern = E1_PATTERNS.get(item["family"])
     if pattern is None:
@@ -209,7 +209,7 @@ def e1_span(hm, item: dict) -> tuple[int, int]:
     return char_span_tokens(hm, item["prompt"], m.start("e1"), m.end("e1"))
 
 
-def bridge_position(hm, item: dict) -> int:
+def bridge_position(hm: HookedModel, item: dict) -> int:
     """Token index of the bridge's last token in hop2_prompt (which names the bridge)."""
     p, b = item["hop2_prompt"], item["bridge"]
     start = p.find(b)
@@ -244,7 +244,7 @@ def target_metric(tgt: Target):
     return metric
 
 
-def pick_foil(hm, item: dict, pool: Sequence[dict], rng: np.random.Generator) -> dict | None:
+def pick_foil(hm: HookedModel, item: dict, pool: Sequence[dict], rng: np.random.Generator) -> dict | None:
     """A random other query of the same family whose bridge and answer share no first token with `item`'s.
 
     Chosen a priori (before any measurement) from `pool`; None when no query qualifies.
@@ -273,7 +273,7 @@ def chunked(xs: list, size: int) -> list[list]:
     return [xs[i : i + size] for i in range(0, len(xs), size)]
 
 
-def status_chunk(hm, pairs: list[list[dict]], top_k: int | None) -> list[dict]:
+def status_chunk(hm: HookedModel, pairs: list[list[dict]], top_k: int | None) -> list[dict]:
     """Per (query, foil) pair: single-hop and two-hop outcomes; with top_k, logit-lens ranks too.
 
     One left-padded batch per prompt kind. With top_k None nothing is captured
@@ -321,7 +321,7 @@ def status_chunk(hm, pairs: list[list[dict]], top_k: int | None) -> list[dict]:
     return out
 
 
-def _dedup_logits(hm, prompts: list[str]) -> np.ndarray:
+def _dedup_logits(hm: HookedModel, prompts: list[str]) -> np.ndarray:
     """Final last-position logits per prompt, running each distinct prompt once."""
     uniq = list(dict.fromkeys(prompts))
     logits, _ = last_states(hm, uniq, batch_size=len(uniq), capture=False)
@@ -329,12 +329,12 @@ def _dedup_logits(hm, prompts: list[str]) -> np.ndarray:
     return logits[[where[p] for p in prompts]]
 
 
-def foil_pairs(hm, items: list[dict], pool: list[dict], ctx) -> list[list[dict]]:
+def foil_pairs(hm: HookedModel, items: list[dict], pool: list[dict], ctx) -> list[list[dict]]:
     """(query, foil) per query; the foil is drawn a priori with a per-query seed (stable under resume and n)."""
     return [[q, pick_foil(hm, q, pool, foil_rng(ctx.seed, q["id"]))] for q in items]
 
 
-def statuses(hm, ctx, chunk: int = 8) -> tuple[list[dict], str]:
+def statuses(hm: HookedModel, ctx, chunk: int = 8) -> tuple[list[dict], str]:
     """Every query's outcomes (answers hop1 / hop2 / two-hop), and where they came from.
 
     Reused from this model's twohop result when it covers every query with
