@@ -11,7 +11,9 @@ from typing import Optional
 import typer
 
 from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out, print_json
+from mlxinterp.core import names as H
 from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.hooks import check_generation
 
 bench_app = typer.Typer(help="Benchmarks: ratios measured in one run, conditions interleaved round by round "
                              "(torch / nnsight / TransformerLens rows need the optional extra: pip install -e '.[bench]').",
@@ -68,14 +70,9 @@ def bench_generate_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     import os
 
     from bench.harness import bench_generate
-    from mlxinterp.core.hooks import check_generation
 
-    check_generation(max_tokens)
     load = os.getloadavg()
-    hm = load_model(model, dtype)
-    if layer is not None:
-        hm.point(f"blocks.{layer}.hook_resid_post")  # a clear error for a layer out of range
-        layer %= hm.info.n_layers
+    hm, layer = _steering_setup(model, dtype, max_tokens, layer)
     with console.status("benchmarking ..."):
         res = bench_generate(hm, rounds=rounds, max_tokens=max_tokens, layer=layer)
     res["model"] = hm.info.to_dict()
@@ -83,6 +80,16 @@ def bench_generate_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     _bench_done("generate", res, as_json, save, load,
                 f"steered / mlx-lm tokens/s {r['median']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
                 f"(mlx-lm {res['median_tokens_per_second']['mlx_lm']:.1f} tok/s, median of {rounds})")
+
+
+def _steering_setup(model: str, dtype: Optional[str], max_tokens: int, layer: Optional[int]):
+    """The model and the steered layer (checked: a layer out of range is a clear error, before any timing)."""
+    check_generation(max_tokens)
+    hm = load_model(model, dtype)
+    if layer is not None:
+        hm.point(H.resid_post(layer))
+        layer %= hm.info.n_layers
+    return hm, layer
 
 
 @bench_app.command("batchgen")
@@ -98,14 +105,9 @@ def bench_batchgen_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     import os
 
     from bench.harness import bench_batchgen
-    from mlxinterp.core.hooks import check_generation
 
-    check_generation(max_tokens)
     load = os.getloadavg()
-    hm = load_model(model, dtype)
-    if layer is not None:
-        hm.point(f"blocks.{layer}.hook_resid_post")  # a clear error for a layer out of range
-        layer %= hm.info.n_layers
+    hm, layer = _steering_setup(model, dtype, max_tokens, layer)
     with console.status("benchmarking ...") as st:
         res = bench_batchgen(hm, rounds=rounds, max_tokens=max_tokens, layer=layer, progress=_status_progress(st))
     res["model"] = hm.info.to_dict()

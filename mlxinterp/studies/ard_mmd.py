@@ -24,15 +24,7 @@ from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.stats import bootstrap_ci, format_interval
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.suite import experiment
-from mlxinterp.tasks.language_pairs import (
-    SEED_FRACS,
-    activations,
-    content,
-    layers_at,
-    load_pairs,
-    prompt,
-    z_basis,
-)
+from mlxinterp.tasks.language_pairs import SEED_FRACS, activations, content, layers_at, load_pairs, prompt, z_basis
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
     from mlxinterp.core.hooks import HookedModel
