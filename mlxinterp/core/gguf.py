@@ -21,6 +21,9 @@ records the GGUF's sha256, so a cache entry is either complete or absent.
 """
 from __future__ import annotations
 
+# gguf-py, mlx-lm and transformers are imported inside the functions that need them: reading a
+# spec or a config must not pay for them, and the importer runs once per GGUF file.
+
 import hashlib
 import json
 import os

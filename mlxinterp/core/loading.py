@@ -16,6 +16,10 @@ MLX gets a chance to fail with a traceback.
 """
 from __future__ import annotations
 
+# Heavy libraries (mlx, mlx-lm, transformers, huggingface_hub) are imported inside the functions
+# that need them: metadata commands (`mlxinterp info`, `hooks`, `models`) and the spec checks that run
+# before any model loads must answer in about a second without importing them.
+
 import contextlib
 import fcntl
 import hashlib

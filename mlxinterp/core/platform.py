@@ -8,6 +8,9 @@ the BLAS logic runs.
 """
 from __future__ import annotations
 
+# mlx is imported only inside the few functions that measure or query it: the CLI consults this
+# module before it re-executes itself with OpenBLAS preloaded, which must happen before MLX loads.
+
 import glob
 import os
 import platform as _platform
