@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 from mlxinterp import suite
+from mlxinterp.suite.runner import DEFAULT_OUT
 from mlxinterp.core.platform import ensure_fast_blas
 
 
@@ -25,7 +26,7 @@ def main(names: str | Sequence[str], doc: str, full: dict | None = None) -> None
     if len(names) > 1:
         p.add_argument("--only", default=",".join(names), help="comma-separated subset of " + ", ".join(names))
     p.add_argument("--n", type=int, default=None, help="items (see the experiment's config for what n counts)")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", default=str(DEFAULT_OUT))  # never the committed reference results/ by default
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
