@@ -3,7 +3,7 @@
     --model M (repeatable; default: default)   --n N   --out DIR   --seed S   --no-resume
     --set key=value or exp.key=value (repeatable; a config override, exactly as `mlxinterp run-suite --set`)
     --quant-check BITS  also run at that MLX quantization (4, 8, 4bit-g32) and give a verdict per primary metric
-    --full  the experiment's documented full-run size, where it has one (a different config: use another --out)
+    --quick  the experiment's quick profile (small sizes for a smoke test; a different config: use another --out)
 
 A script run and `mlxinterp run-suite --only NAME` write the same files and resume the same way.
 """
@@ -17,7 +17,7 @@ from mlxinterp.suite.runner import DEFAULT_OUT
 from mlxinterp.core.platform import ensure_fast_blas
 
 
-def main(names: str | Sequence[str], doc: str, full: dict | None = None) -> None:
+def main(names: str | Sequence[str], doc: str) -> None:
     """Parse the shared flags and run `names` (one experiment or several) through `suite.run_all`."""
     ensure_fast_blas()  # Linux CPU: re-run once with OpenBLAS preloaded (no-op on a Mac)
     names = [names] if isinstance(names, str) else list(names)
@@ -32,12 +32,10 @@ def main(names: str | Sequence[str], doc: str, full: dict | None = None) -> None
     p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--quant-check", default=None, metavar="BITS",
                    help="also run at this MLX quantization (4, 8, 4bit-g32, ...); verdict per primary metric")
-    if full:
-        p.add_argument("--full", action="store_true", help=f"full-run size: {full}")
+    p.add_argument("--quick", action="store_true", help="small smoke-test sizes (defaults are the full-size run)")
     a = p.parse_args()
     chosen = [n.strip() for n in getattr(a, "only", ",".join(names)).split(",") if n.strip()]
     if bad := [n for n in chosen if n not in names]:
         p.error(f"unknown experiment(s) {bad}; choose from {', '.join(names)}")
-    sets = [f"{k}={v!r}" for k, v in full.items()] if full and a.full else []
     suite.run_all(a.model or ["default"], only=chosen, out=a.out, n=a.n, seed=a.seed, resume=not a.no_resume,
-                  sets=sets + a.set, quant_check=a.quant_check)
+                  sets=a.set, quant_check=a.quant_check, quick=a.quick)

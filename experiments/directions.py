@@ -1,13 +1,13 @@
 """Sycophancy and confidence directions: best layer by causal effect, depth, norm, steering effects with CIs.
 
-    python experiments/directions.py [--model default] [--model DIR ...] [--out results] [--seed 0] [--full]
+    python experiments/directions.py [--model default] [--model DIR ...] [--out results] [--seed 0] [--quick]
 
 results/<model>/directions/ (result.json + figures); same files and resume as `mlxinterp run-suite --only directions`.
-Full-run size: the defaults already use all 64 pairs of each set (--full changes nothing).
+Defaults are the full-size run; --quick runs the small smoke-test profile.
 """
 from __future__ import annotations
 
 from _cli import main
 
 if __name__ == "__main__":
-    main("directions", __doc__, {})
+    main("directions", __doc__)

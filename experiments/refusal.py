@@ -1,13 +1,13 @@
 """Refusal direction (Arditi et al. 2024): diff of means at post-instruction positions, layer by causal effect, held-out effects with CIs.
 
-    python experiments/refusal.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0] [--full]
+    python experiments/refusal.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0] [--quick]
 
 results/<model>/refusal/ (result.json + figures); same files and resume as `mlxinterp run-suite --only refusal`.
-Full-run size (--full): {'n': 64, 'n_val': 16, 'n_test': 32, 'n_gen': 32}.
+Defaults are the full-size run; --quick runs the small smoke-test profile.
 """
 from __future__ import annotations
 
 from _cli import main
 
 if __name__ == "__main__":
-    main("refusal", __doc__, {'n': 64, 'n_val': 16, 'n_test': 32, 'n_gen': 32})
+    main("refusal", __doc__)

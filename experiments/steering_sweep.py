@@ -2,7 +2,7 @@
 
     python experiments/steering_sweep.py [--model default] [--out results] [--n N]
 
-Default n is the ~12-minute-suite size; the full run is --n 12.
+Defaults are the full-size run; --quick runs the small smoke-test profile.
 """
 from __future__ import annotations
 

@@ -416,3 +416,30 @@ def test_provenance_records_the_blas_kernel_choice(monkeypatch):
     assert provenance.versions()["openblas_coretype"].startswith("auto")
     monkeypatch.setenv("LD_PRELOAD", "")
     assert "openblas_coretype" not in provenance.versions()
+
+
+def test_quick_profile_applies_before_sets_and_is_checked():
+    """`quick=` overrides come first, --set wins over them, and unknown fields are refused at registration."""
+    import dataclasses as dc
+
+    from mlxinterp.core.errors import MlxInterpError
+    from mlxinterp.suite import registry as reg
+
+    @dc.dataclass
+    class QuickCfg:
+        n: int = 100
+        steps: int = 50
+
+    reg.experiment("quick_probe_exp", QuickCfg, quick={"n": 3, "steps": 2})(lambda hm, cfg, ctx: {})
+    try:
+        assert reg.parse_overrides([], ["quick_probe_exp"]) == {}
+        assert reg.parse_overrides([], ["quick_probe_exp"], quick=True) == {"quick_probe_exp": {"n": 3, "steps": 2}}
+        got = reg.parse_overrides(["quick_probe_exp.steps=7"], ["quick_probe_exp"], quick=True)
+        assert got == {"quick_probe_exp": {"n": 3, "steps": 7}}
+        assert "--quick: n=3, steps=2" in reg.config_fields("quick_probe_exp")
+        full = reg.make_config(reg.get("quick_probe_exp"), None, 0, None)
+        assert (full.n, full.steps) == (100, 50)
+    finally:
+        reg._REGISTRY.pop("quick_probe_exp", None)
+    with pytest.raises(MlxInterpError, match="unknown config fields"):
+        reg.experiment("quick_bad_exp", QuickCfg, quick={"nn": 3})

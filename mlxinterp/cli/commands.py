@@ -256,12 +256,15 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
                                           "and defaults"),
               cost: bool = typer.Option(False, "--cost", help="with --list: each experiment's forwards, tokens and "
                                         "estimated time on this machine (loads each --model)"),
+              quick: bool = typer.Option(False, "--quick", help="each experiment's quick profile (small sizes, "
+                                         "a smoke test); defaults are the full-size runs"),
               as_json: bool = typer.Option(False, "--json", help="with --list --cost: as JSON")) -> None:
     """Run the experiment suite; JSON, figures and report.md/report.html under --out.
 
     Examples:
       [bold]mlxinterp run-suite --model default[/bold]  (into ./mlxinterp-out/suite)
       [bold]mlxinterp run-suite --model default --only validation --reference results[/bold]
+      [bold]mlxinterp run-suite --model default --quick --out mlxinterp-out/quick[/bold]  (small sizes: a smoke test)
       [bold]mlxinterp run-suite --model default --only ard_mmd --set ard_mmd.steps=1000 --out mlxinterp-out/ard-full[/bold]
       [bold]mlxinterp run-suite --model default --only twohop --quant-check 4[/bold]  (does it survive 4-bit?)
       [bold]mlxinterp run-suite --list --fields[/bold]
@@ -275,7 +278,7 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
     from mlxinterp.suite import config_fields, list_experiments, run_all
 
     if list_only and cost:
-        cost_cli.print_cost(model or ["default"], only, skip, n, seed, sets or (), reference, as_json)
+        cost_cli.print_cost(model or ["default"], only, skip, n, seed, sets or (), reference, as_json, quick)
         return
     if list_only:
         table = Table("experiment", "config fields (defaults)" if fields else "what it does")
@@ -284,7 +287,7 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
         out.print(table)
         return
     summary = run_all(model or ["default"], only=only, skip=skip, out=out_dir, n=n, seed=seed, resume=resume,
-                      console=console, sets=sets or (), quant_check=quant_check)
+                      console=console, sets=sets or (), quant_check=quant_check, quick=quick)
     if summary["report"]:  # rank 0 (or the only process) writes the report
         compare_cli.print_comparison(out_dir, reference, console)
         console.print(f"report: {summary['report']['md']} and {summary['report']['html']}", highlight=False,

@@ -11,14 +11,14 @@ from mlxinterp.cli.common import console, load_model, out, print_json
 
 
 def print_cost(models: Sequence[str], only: Optional[str], skip: Optional[str], n: Optional[int], seed: int,
-               sets: Sequence[str], reference: Optional[Path], as_json: bool) -> None:
+               sets: Sequence[str], reference: Optional[Path], as_json: bool, quick: bool = False) -> None:
     """Load each model, measure its rates here, and print every selected experiment's cost and estimate."""
     from mlxinterp.suite import cost
     from mlxinterp.suite.registry import make_config, parse_overrides, register_builtin, select
 
     register_builtin()
     exps = select(only, skip)
-    overrides = parse_overrides(sets, [e.name for e in exps])
+    overrides = parse_overrides(sets, [e.name for e in exps], quick)
     configs = {e.name: make_config(e, n, seed, overrides.get(e.name)) for e in exps}  # checked before loading
     ref = reference if reference is not None else cost.DEFAULT_REFERENCE
     results = []

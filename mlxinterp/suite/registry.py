@@ -49,6 +49,7 @@ class Experiment:
     uses: tuple[str, ...] = ()  # experiments whose results it needs (same model, same run output dir)
     reuses: tuple[str, ...] = ()  # experiments whose results it reuses when present (else computes them)
     cost: Callable[[Any, Any], Any] | None = None  # (config, loaded model) -> suite.cost.Cost, before it runs
+    quick: tuple[tuple[str, Any], ...] = ()  # field overrides of the quick (smoke-test) profile
 
     def reads(self) -> tuple[str, ...]:
         """Every experiment this one reads with ctx.result_of, required ones first."""
@@ -68,7 +69,8 @@ def check_name(name: str, what: str) -> str:
 
 
 def experiment(name: str, config_cls: type, uses: Sequence[str] = (), reuses: Sequence[str] = (),
-               cost: Callable[[Any, Any], Any] | None = None) -> Callable[[ExperimentFn], ExperimentFn]:
+               cost: Callable[[Any, Any], Any] | None = None,
+               quick: dict[str, Any] | None = None) -> Callable[[ExperimentFn], ExperimentFn]:
     """Register `fn(model, config, ctx) -> dict` as experiment `name`.
 
     `config_cls` must be a dataclass whose fields all have defaults; `run_all`
@@ -80,6 +82,9 @@ def experiment(name: str, config_cls: type, uses: Sequence[str] = (), reuses: Se
     `cost(config, model) -> mlxinterp.suite.cost.Cost` counts what the
     experiment computes, for `run-suite --list --cost` and the estimate printed
     before a run (suite/cost.py).
+    Defaults are the full-size experiment (all the data, the N the design
+    needs); `quick` holds the field overrides of the quick profile, small sizes
+    for smoke tests and a first look (`run-suite --quick`, `run_all(quick=True)`).
     """
     check_name(name, "experiment name")
     if not (dataclasses.is_dataclass(config_cls) and isinstance(config_cls, type)):
@@ -89,6 +94,7 @@ def experiment(name: str, config_cls: type, uses: Sequence[str] = (), reuses: Se
     if cost is not None and not callable(cost):
         raise MlxInterpError(f"experiment {name!r}: cost={cost!r:.60} is not callable",
                              hint="pass a function (config, model) -> mlxinterp.suite.cost.Cost")
+    quick_items = _quick_fields(name, config_cls, quick)
 
     def register(fn: ExperimentFn) -> ExperimentFn:
         old = _REGISTRY.get(name)
@@ -96,10 +102,25 @@ def experiment(name: str, config_cls: type, uses: Sequence[str] = (), reuses: Se
             raise MlxInterpError(f"experiment {name!r} is registered twice: "
                                  f"{_origin(old.fn)} and {_origin(fn)}")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Experiment(name, config_cls, fn, doc[0].strip() if doc else "", uses, reuses, cost)
+        _REGISTRY[name] = Experiment(name, config_cls, fn, doc[0].strip() if doc else "", uses, reuses, cost,
+                                     quick_items)
         return fn
 
     return register
+
+
+def _quick_fields(name: str, config_cls: type, quick: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """The quick profile as (field, value) pairs, each naming a field of the config (checked at import)."""
+    if quick is None:
+        return ()
+    if not isinstance(quick, dict):
+        raise MlxInterpError(f"experiment {name!r}: quick={quick!r:.60} must be a dict of config fields")
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(quick) - fields)
+    if unknown:
+        raise MlxInterpError(f"experiment {name!r}: quick names unknown config fields {unknown}",
+                             hint=f"fields: {', '.join(sorted(fields))}")
+    return tuple(quick.items())
 
 
 def _dependency_names(name: str, names: Sequence[str], what: str) -> tuple[str, ...]:
@@ -163,12 +184,15 @@ def list_experiments() -> list[tuple[str, str]]:
 
 
 def config_fields(name: str) -> str:
-    """`field=default` for every config field of experiment `name` (what `--set` can change)."""
+    """`field=default` for every config field of experiment `name` (what `--set` can change), then its quick profile."""
     if name not in _REGISTRY:
         raise _unknown(name)
     exp = _REGISTRY[name]
-    return ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=<factory>"
+    text = ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=<factory>"
                      for f in dataclasses.fields(exp.config_cls))
+    if exp.quick:
+        text += "; --quick: " + ", ".join(f"{k}={v!r}" for k, v in exp.quick)
+    return text
 
 
 def select(only: str | Sequence[str] | None = None,
@@ -263,8 +287,11 @@ def make_config(exp: Experiment, n: int | None = None, seed: int = 0,
     return config
 
 
-def parse_overrides(sets: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def parse_overrides(sets: Sequence[str], names: Sequence[str], quick: bool = False) -> dict[str, dict[str, Any]]:
     """`--set` strings -> {experiment: {field: value}}, checked against the experiments' configs.
+
+    With `quick`, each named experiment's quick profile comes first and the
+    `--set`s apply on top of it.
 
     `exp.field=value` sets one experiment's field; `field=value` sets it in every
     selected experiment (`names`) whose config has it. Values are Python literals
@@ -273,6 +300,10 @@ def parse_overrides(sets: Sequence[str], names: Sequence[str]) -> dict[str, dict
     else of the wrong type is refused here rather than deep inside a study.
     """
     out: dict[str, dict[str, Any]] = {}
+    if quick:
+        for t in names:
+            if _REGISTRY[t].quick:
+                out[t] = dict(_REGISTRY[t].quick)
     for text in sets:
         key, sep, raw = text.partition("=")
         key = key.strip()

@@ -327,7 +327,8 @@ def _progress(console: Console) -> Progress:
 def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: str | Sequence[str] | None = None,
             out: str | Path = DEFAULT_OUT, n: int | None = None, seed: int = 0, resume: bool = True,
             load_fn: Callable[[str], Any] | None = None, *, console: Console | None = None,
-            resume_hint: str | None = None, sets: Sequence[str] = (), quant_check: str | int | None = None) -> dict:
+            resume_hint: str | None = None, sets: Sequence[str] = (), quant_check: str | int | None = None,
+            quick: bool = False) -> dict:
     """Run the selected experiments on every model; return a summary.
 
     `quant_check` ("4", "8", "4bit-g32", ...): also run every model at that MLX
@@ -349,11 +350,13 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     `sets` are config overrides, `exp.field=value` or `field=value` (parse_overrides);
     a run with overrides has its own config fingerprint, so resuming a different
     configuration into the same --out is refused: use another --out or --no-resume.
+    `quick` runs each experiment's quick profile (small sizes, registry.experiment)
+    instead of its full-size defaults; `sets` apply on top.
     """
     register_builtin()
     exps = select(only, skip)
     added = [e.name for e in exps if split_names(only) is not None and e.name not in split_names(only)]
-    overrides = parse_overrides(sets, [e.name for e in exps])
+    overrides = parse_overrides(sets, [e.name for e in exps], quick)
     if not models:
         raise ResultsError("no models given", hint="pass at least one --model")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
