@@ -264,3 +264,13 @@ def test_generate_batch_matches_single_generation(hm):
     v = mx.random.normal((hm.info.d_model,), key=mx.random.key(5)) * 50
     steered = hm.generate_batch([IDS, other], max_tokens=5, taps={"blocks.1.hook_resid_post": T.Add(v, 1.0, when="generated")})
     assert [s.tokens[0] for s in steered] == [r.tokens[0] for r in rows]  # generated-only: first token unchanged
+
+
+def test_captures_without_logits_are_identical_and_skip_the_rest(hm):
+    """logits=False evaluates only the captures: same arrays, no logits returned."""
+    names = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
+    logits, full = hm.run_with_cache(mx.array([IDS]), names=names)
+    none, part = hm.run_with_cache(mx.array([IDS]), names=names, logits=False)
+    assert none is None and logits is not None
+    for n in names:
+        assert mx.array_equal(full[n], part[n]), n

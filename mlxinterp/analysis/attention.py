@@ -90,7 +90,7 @@ def patterns_for(hm: HookedModel, prompt, layers=None) -> tuple[dict[int, np.nda
         raise PromptError("patterns_for takes one prompt (left-padded batches shift RoPE per sequence)")
     layers = list(range(hm.info.n_layers)) if layers is None else [l % hm.info.n_layers for l in layers]
     names = [H.name(l, x) for l in layers for x in ("q", "k")]
-    _, cache = hm.run_with_cache(batch.ids, names=names)
+    _, cache = hm.run_with_cache(batch.ids, names=names, logits=False)
     out = {}
     for l in layers:
         p = pattern(hm, l, cache[H.name(l, "attn.hook_q")], cache[H.name(l, "attn.hook_k")])

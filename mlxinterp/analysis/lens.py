@@ -106,7 +106,7 @@ def logit_lens(hm: HookedModel, prompt: str, targets: list[str] | None = None, t
     if not -n <= position < n:
         raise PromptError(f"position {position} is out of range for a {n}-token prompt (allowed {-n}..{n - 1})")
     position %= n
-    _, cache = hm.run_with_cache(batch.ids, names="hook_resid_post")
+    _, cache = hm.run_with_cache(batch.ids, names="hook_resid_post", logits=False)
     logits = layer_logits(hm, cache, position, mode, tuned=tuned)
     probs = mx.softmax(logits, axis=-1)
     ent = entropy(logits)

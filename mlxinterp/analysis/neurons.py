@@ -51,7 +51,7 @@ def pooled(hm: HookedModel, prompts: Sequence[str], suffix: str, layers: Sequenc
     for s in range(0, len(prompts), batch_size):
         chunk = list(prompts[s: s + batch_size])
         batch = hm.tokens(chunk)
-        _, cache = hm.run_with_cache(batch.ids if len(chunk) == 1 else chunk, names=names)
+        _, cache = hm.run_with_cache(batch.ids if len(chunk) == 1 else chunk, names=names, logits=False)
         acts = np.stack([np.array(cache[n].astype(mx.float32)) for n in names], axis=1)  # [B, nl, L, ...]
         L = acts.shape[2]
         for b, n in enumerate(batch.lengths):
@@ -106,7 +106,7 @@ def attribute(hm: HookedModel, prompt: str, target: int | None = None, suffix: s
     names = [H.name(l, suffix) for l in range(hm.info.n_layers)]
     feat = hm.hook_shape(names[0])
     inner_embed = _embed(hm, ids)
-    _, cache = hm.run_with_cache(ids, names=names)
+    _, cache = hm.run_with_cache(ids, names=names, logits=False)
     acts = [cache[n].astype(mx.float32) for n in names]
     if target is None:
         target = int(mx.argmax(forward_last(hm, ids)[0, -1]).item())

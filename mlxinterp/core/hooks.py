@@ -478,16 +478,22 @@ class HookedModel:
             w = head["weight"][idx]
         return w.astype(mx.float32), (head["bias"][idx].astype(mx.float32) if "bias" in head else None)
 
-    def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False):
-        """Forward with Capture taps on `names` (all hook points if None); returns (logits, cache)."""
+    def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False, logits: bool = True):
+        """Forward with Capture taps on `names` (all hook points if None); returns (logits, cache).
+
+        With `logits=False` only the captures are evaluated and None is returned for
+        the logits: MLX computes lazily, so the layers after the last captured hook
+        and the unembedding (for a 262,144-token vocabulary, most of a small model's
+        FLOPs) are never computed. Captures are identical either way.
+        """
         batch = self.tokens(prompts, chat=chat)
         cache = ActivationCache(self, batch.left_padding)
         capture = Capture(store=cache)
         pairs = [(n, capture) for n in dict.fromkeys(self.names(names))]  # a name twice would capture twice
         with self.hooks(_tap_pairs(taps) + pairs):
-            logits = self.forward(batch)
-        mx.eval(logits, *cache.arrays())
-        return logits, cache
+            out = self.forward(batch)
+        mx.eval(*((out,) if logits else ()), *cache.arrays())
+        return (out if logits else None), cache
 
     def generate(self, prompt, max_tokens: int = 32, taps=None, chat: bool = False,
                  temperature: float = 0.0, seed: int = 0) -> "Generation":
