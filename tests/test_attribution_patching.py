@@ -159,6 +159,16 @@ def test_study_end_to_end_on_a_tiny_model(tiny_dirs, tmp_path):
     assert len(res["circuits"]) == 2 and summ["circuit_edges"]["n"] == 2
     assert res["circuits"][0]["recovered"]["0"] == pytest.approx(0, abs=1e-4)
     assert next(tmp_path.rglob("attribution_patching/attribution_patching.png")).stat().st_size > 0
+    # numbers recomputed from the per-pair records: the report split's median check Spearman and its interval
+    from mlxinterp.analysis.stats import bootstrap_ci
+
+    rhos = [p["check"]["spearman"] for p in res["pairs"][3:] if p["check"]["spearman"] is not None]
+    assert summ["check_spearman"]["estimate"] == pytest.approx(float(np.median(rhos)))
+    again = bootstrap_ci(rhos, np.median, seed=0)
+    assert (summ["check_spearman"]["low"], summ["check_spearman"]["high"]) == pytest.approx((again.low, again.high))
+    assert res["split"]["report"] == [p["clean"] for p in res["pairs"][3:]]
+    verdict = res["prereg"]["checks"]["resid_spearman_large_layers"]
+    assert verdict["verdict"] in ("PASS", "FAIL") and verdict["threshold"] == 0.8
 
 
 # ---------------------------------------------------------------- edges and circuits (analysis.circuits)
@@ -220,7 +230,6 @@ def test_cli_circuit_json(tiny_dirs, tmp_path, capsys):
 def test_qk_fix_uses_the_exact_patched_pattern(tiny_hooked, arch):
     """AtP*'s QK-fix for a query / key node = (pattern after really patching it - pattern) . d metric / d pattern,
     the patched pattern read from the attention-pattern hook point of a forward with the q/k patch applied."""
-    from mlxinterp.core import patterns as PT
     from mlxinterp.core import taps as T
 
     hm = tiny_hooked(arch, None)
@@ -230,10 +239,8 @@ def test_qk_fix_uses_the_exact_patched_pattern(tiny_hooked, arch):
     _, clean = hm.run_with_cache(np.array([CLEAN]).tolist(), names=["blocks.1.attn.hook_q", "blocks.2.attn.hook_k"])
     for name, l, pos, head in (("blocks.1.attn.hook_q", 1, 1, 2), ("blocks.2.attn.hook_k", 2, 1, 1)):
         value = clean[name][0, pos]  # [heads, Dh]
-        store = PT.PatternStore()
-        with hm.hooks({name: T.Replace(value, positions=[pos], heads=[head])}):
-            with PT.pattern_hooks(hm, {f"blocks.{l}.attn.hook_pattern": T.Capture(store=store)}):
-                hm(np.array([CORRUPT]).tolist())
+        _, store = hm.run_with_cache(np.array([CORRUPT]).tolist(), names=[f"blocks.{l}.attn.hook_pattern"],
+                                     taps={name: T.Replace(value, positions=[pos], heads=[head])})
         patched = store[f"blocks.{l}.attn.hook_pattern"][0].transpose(1, 0, 2)  # [H, L, L]
         want = float(mx.sum((patched - A_[l]) * dA[l]).item())
         got = att.estimates[name][pos, head]

@@ -38,10 +38,11 @@ def test_intervals_carry_method_and_n_and_read_like_their_stored_form():
 
     c = bootstrap_ci([1.0, 2.0, 3.0, 4.5], seed=0)
     p = proportion_ci(3, 10)
-    assert isinstance(c, Interval) and c.method == "percentile bootstrap" and c.n == 4 and c["low"] == c.low
-    assert p.method == "Wilson" and p.k == 3 and dict(p)["k"] == 3
+    assert isinstance(c, Interval) and c.method == "t-interval" and c.n == 4 and c["low"] == c.low
+    assert p.method == "Wilson" and p.k == 3 and dict(p)["k"] == 3 and "warning" not in p
     stored = json.loads(io.dumps({"c": c}))["c"]
-    assert stored == {"estimate": 2.625, "low": c.low, "high": c.high, "n": 4, "method": "percentile bootstrap"}
+    assert stored == {"estimate": 2.625, "low": c.low, "high": c.high, "n": 4, "method": "t-interval",
+                      "warning": "n < 20: t-interval"}
     assert Interval.from_dict(stored) == c and is_interval(stored) and is_interval(c) and not is_interval({"n": 1})
     # one renderer for fresh and reloaded values alike
     assert format_interval(stored, ".2f") == c.text(".2f") == f"2.62 [{c.low:.2f}, {c.high:.2f}]"

@@ -276,6 +276,7 @@ def test_layout_loads_once_and_skips_finished_work(registry, tmp_path):
     blas = {"openblas_coretype"} if openblas_interposed() else set()
     assert set(record["versions"]) == {"python", "mlx", "mlx_lm", "numpy", "mlxinterp"} | blas
     assert "git_commit" in record and "seconds" in record["timings"]
+    assert record["preregistration_sha256"] == provenance.preregistration_sha256() and len(record["preregistration_sha256"]) == 64
     n_calls = len(registry)
     summary, _ = _run_all(tmp_path, models=["org/a", "b"])
     assert [r["status"] for r in summary["runs"]] == ["skipped", "skipped"] and len(registry) == n_calls
@@ -443,3 +444,40 @@ def test_quick_profile_applies_before_sets_and_is_checked():
         reg._REGISTRY.pop("quick_probe_exp", None)
     with pytest.raises(MlxInterpError, match="unknown config fields"):
         reg.experiment("quick_bad_exp", QuickCfg, quick={"nn": 3})
+
+
+def test_resume_with_everything_finished_does_not_load_the_model(registry, tmp_path, tiny_dirs, monkeypatch):
+    """The default loader is skipped when every selected result is current (files alone decide it); a
+    missing result loads again."""
+    from mlxinterp.suite import runner
+
+    loads = []
+    real = runner._default_load
+    monkeypatch.setattr(runner, "_default_load", lambda s: loads.append(s) or real(s))
+    spec = str(tiny_dirs[("llama", None)])
+    first, _ = _run_all(tmp_path, models=[spec], load_fn=None)
+    assert loads == [spec] and [r["status"] for r in first["runs"]] == ["computed"]
+    again, log = _run_all(tmp_path, models=[spec], load_fn=None)
+    assert loads == [spec] and [r["status"] for r in again["runs"]] == ["skipped"]
+    assert again["runs"][0]["path"] == first["runs"][0]["path"] and "was not loaded" in log
+    Path(first["runs"][0]["path"]).unlink()  # one result missing: the model is needed again
+    redo, _ = _run_all(tmp_path, models=[spec], load_fn=None)
+    assert loads == [spec, spec] and [r["status"] for r in redo["runs"]] == ["computed"]
+
+
+def test_run_suite_json_summary(tmp_path, tiny_dirs, capsys):
+    """`run-suite --json` prints the summary (runs with statuses and paths, report, comparison) on stdout."""
+    from cli_runner import run
+
+    spec = str(tiny_dirs[("llama", None)])
+    argv = ["run-suite", "--model", spec, "--only", "validation", "--quick", "--out", str(tmp_path / "o"), "--json"]
+    code, out, _ = run(argv, capsys)
+    assert code == 0, out
+    first = json.loads(out)
+    assert [(r["experiment"], r["status"]) for r in first["runs"]] == [("validation", "computed")]
+    assert Path(first["runs"][0]["path"]).is_file() and Path(first["report"]["md"]).is_file()
+    assert first["comparison"] is None
+    code, out, _ = run([*argv, "--reference", str(tmp_path / "o")], capsys)
+    again = json.loads(out)
+    assert code == 0 and [r["status"] for r in again["runs"]] == ["skipped"]
+    assert again["comparison"] is not None

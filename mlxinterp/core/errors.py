@@ -62,6 +62,10 @@ class EnvVarError(MlxInterpError):
     """An MLXINTERP_* environment variable holds a value mlxinterp cannot use."""
 
 
+class PreregistrationError(MlxInterpError):
+    """The pre-registration file (thresholds fixed before a run) is malformed, or names no such check."""
+
+
 def closest(value: str, allowed: Iterable[str], n: int = 3) -> str | None:
     """The closest allowed spelling(s), for 'did you mean' hints."""
     matches = difflib.get_close_matches(value, list(allowed), n=n, cutoff=0.5)

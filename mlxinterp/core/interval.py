@@ -1,7 +1,8 @@
 """The one value type for an estimate with its confidence interval, and the one place it becomes text.
 
 Stored in result.json as {"estimate", "low", "high", "n", "method"} (+ "k" for proportions,
-+ "level" when not 95 %). The functions that compute intervals live in mlxinterp.analysis.stats;
++ "level" when not 95 %, + "warning" when the interval is weaker than the policy wants, + "n_clusters"
+for nested units). The policy that says which interval fits which design is docs/statistics.md. The functions that compute intervals live in mlxinterp.analysis.stats;
 the report renders every interval through `format_interval`.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ class Interval(Mapping):
     method: str
     k: int | None = None  # successes, for proportions
     level: float = LEVEL
+    warning: str | None = None  # why this interval is weaker than the policy's default (small n, constant data)
+    n_clusters: int | None = None  # independent clusters behind the n nested items (cluster_mean_ci)
 
     def to_dict(self) -> dict:
         d = {"estimate": self.estimate, "low": self.low, "high": self.high, "n": self.n, "method": self.method}
@@ -36,12 +39,17 @@ class Interval(Mapping):
             d["k"] = self.k
         if self.level != LEVEL:
             d["level"] = self.level
+        if self.warning is not None:
+            d["warning"] = self.warning
+        if self.n_clusters is not None:
+            d["n_clusters"] = self.n_clusters
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Interval":
         return cls(d.get("estimate"), d.get("low"), d.get("high"), int(d.get("n") or 0),
-                   d.get("method", "unknown"), d.get("k"), d.get("level", LEVEL))
+                   d.get("method", "unknown"), d.get("k"), d.get("level", LEVEL), d.get("warning"),
+                   d.get("n_clusters"))
 
     def __getitem__(self, key: str):
         return self.to_dict()[key]

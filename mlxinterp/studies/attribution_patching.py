@@ -33,7 +33,7 @@ from mlxinterp.analysis.patching import logit_diff, patch_sweep
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.stats import bootstrap_ci
 from mlxinterp.core.errors import MlxInterpError
-from mlxinterp.suite import experiment
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks.function_vectors import load_task
 
@@ -45,7 +45,7 @@ TEMPLATE = "The capital of {} is the city of"
 
 @dataclass
 class AttributionPatchingConfig:
-    n: int = 40  # prompt pairs kept (those the model gets right on both sides)
+    n: int = 60  # pairs kept (model right on both sides): half choose the layers, 30 independent pairs report
     seed: int = 0
     check_k: int = 10  # exact patches per pair: top-k AtP cells + k random cells
     large_effect: float = 0.2  # layer kept when its largest resid_pre effect is >= this fraction of the total
@@ -117,7 +117,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(sps.spearmanr(a, b).statistic)
 
 
-@experiment("attribution_patching", AttributionPatchingConfig)
+@experiment("attribution_patching", AttributionPatchingConfig, quick={"n": 6, "circuit_pairs": 2})
 def attribution_patching(hm: HookedModel, cfg: AttributionPatchingConfig, ctx) -> dict:
     """AtP vs exact patching on >= 30 factual prompt pairs: agreement with CIs, layers chosen on a held-out split."""
     cands = candidate_pairs(hm, cfg.seed)
@@ -166,7 +166,12 @@ def attribution_patching(hm: HookedModel, cfg: AttributionPatchingConfig, ctx) -
               ci([c["recovered"].get("10") for c in circ]))
     s.add("pairs", "pairs kept (model right on both sides) / tried; selection / report split",
           f"{len(kept)} / {tried}; {half} / {len(kept) - half}")
-    return {**s.to_result(), "circuits": circ, "circuit_edge_counts": _edge_counts(circ), "large_effect_layers": large, "large_effect_threshold": cfg.large_effect,
+    prereg = preregistration.load().report("attribution_patching",
+                                           {"resid_spearman_large_layers": ci(rho_large)})
+    s.add("prereg", "pre-registered checks (mlxinterp/data/preregistration.toml)",
+          {k: v["verdict"] for k, v in prereg["checks"].items()})
+    return {**s.to_result(), "prereg": prereg, "split": {"selection": [r["clean"] for r in select],
+                                                         "report": [r["clean"] for r in report]}, "circuits": circ, "circuit_edge_counts": _edge_counts(circ), "large_effect_layers": large, "large_effect_threshold": cfg.large_effect,
             "layer_effect_share_selection": share[:half].mean(0).round(4).tolist(),
             "per_layer_spearman_median": [None if not [x for x in v if x is not None] else
                                           float(np.median([x for x in v if x is not None])) for v in per_layer],

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from mlxinterp.core import io
-from mlxinterp.core.errors import ResultsError
+from mlxinterp.core.errors import MlxInterpError, ResultsError
 from mlxinterp.core.platform import openblas_interposed
+from mlxinterp.suite import preregistration
 
 FORMAT_VERSION = 1
 
@@ -50,6 +51,18 @@ def git_commit() -> str | None:
     if proc.returncode != 0:
         return None
     return proc.stdout.strip() or None
+
+
+def preregistration_sha256() -> str | None:
+    """sha256 of the pre-registration file the run's checks were judged against (None when absent).
+
+    A result's PASS/FAIL means something only against thresholds fixed before the run; the hash
+    lets a reader confirm which version of mlxinterp/data/preregistration.toml that was.
+    """
+    try:
+        return preregistration.sha256()
+    except MlxInterpError:
+        return None
 
 
 def fingerprint(config: Any, info: Any, seed: int) -> dict:
