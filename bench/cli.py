@@ -14,6 +14,7 @@ from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out,
 from mlxinterp.core import names as H
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.hooks import check_generation
+from mlxinterp.core.validate import whole
 
 bench_app = typer.Typer(help="Benchmarks: ratios measured in one run, conditions interleaved round by round "
                              "(torch / nnsight / TransformerLens rows need the optional extra: pip install -e '.[bench]').",
@@ -121,22 +122,39 @@ def bench_batchgen_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
 
 @bench_app.command("precision")
 def bench_precision_cmd(model: str = MODEL_OPT, rounds: int = typer.Option(3, "--rounds"),
+                        full_map: bool = typer.Option(True, "--map/--no-map", help="also time one full 18 x 2 map "
+                                                      "of the lens finding, with and without the shared prefix"),
+                        n: int = typer.Option(12, "--n", help="prompts of the timed map (1-100)"),
+                        map_rounds: int = typer.Option(1, "--map-rounds", help="timed maps per condition (1-5)"),
                         as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
-    """Precision patching: swapping one module's weights in place vs reloading at a mixed precision.
+    """Precision patching: swapping one module's weights in place vs reloading at a mixed precision, and the
+    wall time of one full per-layer, per-sublayer map (target <= 5 min on the default model).
 
-    Example: [bold]python -m bench precision --rounds 3 --json[/bold]
+    Example: [bold]python -m bench precision --save bench/results[/bold]
     """
     import os
 
-    from bench.precision import bench_precision
+    from bench.precision import bench_map, bench_precision
 
+    if not 1 <= n <= 100 or not 1 <= map_rounds <= 5:
+        raise MlxInterpError(f"--n {n} / --map-rounds {map_rounds} not allowed; use 1-100 and 1-5")
     load = os.getloadavg()
-    with console.status("benchmarking ..."):
+    with console.status("benchmarking ...") as st:
         res = bench_precision(model, rounds=rounds)
+        if full_map:
+            res["map"] = bench_map(model, n, map_rounds, progress=_status_progress(st))
     m = res["median_seconds"]
-    _bench_done("precision", res, as_json, save, load,
-                f"reload / swap {res['reload_over_swap']['median']:.0f}x  (reload {m['reload']:.2f} s, swap "
-                f"{m['swap'] * 1e3:.2f} ms, forward {m['forward']:.3f} s, median of {rounds})")
+    line = (f"reload / swap {res['reload_over_swap']['median']:.0f}x  (reload {m['reload']:.2f} s, swap "
+            f"{m['swap'] * 1e3:.2f} ms, forward {m['forward']:.3f} s, median of {rounds})")
+    if full_map:
+        mp = res["map"]
+        line += (f"\nfull map ({mp['modules']} modules + float + quantized, {n} prompts): shared prefix "
+                 f"{mp['median']['shared']['wall_seconds']:.0f} s wall ({mp['median']['shared']['cpu_seconds']:.0f} s CPU), "
+                 f"without {mp['median']['unshared']['wall_seconds']:.0f} s ({mp['median']['unshared']['cpu_seconds']:.0f} s CPU)"
+                 f" = {mp['unshared_over_shared_wall']:.2f}x; identical values: {mp['identical_values']}; target <= 300 s: "
+                 f"{'met' if mp['median']['shared']['wall_seconds'] <= 300 else 'missed'} (load average "
+                 f"{mp['load_average'][0][0]:.1f} -> {mp['load_average'][-1][0]:.1f})")
+    _bench_done("precision", res, as_json, save, load, line)
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -266,6 +284,33 @@ def bench_attribution_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_O
                 f"{res['atp_standard_over_forward']['median']:.2f}x; median of {rounds} rounds")
 
 
+@bench_app.command("atp_nnsight")
+def bench_atp_nnsight_cmd(rounds: int = typer.Option(5, "--rounds"),
+                          torch_threads: int = typer.Option(1, "--torch-threads", help="torch's thread count (1: "
+                                                            "fastest on 2 shared cores)"),
+                          as_json: bool = typer.Option(False, "--json"), save: Optional[Path] = SAVE_OPT) -> None:
+    """AtP for resid_post at every layer x position (default model): mlxinterp vs nnsight's gradient idiom
+    and plain torch hooks, same weights (target: >= 2x faster than nnsight).
+
+    Example: [bold]python -m bench atp_nnsight --rounds 5 --json[/bold]
+    """
+    import os
+
+    from bench.atp import bench_atp_nnsight
+
+    whole(torch_threads, "--torch-threads", 1, 256)
+    load = os.getloadavg()
+    with console.status("benchmarking ...") as st:
+        res = bench_atp_nnsight(rounds=rounds, torch_threads=torch_threads, out=save, progress=_status_progress(st))
+    res["load_average_before"] = list(load)
+    res["load_average_after"] = list(os.getloadavg())
+    lines = [f"mlxinterp attribute: {res['median_seconds']['mlx/atp_resid_post']:.2f} s (grid {res['grid_shape']})"]
+    lines += [f"{k}: {res['median_seconds'][k]:.2f} s = {r['median']:.2f}x slower (95% CI {r['ci95'][0]:.2f}-"
+              f"{r['ci95'][1]:.2f}); max |diff| {res['max_abs_diff_vs_mlx'][k]:.2g}"
+              for k, r in res["speedup_vs_mlx"].items()]
+    _bench_done("atp_nnsight", res, as_json, save, load, "\n".join(lines))
+
+
 @bench_app.command("replicas")
 def bench_replicas_cmd(like: Optional[list[str]] = typer.Option(None, "--like", help="catalogue shapes (default: "
                                                                  "Gemma-2-2B, Llama-3.2-3B, Qwen2.5-7B, Gemma-2-9B, 4-bit)"),
@@ -327,12 +372,16 @@ def bench_serve_cmd(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     out.print(f"lens, first view: {lens['first_view']['wall_seconds']:.2f} s ({lens['first_view']['tokens']} tokens, "
               f"{lens['unembed_gflop']:.0f} GFLOP unembedding: {lens['unembed_seconds']:.2f} s alone = "
               f"{lens['unembed_gflops']:.0f} GFLOP/s; machine matmul {lens['machine_matmul_gflops_512']:.0f} GFLOP/s at 512, "
-              f"{lens['machine_matmul_gflops_2048']:.0f} at 2048); later views median "
+              f"{lens['machine_matmul_gflops_2048']:.0f} at 2048; the whole first view = "
+              f"{lens['first_view_gflops']:.0f} GFLOP/s = {lens['first_view_share_of_matmul_rate']:.0%} of the 2048 rate); "
+              f"later views median "
               f"{lens['later_median_wall_seconds']:.2f} s\n"
               f"steering first token: first request {st['first_request']['first_token_seconds']:.3f} s, slider moves "
               f"median {st['slider_median_first_token_seconds']:.3f} s = "
               f"{st['slider_median_first_token_over_mlx_lm']:.2f} x mlx-lm's own first token (no taps, no server) "
-              f"(load average {res['load_average_start'][0]:.1f})",
+              f"(load average {res['load_average_start'][0]:.1f} at the start, {res['load_average_end'][0]:.1f} at the end)\n"
+              + "; ".join(f"{k} {t['value']:.3f} s (target <= {t['target']:g} s: {'met' if t['met'] else 'missed'})"
+                          for k, t in res["targets"].items()),
               highlight=False, markup=False)
 
 

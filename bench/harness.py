@@ -92,6 +92,13 @@ def _read(path: str) -> str:
 
 
 # ------------------------------------------------------------------ tap overhead
+def fused_points(hm: HookedModel) -> list[str]:
+    """Every hook point but attention scores / patterns: a tap on those computes attention explicitly
+    (core/patterns.py), which is a different computation, not a tap's overhead; run_with_cache(None) skips
+    them too."""
+    return [n for n in hm.hook_names if hm.point(n).kind != "pattern"]
+
+
 def bench_taps(hm: HookedModel, prompt: str = BENCH_PROMPT, rounds: int = 7) -> dict:
     """Forward time: plain mlx-lm vs hooks installed vs identity tap everywhere vs capture everywhere.
 
@@ -102,7 +109,7 @@ def bench_taps(hm: HookedModel, prompt: str = BENCH_PROMPT, rounds: int = 7) -> 
     _check_rounds(rounds)
     ids = hm.tokens(prompt).ids
     identity = T.Fn(fn=lambda a, ctx: a)
-    every = {n: identity for n in hm.hook_names}
+    every = {n: identity for n in fused_points(hm)}
 
     def plain():
         return [hm.model(ids)]
@@ -113,7 +120,7 @@ def bench_taps(hm: HookedModel, prompt: str = BENCH_PROMPT, rounds: int = 7) -> 
 
     def capture():
         store = ActivationCache(hm)
-        with hm.hooks({n: T.Capture(store=store) for n in hm.hook_names}):
+        with hm.hooks({n: T.Capture(store=store) for n in fused_points(hm)}):
             logits = hm.model(ids)
         return [logits, *store.arrays()]
 
@@ -139,7 +146,7 @@ def bench_taps(hm: HookedModel, prompt: str = BENCH_PROMPT, rounds: int = 7) -> 
         "noop_overhead": overhead("noop_taps"),
         "capture_all_overhead": overhead("capture_all"),
         "capture_all_ratio": ratio_summary(times["capture_all"], times["bare"]),
-        "n_hook_points": len(hm.hook_names),
+        "n_hook_points": len(fused_points(hm)),
         "targets": {"noop_overhead": 0.02, "capture_all_overhead": 0.10},
     }
 
@@ -298,6 +305,7 @@ class Condition:
 SETUPS = {  # worker kind -> "module:function" returning {name: Condition}
     "mlx": "bench.harness:mlx_conditions",
     "torch": "bench.torch_side:torch_conditions",
+    "mlx_atp": "bench.atp:mlx_conditions",
 }
 
 
@@ -612,7 +620,7 @@ def _mlx_memory(hm: HookedModel, prompt: str) -> dict[str, Condition]:
 
     def capture():
         store = ActivationCache(hm)
-        with hm.hooks({n: T.Capture(store=store) for n in hm.hook_names}):
+        with hm.hooks({n: T.Capture(store=store) for n in fused_points(hm)}):
             logits = hm.model(ids)
         return [logits, *store.arrays()]
 
@@ -785,7 +793,8 @@ def bench_attribution(hm: HookedModel, rounds: int = 5, clean: str = CLEAN, corr
     _check_rounds(rounds)
     metric = logit_diff(hm, TARGET, FOIL)
     ids = hm.tokens(corrupt).ids
-    every = [n for n in hm.hook_names if n != "hook_logits"]
+    # attention scores / patterns excluded (fused_points): [L, H, L] nodes on the explicit attention path
+    every = [n for n in fused_points(hm) if n != "hook_logits"]
 
     def atp(hooks):
         def run():
@@ -845,7 +854,8 @@ def run_all(out: Path, readme: Path | None = None, quick: bool = False, progress
 
 
 # ------------------------------------------------------------------ results and the README table
-RESULT_NAMES = ("taps", "generate", "batchgen", "patching", "forward", "agreement", "memory", "attribution", "precision")
+RESULT_NAMES = ("taps", "generate", "batchgen", "patching", "forward", "agreement", "memory", "attribution", "precision",
+                "atp_nnsight")
 TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
@@ -954,6 +964,14 @@ def render_table(results: dict[str, dict]) -> str:
         r = a["atp_all_over_forward"]
         add("", f"AtP, every hook x position ({a['n_cells']['atp_all']} cells)", f"{a['median_seconds']['atp_all']:.3f} s",
             _ci(r), f"<= {a['targets']['atp_all_over_forward']:g}", _met(r["median"] <= a["targets"]["atp_all_over_forward"]))
+    if "atp_nnsight" in results:
+        a = results["atp_nnsight"]
+        add("AtP resid_post vs torch", f"**mlxinterp attribute** ({a['grid_shape'][0]} x {a['grid_shape'][1]} cells)",
+            f"{a['median_seconds']['mlx/atp_resid_post']:.2f} s", "1", "", "")
+        for k, r in a["speedup_vs_mlx"].items():
+            target = a["targets"]["speedup_vs_mlx"].get(k)
+            add("", f"{k} (grid max diff {a['max_abs_diff_vs_mlx'][k]:.1e})", f"{a['median_seconds'][k]:.2f} s",
+                _ci(r), f">= {target:g}" if target else "", _met(r["median"] >= target) if target else "")
     if "memory" in results:
         m = results["memory"]
         gb = lambda b: f"{b / 1e9:.2f} GB" if b is not None else "n/a"  # noqa: E731

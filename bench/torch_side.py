@@ -139,7 +139,9 @@ def torch_conditions(kind: str, loops: bool = True, threads: int | None = None) 
         return _patching(loops)
     if kind == "forward":
         return _forward()
-    raise MlxInterpError(f"torch benchmark kind {kind!r} is not allowed; use patching or forward")
+    if kind == "atp":
+        return _atp()
+    raise MlxInterpError(f"torch benchmark kind {kind!r} is not allowed; use patching, forward or atp")
 
 
 def _bridge(tok):
@@ -157,10 +159,12 @@ def _bridge(tok):
 def _patching(loops: bool) -> dict:
     """The Eiffel/Colosseum resid_pre sweep in torch: a plain hooks loop, nnsight (loop, batched), TransformerLens."""
     require("nnsight", "transformer_lens")
+    # bench.harness imports MLX, which must come before nnsight: nnsight 0.8.1's import-time hooks make a
+    # later import of mlx.core abort the process ("Critical nanobind error")
+    from bench.harness import CLEAN, CORRUPT, FOIL, TARGET, Condition
+
     import nnsight
     from nnsight import TransformersModel
-
-    from bench.harness import CLEAN, CORRUPT, FOIL, TARGET, Condition
 
     tok = hf_tokenizer()
     hf = load_hf()
@@ -248,6 +252,89 @@ def _patching(loops: bool) -> dict:
         conds["nnsight_loop"] = Condition(nnsight_loop, warm=lambda: nnsight_loop(2))
         conds["transformer_lens_sweep"] = Condition(tl_sweep, warm=lambda: tl_sweep(1))
     return conds
+
+
+def _atp() -> dict:
+    """Attribution patching of resid_post (every decoder layer's output) at every layer x position, Eiffel ->
+    Colosseum, logit(Paris) - logit(Rome): (a_clean - a_corrupt) . d metric / d a at the corrupted run.
+
+    Two torch idioms on the same weights, each timed whole (clean forward, corrupted forward + backward, the
+    products): nnsight's (one trace per prompt, `with metric.backward():` reading each layer output's .grad in
+    reverse order, as nnsight's gradient docs show) and plain torch (forward hooks keep each layer's output
+    with retain_grad, one backward). The model's parameters stay trainable, as loaded, in both: nnsight needs
+    a forward that tracks gradients, and both then compute parameter gradients nobody reads, as users of
+    these idioms do.
+    """
+    import torch
+
+    from bench.harness import CLEAN, CORRUPT, FOIL, TARGET, Condition  # MLX before nnsight (see _patching)
+
+    import nnsight
+    from nnsight import TransformersModel
+
+    torch.set_grad_enabled(True)
+    tok = hf_tokenizer()
+    hf = load_hf()
+    clean, corrupt = _ids(tok, CLEAN), _ids(tok, CORRUPT)
+    t, f = _token(tok, TARGET), _token(tok, FOIL)
+    n = hf.config.num_hidden_layers
+    lm = TransformersModel(hf, task="text-generation", tokenizer=tok)
+    nl = lm.model.layers
+
+    def grid(clean_acts, acts_grads) -> list[list[float]]:
+        return [(c[0] - a[0]).mul(g[0]).sum(-1).tolist() for c, (a, g) in zip(clean_acts, acts_grads)]
+
+    def nnsight_atp():
+        with torch.no_grad(), lm.trace(clean):
+            clean_acts = nnsight.save([nl[l].output for l in range(n)])
+        with lm.trace(corrupt):
+            acts = [nl[l].output for l in range(n)]
+            logits = lm.lm_head.output
+            metric = logits[0, -1, t] - logits[0, -1, f]
+            saved_acts = nnsight.save([a for a in acts])
+            with metric.backward():
+                grads = nnsight.save([acts[l].grad for l in reversed(range(n))])
+        hf.zero_grad(set_to_none=True)
+        return grid(clean_acts, list(zip(saved_acts, reversed(grads))))
+
+    def hooks_atp():
+        layers = hf.model.layers
+        kept: list = []
+
+        def keep(module, args, out):
+            if out.requires_grad:
+                out.retain_grad()
+            kept.append(out)
+
+        handles = [layer.register_forward_hook(keep) for layer in layers]
+        try:
+            with torch.no_grad():
+                hf(clean)
+            clean_acts, kept[:] = list(kept), []
+            logits = hf(corrupt).logits
+            (logits[0, -1, t] - logits[0, -1, f]).backward()
+            out = grid(clean_acts, [(a.detach(), a.grad) for a in kept])
+        finally:
+            for h in handles:
+                h.remove()
+            hf.zero_grad(set_to_none=True)
+        return out
+
+    def frozen(fn):
+        """The same idiom with the parameters frozen and the embedding output as the gradient's leaf: no
+        parameter gradients (the fastest form of either idiom; needs one extra forward hook)."""
+        def run():
+            hf.requires_grad_(False)
+            h = hf.model.embed_tokens.register_forward_hook(lambda m, a, out: out.requires_grad_())
+            try:
+                return fn()
+            finally:
+                h.remove()
+                hf.requires_grad_(True)
+        return run
+
+    return {"nnsight_atp": Condition(nnsight_atp), "nnsight_atp_frozen": Condition(frozen(nnsight_atp)),
+            "torch_hooks_atp_frozen": Condition(frozen(hooks_atp))}
 
 
 def _forward() -> dict:

@@ -247,3 +247,56 @@ def test_qk_fix_uses_the_exact_patched_pattern(tiny_hooked, arch):
         assert got == pytest.approx(want, rel=1e-3, abs=1e-6), (name, got, want)
     # the other estimates of these hooks are the same computation; GradDrop scores are there as well
     assert att.graddrop is not None and att.estimates["blocks.1.attn.hook_q"].shape == (len(CLEAN), hm.info.n_heads)
+
+
+@pytest.mark.parametrize("arch,bits", [("llama", None), ("qwen3", None), ("gemma2", None), ("gemma3_text", None),
+                                       ("gemma3_text", 4)])
+def test_path_patching_to_a_head_query_key_value_is_exact(tiny_hooked, arch, bits):
+    """Sender -> one head's q/k/v input equals an independent exact patch: layer l's ln1 output replaced by
+    the layer's own norm of (corrupted input + the sender's clean - corrupt difference, read from the caches),
+    then every projection output but the receiver's restored to its corrupted value."""
+    from mlxinterp.core import taps as T
+    from mlxinterp.core.archs import text_model
+    from mlxinterp.core.hooks import plain_call
+
+    hm = tiny_hooked(arch, bits)
+    m = logit_diff(hm, 5, 7)
+    g = C.build_graph(hm, CLEAN, CORRUPT, m)
+    H, Hkv = hm.info.n_heads, hm.info.n_kv_heads
+    layer = 2
+    names = [f"blocks.{layer}.hook_resid_pre", "blocks.0.hook_mlp_out"] + \
+            [f"blocks.{layer}.attn.hook_{k}" for k in "qkv"]
+    _, cache = hm.run_with_cache(mx.array([CLEAN, CORRUPT]), names=names)
+    edges = [("L0MLP", f"L{layer}H1.q"), ("L0MLP", (layer, H - 1, "k")), ("L0MLP", f"L{layer}H0.v"),
+             ("input", f"L{layer}H2.q"), ("L1H0", f"L{layer}H3.k")]
+    got = C.path_patch_heads(hm, g, m, edges)
+    ln1 = text_model(hm.model).layers[layer].input_layernorm
+
+    def exact(sender: str, kind: str, head: int) -> float:
+        if sender == "L0MLP":
+            delta = cache["blocks.0.hook_mlp_out"][0] - cache["blocks.0.hook_mlp_out"][1]
+        else:  # heads and the embedding: the graph's own differences (tested against exact edge patching above)
+            delta = g.deltas[g.senders.index(sender)]
+        x = cache[f"blocks.{layer}.hook_resid_pre"][1] + delta
+        taps = {f"blocks.{layer}.ln1.hook_normalized": T.Replace(plain_call(ln1, x[None])[0])}
+        for k in "qkv":
+            keep = [head] if k == kind else []
+            n_heads = H if k == "q" else Hkv
+            others = [h for h in range(n_heads) if h not in keep]
+            taps[f"blocks.{layer}.attn.hook_{k}"] = T.Replace(cache[f"blocks.{layer}.attn.hook_{k}"][1], heads=others)
+        with hm.hooks(taps):
+            logits = hm(mx.array([CORRUPT]))
+        return float(np.array(m(logits[:, -1]))[0])
+
+    kv = lambda h: h // (H // Hkv)  # noqa: E731
+    want = [exact("L0MLP", "q", 1), exact("L0MLP", "k", kv(H - 1)), exact("L0MLP", "v", kv(0)),
+            exact("input", "q", 2), exact("L1H0", "k", kv(3))]
+    span = abs(g.clean_metric - g.corrupt_metric)
+    assert np.allclose(got, want, atol=1e-4 * (1 + span)), (got, want)
+    assert np.abs(np.array(want) - g.corrupt_metric).max() > 1e-6  # the patches do something
+    with pytest.raises(MlxInterpError, match="does not exist"):
+        C.path_patch_heads(hm, g, m, [(f"L{layer}H0", f"L{layer}H1.q")])
+    with pytest.raises(MlxInterpError, match="out of range"):
+        C.path_patch_heads(hm, g, m, [("L0MLP", "L2H1.x")])
+    with pytest.raises(MlxInterpError, match="not allowed"):
+        C.path_patch_heads(hm, g, m, [("L0MLP", "head 1 query")])

@@ -17,6 +17,12 @@ IDS = [1, 287, 414, 417, 279, 280, 300, 301, 302, 303, 304, 305]  # 12 > gemma3 
 SHORT = [1, 290, 291, 292, 293]
 
 
+def fused_names(hm) -> list[str]:
+    """Every hook point but the attention scores / patterns: a tap on those runs attention explicitly
+    (tests/test_patterns.py checks that path against the fused one within its stated tolerance)."""
+    return [n for n in hm.hook_names if hm.point(n).kind != "pattern"]
+
+
 def plain_logits(hm, ids):
     """Logits from mlx-lm's model object with no taps attached."""
     out = hm.model(mx.array([ids]))
@@ -35,6 +41,9 @@ def test_hook_names_cover_every_layer(hm):
                   "attn.hook_z", "mlp.hook_post"):
             assert f"blocks.{i}.{s}" in hm.hook_names
     assert {"hook_embed", "ln_final.hook_normalized", "hook_logits"} <= set(hm.hook_names)
+    for i in range(n if "attn.hook_v" in hm.spec.sites else 0):  # attention scores and patterns are hook points
+        for s in ("attn.hook_attn_scores", "attn.hook_pattern"):  # too (per head, a key axis that varies)
+            assert hm.hook_shape(f"blocks.{i}.{s}") == (hm.info.n_heads, 0)
     assert hm.hook_shape("blocks.0.attn.hook_z") == (hm.info.n_heads, hm.info.head_dim)
     assert hm.hook_shape("blocks.-1.mlp.hook_post") == (hm.info.d_mlp,)
 
@@ -42,15 +51,22 @@ def test_hook_names_cover_every_layer(hm):
 def test_noop_taps_are_bit_identical(hm):
     ref = plain_logits(hm, IDS)
     zeros = mx.zeros((hm.info.d_model,))
-    noop = {n: [T.Scale(1.0)] for n in hm.hook_names}
+    # every hook point listed, the score / pattern points without a tap: the fused attention runs untouched
+    noop = {n: [T.Scale(1.0)] for n in fused_names(hm)}
+    patterns = [n for n in hm.hook_names if n not in noop]
+    assert len(patterns) in (0, 2 * hm.info.n_layers)  # families without attn.hook_v have none
     for i in range(hm.info.n_layers):
         noop[f"blocks.{i}.hook_resid_post"].append(T.Add(zeros, 3.0))
     with hm.hooks(noop):
         out = hm(mx.array([IDS]))
     assert mx.array_equal(out, ref)
-    logits, cache = hm.run_with_cache(mx.array([IDS]))
+    logits, cache = hm.run_with_cache(mx.array([IDS]))  # captures every point but scores / patterns
     assert mx.array_equal(logits, ref)
-    assert len(cache.keys()) == len(hm.hook_names)
+    assert sorted(cache.keys()) == sorted(fused_names(hm))
+    # after a context with pattern taps (explicit attention), nothing is left installed: bit-identical again
+    with hm.hooks({n: T.Scale(1.0) for n in patterns}):
+        hm(mx.array([IDS]))
+    assert mx.array_equal(hm(mx.array([IDS])), ref)
 
 
 def test_noop_taps_bit_identical_in_generation(hm):
@@ -58,7 +74,7 @@ def test_noop_taps_bit_identical_in_generation(hm):
 
     ref = generate(hm.model, hm.tokenizer, IDS, max_tokens=8)
     store = ActivationCache(hm)
-    got = hm.generate(IDS, max_tokens=8, taps={n: T.Capture(store=store) for n in hm.hook_names})
+    got = hm.generate(IDS, max_tokens=8, taps={n: T.Capture(store=store) for n in fused_names(hm)})
     assert got.text == ref
 
 
@@ -132,7 +148,7 @@ def test_add_tap_equals_manual_sum(hm):
 
 def test_patching_with_own_cache_is_identity(hm):
     ref, cache = hm.run_with_cache(mx.array([IDS]))
-    patch = {n: T.Replace(cache[n]) for n in hm.hook_names if n != "hook_logits"}
+    patch = {n: T.Replace(cache[n]) for n in fused_names(hm) if n != "hook_logits"}
     with hm.hooks(patch):
         out = hm(mx.array([IDS]))
     assert mx.array_equal(out, ref)

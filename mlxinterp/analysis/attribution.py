@@ -22,8 +22,8 @@ forward + backward (analysis.gradients, probes at every hook). Methods:
   badly when it saturates, so the patched pattern is computed exactly (from the
   layer's own norms, RoPE and mask, analysis.attention.scores) and only the
   pattern's effect on the metric is linearised: (A_patched - A) . d metric / d A,
-  with d metric / d A from a probe at the attention-pattern hook point
-  (core.patterns).
+  with d metric / d A the gradient at the attention-pattern hook point
+  (blocks.{i}.attn.hook_pattern, core.patterns).
 - "ig": integrated gradients (Sundararajan et al. 2017) along the straight
   line from the corrupted to the clean token embeddings, as EAP-IG does
   (Hanna et al. 2024): gradients at every hook are averaged over `steps`
@@ -51,7 +51,7 @@ from mlxinterp.analysis.patching import Metric, Patch, run_variants
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError
-from mlxinterp.core.patterns import PATTERN, pattern_hooks
+from mlxinterp.core.patterns import PATTERN
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
     from mlxinterp.core.hooks import HookedModel
@@ -250,18 +250,10 @@ def _qk_pair(hm: HookedModel, acts: dict, name: str, clean_ids, corrupt_ids) -> 
 
 def _pattern_grads(hm: HookedModel, ids, metric: Metric, layers: Sequence[int]) -> tuple[dict, dict]:
     """{layer: pattern [H, L, L]} and {layer: d metric / d pattern [H, L, L]} at the run of `ids`."""
-    L, H = len(ids), hm.info.n_heads
-    batch = hm.tokens(mx.array([ids]))
-
-    def fn(deltas):
-        probes = [Probe(delta=d) for d in deltas]
-        with pattern_hooks(hm, {f"blocks.{l}.{PATTERN}": p for l, p in zip(layers, probes)}):
-            total, _ = traced_metric(hm, batch, metric, [])
-        return total, [p.seen for p in probes]
-
-    (_, seen), grads = mx.value_and_grad(fn)([mx.zeros((1, L, H, L), dtype=mx.float32) for _ in layers])
+    names = [f"blocks.{l}.{PATTERN}" for l in layers]
+    res = value_and_grad(hm, mx.array([ids]), metric, names)
     to_attn = lambda a: a[0].transpose(1, 0, 2).astype(mx.float32)  # noqa: E731  [L, H, L] -> [H, L, L]
-    return {l: to_attn(a) for l, a in zip(layers, seen)}, {l: to_attn(g) for l, g in zip(layers, grads)}
+    return {l: to_attn(res.acts[n]) for l, n in zip(layers, names)}, {l: to_attn(res.grads[n]) for l, n in zip(layers, names)}
 
 
 def _graddrop(hm: HookedModel, corrupt_ids, metric, names, diffs) -> dict[str, np.ndarray]:

@@ -22,8 +22,13 @@ EAP scores every edge at once: (clean - corrupt difference of u) . d metric / d 
 the gradient taken through v's norm only; EAP-IG averages that gradient over points on the
 line from the corrupted to the clean input embeddings (`steps` midpoints, run as rows of one batch).
 
-Limitation: attention receivers are whole layers (one input shared by all heads' q, k and v),
-not separate q/k/v inputs per head.
+EAP and the circuit search use attention receivers at layer granularity (one input shared by all
+heads' q, k and v). `path_patch_heads` patches finer receivers exactly: one head's query, key or
+value input (sender -> "L3H1.q"), as in Wang et al. 2022's path patching to a head's q/k/v: the
+receiver's projection alone reads the corrupted layer input plus the sender's difference (through
+the layer's own norm), every other head, projection and the residual stream read the corrupted run.
+Keys and values exist per key-value head: with grouped-query attention a k/v receiver is that
+shared head ("L3H1.k" is the key input of head 1's group, read by every query head of the group).
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ from mlxinterp.analysis.plotting import subplots
 from mlxinterp.core import taps as T
 from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import HookNameError, MlxInterpError
+from mlxinterp.core.hooks import plain_call
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
     from mlxinterp.core.hooks import HookedModel
@@ -214,6 +220,83 @@ def run_edges(hm: HookedModel, graph: Graph, metric: Metric, edge_sets: Sequence
             touched = mx.array(W.any(axis=1)).reshape(B, 1, 1)
             new = mx.fast.rms_norm(x.astype(gain.dtype), gain, eps)
             taps.append((r.norm_hook, T.Fn(fn=lambda a, ctx, new=new, m=touched: mx.where(m, new.astype(a.dtype), a))))
+        logits = forward_last(hm, mx.array([graph.corrupt_ids] * B), taps, vocab=metric_vocab(metric))[:, 0]
+        vals = metric_on(metric, logits)
+        mx.eval(vals)
+        out[s:s + B] = np.array(vals, dtype=np.float64)
+    return out
+
+
+QKV = ("q", "k", "v")
+
+
+def _head_receiver(hm: HookedModel, receiver) -> tuple[int, int, str]:
+    """(layer, head index in its projection, "q"|"k"|"v") for "L3H1.q" or (3, 1, "q"); k/v heads are
+    kv heads (a query head's k/v receiver is its group's kv head)."""
+    if isinstance(receiver, str):
+        try:
+            head, kind = receiver.split(".")
+            layer, h = (int(x) for x in head[1:].split("H"))
+            if not head.startswith("L"):
+                raise ValueError
+        except ValueError:
+            raise MlxInterpError(f"receiver {receiver!r} is not allowed; use 'L<layer>H<head>.<q|k|v>', "
+                                 "e.g. 'L3H1.q'") from None
+    else:
+        layer, h, kind = receiver
+    n, H, Hkv = hm.info.n_layers, hm.info.n_heads, hm.info.n_kv_heads
+    if kind not in QKV or not 0 <= int(layer) < n or not 0 <= int(h) < H:
+        raise MlxInterpError(f"receiver {receiver!r} is out of range: layers 0..{n - 1}, heads 0..{H - 1}, q|k|v")
+    return int(layer), int(h) if kind == "q" else int(h) // (H // Hkv), kind
+
+
+def path_patch_heads(hm: HookedModel, graph: Graph, metric: Metric, edges: Sequence[tuple[str, object]],
+                     batch_size: int = 16) -> np.ndarray:
+    """Metric after patching each single edge sender -> one head's query / key / value input.
+
+    edges: (sender label from graph.senders, e.g. "L1H2", "L0MLP" or "input"; receiver "L3H1.q" or
+    (layer, head, "q"|"k"|"v")). Row i runs the corrupted prompt with layer l's q/k/v projection of that
+    head (kv head for k and v) computed from norm(corrupted input of layer l + the sender's clean -
+    corrupt difference) at every position; nothing else in layer l changes. Returns [len(edges)].
+    """
+    blocks = text_model(hm.model).layers
+    H, Hkv, D = hm.info.n_heads, hm.info.n_kv_heads, hm.info.head_dim
+    rows = []
+    for sender, receiver in edges:
+        if sender not in graph.senders:
+            raise MlxInterpError(f"sender {sender!r} is not in the graph; e.g. {', '.join(graph.senders[:3])}")
+        u = graph.senders.index(sender)
+        layer, h, kind = _head_receiver(hm, receiver)
+        if graph.sender_stage[u] >= 2 * layer + 1:
+            raise MlxInterpError(f"edge {sender} -> {receiver} does not exist: {sender} writes after layer "
+                                 f"{layer} reads")
+        rows.append((u, layer, h, kind))
+    out = np.zeros(len(rows))
+    L = len(graph.corrupt_ids)
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        B = len(chunk)
+        groups: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
+        for row, (u, layer, h, kind) in enumerate(chunk):
+            groups.setdefault((layer, kind), []).append((row, u, h))
+        taps = []
+        for (layer, kind), members in groups.items():
+            gain, eps = graph.gains[f"L{layer}ATTN"]
+            us = mx.array([u for _, u, _ in members])
+            x = graph.inputs[f"L{layer}ATTN"][None] + graph.deltas[us]  # [m, L, d]
+            normed = mx.fast.rms_norm(x.astype(gain.dtype), gain, eps)
+            proj = plain_call(getattr(blocks[layer].self_attn, f"{kind}_proj"), normed)
+            heads = H if kind == "q" else Hkv
+            proj = proj.reshape(len(members), L, heads, D)
+            new = mx.zeros((B, L, heads, D), dtype=proj.dtype)
+            mask = np.zeros((B, 1, heads, 1), bool)
+            idx = mx.array([row for row, _, _ in members])
+            new[idx] = proj
+            for row, _, h in members:
+                mask[row, 0, h, 0] = True
+            m = mx.array(mask)
+            taps.append((f"blocks.{layer}.attn.hook_{kind}",
+                         T.Fn(fn=lambda a, ctx, new=new, m=m: mx.where(m, new.astype(a.dtype), a))))
         logits = forward_last(hm, mx.array([graph.corrupt_ids] * B), taps, vocab=metric_vocab(metric))[:, 0]
         vals = metric_on(metric, logits)
         mx.eval(vals)

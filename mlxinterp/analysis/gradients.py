@@ -2,7 +2,8 @@
 
 `value_and_grad(hm, prompts, metric, at=[...])` runs mlx-lm's own forward with
 a *probe* tap at each named hook: the tap adds a zero array `delta` of the
-activation's shape ([B, L, *feature], per head for attn.hook_q/k/v/z). Then
+activation's shape ([B, L, *feature], per head for attn.hook_q/k/v/z, [B, L, H, L] for
+attention scores and patterns). Then
 d metric / d delta is d metric / d activation, computed by `mx.value_and_grad`
 through the real model (fused attention, quantized matmuls, masks, caches).
 Because every delta is zero, adding probes at many hook points at once does
@@ -30,6 +31,7 @@ import numpy as np
 from mlxinterp.analysis.patching import Metric, VocabMetric, forward_last
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError
+from mlxinterp.core.patterns import is_pattern_name
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
     from mlxinterp.core.hooks import HookedModel
@@ -118,7 +120,8 @@ def value_and_grad(hm: HookedModel, prompts, metric: Metric, at: str | Iterable[
         w = mx.array(np.asarray(weights, dtype=np.float32))
         if w.shape != (B,):
             raise MlxInterpError(f"weights has {w.shape[0] if w.ndim else 0} entries; there are {B} prompts")
-    shapes = [(B, L, *hm.hook_shape(n)) for n in names]
+    # attention scores / patterns ([B, L, H, keys]) have as many keys as positions in a run without a KV cache
+    shapes = [(B, L, *(hm.hook_shape(n)[:-1] + (L,) if is_pattern_name(n) else hm.hook_shape(n))) for n in names]
     extra = list(taps.items()) if isinstance(taps, dict) else list(taps or [])
 
     def fn(deltas: list[mx.array]):

@@ -18,6 +18,7 @@ from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out,
 from mlxinterp.cli import attribute as attribute_cli
 from mlxinterp.cli import compare as compare_cli
 from mlxinterp.cli import cost as cost_cli
+from mlxinterp.cli import plan as plan_cli
 from mlxinterp.cli import replica as replica_cli
 from mlxinterp.cli import sae as sae_cli
 from mlxinterp.cli import readouts as readouts_cli
@@ -150,8 +151,9 @@ def hooks(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
         print_json({n: list(shapes[n]) for n in names})
         return
     table = Table("hook point", "shape per position")
-    for n in names:
-        table.add_row(n, str(tuple(shapes[n])))
+    for n in names:  # attention scores / patterns: heads x keys, the key count growing with the sequence
+        table.add_row(n, f"({shapes[n][0]}, n_keys)" if n.endswith(("attn.hook_pattern", "attn.hook_attn_scores"))
+                      else str(tuple(shapes[n])))
     out.print(table)
 
 
@@ -258,7 +260,12 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
                                         "estimated time on this machine (loads each --model)"),
               quick: bool = typer.Option(False, "--quick", help="each experiment's quick profile (small sizes, "
                                          "a smoke test); defaults are the full-size runs"),
-              as_json: bool = typer.Option(False, "--json", help="with --list --cost: as JSON")) -> None:
+              shard: str = typer.Option("items", "--shard", help="under mlx.launch: items (each rank runs its share "
+                                        "of the items) or layers (the model's layers split across the ranks, "
+                                        "for a model bigger than one machine; `mlxinterp plan`)"),
+              as_json: bool = typer.Option(False, "--json", help="print the run's summary as JSON on stdout "
+                                           "(runs, statuses, report paths, comparison); with --list --cost: "
+                                           "the estimates")) -> None:
     """Run the experiment suite; JSON, figures and report.md/report.html under --out.
 
     Examples:
@@ -269,6 +276,7 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
       [bold]mlxinterp run-suite --model default --only twohop --quant-check 4[/bold]  (does it survive 4-bit?)
       [bold]mlxinterp run-suite --list --fields[/bold]
       [bold]mlxinterp run-suite --list --cost --model default --json[/bold]  (estimated seconds per experiment)
+      [bold]mlxinterp run-suite --model default --only validation --json[/bold]  (summary as JSON on stdout)
     A run with --set has its own config, so give it its own --out (or --no-resume).
     Interrupted? Run the same command again: finished work is reused (--resume is the default).
     """
@@ -287,7 +295,11 @@ def run_suite(model: Optional[List[str]] = typer.Option(None, "--model", "-m", h
         out.print(table)
         return
     summary = run_all(model or ["default"], only=only, skip=skip, out=out_dir, n=n, seed=seed, resume=resume,
-                      console=console, sets=sets or (), quant_check=quant_check, quick=quick)
+                      console=console, sets=sets or (), quant_check=quant_check, quick=quick, shard=shard)
+    if as_json:  # rank 0 has the report; the others print their share of the runs
+        print_json({**summary, "comparison": compare_cli.comparison_dict(out_dir, reference)
+                    if summary["report"] else None})
+        return
     if summary["report"]:  # rank 0 (or the only process) writes the report
         compare_cli.print_comparison(out_dir, reference, console)
         console.print(f"report: {summary['report']['md']} and {summary['report']['html']}", highlight=False,
@@ -487,6 +499,7 @@ app.command("probe")(readouts_cli.probe)
 app.command()(attribute_cli.attribute)
 app.command()(attribute_cli.circuit)
 app.command()(replica_cli.replica)
+app.command()(plan_cli.plan)
 app.command()(serve_cli.serve)
 
 

@@ -37,6 +37,15 @@ def compare(run_dir: Path = typer.Argument(..., help="a run-suite --out director
     out.print(c.line(), highlight=False, markup=False, soft_wrap=True)
 
 
+def comparison_dict(run_dir: Path, reference: Optional[Path]) -> Optional[dict]:
+    """The comparison with the reference as JSON-able data (None when there is none), for `run-suite --json`."""
+    from mlxinterp.suite import compare as cmp  # here: the suite's imports would slow every command's start
+
+    if reference is None or not Path(reference).is_dir():
+        return None
+    return cmp.compare_runs(run_dir, reference).to_dict()
+
+
 def print_comparison(run_dir: Path, reference: Optional[Path], console: Console) -> None:
     """After a run: the one-line comparison with the reference (nothing when there is none)."""
     from mlxinterp.suite import compare as cmp  # here: the suite's imports would slow every command's start

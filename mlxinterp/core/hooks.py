@@ -19,7 +19,7 @@ import re
 import shlex
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import mlx.core as mx
@@ -28,6 +28,7 @@ from mlx_lm import stream_generate
 from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, KVCache, RotatingKVCache, make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
+from mlxinterp.core import patterns
 from mlxinterp.core.archs import BLOCK_ORDER, Site, arch_spec, text_model, top_text_model
 from mlxinterp.core.errors import HookNameError, PromptError, TapError, closest
 from mlxinterp.core.taps import Capture, Tap, TapContext
@@ -252,6 +253,11 @@ class HookedModel:
                     continue
                 role = "block" if site.path == "" else ("mid" if suffix == "hook_resid_mid" else "plain")
                 self._attach(module, role, site.side, f"blocks.{i}.{suffix}", i, site.kind)
+            for suffix in patterns.suffixes(self.spec.sites):  # run inside the attention call (core/patterns.py)
+                name = f"blocks.{i}.{suffix}"
+                if self.owns(i, name):
+                    self._points[name] = HookPoint(name, i, patterns.KIND, self._state,
+                                                   patterns.feature_shape(self.info.n_heads))
         self._attach(inner.norm, "plain", "out", "ln_final.hook_normalized", None, "d_model")
 
     def owns(self, layer: int | None, name: str) -> bool:
@@ -352,17 +358,35 @@ class HookedModel:
                         raise TapError(f"{point.name}: {tap!r:.60} is not a tap",
                                        hint="use mlxinterp.core.taps (Capture, Add, Replace, Project, Ablate, Scale), "
                                             "or taps.Fn(fn) for a function")
-                    tap.validate(point.feature_shape, point.name)
+                    if point.kind == patterns.KIND:
+                        patterns.check_tap(tap, point.name, self.info.n_heads)
+                    else:
+                        tap.validate(point.feature_shape, point.name)
                     point.taps.append(tap)
                     attached.append((point, tap))
                     self._state.n_taps += 1
                     self._state.n_edits += not isinstance(tap, Capture)
-            yield self
+            # a pattern tap switches its layer's attention to the explicit path while it is attached
+            explicit = any(p.kind == patterns.KIND for p, _ in attached)
+            with patterns.explicit_attention(self) if explicit else nullcontext():
+                yield self
         finally:
             for point, tap in attached:
                 point.taps.remove(tap)
                 self._state.n_taps -= 1
                 self._state.n_edits -= not isinstance(tap, Capture)
+
+    def attach_internal(self, pairs: Sequence[tuple[HookPoint, Tap]]) -> None:
+        """Taps of the hook machinery itself (core/patterns.py's markers): attached until `detach_internal`,
+        counted as taps (so the hooked calls run) but not as edits (they change nothing)."""
+        for point, tap in pairs:
+            point.taps.append(tap)
+            self._state.n_taps += 1
+
+    def detach_internal(self, pairs: Sequence[tuple[HookPoint, Tap]]) -> None:
+        for point, tap in pairs:
+            point.taps.remove(tap)
+            self._state.n_taps -= 1
 
     # -- running
     def tokens(self, prompts, chat: bool = False) -> "Batch":
@@ -479,7 +503,11 @@ class HookedModel:
         return w.astype(mx.float32), (head["bias"][idx].astype(mx.float32) if "bias" in head else None)
 
     def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False, logits: bool = True):
-        """Forward with Capture taps on `names` (all hook points if None); returns (logits, cache).
+        """Forward with Capture taps on `names`; returns (logits, cache).
+
+        names None: every hook point but the attention scores and patterns (capturing those switches
+        attention to its explicit path, core/patterns.py, so the logits would no longer be bit-identical
+        to mlx-lm's); name them, or filter for them, to capture them.
 
         With `logits=False` only the captures are evaluated and None is returned for
         the logits: MLX computes lazily, so the layers after the last captured hook
@@ -489,7 +517,9 @@ class HookedModel:
         batch = self.tokens(prompts, chat=chat)
         cache = ActivationCache(self, batch.left_padding)
         capture = Capture(store=cache)
-        pairs = [(n, capture) for n in dict.fromkeys(self.names(names))]  # a name twice would capture twice
+        wanted = [n for n in self.hook_names if self._points[n].kind != patterns.KIND] if names is None \
+            else self.names(names)
+        pairs = [(n, capture) for n in dict.fromkeys(wanted)]  # a name twice would capture twice
         with self.hooks(_tap_pairs(taps) + pairs):
             out = self.forward(batch)
         mx.eval(*((out,) if logits else ()), *cache.arrays())
@@ -669,8 +699,9 @@ class ActivationCache:
         if name not in self._chunks:
             raise KeyError(f"{name!r} was not captured; captured: {len(self._chunks)} hook points")
         chunks = self._chunks[name]
-        if len(chunks) > 1:
-            self._chunks[name] = chunks = [mx.concatenate(chunks, axis=1)]
+        if len(chunks) > 1:  # attention patterns grow by keys as well as by positions
+            joined = patterns.join_chunks(chunks) if patterns.is_pattern_name(name) else mx.concatenate(chunks, axis=1)
+            self._chunks[name] = chunks = [joined]
         return chunks[0]
 
     def __contains__(self, name: str) -> bool:

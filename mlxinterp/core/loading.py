@@ -44,6 +44,8 @@ from mlxinterp.core.memory import check_memory, choose_plan, estimate_memory, te
 from mlxinterp.core.platform import cache_dir
 from mlxinterp.core.quantize import PrecisionMap, dequantize, quant_name, quantize_by_map
 from mlxinterp.core.shape import Shape
+from mlxinterp.core.tokenizer_loading import fast_path_applies as fast_tokenizer_applies
+from mlxinterp.core.tokenizer_loading import load_tokenizer as fast_load_tokenizer
 from mlxinterp.core.validate import check_config, check_finite_parameters, check_parameter_dtypes, env_flag
 from mlxinterp.core.specs import (DEFAULT_SPEC, REPO_RE, DtypePlan, parse_spec,
                                   plan_dtype, slugify)
@@ -428,7 +430,10 @@ def _load_mlx(path: Path):
 def _load_tokenizer(path: Path, cfg: dict):
     from mlx_lm.utils import load_tokenizer
 
-    try:  # trust_remote_code=False: transformers would otherwise *ask* on stdin whether to run auto_map code
+    try:
+        if fast_tokenizer_applies(path, cfg["model_type"]):  # parses tokenizer.json once (core/tokenizer_loading.py)
+            return fast_load_tokenizer(path, eos_token_ids=cfg.get("eos_token_id"))
+        # trust_remote_code=False: transformers would otherwise *ask* on stdin whether to run auto_map code
         return load_tokenizer(path, tokenizer_config_extra={"trust_remote_code": False},
                               eos_token_ids=cfg.get("eos_token_id"))
     except (OSError, ValueError, KeyError, TypeError, ImportError) as e:

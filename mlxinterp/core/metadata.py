@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from mlxinterp.core import names as H
+from mlxinterp.core import patterns
 from mlxinterp.core.archs import BLOCK_ORDER, arch_spec
 from mlxinterp.core.errors import ModelFileError
 from mlxinterp.core.loading import (check_arch, check_no_code, check_tokenizer, read_config, resolve,
@@ -154,5 +155,7 @@ def hook_shapes(info: dict, sites: dict) -> dict[str, tuple[int, ...]]:
         for suffix in BLOCK_ORDER:
             if suffix in sites:
                 out[H.name(i, suffix)] = kinds[sites[suffix].kind]
+        for suffix in patterns.suffixes(sites):
+            out[H.name(i, suffix)] = patterns.feature_shape(info["n_heads"])
     out[H.LN_FINAL] = kinds["d_model"]
     return out

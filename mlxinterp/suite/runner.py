@@ -28,19 +28,20 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from mlxinterp.core import io, memory, spill
+from mlxinterp.core import io, memory, metadata, spill
 from mlxinterp.core.errors import ResultsError
 from mlxinterp.core.platform import SUITE_OUT, total_memory_bytes
 from mlxinterp.suite import cost, distributed, planner, quantcheck, ranges
 from mlxinterp.suite.context import PARTIAL_DIR, RESULT_FILE, Context, append_log, say
 from mlxinterp.suite.provenance import (FORMAT_VERSION, differences, fingerprint, fingerprint_of, git_commit,
-                                        mismatch, versions)
+                                        mismatch, preregistration_sha256, versions)
 from mlxinterp.suite.report import write_report
 from mlxinterp.suite.registry import Experiment, check_name, docs, make_config, parse_overrides, register_builtin, select, split_names
 
@@ -80,6 +81,10 @@ class _Run:
 
     def model(self, spec: str, exps: list[Experiment], load_fn: Callable[[str], Any], overall: Any) -> None:
         """Load one model, run its experiments, free it before the next one is loaded."""
+        if self.resume and load_fn is _default_load:
+            exps = self._skip_unloaded(spec, exps, overall)
+            if not exps:
+                return
         self.progress.update(overall, description=f"loading {spec}")
         t0 = time.perf_counter()
         model = load_fn(spec)
@@ -96,6 +101,39 @@ class _Run:
         finally:
             del model
             free_memory()
+
+    def _skip_unloaded(self, spec: str, exps: list[Experiment], overall: Any) -> list[Experiment]:
+        """Record the model's experiments as skipped without loading it when all are finished (a resumed run
+        with nothing left to do: the load would take seconds to minutes for nothing); else return them all.
+
+        Whether a result is current needs only the model's slug and weights hash, which core/metadata.py
+        reads from the files (mixture-of-experts models, which it does not describe, are loaded as before).
+        """
+        try:
+            info = metadata.describe(spec)
+        except metadata.NotStatic:
+            return exps
+        slug, files = check_name(info["slug"], "model slug"), SimpleNamespace(weights_hash=info["weights_hash"])
+
+        def want(exp: Experiment) -> dict:
+            return fingerprint(make_config(exp, self.n, self.seed, self.overrides.get(exp.name)), files, self.seed)
+
+        def finished(exp: Experiment) -> bool:
+            return self._result_diffs(self.out / slug / exp.name / RESULT_FILE, exp, want(exp)) == []
+
+        if not self.world.decide(lambda: all(finished(e) for e in exps), f"all finished {spec}"):
+            return exps
+        for i, exp in enumerate(exps):  # _decide also clears what an interrupted cleanup left behind
+            status = self.world.decide(lambda: self._decide(self.out / slug / exp.name, exp, want(exp)),
+                                       f"experiment {slug}/{exp.name}")
+            if status != "skipped":  # changed on disk since the check above: load after all
+                return exps[i:]
+            self.note(f"{slug} · {exp.name}: skipped")
+            self.runs.append({"model": slug, "spec": spec, "experiment": exp.name, "status": "skipped",
+                              "path": str(self.out / slug / exp.name / RESULT_FILE)})
+            self.progress.advance(overall)
+        self.note(f"{slug}: every selected experiment is finished; the model was not loaded")
+        return []
 
     def _estimate(self, model: Any, exps: list[Experiment]) -> dict[str, dict]:
         """Each experiment's cost and estimated seconds (suite/cost.py), announced once before they run."""
@@ -177,7 +215,8 @@ class _Run:
     def _record(self, exp: Experiment, config: Any, info: Any, ctx: Context, result: dict, timings: dict) -> dict:
         return {"format_version": FORMAT_VERSION, "status": "complete", "experiment": exp.name,
                 "config": dataclasses.asdict(config), "model": info.to_dict(), "seed": self.seed,
-                "versions": versions(), "git_commit": git_commit(), "figures": sorted(ctx.figures),
+                "versions": versions(), "git_commit": git_commit(),
+                "preregistration_sha256": preregistration_sha256(), "figures": sorted(ctx.figures),
                 "result": result, "timings": timings}
 
     def _finished(self, exp_dir: Path, exp: Experiment, want: dict) -> bool:
@@ -280,14 +319,31 @@ def _trim_malloc() -> None:
         pass
 
 
-def plan_models(models: Sequence[str], console: Console) -> list[str]:
-    """The models, smallest first; refuses (MemoryBudgetError) those that will not fit, before any loads."""
+def plan_models(models: Sequence[str], console: Console, hosts: int = 1) -> list[str]:
+    """The models, smallest first; refuses (MemoryBudgetError) those that will not fit, before any loads.
+    Layer-sharded over `hosts` ranks, each host needs only its share (planner.plan_hosts)."""
     plans = planner.plan_models(models)
-    planner.check_fit(plans)
+    if hosts > 1:
+        planner.check_fit_sharded(plans, hosts)
+    else:
+        planner.check_fit(plans)
     if len(plans) > 1 or any(p.estimate for p in plans):
         order = ", ".join(f"{p.spec} (~{memory.gb(p.need)})" if p.need else f"{p.spec} (size unknown)" for p in plans)
         say(console, f"models, smallest first, for {memory.gb(total_memory_bytes())} of memory: {order}")
     return [p.spec for p in plans]
+
+
+SHARD_MODES = ("items", "layers")
+
+
+def _sharded_load(world: distributed.World) -> Callable[[str], Any]:
+    """Loads this rank's layers only (core.pipeline.load_sharded)."""
+    def load(spec: str) -> Any:
+        from mlxinterp.core.pipeline import load_sharded  # pulls MLX: only when a model is actually needed
+
+        return load_sharded(spec, world.group)
+
+    return load
 
 
 def _default_load(spec: str) -> Any:
@@ -328,7 +384,7 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
             out: str | Path = DEFAULT_OUT, n: int | None = None, seed: int = 0, resume: bool = True,
             load_fn: Callable[[str], Any] | None = None, *, console: Console | None = None,
             resume_hint: str | None = None, sets: Sequence[str] = (), quant_check: str | int | None = None,
-            quick: bool = False) -> dict:
+            quick: bool = False, shard: str = "items") -> dict:
     """Run the selected experiments on every model; return a summary.
 
     `quant_check` ("4", "8", "4bit-g32", ...): also run every model at that MLX
@@ -352,7 +408,12 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     configuration into the same --out is refused: use another --out or --no-resume.
     `quick` runs each experiment's quick profile (small sizes, registry.experiment)
     instead of its full-size defaults; `sets` apply on top.
+    `shard` = "layers" (under `mlx.launch -n N`): the model's layers are split across the ranks
+    (core.pipeline) instead of the items, every rank takes part in every forward, and each host
+    needs only its share of the memory.
     """
+    if shard not in SHARD_MODES:
+        raise ResultsError(f"shard={shard!r} is not allowed; use one of {', '.join(SHARD_MODES)}")
     register_builtin()
     exps = select(only, skip)
     added = [e.name for e in exps if split_names(only) is not None and e.name not in split_names(only)]
@@ -373,6 +434,13 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
         make_config(e, n, seed, overrides.get(e.name))
     out = Path(out)
     world = distributed.world()
+    if shard == "layers":
+        if not world.distributed:
+            raise ResultsError("--shard layers needs at least 2 ranks; this process is alone",
+                               hint="start it with `mlx.launch -n 2 --backend ring -- python -m mlxinterp run-suite "
+                                    "--shard layers ...` (docs/bigger-models.md)")
+        world = dataclasses.replace(world, split_items=False)
+        load_fn = load_fn or _sharded_load(world)
     console = console or Console(stderr=True)
     if not world.is_root:
         console = Console(file=open(os.devnull, "w"), quiet=True)  # noqa: SIM115 - lives as long as the run
@@ -381,7 +449,7 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     models = list(dict.fromkeys([*models, *pairs.values()]))
     if added:
         say(console, f"also running {', '.join(added)}: used by the selected experiments (their `uses`)")
-    models = world.decide(lambda: plan_models(models, console), "plan")
+    models = world.decide(lambda: plan_models(models, console, 1 if world.split_items else world.size), "plan")
     with io.DirLock(out) if world.is_root else nullcontext(), _scratch(world) as scratch:
         with _progress(console) as progress:
             run = _Run(out, seed, n, resume, progress, world, scratch, overrides)
