@@ -331,37 +331,202 @@ def test_ard_selection_overlap_and_hypergeometric_null():
     assert empty["n_active"] == 0 and empty["overlap_with_svd_top"] is None
 
 
-def test_ard_mmd_runs_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path):
+def _run_tiny(hm, tmp_path, exp: str, sets=(), name: str = "run") -> dict:
+    """Run one subspace experiment on a tiny model with its quick profile (+ sets); its result dict."""
     from rich.console import Console
 
     from mlxinterp.suite import run_all
 
+    run_all(["tiny"], only=exp, out=tmp_path / name, load_fn=lambda spec: hm, quick=True, resume=False,
+            console=Console(file=open("/dev/null", "w")), sets=list(sets))
+    res = json.loads((tmp_path / name / hm.info.slug / exp / "result.json").read_text())
+    assert res["status"] == "complete"
+    return res
+
+
+def _wilson(k, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    return ci.low, ci.high
+
+
+def test_ard_mmd_runs_end_to_end_on_a_tiny_model(tiny_hooked, tmp_path):
     hm = tiny_hooked("gemma3_text", None)
-    run_all(["tiny"], only="ard_mmd", out=tmp_path, n=2, load_fn=lambda spec: hm,
-            console=Console(file=open("/dev/null", "w")),
-            sets=["ard_mmd.steps=30", "ard_mmd.k=8", "ard_mmd.lambdas=[0.01]", "ard_mmd.power_lambdas=[0.1]"])
-    res = json.loads((tmp_path / hm.info.slug / "ard_mmd" / "result.json").read_text())
-    assert res["status"] == "complete" and set(res["result"]["objective"]) == {"power", "seed"}
-    runs = res["result"]["runs"]
-    assert len(runs) == 5 * len(res["result"]["layers"])  # power: grid + SVD-init + shuffled; seed: grid + uniform-init
+    sets = ["ard_mmd.n=4", "ard_mmd.steps=30", "ard_mmd.k=8", "ard_mmd.lambdas=[0.01]", "ard_mmd.power_lambdas=[0.01]"]
+    res = _run_tiny(hm, tmp_path, "ard_mmd", sets)
+    r = res["result"]
+    assert set(r["objective"]) == {"power", "seed"}
+    assert r["design"]["selection_ids"] and not set(r["design"]["selection_ids"]) & set(r["design"]["report_ids"])
+    runs = r["runs"]
+    assert len(runs) == 5 * len(r["layers"])  # power: grid + SVD-init + shuffled; seed: grid + uniform-init
     for it in runs:
         assert it["mmd2_end"]["biased"] >= 0 and it["steps"] <= 30 and "overlap_p_low" in it
     power = [it for it in runs if it["objective"] == "power" and it["labels"] == "true" and it["init"] == "uniform"]
     assert all(it["mmd2_end"]["biased"] > it["mmd2_start"]["biased"] for it in power)
-    for it in runs:  # per-pair records behind the sums, with a CI over pairs
-        assert len(it["pairs"]) == 2
+    for it in runs:  # per-pair records of the 2 selection pairs behind the sums, with a CI over pairs
+        assert [p["id"] for p in it["pairs"]] == r["design"]["selection_ids"]
         for e in ("biased", "unbiased"):
             assert sum(p[f"{e}_end"] for p in it["pairs"]) == pytest.approx(it["mmd2_end"][e], rel=1e-5, abs=1e-6)
             assert it["mmd2_change_ci"][e]["n"] == 2
-    assert "per-pair mean MMD2 change" in res["result"]["labels"]["main_layer_mmd2_change"]
-    assert res["result"]["summary"]["main_layer_mmd2_change"]
-    contrast = res["result"]["shuffle_contrast"]  # control_lambda 0.01 is not in power_lambdas [0.1]: no true-label twin
-    assert contrast == {f"L{l} lambda=0.01": None for l in res["result"]["layers"]}
-    run_all(["tiny"], only="ard_mmd", out=tmp_path / "again", n=2, load_fn=lambda spec: hm,
-            console=Console(file=open("/dev/null", "w")),
-            sets=["ard_mmd.steps=30", "ard_mmd.k=8", "ard_mmd.lambdas=[0.01]", "ard_mmd.power_lambdas=[0.1]"])
-    again = json.loads((tmp_path / "again" / hm.info.slug / "ard_mmd" / "result.json").read_text())
-    assert again["result"] == res["result"]  # only "timings" may vary between runs (suite's resume invariant)
+    for it in runs:  # held-out numbers recomputed from the report pairs' records
+        if it["labels"] != "true":
+            assert "heldout" not in it
+            continue
+        h = it["heldout"]
+        assert [p["id"] for p in h["pairs"]] == r["design"]["report_ids"]
+        for e in ("biased", "unbiased"):
+            diff = [p[f"fit_true_{e}"] - p[f"fit_shuffled_{e}"] for p in h["pairs"]]
+            assert h["true_minus_shuffled"][e]["estimate"] == pytest.approx(np.mean(diff), abs=1e-9)
+            assert h["true_minus_shuffled"][e]["n"] == 2
+            gain = [p[f"fit_true_{e}"] - p[f"fit_shuffled_{e}"] - p[f"init_true_{e}"] + p[f"init_shuffled_{e}"]
+                    for p in h["pairs"]]
+            assert h["gain_over_init"][e]["estimate"] == pytest.approx(np.mean(gain), abs=1e-9)
+    assert "per-pair mean MMD2 change" in r["labels"]["main_layer_mmd2_change"]
+    contrast = r["shuffle_contrast"]  # the true-label twin of each shuffled run, paired by selection pair
+    for l in r["layers"]:
+        true = next(it for it in power if it["layer"] == l)
+        sh = next(it for it in runs if it["labels"] == "shuffled" and it["layer"] == l)
+        diff = [t["biased_end"] - u["biased_end"] for t, u in zip(true["pairs"], sh["pairs"])]
+        assert contrast[f"L{l} lambda=0.01"]["biased"]["estimate"] == pytest.approx(np.mean(diff))
+    check = r["prereg"]["checks"]["heldout_separation"]  # the primary run's held-out interval, judged at its low end
+    assert check["value"] == pytest.approx(r["summary"]["heldout_true_minus_shuffled"]["low"])
+    assert check["verdict"] == ("PASS" if check["value"] > 0 else "FAIL")
+    again = _run_tiny(hm, tmp_path, "ard_mmd", sets, name="again")
+    assert again["result"] == r  # only "timings" may vary between runs (suite's resume invariant)
+
+
+def test_matched_basis_holds_the_target_energy_and_is_random():
+    from mlxinterp.studies.subspace_patching import matched_basis
+
+    rng = np.random.default_rng(0)
+    D = rng.normal(size=(7, 40)) * np.linspace(3, 0.1, 40)
+    Z = S.random_basis(rng, 6, 40)
+    share = float(((D @ Z.T) ** 2).sum() / (D ** 2).sum())
+    for target in (share, 1e-3, 0.5):
+        B = matched_basis(D, 6, target, np.random.default_rng(1))
+        np.testing.assert_allclose(B @ B.T, np.eye(6), atol=1e-9)
+        assert ((D @ B.T) ** 2).sum() / (D ** 2).sum() == pytest.approx(target, rel=2e-3)
+    B1, B2 = (matched_basis(D, 6, share, np.random.default_rng(s)) for s in (1, 2))
+    assert S.subspace_similarity(B1, B2) < 0.9  # different draws, not one fixed subspace
+    with pytest.raises(MlxInterpError, match="outside the reachable"):
+        matched_basis(D, 6, 1.5, rng)
+
+
+def test_row_patch_applies_during_generation(tiny_hooked):
+    """generate_batch fills the cache with all but the last prompt token, then runs that token alone: the patch
+    must land on every prompt position after BOS whatever the split (captured after the tap), and not on BOS."""
+    from mlxinterp.core import taps as T
+    from mlxinterp.core.hooks import ActivationCache
+    from mlxinterp.studies.subspace_patching import _row_patch
+
+    hm = tiny_hooked("llama", None)
+    text = "The Eiffel Tower is located in the city of"
+    name = "blocks.1.hook_resid_pre"
+    _, cache = hm.run_with_cache(text, names=[name])
+    h = np.array(cache[name][0], np.float64)
+    Tn, d = h.shape
+    other = np.random.default_rng(0).normal(size=(2, Tn, d)) * h.std()
+    tap = T.Fn(_row_patch(np.zeros(2), np.zeros(2), np.zeros((2, 1, d)), other.astype(np.float32), Tn),
+               positions=list(range(1, Tn)), when="prompt")
+    store = ActivationCache(hm)
+    hm.generate_batch([text] * 2, max_tokens=2, taps=[(name, tap), (name, T.Capture(store=store))])
+    got = np.array(store[name], np.float64)  # [2, Tn + 1 generated, d]
+    np.testing.assert_allclose(got[:, 1:Tn], other[:, 1:], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(got[:, 0], np.stack([h[0]] * 2), rtol=1e-3, atol=1e-3)
+
+
+def test_subspace_patching_end_to_end_recomputes_from_items(tiny_hooked, tmp_path):
+    hm = tiny_hooked("gemma3_text", None)
+    res = _run_tiny(hm, tmp_path, "subspace_patching", ["subspace_patching.ks=[4,8]", "subspace_patching.max_tokens=3"])
+    r = res["result"]
+    items, main = r["items"], "L{layer} k={k} {align}".format(**r["primary"])
+    assert len(items) == 4 and r["design"]["report_ids"] == [i["id"] for i in items]
+    z = np.array([i["rows"][f"Z {main}"]["answer_change"] for i in items], float)
+    ci = r["stats"][f"Z {main}"]["answer_change"]
+    assert ci["method"] == "Wilson" and ci["k"] == int(z.sum())
+    assert (ci["low"], ci["high"]) == pytest.approx(_wilson(int(z.sum()), len(z)))
+    assert ci["high"] > ci["low"]  # never 0 [0, 0]
+    lc = r["stats"][f"Z {main}"]["language_changed"]
+    assert lc["high"] > 0 and lc["n"] == 4
+    rr = np.array([np.mean([float(v["answer_change"]) for n, v in i["rows"].items() if n.startswith(f"R {main} #")])
+                   for i in items])
+    assert r["controls"]["Z_minus_R"]["answer_change"]["estimate"] == pytest.approx(float(np.mean(z - rr)))
+    zs = [i["rows"][f"Z {main}"]["energy_share"] for i in items]
+    assert r["energy"]["Z"]["share"]["estimate"] == pytest.approx(np.mean(zs))
+    k = r["primary"]["k"]
+    assert r["energy"]["Z"]["ratio_to_chance"]["estimate"] == pytest.approx(np.mean(zs) / (k / hm.info.d_model))
+    for i in items:  # energy-matched draws hold Z's share on that pair; their complements the rest
+        for n, v in i["rows"].items():
+            if n.startswith(f"R {main} #"):
+                assert v["energy_share"] == pytest.approx(i["rows"][f"Z {main}"]["energy_share"], rel=2e-3)
+            if n.startswith(f"Rperp {main} #"):
+                assert v["energy_share"] == pytest.approx(i["rows"][f"Zperp {main}"]["energy_share"], rel=2e-3, abs=1e-6)
+    assert set(r["prereg"]["checks"]) == {"z_beats_zperp", "z_beats_energy_matched"}
+
+
+@pytest.mark.parametrize("n,k", [(48, 20), (48, 50), (12, 4), (10, 9)])
+def test_closed_form_loo_equals_refitting_lstsq_per_row(n, k):
+    """Both regimes of the closed form (least squares for k < n - 1, minimum-norm interpolation for k >= n)
+    and the fallback (k = n - 1) give lstsq's own leave-one-out predictions."""
+    from mlxinterp.studies import linear_bridge as study
+
+    rng = np.random.default_rng(n + k)
+    E = rng.normal(size=(n, k))
+    C = E @ rng.normal(size=(k, k)) + rng.normal(size=(n, k))
+    np.testing.assert_allclose(study.loo_predictions(E, C), study._loo_by_refitting(E, C), atol=1e-8)
+
+
+def test_linear_bridge_end_to_end_recomputes_from_items(tiny_hooked, tmp_path):
+    hm = tiny_hooked("gemma3_text", None)
+    r = _run_tiny(hm, tmp_path, "linear_bridge")["result"]
+    k = 4
+    rec = r["items"][f"k={k}"]
+    loo = 1 - sum(p["sse"] for p in rec) / sum(p["dev2"] for p in rec)
+    assert r["fits"][f"Z k={k}"]["loo_r2"] == pytest.approx(loo, rel=1e-6)
+    rand = r["random"][f"k={k}"]
+    vals = np.array(rand["loo_r2"])
+    assert len(vals) == rand["draws"] >= 100
+    assert rand["rank_p"] == pytest.approx((1 + (vals >= loo).sum()) / (len(vals) + 1))
+    diff = r["z_minus_random"][f"k={k}"]
+    assert diff["estimate"] == pytest.approx(loo - vals.mean(), rel=1e-6, abs=1e-9)
+    assert diff["low"] <= diff["estimate"] <= diff["high"] and diff["n"] == len(rec)
+
+
+def test_update_decomposition_end_to_end_recomputes_from_items(tiny_hooked, tmp_path):
+    from scipy import stats as st
+
+    hm = tiny_hooked("gemma3_text", None)
+    r = _run_tiny(hm, tmp_path, "update_decomposition")["result"]
+    R = np.array([(np.array(i["en"]["R"]) + np.array(i["zh"]["R"])) / 2 for i in r["items"]])
+    L = R.shape[1]
+    for l in range(L):
+        c = r["curves"]["both"]["R"][l]
+        assert c["estimate"] == pytest.approx(R[:, l].mean()) and "Bonferroni" in c["method"]
+    assert r["summary"]["r_max_family_low"] == pytest.approx(max(c["low"] for c in r["curves"]["both"]["R"]), abs=1e-4)
+    diff = np.array([np.array(i["zh"]["R"]) - np.array(i["en"]["R"]) for i in r["items"]])
+    p = np.array([st.ttest_1samp(diff[:, l], 0).pvalue for l in range(L)])
+    order = np.argsort(p)
+    holm = np.minimum(1, np.maximum.accumulate((L - np.arange(L)) * p[order]))
+    expect = np.empty(L)
+    expect[order] = holm
+    np.testing.assert_allclose(r["R_zh_minus_en_p_holm"], expect, rtol=1e-9)
+
+
+def test_subspace_structure_end_to_end_recomputes_from_items(tiny_hooked, tmp_path):
+    hm = tiny_hooked("gemma3_text", None)
+    r = _run_tiny(hm, tmp_path, "subspace_structure", ["subspace_structure.ks=[4,8]"])["result"]
+    d, k = hm.info.d_model, 8
+    for rec in r["layers"]:
+        v = np.array(rec["per_pair"]["mlp_same"][str(k)])
+        e = rec["mlp_same_energy"][str(k)]
+        assert e["share"]["estimate"] == pytest.approx(v.mean())
+        assert e["ratio_to_chance"]["estimate"] == pytest.approx(v.mean() / (k / d))
+        assert rec["random_mlp_share"]["draws"] >= 100
+        assert 0 < rec["random_mlp_share"]["p2_5"] <= k / d * 1.5  # random k-subspaces hold about k/d
+    prim = r["layers"][r["primary_layer"]]
+    assert r["summary"]["mlp_energy_ratio_primary"]["estimate"] == pytest.approx(
+        np.mean(prim["per_pair"]["mlp_same"][str(k)]) / (k / d))
 
 
 def _linear_bridge_data(n=40, k=5, noise=0.05, seed=0):

@@ -72,6 +72,11 @@ def layers_at(fracs, n_layers: int) -> list[int]:
     return sorted(set(out))
 
 
+def primary_layer(n_layers: int) -> int:
+    """The source's primary layer (its L32 of 36) on a model of `n_layers`: the first of layers_at(SEED_FRACS)."""
+    return layers_at(SEED_FRACS, n_layers)[0]
+
+
 def memo(hm: HookedModel) -> dict:
     """The memo of `hm`: a dict that is dropped when the model object is."""
     try:
