@@ -241,3 +241,24 @@ def test_a_single_ring_rank_runs_as_one_process(monkeypatch, tmp_path):
         assert distributed.world().size == 1
     finally:
         distributed.world.cache_clear()
+
+
+def test_layer_sharding_runs_every_item_on_every_rank():
+    """Under --shard layers the ranks share each forward, so each rank computes every item (no gather)."""
+    w = distributed.World(rank=1, size=2, group=None, split_items=False)
+    assert w.workers == 1 and distributed.rounds([4, 5, 6], w.workers) == [[4], [5], [6]]
+    assert distributed.run_round(w, [5], lambda i: i * i) == [(5, 25)]
+    assert distributed.World(rank=0, size=3).workers == 3
+
+
+def test_shard_layers_is_refused_with_a_clear_error(tmp_path, capsys):
+    """Layer-sharded suite runs deadlocked in a study (docs/bigger-models.md): refused, exit 2, nothing written."""
+    from cli_runner import run
+
+    code, _, err = run(["run-suite", "--model", "default", "--only", "validation", "--shard", "layers",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--shard layers cannot run the suite's studies yet" in " ".join(err.split()), err
+    code, _, err = run(["run-suite", "--model", "default", "--only", "validation", "--shard", "heads",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "shard='heads' is not allowed" in err, err
+    assert not (tmp_path / "o").exists()

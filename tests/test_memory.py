@@ -230,3 +230,58 @@ def test_freeing_the_default_model_returns_its_memory_to_the_os():
     assert weights > 1.0e9 and m["active_freed0"] < 1e6 and m["active_freed1"] < 1e6
     assert m["rss_loaded0"] - m["rss_freed0"] > 0.9 * weights  # given back to the OS
     assert abs(m["rss_freed1"] - m["rss_freed0"]) < 0.1 * weights  # a second load does not accumulate
+
+
+# ------------------------------------------------------------------ per-host plans (layer sharding)
+
+
+def test_per_host_plan_splits_layers_and_weights_as_the_pipeline_does(tiny_hooked, tiny_dirs):
+    """Each host's weights = its blocks' parameters (+ the embedding on host 0, the tied unembedding on the
+    last host) at the load rule's bytes per parameter; counted from the real tiny model's arrays."""
+    from mlxinterp.core.pipeline import split_layers
+    from mlxinterp.suite.planner import plan_hosts
+
+    path = tiny_dirs[("llama", None)]
+    cfg = loading.read_config(path)
+    hm = tiny_hooked("llama", None)
+    inner = hm.model.model
+    # parameters of matrices only (norms and biases are left out of the formula, as memory.config_n_params)
+    count = lambda mod: sum(v.size for _, v in tree_flatten(mod.parameters()) if v.ndim == 2)
+    blocks = [count(layer) for layer in inner.layers]
+    vocab = count(inner.embed_tokens)  # the lm_head of an untied model has the same shape
+    shares, note = plan_hosts(cfg, 3, 10**12, dtype="float32")
+    assert note is None and [s.layers for s in shares] == split_layers(len(blocks), 3)
+    for s in shares:
+        params = sum(blocks[i] for i in s.layers) + vocab * (int(s.rank == 0) + int(s.rank == 2))
+        assert s.weights == params * 4 and s.embedding == (s.rank == 0) and s.unembedding == (s.rank == 2)
+    # the KV cache is split by layers: the shares add up to the whole model's
+    total_kv = memory.kv_cache_bytes(cfg, memory.SUITE_CONTEXT, memory.SUITE_BATCH, 4)
+    assert abs(sum(s.kv_cache for s in shares) - total_kv) <= len(shares)
+
+
+def test_per_host_plan_says_which_host_does_not_fit():
+    from mlxinterp.suite import catalogue
+    from mlxinterp.suite.planner import plan_hosts
+
+    cfg = catalogue.get("gemma-2-9b-it-4bit").config()
+    shares, _ = plan_hosts(cfg, 2, 10**12, dtype="native")
+    need = max(s.need for s in shares)
+    assert all(s.fits for s in plan_hosts(cfg, 2, need, dtype="native")[0])
+    tight, _ = plan_hosts(cfg, 2, need - 1, dtype="native")
+    assert [s.fits for s in tight] == [s.need < need for s in shares] and not all(s.fits for s in tight)
+    # two hosts each need less than the whole model would on one
+    whole = memory.estimate(cfg, "native", batch=memory.SUITE_BATCH)
+    assert max(s.weights for s in shares) < whole.weights
+
+
+def test_cli_plan(capsys):
+    from cli_runner import run
+
+    code, out, _ = run(["plan", "--model", "gemma-2-9b-it-4bit", "--hosts", "2", "--memory", "16", "--json"], capsys)
+    assert code == 0
+    rep = json.loads(out)
+    assert rep["fits"] and [s["layers"] for s in rep["shares"]] == [[0, 20], [21, 41]]
+    code, _, err = run(["plan", "--hosts", "0", "--memory", "16"], capsys)
+    assert code == 2 and "--hosts=0 is not allowed" in err
+    code, _, err = run(["plan", "--model", "gemma-2-9b-it-4bit", "--hosts", "50", "--memory", "16"], capsys)
+    assert code == 2 and "more than the model's 42 layers" in err

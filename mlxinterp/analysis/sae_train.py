@@ -1,8 +1,19 @@
-"""Training TopK sparse autoencoders in MLX, from activations streamed to disk.
+"""Training sparse autoencoders (TopK or JumpReLU) in MLX, from activations streamed to disk.
 
-Recipe: Gao et al. 2024, "Scaling and evaluating sparse autoencoders" (TopK
+TopK recipe: Gao et al. 2024, "Scaling and evaluating sparse autoencoders" (TopK
 activation, unit-norm decoder rows, encoder initialised as the decoder's
 transpose, b_dec at the data mean, AuxK loss on dead latents with weight 1/32).
+JumpReLU recipe: Rajamanoharan et al. 2024, "Jumping ahead" (the Gemma Scope
+SAEs): f = z * H(z - theta) with a learned per-latent threshold theta = exp(log_theta),
+loss = reconstruction + lambda * L0, where L0 = sum_i H(z_i - theta_i). H has no
+useful derivative, so theta is trained with straight-through pseudo-derivatives
+from a rectangle kernel of bandwidth eps: d/dtheta [z H(z - theta)] := -(theta/eps) K,
+d/dtheta H(z - theta) := -(1/eps) K, K = 1[|z - theta| < eps/2]. These are the exact
+theta-derivatives of the kernel-smoothed functions `smoothed_jumprelu` and
+`smoothed_step` (tested by finite differences). lambda rises linearly from 0 over the
+first `l0_warmup` of the steps, as in Gemma Scope. Same initialisation, unit-norm
+decoder and scaling as the TopK recipe; no AuxK (the L0 penalty, not a hard k,
+decides how many latents fire).
 Activations are scaled by one constant so that E||x||^2 = d_in during training
 (SAELens's "expected_average_only_in"); the constant is folded back into the
 saved weights, so the saved SAE reads the model's raw activations.
@@ -199,11 +210,66 @@ def collect(hm: HookedModel, hook: str, windows: Iterable[np.ndarray], out_dir: 
     return ActivationStore(out)
 
 
+# ---------------------------------------------------------------- JumpReLU with straight-through thresholds
+def _batch_sum(g: mx.array, theta: mx.array) -> mx.array:
+    """Sum a per-element gradient over the batch axes down to theta's shape [d_sae]."""
+    return g.reshape(-1, theta.shape[-1]).sum(axis=0)
+
+
+@mx.custom_function
+def jumprelu(z: mx.array, theta: mx.array, eps: mx.array) -> mx.array:
+    """z * H(z - theta); gradient to z is H(z - theta), to theta the rectangle-kernel pseudo-derivative."""
+    return mx.where(z > theta, z, 0.0)
+
+
+@jumprelu.vjp
+def _jumprelu_vjp(primals, cotangent, output):
+    z, theta, eps = primals
+    window = (mx.abs(z - theta) < eps / 2).astype(z.dtype)
+    d_theta = _batch_sum(-(theta / eps) * window * cotangent, theta)
+    return cotangent * (z > theta).astype(z.dtype), d_theta, mx.zeros_like(eps)
+
+
+@mx.custom_function
+def step(z: mx.array, theta: mx.array, eps: mx.array) -> mx.array:
+    """H(z - theta) (counts into L0); no gradient to z, the rectangle-kernel pseudo-derivative to theta."""
+    return (z > theta).astype(z.dtype)
+
+
+@step.vjp
+def _step_vjp(primals, cotangent, output):
+    z, theta, eps = primals
+    window = (mx.abs(z - theta) < eps / 2).astype(z.dtype)
+    return mx.zeros_like(z), _batch_sum(-(1.0 / eps) * window * cotangent, theta), mx.zeros_like(eps)
+
+
+def smoothed_step(z: mx.array, theta: mx.array, eps: float) -> mx.array:
+    """H convolved with the rectangle kernel: its theta-derivative is exactly `step`'s pseudo-derivative."""
+    return mx.clip((z - theta) / eps + 0.5, 0.0, 1.0)
+
+
+def smoothed_jumprelu(z: mx.array, theta: mx.array, eps: float) -> mx.array:
+    """z above the window, 0 below it, and in between the function whose theta-derivative is -(theta/eps):
+    z - (theta^2 - (z - eps/2)^2) / (2 eps). Its theta-derivative is exactly `jumprelu`'s pseudo-derivative."""
+    mid = z - (theta * theta - (z - eps / 2) ** 2) / (2 * eps)
+    return mx.where(z - theta >= eps / 2, z, mx.where(z - theta <= -eps / 2, 0.0, mid))
+
+
 # ---------------------------------------------------------------- training
+ARCHITECTURES = ("topk", "jumprelu")
+
+
 @dataclass
 class TrainConfig:
     width: int = 4096
-    k: int = 32
+    k: int = 32  # TopK only
+    architecture: str = "topk"  # or "jumprelu"
+    l0_coef: float = 1e-3  # JumpReLU: lambda, in units of the normalised MSE per active latent
+    l0_warmup: float = 0.1  # JumpReLU: fraction of the steps over which lambda rises from 0
+    # JumpReLU kernel width eps and initial theta, in Gemma Scope's units (inputs scaled to E||x||^2 = 1, where
+    # both are 0.001); training here scales to E||x||^2 = d_in, so both are multiplied by sqrt(d_in).
+    bandwidth: float = 0.001
+    threshold_init: float = 0.001
     batch_size: int = 1024
     epochs: int = 1
     lr: float | None = None  # default: 2e-4 * sqrt(16384 / width), Gao et al.'s scaling
@@ -223,18 +289,43 @@ def check_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise SAEError(f"{name}={v!r} is not allowed; use a whole number >= {lo}")
-    if cfg.k > cfg.width:
+    if cfg.architecture not in ARCHITECTURES:
+        raise SAEError(f"architecture={cfg.architecture!r} is not allowed; use one of {', '.join(ARCHITECTURES)}")
+    if cfg.architecture == "topk" and cfg.k > cfg.width:
         raise SAEError(f"k={cfg.k} is larger than width={cfg.width}")
+    for name in ("l0_coef", "bandwidth", "threshold_init"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                and (v > 0 or name == "l0_coef")):
+            raise SAEError(f"{name}={v!r} is not allowed; use a number {'>= 0' if name == 'l0_coef' else '> 0'}")
+    if not (isinstance(cfg.l0_warmup, (int, float)) and 0 <= cfg.l0_warmup <= 1):
+        raise SAEError(f"l0_warmup={cfg.l0_warmup!r} is not allowed; use a fraction in [0, 1]")
     if not cfg.learning_rate() > 0:
         raise SAEError(f"lr={cfg.lr!r} is not allowed; use a number > 0")
 
 
 def _init_params(d: int, cfg: TrainConfig, mean: np.ndarray) -> dict[str, mx.array]:
+    """Gao et al.'s initialisation (shared by both architectures); JumpReLU adds log(theta)."""
     rng = np.random.default_rng(cfg.seed)
     W_dec = rng.normal(size=(cfg.width, d)).astype(np.float32)
     W_dec /= np.linalg.norm(W_dec, axis=1, keepdims=True)
-    return {"W_enc": mx.array(W_dec.T.copy()), "b_enc": mx.zeros((cfg.width,)), "W_dec": mx.array(W_dec),
-            "b_dec": mx.array(mean.astype(np.float32))}
+    p = {"W_enc": mx.array(W_dec.T.copy()), "b_enc": mx.zeros((cfg.width,)), "W_dec": mx.array(W_dec),
+         "b_dec": mx.array(mean.astype(np.float32))}
+    if cfg.architecture == "jumprelu":
+        p["log_threshold"] = mx.full((cfg.width,), math.log(cfg.threshold_init * math.sqrt(d)))
+    return p
+
+
+def jumprelu_loss(p: dict, x: mx.array, l0_coef: float | mx.array, eps: float, var: mx.array):
+    """Normalised MSE + l0_coef * mean L0 for a JumpReLU SAE (straight-through thresholds)."""
+    theta = mx.exp(p["log_threshold"])
+    e = mx.array(eps, dtype=mx.float32)
+    z = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    f = jumprelu(z, theta, e)
+    err = x - (f @ p["W_dec"] + p["b_dec"])
+    mse = mx.mean(mx.sum(err * err, axis=-1)) / var
+    l0 = mx.mean(mx.sum(step(z, theta, e), axis=-1))
+    return mse + l0_coef * l0, (mse, mx.stop_gradient(f))
 
 
 def _loss(p: dict, x: mx.array, k: int, aux_k: int, aux_coef: float, dead_ids: mx.array | None, var: mx.array):
@@ -290,7 +381,7 @@ def _load_checkpoint(path: Path):
 
 def train(store: ActivationStore, cfg: TrainConfig, work: str | Path, hook: str, progress: Progress | None = None,
           log: Callable[[str], None] | None = None) -> tuple[SAE, dict]:
-    """Train a TopK SAE on the store's rows; resumes from `work/checkpoint.*` when it matches cfg."""
+    """Train a TopK or JumpReLU SAE on the store's rows; resumes from `work/checkpoint.*` when it matches cfg."""
     d = store.d
     check_config(cfg)
     work = Path(work)
@@ -320,7 +411,13 @@ def train(store: ActivationStore, cfg: TrainConfig, work: str | Path, hook: str,
     var_sample = store.sample(20000, cfg.seed + 1).astype(np.float64) * scale
     var = mx.array(float(np.mean(np.sum((var_sample - var_sample.mean(0)) ** 2, axis=1))))
 
-    loss_and_grad = mx.value_and_grad(lambda p, x, dead: _loss(p, x, cfg.k, aux_k, cfg.aux_coef, dead, var))
+    jump = cfg.architecture == "jumprelu"
+    eps = cfg.bandwidth * math.sqrt(d)
+    warm = max(1, round(cfg.l0_warmup * total))
+    if jump:
+        loss_and_grad = mx.value_and_grad(lambda p, x, coef: jumprelu_loss(p, x, coef, eps, var))
+    else:
+        loss_and_grad = mx.value_and_grad(lambda p, x, dead: _loss(p, x, cfg.k, aux_k, cfg.aux_coef, dead, var))
 
     t0 = time.perf_counter()
     history = []
@@ -328,20 +425,27 @@ def train(store: ActivationStore, cfg: TrainConfig, work: str | Path, hook: str,
         epoch, start = divmod(step, per_epoch)
         for batch in store.batches(cfg.batch_size, epoch, cfg.seed, start):
             x = mx.array(batch) * scale
-            dead = np.flatnonzero(since >= cfg.dead_tokens)
-            (loss, (mse, idx, vals)), g = loss_and_grad(params, x, mx.array(dead.astype(np.int32)) if dead.size else None)
+            if jump:
+                coef = mx.array(cfg.l0_coef * min(1.0, (step + 1) / warm), dtype=mx.float32)
+                (loss, (mse, f)), g = loss_and_grad(params, x, coef)
+                fired = mx.any(f > 0, axis=0)
+                l0 = mx.mean(mx.sum(f > 0, axis=-1).astype(mx.float32))
+            else:
+                dead = np.flatnonzero(since >= cfg.dead_tokens)
+                (loss, (mse, idx, vals)), g = loss_and_grad(params, x, mx.array(dead.astype(np.int32)) if dead.size else None)
+                fired = mx.zeros((cfg.width,), mx.int32).at[idx.reshape(-1)].add((vals > 0).reshape(-1).astype(mx.int32)) > 0
+                l0 = mx.mean(mx.sum(vals > 0, axis=-1).astype(mx.float32))
             # Keep decoder rows at unit norm: drop the gradient along each row, step, renormalise (Gao et al.).
             W = params["W_dec"]
             g["W_dec"] = g["W_dec"] - mx.sum(g["W_dec"] * W, axis=1, keepdims=True) * W
             params = opt.apply_gradients(g, params)
             params["W_dec"] = params["W_dec"] / mx.linalg.norm(params["W_dec"], axis=1, keepdims=True)
-            mx.eval(params, opt.state, loss, mse, idx, vals)
-            any_fired = np.zeros(cfg.width, bool)
-            any_fired[np.array(idx)[np.array(vals) > 0]] = True
-            since = np.where(any_fired, 0, since + cfg.batch_size)
+            mx.eval(params, opt.state, loss, mse, fired, l0)
+            since = np.where(np.array(fired), 0, since + cfg.batch_size)
             step += 1
             if step % 10 == 0 or step == total:
-                history.append({"step": step, "fvu": round(float(mse.item()), 5), "dead": int((since >= cfg.dead_tokens).sum())})
+                history.append({"step": step, "fvu": round(float(mse.item()), 5), "l0": round(float(l0.item()), 2),
+                                "dead": int((since >= cfg.dead_tokens).sum())})
             if progress:
                 progress("train", step, total)
             if step % cfg.checkpoint_every == 0 or step == total:
@@ -354,17 +458,20 @@ def train(store: ActivationStore, cfg: TrainConfig, work: str | Path, hook: str,
             if step >= total:
                 break
     seconds += time.perf_counter() - t0
-    sae = _fold_scale(params, scale, cfg.k, hook)
+    sae = _fold_scale(params, scale, cfg, hook)
     info = {"steps": step, "tokens_seen": step * cfg.batch_size, "scale": scale, "train_seconds": round(seconds, 1),
             "lr": cfg.learning_rate(), "aux_k": aux_k, "history": history,
             "dead_latents_at_end": int((since >= cfg.dead_tokens).sum())}
     return sae, info
 
 
-def _fold_scale(p: dict, s: float, k: int, hook: str) -> SAE:
-    """Training saw x * s; the saved SAE reads x. Features are unchanged:
-    (s x - b) W = (x - b/s)(s W), and x_hat = (f W_dec + b_dec) / s."""
-    return SAE(p["W_enc"] * s, p["b_enc"], p["W_dec"] / s, p["b_dec"] / s, "topk", hook, None, k)
+def _fold_scale(p: dict, s: float, cfg: TrainConfig, hook: str) -> SAE:
+    """Training saw x * s; the saved SAE reads x. Pre-activations (hence features and thresholds) are
+    unchanged: (s x - b) W = (x - b/s)(s W), and x_hat = (f W_dec + b_dec) / s."""
+    if cfg.architecture == "jumprelu":
+        return SAE(p["W_enc"] * s, p["b_enc"], p["W_dec"] / s, p["b_dec"] / s, "jumprelu", hook, None, None,
+                   mx.exp(p["log_threshold"]))
+    return SAE(p["W_enc"] * s, p["b_enc"], p["W_dec"] / s, p["b_dec"] / s, "topk", hook, None, cfg.k)
 
 
 # ---------------------------------------------------------------- metrics

@@ -66,7 +66,8 @@ def tuned_lens(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     lens.meta["corpus"] = C.describe(corpus)
     lens.save(out_file)
     with console.status("held-out KL, full vocabulary ..."):
-        ev = TL.evaluate(hm, lens, h_eval)
+        per_window = h_eval.shape[1] // max(1, eval_windows)  # positions are nested in windows: intervals over windows
+        ev = TL.evaluate(hm, lens, h_eval, clusters=[i // per_window for i in range(h_eval.shape[1])])
     report = {"model": hm.info.spec, "lens": str(out_file), "training": info, "heldout": ev, "corpus": lens.meta["corpus"]}
     write_json(Path(out_file).with_suffix(".json"), report)
     if as_json:

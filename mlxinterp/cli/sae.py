@@ -20,7 +20,7 @@ from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, prin
 from mlxinterp.core.errors import MlxInterpError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Sparse autoencoders: train (TopK, in MLX), inspect features, measure splice quality.")
+                  help="Sparse autoencoders: train (TopK or JumpReLU, in MLX), inspect features, measure splice quality.")
 
 CORPUS_OPT = typer.Option(None, "--corpus", help="text file or directory (default: the Python docs from "
                           "`apt-get install python3.11-doc`)")
@@ -57,7 +57,12 @@ class _Bars:
 @app.command()
 def train(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
           hook: str = typer.Option(..., "--hook", help="e.g. blocks.9.hook_resid_post"),
-          width: int = typer.Option(4096, "--width"), k: int = typer.Option(32, "--k"),
+          width: int = typer.Option(4096, "--width"), k: int = typer.Option(32, "--k", help="TopK: active latents"),
+          architecture: str = typer.Option("topk", "--architecture", help="topk (Gao et al. 2024) or jumprelu "
+                                           "(Gemma Scope: learned thresholds + L0 penalty)"),
+          l0_coef: float = typer.Option(1e-3, "--l0-coef", help="jumprelu: L0 penalty per active latent"),
+          threshold_init: float = typer.Option(0.001, "--threshold-init", help="jumprelu: initial threshold "
+                                               "(units of E||x||^2 = 1, as Gemma Scope)"),
           tokens: str = typer.Option("1M", "--tokens", help="training tokens to collect (BOS excluded), e.g. 100k, 1M"),
           epochs: int = typer.Option(1, "--epochs"), batch_size: int = typer.Option(1024, "--batch-size"),
           lr: Optional[float] = typer.Option(None, "--lr", help="default 2e-4 * sqrt(16384 / width)"),
@@ -68,7 +73,7 @@ def train(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
                                               "(default OUT/work); rerun with the same options to resume"),
           out_dir: Path = typer.Option(..., "--out", help="where the SAE (cfg.json + sae_weights.safetensors) goes"),
           seed: int = typer.Option(0, "--seed"), as_json: bool = typer.Option(False, "--json")) -> None:
-    """Train a TopK SAE at one hook on a text corpus; writes the SAE and metrics.json.
+    """Train a TopK or JumpReLU SAE at one hook on a text corpus; writes the SAE and metrics.json.
 
     Example: [bold]mlxinterp sae train --hook blocks.9.hook_resid_post --width 4096 --k 32 --tokens 1M --out sae9[/bold]
     """
@@ -77,7 +82,8 @@ def train(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     from mlxinterp.tasks import corpus as C
 
     n_tokens, n_eval = parse_count(tokens), parse_count(eval_tokens, "--eval-tokens")
-    cfg = ST.TrainConfig(width=width, k=k, batch_size=batch_size, epochs=epochs, lr=lr, seed=seed)
+    cfg = ST.TrainConfig(width=width, k=k, batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
+                         architecture=architecture, l0_coef=l0_coef, threshold_init=threshold_init)
     ST.check_config(cfg)  # bad options fail before the model loads
     C.corpus_files(corpus, "all")  # fail on a bad corpus before the model loads
     hm = load_model(model, dtype)
@@ -100,7 +106,8 @@ def train(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
         metrics = ST.reconstruction_metrics(sae, held_store.sample(n_eval, seed))
         windows = [w for _, w in zip(range(ce_windows), C.windows(hm.tokenizer, bos, corpus, "heldout", ctx_len, seed))]
         metrics.update(ST.ce_metrics(hm, sae, windows))
-    report = {"model": hm.info.spec, "hook": name, "width": width, "k": k, "corpus": desc,
+    report = {"model": hm.info.spec, "hook": name, "architecture": architecture, "width": width,
+              "k": k if architecture == "topk" else None, "corpus": desc,
               "train_tokens": train_store.n_rows, "heldout_tokens": held_store.n_rows, "epochs": epochs,
               "metrics": metrics, "training": {k_: v for k_, v in info.items() if k_ != "history"},
               "seconds": {"collect_this_run": round(t_collect, 1), "collect_total": round(train_store.manifest["seconds"]

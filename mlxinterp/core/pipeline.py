@@ -19,11 +19,16 @@ mlx-lm's generation samples the same tokens everywhere.
 
 Hook names are global (`blocks.17.hook_resid_post` is the same point on every
 rank); a tap is attached on the rank that holds its block and ignored elsewhere.
-`run_with_cache` gathers every rank's captures to rank 0.
+`run_with_cache` gives every rank every rank's captures, and `unembed` (final norm +
+unembedding, which only the last rank holds) gives every rank the last rank's
+result: code that reads captures and decides what to run next (an experiment
+choosing a layer) then takes the same path on every rank, so the ranks' forwards
+stay paired (`run-suite --shard layers`).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import mlx.core as mx
@@ -32,7 +37,8 @@ from mlx.utils import tree_flatten
 
 from mlxinterp.core.archs import BLOCK_ORDER, arch_spec, text_model, top_text_model
 from mlxinterp.core.errors import MlxInterpError
-from mlxinterp.core.hooks import ActivationCache, HookedModel
+from mlxinterp.core.hooks import ActivationCache, HookedModel, HookPoint
+from mlxinterp.core.taps import Capture
 
 _TOP_POINTS = {"hook_embed": "first", "ln_final.hook_normalized": "last", "hook_logits": "all"}
 
@@ -182,6 +188,17 @@ class ShardedHookedModel(HookedModel):
         blocks = [f"blocks.{i}.{s}" for i in range(self.info.n_layers) for s in BLOCK_ORDER if s in sites]
         return ["hook_embed", *blocks, "ln_final.hook_normalized", "hook_logits"]
 
+    def point(self, name: str) -> HookPoint:
+        """This rank's hook point, or for a point another rank holds a detached stand-in with its global
+        name, layer and shape (code reading `hm.point(name).name` or its shape runs alike on every rank;
+        a tap on it is attached on the owning rank by `hooks`)."""
+        norm = self._normalise(name)
+        if norm in self._points or norm not in set(self.global_hook_names):
+            return super().point(name)
+        layer = None if norm in _TOP_POINTS else int(norm.split(".")[1])
+        kind = "d_model" if norm in _TOP_POINTS else arch_spec(self.info.arch).sites[norm.split(".", 2)[2]].kind
+        return HookPoint(norm, layer, kind, self._state, self._global_shape(norm))
+
     def global_name(self, name: str) -> str:
         """`name` normalised (negative layers counted from the end); unknown names raise as usual."""
         name = self._normalise(name)
@@ -190,24 +207,78 @@ class ShardedHookedModel(HookedModel):
         return name
 
     # -- taps: attach where the block is, validate everywhere
+    @contextmanager
     def hooks(self, taps=None):
+        """Taps attached where their block is. On leaving the block, what each Capture tap recorded on
+        the rank holding its point is given to the same tap's store on every other rank (in the taps'
+        order), so code that captures through taps reads the same arrays on every rank."""
         pairs = list(taps.items()) if isinstance(taps, Mapping) else list(taps or [])
         local = [(self.global_name(n), t) for n, t in pairs]
-        return super().hooks([(n, t) for n, t in local if self.owner(n) in (-1, self.rank)])
+        captures = [(n, t) for n, ts in local for t in (ts if isinstance(ts, (list, tuple)) else [ts])
+                    if isinstance(t, Capture) and self.owner(n) != -1]
+        with super().hooks([(n, t) for n, t in local if self.owner(n) in (-1, self.rank)]) as hm:
+            yield hm
+        for name, tap in captures:
+            self._share_capture(name, tap)
+
+    def _share_capture(self, name: str, tap: Capture) -> None:
+        """The owner's recorded array (float32) on every rank: its shape, then its values, by sums over
+        the group in which the other ranks add zeros."""
+        mine = self.owner(name) == self.rank
+        arr = tap.store[name].astype(mx.float32) if mine else None
+        shape = mx.array(list(arr.shape) + [0] * (6 - arr.ndim) if mine else [0] * 6, dtype=mx.int32)
+        shape = [int(v) for v in mx.distributed.all_sum(shape, group=self.group).tolist() if v]
+        got = mx.distributed.all_sum(arr if mine else mx.zeros(shape, mx.float32), group=self.group)
+        mx.eval(got)
+        if not mine:
+            tap.store.append(name, got, None)
 
     def names(self, filter=None) -> list[str]:
-        if filter is None or isinstance(filter, str) or callable(filter):
-            return super().names(filter)
-        return [n for n in (self.global_name(f) for f in filter) if self.owner(n) in (-1, self.rank)]
+        """Global hook names (every rank's), so that every rank asks for the same captures."""
+        if filter is None:
+            return list(self.global_hook_names)
+        if isinstance(filter, str):
+            hits = [n for n in self.global_hook_names if filter in n]
+            return hits or super().names(filter)  # no match: the usual error
+        if callable(filter):
+            return [n for n in self.global_hook_names if filter(n)]
+        return [self.global_name(f) for f in filter]
 
-    def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False):
-        """As HookedModel.run_with_cache; rank 0's cache holds every rank's captures, other ranks their own."""
+    def unembed(self, h: mx.array, normed: bool = True, vocab=None) -> mx.array:
+        """HookedModel.unembed computed on the last rank (the only one with the final norm and the
+        unembedding) and summed over the group, the other ranks adding zeros: exact, and on every rank."""
+        if self.rank == self.size - 1:
+            out = super().unembed(h, normed=normed, vocab=vocab)
+        else:
+            width = self.info.vocab_size if vocab is None else len(list(vocab))
+            out = mx.zeros((*h.shape[:-1], width), dtype=mx.float32)
+        out = mx.distributed.all_sum(out, group=self.group)
+        mx.eval(out)
+        return out
+
+    def unembedding_rows(self, vocab):
+        """HookedModel.unembedding_rows from the last rank, on every rank (as `unembed`)."""
+        ids = list(vocab)
+        last = self.rank == self.size - 1
+        w, b = super().unembedding_rows(ids) if last else (mx.zeros((len(ids), self.info.d_model), mx.float32), None)
+        has_bias = mx.distributed.all_sum(mx.array([float(last and b is not None)]), group=self.group)
+        w = mx.distributed.all_sum(w, group=self.group)
+        if float(has_bias.item()):
+            b = mx.distributed.all_sum(b if b is not None else mx.zeros((len(ids),), mx.float32), group=self.group)
+        mx.eval(w, *([] if b is None else [b]))
+        return w, b
+
+    def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False, logits: bool = True):
+        """As HookedModel.run_with_cache; every rank's cache holds every rank's captures (shared by `hooks`).
+        The logits are always computed: every rank's forward takes part in the pipeline."""
         wanted = self.global_hook_names if names is None else (
             [n for n in self.global_hook_names if names in n] if isinstance(names, str)
             else [self.global_name(n) for n in names])
-        local = [n for n in wanted if self.owner(n) in (-1, self.rank)]
-        logits, cache = super().run_with_cache(prompts, names=local, taps=taps, chat=chat)
-        return logits, self._gather(cache, wanted, logits)
+        out, local = super().run_with_cache(prompts, names=wanted, taps=taps, chat=chat)
+        cache = GatheredCache(self, local.left_padding)
+        for name in local.keys():
+            cache.append(name, local[name], None)
+        return (out if logits else None), cache
 
     def forward(self, batch):
         """Logits on every rank, evaluated now: a lazy result holding sends and a sum over the group
@@ -230,24 +301,6 @@ class ShardedHookedModel(HookedModel):
         ids = self.tokens(prompt, chat=chat).ids[0].tolist()
         return self.generate_batch([ids], max_tokens=max_tokens, taps=taps)[0]
 
-    def _gather(self, cache: ActivationCache, wanted: Sequence[str], logits: mx.array) -> ActivationCache:
-        """Send each rank's captures to rank 0 in one agreed order (global hook order, rank by rank),
-        in the logits' dtype (the same on every rank)."""
-        B, L = logits.shape[:2]
-        local, cache = cache, GatheredCache(self, cache.left_padding)
-        for name in local.keys():
-            cache.append(name, local[name], None)
-        for r in range(1, self.size):
-            for name in [n for n in wanted if self.owner(n) == r]:
-                if self.rank == r:
-                    mx.eval(mx.distributed.send(cache[name].astype(logits.dtype), dst=0, group=self.group))
-                elif self.rank == 0:
-                    shape = (B, L, *self._global_shape(name))
-                    got = mx.distributed.recv(shape, logits.dtype, src=r, group=self.group)
-                    mx.eval(got)
-                    cache.append(name, got, None)
-        return cache
-
     def _global_shape(self, name: str) -> tuple[int, ...]:
         if name in _TOP_POINTS:
             return self._shape_of({"hook_embed": "d_model", "ln_final.hook_normalized": "d_model",
@@ -256,13 +309,13 @@ class ShardedHookedModel(HookedModel):
 
 
 class GatheredCache(ActivationCache):
-    """The captures of a sharded forward, looked up by global hook name (rank 0 holds every rank's)."""
+    """The captures of a sharded forward, looked up by global hook name (every rank holds every rank's)."""
 
     def __getitem__(self, name: str) -> mx.array:
         name = self.hooked.global_name(name)
         if name not in self:
             raise KeyError(f"{name!r} was not captured on rank {self.hooked.rank}; captured: {len(self.keys())} "
-                           "hook points (rank 0 gathers every rank's)")
+                           "hook points")
         chunks = self._chunks[name]
         if len(chunks) > 1:
             self._chunks[name] = chunks = [mx.concatenate(chunks, axis=1)]

@@ -14,8 +14,13 @@ Protocol, fixed before the first run:
    mean difference (Cohen's d of its activation). The feature with the largest |d| is chosen
    on train only. On test: the accuracy of a midpoint threshold (fixed on train) on (a) the
    projection onto the difference-of-means direction, (b) the chosen feature's activation;
-   both with Wilson 95 % CIs. Also: cosine between the chosen feature's decoder row and the
+   both with Wilson 95 % CIs, and their paired difference per test prompt (feature - DoM,
+   stats.paired_binary_diff_ci). Also: cosine between the chosen feature's decoder row and the
    difference-of-means direction, and the tokens its decoder row promotes.
+4. Primary metric (data/preregistration.toml): the paired difference pooled over the four
+   sets, prompts nested in sets (stats.cluster_mean_ci; four clusters give a t-interval over
+   the set means, with its warning). Checks: the SAE's FVE and L0 against the targets the
+   SAE was built for (FVE >= 0.8 at L0 <= 64).
 """
 from __future__ import annotations
 
@@ -31,9 +36,9 @@ import numpy as np
 from mlxinterp.analysis import sae_train as ST
 from mlxinterp.analysis.directions import collect, diff_of_means
 from mlxinterp.analysis.sae import decoder_logit_effects, load_sae
-from mlxinterp.analysis.stats import proportion_ci
+from mlxinterp.analysis.stats import cluster_mean_ci, paired_binary_diff_ci, proportion_ci
 from mlxinterp.core import names as H
-from mlxinterp.suite import experiment
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import corpus as C
 from mlxinterp.tasks import data
@@ -50,9 +55,9 @@ class SAEFeaturesConfig:
     sae_path: str = ""  # an SAE to load instead of training one
     width: int = 4096
     k: int = 32
-    tokens: int = 50_000  # training positions; full-size run: 1_000_000
-    epochs: int = 2
-    batch_size: int = 512
+    tokens: int = 1_000_000  # training positions (the SAE target: >= 1M tokens)
+    epochs: int = 1
+    batch_size: int = 1024
     ctx_len: int = 128
     eval_tokens: int = 8_000
     ce_windows: int = 16
@@ -71,7 +76,8 @@ def _contrast_sets(n: int) -> dict[str, tuple[list[str], list[str]]]:
     }
 
 
-@experiment("sae_features", SAEFeaturesConfig)
+@experiment("sae_features", SAEFeaturesConfig,
+            quick={"n": 16, "width": 1024, "tokens": 20_000, "eval_tokens": 2_000, "ce_windows": 4})
 def sae_features(hm: HookedModel, cfg: SAEFeaturesConfig, ctx) -> dict:
     """Train (or load) an SAE at a middle layer; which features separate the contrast sets vs difference of means."""
     layer = hm.info.n_layers // 2 if cfg.layer < 0 else cfg.layer
@@ -88,7 +94,16 @@ def sae_features(hm: HookedModel, cfg: SAEFeaturesConfig, ctx) -> dict:
     ctx.log(f"SAE at {hook}: FVE {metrics['fve']:.3f}, L0 {metrics['l0_mean']:.1f}, CE recovered {metrics['ce_recovered']}")
     sets = ctx.map("contrast_sets", list(_contrast_sets(cfg.n).items()),
                    lambda item: _separate(hm, sae, hook, item[0], *item[1], cfg))
+    diffs = np.concatenate([np.asarray(r.pop("feature_minus_dom_per_prompt"), dtype=np.float64) for r in sets])
+    labels = np.concatenate([[r["set"]] * r["n_test"] for r in sets])
+    pooled = cluster_mean_ci(diffs, labels)
+    prereg = preregistration.load().report("sae_features", {"sae_fve": metrics["fve"], "sae_l0": metrics["l0_mean"],
+                                                            "dom_beats_feature": pooled})
     s = Summary()
+    s.add("pooled.feature_minus_dom", "test accuracy, best single feature - diff-of-means, paired per prompt, "
+          "prompts nested in the 4 sets [95% CI]", pooled.to_dict())
+    s.add("prereg", "pre-registered checks (mlxinterp/data/preregistration.toml)",
+          {k: v["verdict"] for k, v in prereg["checks"].items()})
     s.add("sae.fve", f"fraction of variance explained, {metrics['rows']} held-out positions", metrics["fve"])
     s.add("sae.l0", "mean active features per position (L0)", metrics["l0_mean"])
     s.add("sae.dead_frac", "features never active on held-out text", metrics["dead_frac"])
@@ -100,7 +115,7 @@ def sae_features(hm: HookedModel, cfg: SAEFeaturesConfig, ctx) -> dict:
         s.add(f"{r['set']}.feature_test_acc", f"{r['set']}: best single SAE feature ({r['best_feature']}), "
               "test accuracy [95% CI]", _fmt(r["feature_test_acc"]))
     return {**s.to_result(), "layer": layer, "hook": hook, "sae": {"metrics": metrics, **training},
-            "contrast_sets": sets}
+            "contrast_sets": sets, "prereg": prereg}
 
 
 def _fmt(ci: dict) -> str:
@@ -134,7 +149,7 @@ def _separate(hm: HookedModel, sae, hook: str, name: str, pos: list[str], neg: l
     half = min(len(pos), len(neg)) // 2
     tr_p, te_p, tr_n, te_n = X_pos[:half], X_pos[half:], X_neg[:half], X_neg[half:]
     dom = diff_of_means(tr_p, tr_n, hook).vector.astype(np.float64)
-    dom_acc = _threshold_acc(tr_p @ dom, tr_n @ dom, te_p @ dom, te_n @ dom)
+    dom_acc, dom_ok = _threshold_acc(tr_p @ dom, tr_n @ dom, te_p @ dom, te_n @ dom)
     enc = lambda X: np.array(sae.encode(mx.array(X.astype(np.float32))), dtype=np.float64)
     F_tr_p, F_tr_n, F_te_p, F_te_n = enc(tr_p), enc(tr_n), enc(te_p), enc(te_n)
     pooled_sd = np.sqrt((F_tr_p.var(0) + F_tr_n.var(0)) / 2) + 1e-6
@@ -142,12 +157,16 @@ def _separate(hm: HookedModel, sae, hook: str, name: str, pos: list[str], neg: l
     d[(F_tr_p.max(0) == 0) & (F_tr_n.max(0) == 0)] = 0.0  # never active on train: no evidence either way
     order = np.argsort(-np.abs(d))[: cfg.top_features]
     best = int(order[0])
-    feat_acc = _threshold_acc(F_tr_p[:, best], F_tr_n[:, best], F_te_p[:, best], F_te_n[:, best])
+    feat_acc, feat_ok = _threshold_acc(F_tr_p[:, best], F_tr_n[:, best], F_te_p[:, best], F_te_n[:, best])
     W_dec = np.array(sae.W_dec, dtype=np.float64)
     cos = [float(W_dec[f] @ dom / (np.linalg.norm(W_dec[f]) * np.linalg.norm(dom) + 1e-12)) for f in order]
     effects = decoder_logit_effects(hm, sae, [int(f) for f in order], top=5)
     return {"set": name, "n_train": 2 * half, "n_test": len(te_p) + len(te_n),
             "dom_test_acc": dom_acc, "feature_test_acc": feat_acc, "best_feature": best,
+            "feature_minus_dom": paired_binary_diff_ci(feat_ok - dom_ok).to_dict(),
+            "feature_minus_dom_per_prompt": (feat_ok - dom_ok).tolist(),
+            "split": {"train_ids": list(range(half)), "test_ids_positive": list(range(half, len(pos))),
+                      "test_ids_negative": list(range(half, len(neg)))},
             "top_features": [{"feature": int(f), "cohens_d": round(float(d[f]), 3), "cos_decoder_dom": round(c, 3),
                               "active_frac_pos": round(float((F_tr_p[:, f] > 0).mean()), 3),
                               "active_frac_neg": round(float((F_tr_n[:, f] > 0).mean()), 3),
@@ -156,9 +175,9 @@ def _separate(hm: HookedModel, sae, hook: str, name: str, pos: list[str], neg: l
 
 
 def _threshold_acc(tr_p, tr_n, te_p, te_n):
-    """Midpoint threshold between the train class means, sign fixed on train; accuracy on test with its CI."""
+    """Midpoint threshold between the train class means, sign fixed on train: (test accuracy with its Wilson
+    CI, 0/1 correctness per test prompt, positives first)."""
     mid = (tr_p.mean() + tr_n.mean()) / 2
     sign = 1.0 if tr_p.mean() >= tr_n.mean() else -1.0
-    correct = int((sign * (te_p - mid) > 0).sum() + (sign * (te_n - mid) <= 0).sum())
-    n = len(te_p) + len(te_n)
-    return proportion_ci(correct, n)
+    ok = np.concatenate([sign * (te_p - mid) > 0, sign * (te_n - mid) <= 0]).astype(np.float64)
+    return proportion_ci(int(ok.sum()), len(ok)).to_dict(), ok

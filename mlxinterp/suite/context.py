@@ -172,7 +172,7 @@ class Context:
         todo = [i for i in range(len(items)) if i not in done]
         try:
             with io.JsonlAppender(path, keep_bytes=intact) if world.is_root else nullcontext() as sink:
-                for round_ in distributed.rounds(todo, world.size):
+                for round_ in distributed.rounds(todo, world.workers):
                     for i, result in distributed.run_round(world, round_, lambda i: io.normalize(fn(items[i]))):
                         results[i] = result
                         if sink is not None:
@@ -184,6 +184,8 @@ class Context:
                                  "seconds": round(time.perf_counter() - start, 3)}
         if world.distributed:
             self.map_timings[key]["ranks"] = world.size
+            if not world.split_items:
+                self.map_timings[key]["shard"] = "layers"
         return results
 
 

@@ -47,10 +47,18 @@ class World:
     rank: int = 0
     size: int = 1
     group: Any = None
+    # False under layer sharding (`run-suite --shard layers`): the ranks hold different layers of one model,
+    # so every forward needs all of them and every rank computes every item together.
+    split_items: bool = True
 
     @property
     def is_root(self) -> bool:
         return self.rank == 0
+
+    @property
+    def workers(self) -> int:
+        """How many items run at once, one per rank (1 when the ranks share each forward)."""
+        return self.size if self.split_items else 1
 
     @property
     def distributed(self) -> bool:
@@ -163,6 +171,8 @@ def run_round(world: World, round_: list[int], compute: Callable[[int], Any]) ->
     was its own (as a single process would), else a DistributedError naming the
     item, the rank and its traceback; ranks > 0 linger first so rank 0 can report.
     """
+    if not world.split_items:  # layer sharding: every rank ran every item's forwards with the others
+        return [(i, compute(i)) for i in round_]
     mine = round_[world.rank] if world.rank < len(round_) else None
     payload, exc = None, None
     if mine is not None:
