@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+import background  # noqa: E402
 import tiny  # noqa: E402
 
 VARIANTS = [(arch, bits) for arch in tiny.ARCHS for bits in (None, 4)]
@@ -55,7 +56,9 @@ _SLOW_TESTS: dict = {}  # nodeid -> the terminal reporter, for tests marked slow
 
 
 def pytest_collection_modifyitems(config, items):
-    """Remember the slow and real-model tests (minutes each): pytest_runtest_logstart announces them."""
+    """Remember the slow and real-model tests (minutes each): pytest_runtest_logstart announces them.
+    The tests that read a background job (tests/background.py) go last."""
+    background.checks_last(items)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or config.getoption("verbose") > 0:  # -v already prints each test as it starts
         return
@@ -72,3 +75,13 @@ def pytest_runtest_logstart(nodeid, location):
 
         reporter.ensure_newline()
         reporter.write_line(f"{time.strftime('%H:%M:%S')} started {nodeid} (slow)")
+
+
+def pytest_collection_finish(session):
+    """Start the real-model scripts the selected tests check (tests/background.py), beside the in-process tests."""
+    if not session.config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
+        background.queue_for(session.items)
+
+
+def pytest_sessionfinish(session):
+    background.stop()

@@ -24,14 +24,36 @@ from mlxinterp.core import io
 from mlxinterp.analysis import patching as P
 from mlxinterp.analysis.lens import logit_lens
 
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script (the background job) too
+import background  # noqa: E402
+
 ARCH = ("gemma3_text", None)
 
 
-def _suite(model: str, out: Path, seed: int, hash_seed: str) -> None:
+PLAN = {"seed3-a": (3, "1"), "seed3-b": (3, "2"), "seed4": (4, "1")}  # run: (seed, PYTHONHASHSEED)
+
+
+def _suite(model: str, out: Path, seed: int, hash_seed: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    r = subprocess.run([sys.executable, "-m", "mlxinterp", "run-suite", "--model", model, "--only", "validation",
-                        "--n", "8", "--seed", str(seed), "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr
+    return subprocess.Popen([sys.executable, "-m", "mlxinterp", "run-suite", "--model", model, "--only", "validation",
+                             "--n", "8", "--seed", str(seed), "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def run_plan(root: Path) -> None:
+    """The background job: a tiny Gemma 3 checkpoint (tests/tiny.py, as the session's tiny_dirs writes it), then
+    the three suite runs at once (independent processes and directories)."""
+    import tiny
+
+    model = str(tiny.write_tiny_model(root / "model", *ARCH))
+    procs = {name: _suite(model, root / name, seed, hash_seed) for name, (seed, hash_seed) in PLAN.items()}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode:
+            raise SystemExit(f"{name}: exit {proc.returncode}\n{err[-3000:]}")
+
+
+JOB = background.define(background.Job("determinism-suite-runs", background.python(__file__), timeout=900))
 
 
 def _without_timings(out: Path) -> tuple[str, bytes]:
@@ -43,20 +65,22 @@ def _without_timings(out: Path) -> tuple[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_dirs, tmp_path_factory) -> dict[str, tuple[str, bytes]]:
-    model, root = str(tiny_dirs[ARCH]), tmp_path_factory.mktemp("determinism")
-    plan = {"seed3-a": (3, "1"), "seed3-b": (3, "2"), "seed4": (4, "1")}
-    for name, (seed, hash_seed) in plan.items():
-        _suite(model, root / name, seed, hash_seed)
-    return {name: _without_timings(root / name) for name in plan}
+def runs() -> dict[str, tuple[str, bytes]]:
+    r = background.result(JOB.name)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return {name: _without_timings(r.cwd / name) for name in PLAN}
 
 
+@pytest.mark.background(JOB.name)
+@pytest.mark.timeout(background.WAIT_TIMEOUT)
 def test_same_seed_gives_identical_json_and_figure(runs):
     assert runs["seed3-a"][0] == runs["seed3-b"][0]
     assert runs["seed3-a"][1] == runs["seed3-b"][1]
     assert json.loads(runs["seed3-a"][0])["status"] == "complete"
 
 
+@pytest.mark.background(JOB.name)
+@pytest.mark.timeout(background.WAIT_TIMEOUT)
 def test_a_different_seed_changes_the_result(runs):
     """Otherwise the seed would be decoration and the equality above would prove nothing."""
     a, b = json.loads(runs["seed3-a"][0]), json.loads(runs["seed4"][0])
@@ -86,3 +110,7 @@ def test_library_results_repeat_exactly(tiny_hooked):
              for s in (0, 0)]
     assert split[0] == split[1]
     assert mx.array_equal(hm(mx.array([ids])), hm(mx.array([ids])))
+
+
+if __name__ == "__main__":  # the background job, in its own empty directory
+    run_plan(Path.cwd())

@@ -9,6 +9,9 @@ docs/tutorial.md is also examples/tutorial.py (one `# %%` cell per block); the t
 they are identical and runs the script. After editing the tutorial, regenerate the script:
 
     python tests/test_docs.py
+
+The scripts are background jobs (tests/background.py): they start when collection ends and run
+beside the in-process tests; each test checks its job's output.
 """
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+import background  # tests/background.py
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL_MD = ROOT / "docs" / "tutorial.md"
@@ -81,12 +85,27 @@ def script_cells(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _run_script(code: str, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    script = cwd / "_doc_blocks.py"
-    script.write_text(code)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    return subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+def _doc_job(path: Path) -> str:
+    """The background job running a doc file's blocks, in order, as one script in an empty directory."""
+    bs = [b for b in blocks(path.read_text(), path.name) if not b.skip]
+    code = "\n".join(f"# --- {path.name} line {b.line}\n{b.code}" for b in bs)
+
+    def write(cwd: Path, _deps: dict) -> None:
+        (cwd.parent / f"{path.name}.py").write_text(code)  # beside the directory: it starts empty
+
+    name = f"docs-{path.name}"
+    background.define(background.Job(name, background.python(f"../{path.name}.py"), timeout=600, prepare=write,
+                                     real=any(b.real for b in bs)))
+    return name
+
+
+def _doc_param(path: Path):
+    """A doc file with its job's mark (none when it has no blocks to run)."""
+    has_blocks = any(not b.skip for b in blocks(path.read_text(), path.name))
+    return pytest.param(path, marks=[pytest.mark.background(_doc_job(path))] if has_blocks else [], id=path.name)
+
+
+TUTORIAL_JOB = background.TUTORIAL.name  # examples/tutorial.py
 
 
 def _skip_real_if_asked(bs: list[Block]) -> None:
@@ -128,14 +147,15 @@ def test_tutorial_script_is_the_tutorial():
 
 
 @pytest.mark.slow
-def test_tutorial_runs_end_to_end(tmp_path):
+@pytest.mark.background(TUTORIAL_JOB)
+@pytest.mark.timeout(background.WAIT_TIMEOUT)
+def test_tutorial_runs_end_to_end():
     """The whole first hour, as a user runs it; must stay well under 15 minutes (a few on this CPU)."""
     _skip_real_if_asked([Block("", 0, "", "", True, None)])
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, str(TUTORIAL_PY)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    seconds = time.perf_counter() - t0
+    r = background.result(TUTORIAL_JOB)
+    seconds = r.seconds
     assert r.returncode == 0, r.stderr[-4000:]
-    out = tmp_path / "tutorial"
+    out = r.cwd / "tutorial"
     for rel in ("lens.png", "patching.png", "happy_L10.safetensors", "happy_L10.json", "happy.gguf",
                 "results/default/validation/result.json", "results/default/validation/validation.png",
                 "results/report.md", "results/report.html"):
@@ -151,14 +171,14 @@ def test_tutorial_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow  # README.md runs the default model (minutes on a busy CPU)
-@pytest.mark.parametrize("path", [p for p in doc_files() if p != TUTORIAL_MD], ids=lambda p: p.name)
-def test_markdown_python_blocks_run(path, tmp_path):
+@pytest.mark.parametrize("path", [_doc_param(p) for p in doc_files() if p != TUTORIAL_MD])
+@pytest.mark.timeout(background.WAIT_TIMEOUT)
+def test_markdown_python_blocks_run(path):
     bs = [b for b in blocks(path.read_text(), path.name) if not b.skip]
     if not bs:
         pytest.skip(f"{path.name} has no Python blocks to run")
     _skip_real_if_asked(bs)
-    code = "\n".join(f"# --- {path.name} line {b.line}\n{b.code}" for b in bs)
-    r = _run_script(code, tmp_path, timeout=600)
+    r = background.result(f"docs-{path.name}")
     assert r.returncode == 0, f"{path.name}: {r.stderr[-4000:]}"
 
 

@@ -2,20 +2,29 @@
 
 All examples are parsed by the command itself (an unknown option, a missing argument or a
 value of the wrong type fails). The examples of the core commands are also run, as a user
-would copy them, in a directory holding what the tutorial creates (tutorial/happy_L10 ...),
-on the real default model; examples that compute for minutes or more (run-suite on the whole
-suite, training) and the commands of other features are parsed only, and listed below.
+would copy them, in a directory holding what the tutorial created (tutorial/happy_L10 ...: the
+tutorial's own run, tests/test_docs.py), on the real default model; examples that compute for
+minutes or more (run-suite on the whole suite, training) and the commands of other features are
+parsed only, and listed below. The examples run in one background process (tests/background.py),
+queued after the tutorial, which loads the default model once for all of them.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import re
 import shlex
+import shutil
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import typer
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script (the background job) too
+import background  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 _EXAMPLE = re.compile(r"\[bold\](mlxinterp [^\[]+?)\[/bold\]")
@@ -67,48 +76,77 @@ def test_every_help_example_parses(example):
     _parse(argv)  # raises click's UsageError / BadParameter on an unknown option or a bad value
 
 
-@pytest.fixture
-def tutorial_dir(tmp_path, monkeypatch):
-    """A working directory with what docs/tutorial.md creates (a direction at layer 10 of the default
-    model, its llama.cpp export) and the committed reference results/."""
-    from mlxinterp.analysis.controlvec import LayerVectors, export_llama_cpp
-    from mlxinterp.analysis.directions import Direction
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "tutorial").mkdir()
-    v = np.random.default_rng(0).standard_normal(640).astype(np.float32)
-    d = Direction(v, "blocks.10.hook_resid_post", float(np.linalg.norm(v)), 600.0, 0.5, 8, 8)
-    d.save(tmp_path / "tutorial" / "happy_L10")
-    export_llama_cpp(LayerVectors.from_directions(d, model_hint="gemma3"), tmp_path / "tutorial" / "happy.gguf")
-    os.symlink(ROOT / "results", tmp_path / "results")
-    run = tmp_path / "mlxinterp-out" / "suite" / "default" / "validation"
+def _tutorial_dir(cwd: Path, deps: dict) -> None:
+    """What docs/tutorial.md created (its direction at layer 10 of the default model and the llama.cpp export,
+    copied from the tutorial's run), the committed reference results/ and a run of validation to compare."""
+    tutorial = deps[background.TUTORIAL.name]
+    if tutorial.returncode != 0:
+        raise RuntimeError("the tutorial failed (tests/test_docs.py::test_tutorial_runs_end_to_end), "
+                           "so there is no directory holding what it creates")
+    shutil.copytree(tutorial.cwd / "tutorial", cwd / "tutorial", ignore=shutil.ignore_patterns("results"))
+    os.symlink(ROOT / "results", cwd / "results")
+    run = cwd / "mlxinterp-out" / "suite" / "default" / "validation"
     run.mkdir(parents=True)
     (run / "result.json").write_bytes((ROOT / "results" / "default" / "validation" / "result.json").read_bytes())
-    return tmp_path
 
 
-@pytest.mark.real
-@pytest.mark.slow
-def test_core_help_examples_run(tutorial_dir, capsys):
+JOB = background.define(background.Job("help-examples", background.python(__file__), real=True, timeout=900,
+                                       after=(background.TUTORIAL.name,), prepare=_tutorial_dir))
+
+
+def run_core_examples() -> dict[str, dict]:
+    """Run the core examples in this process and directory: {example: {"code", "err"}}.
+
+    Every command loads its model through mlxinterp.core.hooks.load; the first load of a spec is kept and
+    handed to the later commands (loading is tested on its own; here it would be most of the time).
+    """
     from mlxinterp.cli import main
+    from mlxinterp.core import hooks
 
-    if os.environ.get("MLXINTERP_SKIP_REAL"):
-        pytest.skip("MLXINTERP_SKIP_REAL is set")
-    ran = []
+    loaded, real_load = {}, hooks.load
+
+    def load_once(spec, **kwargs):
+        key = (spec, repr(sorted(kwargs.items())))
+        if key not in loaded:
+            loaded[key] = real_load(spec, **kwargs)
+        return loaded[key]
+
+    hooks.load = load_once
     todo = [e for path, e in examples() if path[0] not in PARSE_ONLY_COMMANDS and not e.startswith(PARSE_ONLY_PREFIX)]
     # import-vector writes the per-layer file its steer example reads
     todo.sort(key=lambda e: not e.startswith("mlxinterp import-vector"))
+    ran = {}
     for example in todo:
         argv = shlex.split(example)[1:]
         if argv[0] in ("generate", "steer") and "--max-tokens" not in argv:
             argv += ["--max-tokens", "4"]  # the example's output, shorter
-        try:
-            main(argv)
-        except SystemExit as e:
-            assert not e.code, f"{example}: exit {e.code}\n{capsys.readouterr().err[-2000:]}"
-        ran.append(example)
-    capsys.readouterr()
-    assert len(ran) >= 15, ran
+        err, code = io.StringIO(), 0
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+            except SystemExit as e:
+                code = e.code or 0
+        ran[example] = {"code": code, "err": err.getvalue()[-2000:]}
+    return ran
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.background(JOB.name)
+@pytest.mark.timeout(background.WAIT_TIMEOUT)
+def test_core_help_examples_run():
+    if os.environ.get("MLXINTERP_SKIP_REAL"):
+        pytest.skip("MLXINTERP_SKIP_REAL is set")
+    r = background.result(JOB.name)
+    assert r.returncode == 0, r.stderr[-4000:]
+    ran = json.loads(r.stdout.splitlines()[-1])
+    for example, got in ran.items():
+        assert not got["code"], f"{example}: exit {got['code']}\n{got['err']}"
+    assert len(ran) >= 15, list(ran)
     # ad-hoc commands write under ./mlxinterp-out, never into the committed results/
-    assert list((tutorial_dir / "mlxinterp-out" / "lens").glob("lens-*.png"))
+    assert list((r.cwd / "mlxinterp-out" / "lens").glob("lens-*.png"))
     assert not (ROOT / "results" / "lens").exists()
+
+
+if __name__ == "__main__":  # the background job: run the core examples here, print what they did
+    print(json.dumps(run_core_examples()))

@@ -153,3 +153,22 @@ def test_html_heading_ids_are_unique(results):
     page.feed(write_report(results)[1].read_text())
     ids = [i for _, i, _ in page.headings if i]
     assert len(ids) == len(set(ids)) and {"discussion", "discussion-1", "figures", "figures-1"} <= set(ids)
+
+
+def test_an_interval_with_a_warning_is_marked_and_the_note_says_why(tmp_path):
+    """docs/statistics.md: a t-interval at n < 20 carries a warning; the report must not show it as a plain CI."""
+    from mlxinterp.analysis.stats import mean_ci
+
+    small, large = mean_ci([0.1, 0.4, 0.2, 0.5, 0.3]), mean_ci([0.1 * (i % 7) for i in range(40)])
+    assert small.warning and not large.warning
+    out = tmp_path / "results"
+    io.write_json(out / "default" / "steering" / "result.json",
+                  _record("default", "steering", {"lift": small, "baseline": large}, []))
+    md = (write_report(out)[0]).read_text()
+    lift_row = next(line for line in md.splitlines() if line.startswith("| lift |"))
+    base_row = next(line for line in md.splitlines() if line.startswith("| baseline |"))
+    assert lift_row.rstrip(" |").endswith("†") and "†" not in base_row
+    assert f"† lift (default): {small.warning}" in md
+    page = _Page()
+    page.feed(write_report(out)[1].read_text())
+    assert any(cells[:1] == ["lift"] and cells[1].endswith("†") for _, cells in page.rows)

@@ -38,6 +38,7 @@ from mlxinterp.core.interval import format_interval, is_interval
 from mlxinterp.suite.quantcheck import read_checks
 
 MAX_FALLBACK_NUMBERS = 12
+WARNING_MARK = "†"  # after an interval that carries a warning (e.g. "n < 20: t-interval"); the note says which
 DISCUSSION_DIR = "discussion"
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
 h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
@@ -77,14 +78,29 @@ def collect(out: Path) -> Found:
 
 def key_numbers(result: dict) -> dict[str, object]:
     """Headline values by label: `result["summary"]` when the experiment gives one (intervals rendered as
-    text, keys shown by their `result["labels"]`), else top-level scalars."""
+    text, keys shown by their `result["labels"]`), else top-level scalars. An interval weaker than the
+    policy wants (its `warning`, docs/statistics.md) is marked with WARNING_MARK; `interval_warnings` says why."""
     summary = result.get("summary")
     if isinstance(summary, dict):
         labels = result.get("labels") or {}
-        shown = {k: format_interval(v, ".4g", counts=True) if is_interval(v) else v for k, v in summary.items()}
+        shown = {k: _interval_text(v) if is_interval(v) else v for k, v in summary.items()}
         return {labels.get(k, k): v for k, v in shown.items() if _is_scalar(v)}
     scalars = {k: v for k, v in result.items() if _is_scalar(v)}
     return dict(list(scalars.items())[:MAX_FALLBACK_NUMBERS])
+
+
+def interval_warnings(result: dict) -> dict[str, str]:
+    """Label -> warning of each headline interval that carries one (shown under the key numbers)."""
+    summary = result.get("summary")
+    if not isinstance(summary, dict):
+        return {}
+    labels = result.get("labels") or {}
+    return {labels.get(k, k): str(v["warning"]) for k, v in summary.items() if is_interval(v) and v.get("warning")}
+
+
+def _interval_text(v) -> str:
+    text = format_interval(v, ".4g", counts=True)
+    return f"{text} {WARNING_MARK}" if v.get("warning") else text
 
 
 def _is_scalar(v: object) -> bool:
@@ -141,10 +157,19 @@ def _section(name: str, doc: str, models: dict[str, dict], slugs: list[str], ima
                               for s in slugs])
     rows.append(["config"] + [_cell(_config_text(models[s])) if s in models else "" for s in slugs])
     lines += _table([""] + [_cell(s) for s in slugs], rows) + [""]
+    lines += _warning_notes(models, slugs)
     lines += _quant_checks(images.out, name)
     lines += _discussion(images.out / DISCUSSION_DIR / f"{name}.md")
     lines += _figures(name, models, slugs, images)
     return lines
+
+
+def _warning_notes(models: dict[str, dict], slugs: list[str]) -> list[str]:
+    """One line per marked interval: which number, which model, and why its interval is weaker."""
+    notes = [f"{WARNING_MARK} {_cell(label)} ({_cell(s)}): {_cell(warning)}  "
+             for s in slugs if s in models
+             for label, warning in interval_warnings(models[s].get("result") or {}).items()]
+    return notes + [""] if notes else []
 
 
 def _quant_checks(out: Path, name: str) -> list[str]:

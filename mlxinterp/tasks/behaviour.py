@@ -9,9 +9,10 @@ studies, so that each reports effects the same way:
   every formatted prompt;
 - *directional ablation* (Arditi et al.): the direction's component is
   projected out of everything that writes to the residual stream (embedding,
-  every attention and MLP output), so no layer ever reads it;
-- *paired effects*: per-item differences (steered - baseline) with a
-  percentile-bootstrap 95 % CI, and strengths in % of the residual norm;
+  every attention and MLP output), so no layer ever reads it; and its
+  mean-centred (affine) form, which sets that component to a reference mean's;
+- *paired effects*: per-item differences (steered - baseline) with the
+  interval policy's paired CI (analysis.stats), and strengths in % of the residual norm;
 - *judges* of short greedy generations: Arditi et al.'s refusal substrings,
   script fidelity and repetition.
 """
@@ -22,19 +23,22 @@ from typing import TYPE_CHECKING
 import re
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import PromptError
-from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergence, paired_binary_diff_ci, proportion_ci
+from mlxinterp.analysis.stats import format_interval, kl_divergence, mean_ci, paired_diff_ci, proportion_ci
 from mlxinterp.core import names as H
 from mlxinterp.analysis.plotting import subplots
 from mlxinterp.analysis.patching import forward_last
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
     from mlxinterp.core.hooks import HookedModel
+    from mlxinterp.core.interval import Interval
 
 # Arditi et al. 2024 (appendix: refusal substring matching), verbatim; case-sensitive as there.
 REFUSAL_SUBSTRINGS = ("I'm sorry", "I am sorry", "I apologize", "As an AI", "As a language model", "As an assistant",
@@ -91,18 +95,76 @@ def ablation_taps(hm: HookedModel, vector: np.ndarray, spare_first: bool = False
     return [(n, cls(basis=v[None].astype(np.float32), mode="out")) for n in names]
 
 
-def paired_effect(new: Sequence[float], base: Sequence[float], seed: int = 0) -> dict:
-    """Mean per-item difference new - base with its 95 % bootstrap CI (and n).
+@dataclass(eq=False)
+class _ProjectToReference(T.Project):
+    """x - (x.u - m.u) u: the component along u is set to the reference activation m's (mean-centred ablation)."""
 
-    0/1 outcomes (accuracy) go through `paired_binary_diff_ci`, so "no item
-    changed" gets an honest interval rather than the bootstrap's [0, 0].
+    reference: Any = None
+
+    def validate(self, feature_shape, name):
+        super().validate(feature_shape, name)
+        m = np.asarray(self.reference, np.float32)
+        if m.shape != (feature_shape[-1],) or not np.isfinite(m).all():
+            raise PromptError(f"mean-centred ablation at {name}: reference of shape {m.shape} needs ({feature_shape[-1]},), finite")
+        self._offset = mx.array(m[None]) @ self._q.T  # [1, k]: the reference's coordinates in the basis
+
+    def __call__(self, a, ctx):
+        x = a.astype(mx.float32)
+        new = x - (x @ self._q.T - self._offset) @ self._q
+        # The first token sees nothing before it, so its activation is the same for every prompt: the reference
+        # mean at that position is the activation itself and the edit is the identity there. (Gemma 3's first
+        # token carries massive activations; moving it to another position's mean would shift every prompt.)
+        first = mx.array(ctx.seq_pos == 0).reshape(*ctx.seq_pos.shape, *([1] * (a.ndim - 2)))
+        return self._blend(a, mx.where(first, x, new), ctx)
+
+
+def mean_ablation_points(hm: HookedModel) -> list[str]:
+    """Where mean-centred ablation acts: the residual stream entering every block and leaving the last one."""
+    return [H.name(0, "hook_resid_pre")] + [H.name(l, "hook_resid_post") for l in range(hm.info.n_layers)]
+
+
+def reference_means(hm: HookedModel, texts: Sequence[str], chat: bool = False) -> dict[str, np.ndarray]:
+    """Mean activation of `texts` (formatted prompts) at each `mean_ablation_points` hook, over every token but
+    the first: the positions mean-centred ablation edits (the first is left alone, see _ProjectToReference)."""
+    points = mean_ablation_points(hm)
+    total = {p: np.zeros(hm.info.d_model) for p in points}
+    count = 0
+    for text in texts:
+        _, cache = hm.run_with_cache(text, names=points, chat=chat)
+        for p in points:
+            total[p] += np.array(cache[p][0, 1:].astype(mx.float32), np.float64).sum(0)
+        count += int(cache[points[0]].shape[1]) - 1
+    if count == 0:
+        raise PromptError("mean-centred ablation needs reference prompts with more than one token")
+    return {p: (v / count).astype(np.float32) for p, v in total.items()}
+
+
+def mean_ablation_taps(hm: HookedModel, vector: np.ndarray, reference: dict[str, np.ndarray]) -> list[tuple[str, T.Tap]]:
+    """Mean-centred (affine) directional ablation: x - (x.u - mu.u) u at every `mean_ablation_points` hook.
+
+    Arditi et al.'s ablation sets the component along u to 0, but residual activations of *every* prompt
+    project on a difference-of-means direction several times its norm, so zeroing it moves all prompts off
+    their typical value (on Gemma 3 270M: KL 6-23 nats on harmless prompts). Affine concept editing
+    (Marshall et al. 2024, "Refusal in LLMs: an affine function"; Marks & Tegmark's mean-centring) instead
+    sets it to the reference (harmless) mean's value mu.u, removing only what distinguishes a prompt from
+    the reference. `reference` maps each point (mean_ablation_points) to the reference prompts' mean
+    activation there over the positions edited (reference_means). The first token is left alone.
     """
-    a, b = np.asarray(new, np.float64), np.asarray(base, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired effect needs equal shapes, got {a.shape} and {b.shape}")
-    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
-        return paired_binary_diff_ci(a - b, seed=seed)
-    return bootstrap_ci(a - b, seed=seed)
+    v = np.asarray(vector, np.float64)
+    if v.ndim != 1 or not np.isfinite(v).all() or np.linalg.norm(v) == 0:
+        raise PromptError(f"ablation needs a finite, non-zero 1-D vector (got shape {v.shape})")
+    points = mean_ablation_points(hm)
+    missing = [p for p in points if p not in reference]
+    if missing:
+        raise PromptError(f"mean-centred ablation needs a reference mean at {missing[0]} (and {len(missing) - 1} more)")
+    return [(p, _ProjectToReference(basis=v[None].astype(np.float32), mode="out", reference=reference[p]))
+            for p in points]
+
+
+def paired_effect(new: Sequence[float], base: Sequence[float], seed: int = 0) -> Interval:
+    """Mean per-item difference new - base with its 95 % CI and n (the interval policy's `paired_diff_ci`;
+    0/1 outcomes get its never-zero-width binary interval)."""
+    return paired_diff_ci(new, base, seed=seed)
 
 
 def ci_text(c: dict, fmt: str = "+.3f") -> str:
@@ -124,7 +186,7 @@ def preservation(base_logp: np.ndarray, steered_logp: np.ndarray, seed: int = 0)
     kl = kl_divergence(base_logp.astype(np.float64), steered_logp.astype(np.float64))
     agree = base_logp.argmax(-1) == steered_logp.argmax(-1)
 
-    return {"kl": bootstrap_ci(kl, seed=seed), "top1_agreement": proportion_ci(int(agree.sum()), int(agree.size)),
+    return {"kl": mean_ci(kl, seed=seed), "top1_agreement": proportion_ci(int(agree.sum()), int(agree.size)),
             "kl_per_item": kl.tolist(), "top1_same_per_item": agree.tolist()}
 
 
