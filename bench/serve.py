@@ -1,5 +1,8 @@
 """Latency of `mlxinterp serve` on a live server (uvicorn on a loopback port, HTTP like a browser):
 
+One command, every number from one run (the matmul rate too, so the ratios hold under load):
+    python -m bench serve --save bench/results
+
 - the first full-vocabulary logit-lens view of a 20-token prompt after the server is up (it has run its
   start-up warm-up, as `mlxinterp serve` does), then further views with other prompts; each split into the
   unembedding matmul (timed alone, same shapes, to put beside the machine's measured matmul rate) and the rest;
@@ -22,7 +25,7 @@ import mlx.core as mx
 
 from mlxinterp.cli.serve import WARMUP_PROMPT
 from mlxinterp.core.platform import matmul_gflops
-from mlxinterp.serve.engine import lens_grid
+from mlxinterp.serve.engine import lens_grid, warm_up
 
 # The first is 20 tokens with BOS on Gemma 3 (the others 17-19; counts in the result); the warm-up uses the
 # CLI's own prompt, so no view below repeats it.
@@ -31,6 +34,8 @@ LENS_PROMPTS = ["In 1969 Neil Armstrong became the first person to walk on the s
                 "Water boils at one hundred degrees Celsius at sea level, but at high altitude it",
                 "The quick brown fox jumps over the lazy dog while the cat sleeps on the warm"]
 STEER_PROMPT = "I think that the weather today is"
+LENS_TARGET_S = 3.0  # first full-vocabulary lens view of a 20-token prompt (docs/serve.md)
+FIRST_TOKEN_TARGET_S = 0.5  # steering playground: first generated token after the request
 CONTRAST = {"positive": ["I love this. It is wonderful, happy and bright.", "What a great, joyful day."],
             "negative": ["I hate this. It is terrible, sad and dark.", "What an awful, miserable day."]}
 
@@ -119,7 +124,7 @@ def bench_serve(hm, lens_rounds: int = 3, slider_moves: int = 5, vector_path: Pa
     ex = app.state.explorer
     say("warm-up (as mlxinterp serve does before it prints its URL)")
     t0 = time.perf_counter()
-    ex.worker.run_sync(lens_grid, hm, WARMUP_PROMPT, ex.limits)
+    ex.worker.run_sync(warm_up, hm, WARMUP_PROMPT, ex.limits)
     warmup = time.perf_counter() - t0
     res: dict = {"model": hm.info.slug, "warmup_seconds": warmup, "load_average_start": list(os.getloadavg()),
                  "lens_prompt_tokens": lengths}
@@ -139,7 +144,11 @@ def bench_serve(hm, lens_rounds: int = 3, slider_moves: int = 5, vector_path: Pa
                        "rows": n_rows, "unembed_gflop": flops / 1e9, "unembed_seconds": unembed,
                        "unembed_gflops": flops / unembed / 1e9, "machine_matmul_gflops_512": rate512,
                        "machine_matmul_gflops_2048": rate_big,
-                       "first_view_over_unembed": views[0]["wall_seconds"] / unembed}
+                       "first_view_over_unembed": views[0]["wall_seconds"] / unembed,
+                       # the whole view (forward, unembedding, top-k / rank / entropy, JSON) as a matmul rate:
+                       # the 120 GFLOP of unembedding over the first view's wall time, beside the machine's rate
+                       "first_view_gflops": flops / views[0]["wall_seconds"] / 1e9,
+                       "first_view_share_of_matmul_rate": flops / views[0]["wall_seconds"] / 1e9 / rate_big}
         vector = {"path": vector_path.name} if vector_path else CONTRAST
         layers = None if vector_path else [hm.info.n_layers // 2]
         body = {"prompt": STEER_PROMPT, "vector": vector, "layers": layers, "max_tokens": 16}
@@ -162,4 +171,12 @@ def bench_serve(hm, lens_rounds: int = 3, slider_moves: int = 5, vector_path: Pa
                                m["first_token_over_mlx_lm"] for m in moves),
                            "max_tokens": 16}
     res["load_average_end"] = list(os.getloadavg())
+    first_token = res["steering"]["first_request"]["first_token_seconds"]
+    res["targets"] = {
+        "lens_first_view_seconds": {"value": res["lens"]["first_view"]["wall_seconds"], "target": LENS_TARGET_S},
+        "steering_first_token_seconds": {"value": first_token, "target": FIRST_TOKEN_TARGET_S},
+        "steering_slider_first_token_seconds": {"value": res["steering"]["slider_median_first_token_seconds"],
+                                                "target": FIRST_TOKEN_TARGET_S}}
+    for t in res["targets"].values():
+        t["met"] = t["value"] <= t["target"]
     return res

@@ -8,15 +8,21 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import tiny
+from scipy import stats as scipy_stats
 from mlx import nn
 
 from mlxinterp.analysis.precision import (
     PrecisionSwitch,
+    evaluate,
     gap_share,
+    group_share,
     plot_shares,
     precision_patch,
+    summarise,
     unit_of,
 )
+from mlxinterp.core import taps
+from mlxinterp.core.hooks import ActivationCache
 from mlxinterp.core.errors import MlxInterpError, ModelSpecError
 from mlxinterp.core.hooks import load
 from mlxinterp.core.quantize import PrecisionMap, parse_precision
@@ -124,6 +130,55 @@ def test_precision_patch_values_and_shares(float_models, tiny_dirs):
     assert fig.axes[0].images[0].get_array().shape == (len(outside) + 4, 2)
 
 
+@pytest.mark.parametrize("arch", tiny.ARCHS)
+def test_shared_prefix_gives_the_same_values_and_skips_the_prefix(arch, float_models):
+    """Replaying the reference runs' block inputs (share_prefix) changes no value, bit for bit, and is used."""
+    hm = float_models[arch]
+    prompts = [[1, 5, 9, 23, 7, 3], [2, 8, 4, 6, 3, 1], [3, 3, 9, 12, 40, 2]]
+
+    def metric(m):  # two forwards per evaluation (one batched), a capture late in the network
+        with m.hooks([("blocks.3.hook_resid_post", taps.Capture(store=store))]):
+            a = m.forward(m.tokens(mx.array(prompts)))[:, -1]
+        b = m.forward(m.tokens(mx.array(prompts[:1])))[:, -2]
+        return {"a": np.array(a[:, 7]), "b": np.array(b[:, :3]).ravel()}
+
+    store = ActivationCache(hm)
+    plain = evaluate(hm, metric)
+    shared = evaluate(hm, metric, share_prefix=True)
+    assert shared["values"] == plain["values"]
+    hits, calls = shared["seconds"]["prefix_calls_replayed"]
+    blocks_after_0 = sum(1 for u in shared["units"] if u.startswith("blocks.") and not u.startswith("blocks.0."))
+    assert calls == hits == 2 * 2 * blocks_after_0  # 2 forwards x 2 directions x units past block 0
+
+
+def test_shared_prefix_stops_when_the_calls_diverge(float_models):
+    hm = float_models["llama"]
+    calls = iter(range(10**6))
+
+    def metric(m):  # a different prompt on every call: nothing may be replayed
+        i = next(calls)
+        return np.array(m.forward(m.tokens(mx.array([[1 + i % 50, 5, 9, 4]])))[:, -1, :4]).ravel()
+
+    res = evaluate(hm, metric, share_prefix=True, directions=["restore"])
+    assert res["seconds"]["prefix_calls_replayed"][0] == 0
+
+
+def test_summarise_intervals_follow_the_policy():
+    raw = {"units": ["blocks.0.attn", "blocks.0.mlp"], "precision": "4bit-g64", "granularity": "sublayer",
+           "directions": ["restore"],
+           "values": {"m": {"float": [1.0, 1.2, 0.9, 1.1], "quantized": [0.5, 0.4, 0.6, 0.5],
+                            "restore": {"blocks.0.attn": [0.6, 0.5, 0.7, 0.6], "blocks.0.mlp": [0.9, 1.0, 0.8, 0.9]}}}}
+    out = summarise(raw)
+    m = out["metrics"]["m"]
+    assert m["gap"]["estimate"] == pytest.approx(0.55) and m["gap"]["warning"] == "n < 20: t-interval"
+    assert out["level_per_unit"] == pytest.approx(1 - 0.05 / 2)
+    share = m["restore"]["blocks.0.mlp"]["share"]
+    assert share["estimate"] == pytest.approx((0.9 + 1.0 + 0.8 + 0.9 - 2.0) / 4 / 0.55)
+    assert share["level"] == pytest.approx(0.975) and share["low"] <= share["estimate"] <= share["high"]
+    both = group_share(raw["values"]["m"], {"plus": ["blocks.0.mlp"], "minus": ["blocks.0.attn"]}, "restore")
+    assert both["estimate"] == pytest.approx(share["estimate"] - m["restore"]["blocks.0.attn"]["share"]["estimate"])
+
+
 def test_gap_share_interval_and_no_gap():
     ci = gap_share([0.5, 0.4, 0.6, 0.5], [1.0, 1.0, 1.0, 1.0])
     assert ci["estimate"] == pytest.approx(0.5) and ci["low"] <= 0.5 <= ci["high"]
@@ -152,6 +207,23 @@ def test_quant_check_rules():
     assert QC.quantized_spec("default@f16", 4) == "default@4bit-g64"
     with pytest.raises(ModelSpecError, match="unknown model variant"):
         QC.variant_name("3")
+    # the rule is the pre-registered one: its thresholds come from the file, and each verdict carries the checks
+    from mlxinterp.suite import preregistration
+
+    tol = preregistration.load().checks_for("quant_check")["number_within_tolerance"]
+    assert (tol.op, tol.threshold) == ("<=", 0.10)
+    cmp = QC.compare({"summary": {"a": 1.0, "b": "0.2 [0.1, 0.3]"}}, {"summary": {"a": 1.3, "b": "0.25 [0.15, 0.35]"}})
+    assert cmp["a"]["verdict"] == "changes" and cmp["a"]["checks"]["number_within_tolerance"]["value"] == pytest.approx(0.3)
+    assert cmp["b"]["verdict"] == "survives" and set(cmp["b"]["checks"]) == {"stored_effect_excludes_zero", "same_sign",
+                                                                            "intervals_overlap"}
+    # an experiment's pre-registered primary metric is compared first, under its dotted path
+    prim = preregistration.load().primary("precision_patching")["metric"]
+    node: dict = {}
+    cur = node
+    for part in prim.split(".")[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[prim.split(".")[-1]] = {"estimate": 0.3, "low": 0.1, "high": 0.5}
+    assert list(QC.compare(node, node, "precision_patching")) == [f"primary: {prim}"]
     res = {"summary": {"acc": "0.5 [0.4, 0.6]", "k": 3, "note": "text"}, "x": {"y": [1.0, 2.0]}}
     assert set(QC.primary_metrics(res)) == {"acc", "k"}
     assert QC.primary_metrics({**res, "primary": {"second": "x.y.1"}}) == {"second": 2.0}
@@ -183,16 +255,34 @@ def test_quant_check_run_writes_verdicts_and_report(tiny_dirs, tmp_path):
 def test_precision_patching_study_on_a_tiny_model(tiny_dirs, tmp_path):
     from mlxinterp.suite import run_all
 
-    run_all([str(tiny_dirs[("gemma3_text", None)])], only="precision_patching", out=tmp_path,
-            sets=["n=4", "n_refusal=4", "variants=('4bit',)"])
+    run_all([str(tiny_dirs[("gemma3_text", None)])], only="precision_patching", out=tmp_path, quick=True)
     rec = json.loads(next(tmp_path.glob("*/precision_patching/result.json")).read_text())
     res = rec["result"]
-    assert [(m["variant"], m["finding"]) for m in res["maps"]] == [("4bit", "lens"), ("4bit", "direction")]
-    lens, direction = (m["metrics"] for m in res["maps"])
+    assert [(m["variant"], m["finding"]) for m in res["maps"]] == [("4bit", "steering"), ("4bit", "lens"),
+                                                                   ("4bit", "direction")]
+    steering, lens, direction = (m["metrics"] for m in res["maps"])
     assert lens["lens_top1_agreement"]["float"] == [1.0] * 4 and lens["next_token_kl"]["float"] == pytest.approx([0] * 4, abs=1e-6)
     assert direction["refusal_pair_cosine"]["float"] == pytest.approx([1.0] * 4, abs=1e-5)
     # modules after the direction's layer cannot move it, so they are not evaluated
-    assert res["maps"][1]["units"] == ["embed"] + [f"blocks.{i}.{s}" for i in range(res["direction_layer"] + 1)
+    assert res["maps"][2]["units"] == ["embed"] + [f"blocks.{i}.{s}" for i in range(res["direction_layer"] + 1)
                                                    for s in ("attn", "mlp")]
+    assert res["maps"][0]["directions"] == ["restore"] and len(steering["steering_effect"]["float"]) == 4
+    # every interval is recomputed here from the per-prompt records, independently of the study's code
+    s = steering["steering_effect"]
+    f, q = np.array(s["float"]), np.array(s["quantized"])
+    assert s["gap"]["estimate"] == pytest.approx(float(np.mean(f - q)))
+    t = scipy_stats.t.ppf(0.975, 3) * np.std(f - q, ddof=1) / 2  # n = 4: the policy's t-interval
+    assert s["gap"]["low"] == pytest.approx(np.mean(f - q) - t) and s["gap"]["warning"] == "n < 20: t-interval"
+    units = res["maps"][0]["units"]
+    change = {u: np.array(s["restore"][u]["values"]) - q for u in units}
+    mlp = sum(change[u].mean() for u in units if u.endswith(".mlp"))
+    attn = sum(change[u].mean() for u in units if u.endswith(".attn"))
+    primary = res["headline"]["q4bit_g64"]["steering_effect"]["mlp_minus_attn_restore_share"]
+    assert primary["estimate"] == pytest.approx((mlp - attn) / (f - q).mean())
+    checks = res["preregistration"]["checks"]
+    assert set(checks) == {"steering_gap_positive", "steering_mlps_carry_more"}
+    assert checks["steering_mlps_carry_more"]["value"] == pytest.approx(primary["low"])
+    assert checks["steering_mlps_carry_more"]["verdict"] == ("PASS" if primary["low"] > 0 else "FAIL")
     assert "shares_4bit-g64_lens_top1_agreement_restore.png" in rec["figures"]
+    assert "shares_4bit-g64_steering_effect_restore.png" in rec["figures"]
     assert "seconds" not in json.dumps(res)  # wall-clock time stays out of results (only in timings and the log)

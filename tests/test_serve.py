@@ -274,6 +274,44 @@ def test_tuned_lens_mode(model, dirs, tmp_path):
     assert r.status_code == 400 and "--tuned-lens" in r.json()["error"]
 
 
+def tiny_sae(model, d_sae: int = 48, seed: int = 5):
+    """A random ReLU SAE on block 1's output, saved as SAELens files (what --sae reads)."""
+    from mlxinterp.analysis.sae import SAE
+
+    d, rng = model.info.d_model, np.random.default_rng(seed)
+    return SAE(mx.array(rng.normal(size=(d, d_sae)).astype(np.float32) * 0.3),
+               mx.array(rng.normal(size=d_sae).astype(np.float32) * 0.1),
+               mx.array(rng.normal(size=(d_sae, d)).astype(np.float32) * 0.3),
+               mx.array(rng.normal(size=d).astype(np.float32) * 0.05), "relu", "blocks.1.hook_resid_post")
+
+
+def test_sae_features_are_the_encoded_activations(model, dirs, tmp_path):
+    sae = tiny_sae(model)
+    path = sae.save(tmp_path / "sae")
+    app = create_app(model, ServeConfig(results_dir=dirs["results"], sae=path))
+    with TestClient(app, base_url=BASE) as c:
+        info = c.get("/api/info").json()["sae"]
+        assert info == {"hook": "blocks.1.hook_resid_post", "d_sae": 48, "activation": "relu"}
+        res = c.post("/api/sae", json={"prompt": PROMPT, "top_k": 4}).json()
+        bad = c.post("/api/sae", json={"prompt": PROMPT, "top_k": 999})
+    assert bad.status_code == 400 and "top_k" in bad.json()["error"]
+    # independent: capture the hook, encode in float64 numpy
+    _, cache = model.run_with_cache(PROMPT, names="blocks.1.hook_resid_post")
+    x = np.array(cache["blocks.1.hook_resid_post"][0], np.float64)
+    W, b, bd = (np.array(a, np.float64) for a in (sae.W_enc, sae.b_enc, sae.b_dec))
+    f = np.maximum((x - bd) @ W + b, 0)
+    assert len(res["positions"]) == x.shape[0] == len(res["tokens"])
+    for j, row in enumerate(res["positions"]):
+        want = [i for i in np.argsort(-f[j], kind="stable")[:4] if f[j, i] > 0]
+        assert [c["feature"] for c in row] == want
+        assert [c["act"] for c in row] == pytest.approx([f[j, i] for i in want], abs=1e-3)
+    assert set(res["features"]) == {str(c["feature"]) for row in res["positions"] for c in row}
+    no_sae = TestClient(create_app(model, ServeConfig(results_dir=dirs["results"])), base_url=BASE)
+    r = no_sae.post("/api/sae", json={"prompt": PROMPT})
+    assert r.status_code == 400 and "--sae" in r.json()["error"]
+    assert no_sae.get("/api/info").json()["sae"] is None
+
+
 # ------------------------------------------------------------------ results browser
 def test_results_listing_and_files(client):
     res = client.get("/api/results").json()

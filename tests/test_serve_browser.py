@@ -1,6 +1,7 @@
 """`mlxinterp serve` in a real browser: headless Chromium (Debian's package) driven by Selenium drives each
 view on a tiny model: the page loads, a prompt runs, the lens grid has layers x positions cells, hovering
-shows a token, the steering slider changes the text, the patching heatmap renders and a cell opens.
+shows a token, the steering slider changes the text, the patching heatmap renders and a cell opens, the SAE
+features view (an SAE built in the test) lists each position's features.
 
 Skipped with the reason when chromium / chromedriver / selenium are missing
 (`apt-get install chromium chromium-driver`; scripts/run.sh does it in CI).
@@ -152,8 +153,24 @@ def model(tiny_hooked):
 
 
 @pytest.fixture(scope="module")
-def live(model, results_dir):
-    with LiveServer(model, results_dir=results_dir, vectors_dir=results_dir) as srv:
+def sae(model, tmp_path_factory):
+    """A random ReLU SAE on block 1's output, built here and saved as SAELens files (what --sae reads)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlxinterp.analysis.sae import SAE
+
+    d, rng = model.info.d_model, np.random.default_rng(5)
+    sae = SAE(mx.array(rng.normal(size=(d, 48)).astype(np.float32) * 0.3),
+              mx.array(rng.normal(size=48).astype(np.float32) * 0.1),
+              mx.array(rng.normal(size=(48, d)).astype(np.float32) * 0.3),
+              mx.array(rng.normal(size=d).astype(np.float32) * 0.05), "relu", "blocks.1.hook_resid_post")
+    return sae, sae.save(tmp_path_factory.mktemp("sae") / "sae")
+
+
+@pytest.fixture(scope="module")
+def live(model, results_dir, sae):
+    with LiveServer(model, results_dir=results_dir, vectors_dir=results_dir, sae=sae[1]) as srv:
         yield srv
 
 
@@ -240,6 +257,29 @@ def test_patching_heatmap_and_cell(driver, model):
     driver.find_element("css selector", "#patch-grid td.cell[data-layer='1'][data-pos='3']").click()
     wait(driver, lambda d: "patched:" in d.find_element("id", "patch-cell").text, 60)
     assert "layer 1, position 3" in driver.find_element("id", "patch-cell").text
+
+
+def test_sae_features_view_and_hover(driver, model, sae):
+    from selenium.webdriver import ActionChains
+
+    from mlxinterp.serve.engine import Limits, sae_features
+
+    show(driver, "sae")
+    set_value(driver, "sae-prompt", PROMPT)
+    set_value(driver, "sae-k", "3")
+    run_and_wait(driver, "sae-run", "sae-status")
+    want = sae_features(model, sae[0], PROMPT, Limits(), top_k=3)
+    rows = driver.find_elements("css selector", "#sae-grid tr")
+    assert len(rows) == 1 + len(want["tokens"])  # header + one row per position
+    chips = driver.find_elements("css selector", "#sae-grid span.feature")
+    assert len(chips) == sum(len(r) for r in want["positions"]) > 0
+    first = next(j for j, r in enumerate(want["positions"]) if r)
+    chip = driver.find_element("css selector", f"#sae-grid span.feature[data-pos='{first}']")
+    assert chip.text.startswith(f"{want['positions'][first][0]['feature']} (")
+    ActionChains(driver).move_to_element(chip).perform()
+    wait(driver, lambda d: f"feature {want['positions'][first][0]['feature']} at position {first}"
+         in d.find_element("id", "sae-hover").text, 10)
+    assert "promotes:" in driver.find_element("id", "sae-hover").text
 
 
 def test_results_browser_shows_figures(driver):

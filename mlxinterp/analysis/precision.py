@@ -10,9 +10,10 @@ the float-vs-quantized gap it restores (or causes) is
     restore:  mean(m_unit - m_quant) / mean(m_float - m_quant)
     quantize: mean(m_float - m_unit) / mean(m_float - m_quant)
 
-over prompts, with a percentile-bootstrap interval that resamples prompts
-(analysis.stats.bootstrap_ci). 1 means the module carries the whole gap, 0 none.
-Modules interact, so the restore and quantize shares need not agree or sum to 1.
+over prompts, with a BCa bootstrap interval that resamples prompts (analysis.stats.bootstrap_ci;
+the gap and the paired changes by paired_diff_ci), at the Bonferroni level for the map's modules
+(`summarise`). 1 means the module carries the whole gap, 0 none. Modules interact, so the restore
+and quantize shares need not agree or sum to 1.
 
 Weights only differ, so nothing is reloaded: `PrecisionSwitch` keeps each weight's
 float value and its packed quantized form, and swaps in place either the float
@@ -21,7 +22,8 @@ by; core/quantize.py). Hook points stay where they are; a swap costs one
 dequantize of the swapped module's weights. With every module quantized
 the model computes exactly what `load(spec + "@4bit")` computes on a CPU
 (quantize float32 weights, then dequantize), bit for bit; with none, exactly
-the float model (tests/test_precision.py).
+the float model (tests/test_precision.py). A module in block i leaves the blocks before i as in
+the reference run, so `PrefixShare` replays their output instead of recomputing it (share_prefix).
 """
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 import mlx.core as mx
 import numpy as np
 
-from mlxinterp.analysis.stats import bootstrap_ci
+from mlxinterp.analysis.stats import LEVEL, Interval, bootstrap_ci, paired_diff_ci
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.quantize import module_names, quantizable
+from mlxinterp.core.taps import Capture
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
     from mlxinterp.core.hooks import HookedModel
@@ -153,32 +156,109 @@ def _as_dict(values: np.ndarray | dict) -> dict[str, np.ndarray]:
     return {"metric": np.asarray(values, float)}
 
 
-def gap_share(num: np.ndarray, gap: np.ndarray, seed: int = 0) -> dict:
-    """mean(num) / mean(gap) with a bootstrap CI that resamples prompts (num and gap paired)."""
-    num, gap = np.asarray(num, float), np.asarray(gap, float)
-
-    def ratio(idx):
-        i = np.asarray(idx, int)
-        d = gap[i].mean()
-        return num[i].mean() / d if d != 0 else np.nan
-
-    if gap.mean() == 0:
-        return {"estimate": None, "low": None, "high": None, "n": int(gap.size)}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return bootstrap_ci(np.arange(gap.size, dtype=float), statistic=ratio, seed=seed)
+def _block_of(unit: str) -> int | None:
+    """The block a unit lives in ('blocks.3.mlp' -> 3); None outside the blocks (embed, unembed)."""
+    parts = unit.split(".")
+    return int(parts[1]) if parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit() else None
 
 
-def precision_patch(hm: HookedModel, metric: Metric, bits: int = 4, group_size: int = 64, granularity: str = "sublayer",
-                    directions: Iterable[str] = DIRECTIONS, units: Iterable[str] | None = None,
-                    switch: PrecisionSwitch | None = None, seed: int = 0,
-                    progress: Callable[[str], None] | None = None) -> dict:
-    """Per module: the metric with only that module restored to float in the quantized model ('restore')
-    and with only it quantized in the float model ('quantize'), and its share of the gap (module doc).
+class _Recorder(Capture):
+    """Keeps every forward call's activation at one hook point, in call order (a[...]: mlx-lm edits
+    some arrays in place, e.g. Gemma's `h *= sqrt(d)`)."""
 
-    `metric(hm)` returns per-prompt values (an array, or a dict of arrays for several metrics
-    from the same forward passes). Returns a JSON-able dict keyed by metric, with 'units',
-    'float' / 'quantized' per-prompt values, the gap's CI, and per direction and unit the values,
-    the share of the gap and the paired change; 'seconds' has the wall and CPU time per evaluation.
+    def __init__(self, out: list):
+        super().__init__(store=self)
+        self.out = out
+
+    def append(self, *args) -> None:  # Capture's store protocol: the list above is the store
+        pass
+
+    def validate(self, feature_shape, name) -> None:
+        pass
+
+    def __call__(self, a: mx.array, ctx) -> mx.array:
+        self.out.append(a[...])
+        return a
+
+
+class _Replay(Capture):
+    """At blocks.i.hook_resid_pre: the reference run's value for the same forward call.
+
+    A unit in block i changes no weight before block i, so in every forward the blocks before i
+    compute exactly what they computed in the reference run (the float run for 'quantize', the
+    quantized run for 'restore'). Handing back the recorded value leaves the earlier blocks as
+    unused nodes of MLX's lazy graph, never evaluated. The values are the ones the prefix would
+    compute, bit for bit, so this counts as a capture (the hooked model's NaN check for editing
+    taps, which would force the unused logits, does not apply). Replay holds only while the
+    calls follow the reference run's order: each call's embedding (hook_embed, cheap to
+    evaluate) must equal the reference call's, else replay stops for the rest of the evaluation.
+    """
+
+    def __init__(self, recorded: list, ref_embeds: list, embeds: list):
+        super().__init__(store=self)
+        self.recorded, self.ref_embeds, self.embeds = recorded, ref_embeds, embeds
+        self.calls = self.hits = 0
+        self.diverged = False
+
+    def append(self, *args) -> None:
+        pass
+
+    def validate(self, feature_shape, name) -> None:
+        pass
+
+    def __call__(self, a: mx.array, ctx) -> mx.array:
+        k, self.calls = self.calls, self.calls + 1
+        if not self.diverged:
+            self.diverged = not (k < len(self.recorded) and len(self.embeds) == k + 1
+                                 and self.recorded[k].shape == a.shape
+                                 and self.ref_embeds[k].shape == self.embeds[k].shape
+                                 and bool(mx.array_equal(self.ref_embeds[k], self.embeds[k]).item()))
+        if self.diverged:
+            return a
+        self.hits += 1
+        return self.recorded[k]
+
+
+class PrefixShare:
+    """Records the reference runs' block inputs and replays them for units later in the network.
+
+    Valid for metrics whose forwards, before the changed module's block, depend only on their
+    inputs (not on an earlier forward's output through a later layer, e.g. greedy decoding with
+    a steering vector computed from the logits): the study's metrics are such.
+    """
+
+    def __init__(self, hm: HookedModel, layers: Iterable[int]):
+        self.hm, self.layers = hm, sorted(set(layers))
+        self.refs: dict[str, dict] = {}
+        self.calls = self.hits = 0
+
+    def record(self, which: str) -> list:
+        """Taps that record a reference run ('float' or 'quantized')."""
+        ref = self.refs[which] = {"embed": [], **{l: [] for l in self.layers}}
+        return [("hook_embed", _Recorder(ref["embed"]))] + \
+               [(f"blocks.{l}.hook_resid_pre", _Recorder(ref[l])) for l in self.layers]
+
+    def finish(self, which: str) -> None:
+        ref = self.refs[which]
+        mx.eval([a for v in ref.values() for a in v])
+
+    def replay(self, which: str, layer: int) -> tuple[list, _Replay]:
+        ref, embeds = self.refs[which], []
+        tap = _Replay(ref[layer], ref["embed"], embeds)
+        return [("hook_embed", _Recorder(embeds)), (f"blocks.{layer}.hook_resid_pre", tap)], tap
+
+
+def evaluate(hm: HookedModel, metric: Metric, bits: int = 4, group_size: int = 64, granularity: str = "sublayer",
+             directions: Iterable[str] = DIRECTIONS, units: Iterable[str] | None = None,
+             switch: PrecisionSwitch | None = None, share_prefix: bool = False,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """The metric's per-prompt values on the float model, the quantized model, and per direction and
+    unit with only that unit restored ('restore') or quantized ('quantize'); no intervals (`summarise`).
+
+    share_prefix: replay the reference runs' inputs to the changed unit's block instead of
+    recomputing the blocks before it (`PrefixShare`; identical values, about half the block
+    compute of a full map). Returns {"units", "precision", "granularity", "values": {metric:
+    {"float", "quantized", "restore": {unit: values}, "quantize": {...}}}, "seconds"}.
     """
     directions = list(directions)
     if bad := [d for d in directions if d not in DIRECTIONS]:
@@ -187,13 +267,25 @@ def precision_patch(hm: HookedModel, metric: Metric, bits: int = 4, group_size: 
     sw = switch or PrecisionSwitch(hm, bits, group_size, granularity)
     setup_s = time.perf_counter() - t0
     todo = list(units) if units is not None else sw.units
+    share = PrefixShare(hm, [b for u in todo if (b := _block_of(u))]) if share_prefix else None
     evals: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     times, cpu0 = [], time.process_time()
 
     def run(key: tuple[str, str], quantized: Iterable[str]) -> None:
         t = time.perf_counter()
-        with sw.state(quantized):
+        taps, replay = [], None
+        ref = {"float": "quantize", "quantized": "restore"}.get(key[0])
+        block = _block_of(key[1]) if key[1] else None
+        if share is not None and ref in directions:
+            taps = share.record(key[0])
+        elif share is not None and block:
+            taps, replay = share.replay("quantized" if key[0] == "restore" else "float", block)
+        with sw.state(quantized), hm.hooks(taps):
             evals[key] = _as_dict(metric(hm))
+        if share is not None and ref in directions:
+            share.finish(key[0])
+        if replay is not None:
+            share.calls, share.hits = share.calls + replay.calls, share.hits + replay.hits
         times.append(time.perf_counter() - t)
         if progress:
             progress(f"{key[0]} {key[1]} ({times[-1]:.1f} s)")
@@ -203,28 +295,90 @@ def precision_patch(hm: HookedModel, metric: Metric, bits: int = 4, group_size: 
     for d in directions:
         for u in todo:
             run((d, u), [v for v in sw.units if v != u] if d == "restore" else [u])
-    out: dict[str, Any] = {"units": todo, "precision": sw.label, "granularity": sw.granularity,
-                           "seconds": {"setup": round(setup_s, 3), "per_evaluation": round(float(np.mean(times)), 3),
-                                       "total": round(time.perf_counter() - t0, 3), "evaluations": len(times),
-                                       # CPU seconds of this process (all threads): wall time on a shared machine
-                                       # depends on the load, this much less
-                                       "cpu_per_evaluation": round((time.process_time() - cpu0) / len(times), 3)},
-                           "metrics": {}}
+    values = {}
     for name, f in evals[("float", "")].items():
-        q = evals[("quantized", "")][name]
-        gap = f - q
-        m: dict[str, Any] = {"float": f.tolist(), "quantized": q.tolist(),
-                             "gap": bootstrap_ci(gap, seed=seed)}
-        for d in directions:
+        values[name] = {"float": f.tolist(), "quantized": evals[("quantized", "")][name].tolist(),
+                        **{d: {u: evals[(d, u)][name].tolist() for u in todo} for d in directions}}
+    return {"units": todo, "precision": sw.label, "granularity": sw.granularity, "directions": directions,
+            "values": values,
+            "seconds": {"setup": round(setup_s, 3), "per_evaluation": round(float(np.mean(times)), 3),
+                        "total": round(time.perf_counter() - t0, 3), "evaluations": len(times),
+                        # CPU seconds of this process (all threads): wall time on a shared machine
+                        # depends on the load, this much less
+                        "cpu_per_evaluation": round((time.process_time() - cpu0) / len(times), 3),
+                        "prefix_calls_replayed": None if share is None else [share.hits, share.calls]}}
+
+
+def gap_share(num: np.ndarray, gap: np.ndarray, level: float = LEVEL, seed: int = 0) -> dict:
+    """mean(num) / mean(gap), BCa bootstrap over prompts (num and gap resampled together; analysis.stats)."""
+    num, gap = np.asarray(num, float), np.asarray(gap, float)
+    if gap.size == 0 or gap.mean() == 0:
+        return Interval(None, None, None, int(gap.size), "ratio of means (no gap)", level=level).to_dict()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return bootstrap_ci(num, _ratio_of_means, level=level, seed=seed, paired_with=gap).to_dict()
+
+
+def _ratio_of_means(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(a, axis=axis) / np.mean(b, axis=axis)
+
+
+def group_share(values: dict, members: dict[str, list[str]], direction: str, level: float = LEVEL,
+                seed: int = 0) -> dict:
+    """Share of the gap carried by a group of units minus another's, as one statistic over prompts:
+    members = {"plus": [...units], "minus": [...units]} -> (sum_plus - sum_minus of the units' mean
+    changes) / mean gap, BCa bootstrap resampling prompts (every unit's values stay paired)."""
+    f, q = np.asarray(values["float"], float), np.asarray(values["quantized"], float)
+    rows = values[direction]
+
+    def change(u: str) -> np.ndarray:
+        v = np.asarray(rows[u], float)
+        return v - q if direction == "restore" else f - v
+
+    num = sum((change(u) for u in members.get("plus", [])), np.zeros_like(f)) - \
+        sum((change(u) for u in members.get("minus", [])), np.zeros_like(f))
+    return gap_share(num, f - q, level, seed)
+
+
+def summarise(raw: dict, seed: int = 0) -> dict:
+    """Intervals for `evaluate`'s values, per the project's interval policy (analysis.stats):
+    the gap mean(float - quantized) by paired_diff_ci; per unit the paired change and the share of
+    the gap (a ratio of means: BCa bootstrap). A map reports every unit together, so each unit's
+    share and change are at the Bonferroni level 1 - 0.05 / units (simultaneous 95 %)."""
+    level = 1 - (1 - LEVEL) / max(1, len(raw["units"]))
+    out = {k: raw[k] for k in ("units", "precision", "granularity", "directions")}
+    out["level_per_unit"] = level
+    out["metrics"] = {}
+    for name, vals in raw["values"].items():
+        f, q = np.asarray(vals["float"], float), np.asarray(vals["quantized"], float)
+        m: dict[str, Any] = {"float": vals["float"], "quantized": vals["quantized"],
+                             "gap": paired_diff_ci(f, q, seed=seed).to_dict()}
+        for d in raw["directions"]:
             rows = {}
-            for u in todo:
-                v = evals[(d, u)][name]
+            for u, v in vals[d].items():
+                v = np.asarray(v, float)
                 num = v - q if d == "restore" else f - v
-                rows[u] = {"values": v.tolist(), "share": gap_share(num, gap, seed),
-                           "change": bootstrap_ci(v - (q if d == "restore" else f), seed=seed)}
+                rows[u] = {"values": v.tolist(), "share": gap_share(num, f - q, level, seed),
+                           "change": paired_diff_ci(v, q if d == "restore" else f, level=level, seed=seed).to_dict()}
             m[d] = rows
         out["metrics"][name] = m
     return out
+
+
+def precision_patch(hm: HookedModel, metric: Metric, bits: int = 4, group_size: int = 64, granularity: str = "sublayer",
+                    directions: Iterable[str] = DIRECTIONS, units: Iterable[str] | None = None,
+                    switch: PrecisionSwitch | None = None, seed: int = 0, share_prefix: bool = False,
+                    progress: Callable[[str], None] | None = None) -> dict:
+    """Per module: the metric with only that module restored to float in the quantized model ('restore')
+    and with only it quantized in the float model ('quantize'), and its share of the gap (module doc).
+
+    `metric(hm)` returns per-prompt values (an array, or a dict of arrays for several metrics
+    from the same forward passes). Returns a JSON-able dict keyed by metric, with 'units',
+    'float' / 'quantized' per-prompt values, the gap's CI, and per direction and unit the values,
+    the share of the gap and the paired change; 'seconds' has the wall and CPU time per evaluation.
+    `evaluate` + `summarise` in one call.
+    """
+    raw = evaluate(hm, metric, bits, group_size, granularity, directions, units, switch, share_prefix, progress)
+    return {**summarise(raw, seed), "seconds": raw["seconds"]}
 
 
 def share_grid(result: dict, metric: str, direction: str = "restore") -> tuple[np.ndarray, list[str], list[str]]:

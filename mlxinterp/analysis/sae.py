@@ -169,7 +169,8 @@ class SAE:
         if self.threshold is not None:
             tensors["threshold"] = np.array(self.threshold, dtype=np.float32)
         atomic_write_bytes(directory / SAELENS_WEIGHTS, st_save(tensors))
-        cfg = {"d_in": self.d_in, "d_sae": self.d_sae, "hook_name": self.hook, "architecture": self.activation,
+        cfg = {"d_in": self.d_in, "d_sae": self.d_sae, "hook_name": self.hook,
+               "architecture": "standard" if self.activation == "relu" else self.activation,  # SAELens's name for ReLU
                "activation_fn_str": self.activation, "apply_b_dec_to_input": self.apply_b_dec_to_input,
                "normalize_activations": "none", "dtype": "float32", **({"k": self.k} if self.k else {}),
                **({"hook_name_out": self.hook_out} if self.hook_out else {}), **self.meta, **(extra_cfg or {})}

@@ -26,10 +26,13 @@ def serve(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
                                                  "uploads go to its uploads/ folder (default: --results)"),
           tuned_lens: Optional[Path] = typer.Option(None, "--tuned-lens", help="a tuned lens for this model "
                                                     "(`mlxinterp tuned-lens --out FILE`): adds the lens's 'tuned' mode"),
+          sae: Optional[Path] = typer.Option(None, "--sae", help="an SAE for this model (a SAELens directory or a "
+                                             "Gemma Scope params file; docs/sae.md): adds the 'SAE features' view"),
           queue: int = typer.Option(2, "--queue", help="requests that may wait behind the running one "
                                     "before the server answers 503 busy (0-16)"),
-          warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="run one lens view before serving, so "
-                                      "the first real one does not pay for first-time allocations")) -> None:
+          warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="run one lens view and a short steered "
+                                      "generation before serving, so the first real ones do not pay for first-time "
+                                      "allocations")) -> None:
     """Explore a model in the browser: logit lens grid, attention patterns, steering playground,
     patching heatmap and the results browser, with the model loaded once.
 
@@ -47,6 +50,9 @@ def serve(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     vectors = vectors or results
     if tuned_lens is not None and not tuned_lens.is_file():
         raise MlxInterpError(f"--tuned-lens {tuned_lens} is not a file", hint="train one with `mlxinterp tuned-lens --out FILE`")
+    if sae is not None and not sae.exists():
+        raise MlxInterpError(f"--sae {sae} does not exist", hint="give a SAELens directory (cfg.json + "
+                             "sae_weights.safetensors) or a Gemma Scope params.npz")
     for flag, d in (("--results", results), ("--vectors", vectors)):
         if d.exists() and not d.is_dir():
             raise MlxInterpError(f"{flag} {d} is not a directory")
@@ -62,15 +68,15 @@ def serve(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
         token = new_token()
     hm = load_model(model, dtype)
     config = ServeConfig(results_dir=results, vectors_dir=vectors, token=token, loopback_only=loopback, queue=queue,
-                         tuned_lens=tuned_lens)
+                         tuned_lens=tuned_lens, sae=sae)
     app = create_app(hm, config)
     if warmup:
-        from mlxinterp.serve.engine import lens_grid  # here, not at the top: `mlxinterp --help` stays fast
+        from mlxinterp.serve.engine import warm_up  # here, not at the top: `mlxinterp --help` stays fast
 
         t0 = time.perf_counter()
-        with console.status("warming up (one lens view) ..."):
-            app.state.explorer.worker.run_sync(lens_grid, hm, WARMUP_PROMPT, config.limits)
-        console.print(f"warm-up lens view: {time.perf_counter() - t0:.1f} s", highlight=False)
+        with console.status("warming up (one lens view, two steered tokens) ..."):
+            app.state.explorer.worker.run_sync(warm_up, hm, WARMUP_PROMPT, config.limits)
+        console.print(f"warm-up: {time.perf_counter() - t0:.1f} s", highlight=False)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     console.print(f"mlxinterp explorer for {hm.info.slug} at [bold]{url}[/bold]  (Ctrl-C stops it)", highlight=False)

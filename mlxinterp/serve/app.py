@@ -30,6 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mlxinterp.analysis.controlvec import LayerVectors, import_llama_cpp, load_vectors
+from mlxinterp.analysis.sae import load_sae
 from mlxinterp.analysis.tuned_lens import TunedLens
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.serve import engine, files
@@ -54,6 +55,7 @@ class ServeConfig:
     queue: int = 2
     limits: Limits = field(default_factory=Limits)
     tuned_lens: Path | None = None  # a tuned lens for this model (mlxinterp tuned-lens): the lens's "tuned" mode
+    sae: Path | None = None  # an SAE for this model (analysis.sae.load_sae): the "SAE features" view
 
 
 def new_token() -> str:
@@ -141,6 +143,10 @@ class Explorer:
         if config.tuned_lens is not None:
             self.tuned = TunedLens.load(config.tuned_lens)
             self.tuned.check_model(hm)
+        self.sae = None
+        if config.sae is not None:
+            self.sae = load_sae(config.sae)
+            self.sae.check_model(hm)
         self._steer_memo: dict = {}  # unsteered texts and residual norms between slider moves
         self._contrast: dict = {}
         self._vector_lock = threading.Lock()
@@ -165,7 +171,7 @@ class Explorer:
         return resp
 
     async def info(self, request: Request) -> Response:
-        return JSONResponse({**engine.info(self.hm, self.tuned), "limits": self.limits.__dict__,
+        return JSONResponse({**engine.info(self.hm, self.tuned, self.sae), "limits": self.limits.__dict__,
                              "busy": self.worker.pending})
 
     async def lens(self, request: Request) -> Response:
@@ -173,6 +179,14 @@ class Explorer:
         res = await self.worker.run(engine.lens_grid, self.hm, b.get("prompt"), self.limits, b.get("mode", "normed"),
                                     b.get("top_k", 5), b.get("target") or None, self.tuned)
         return JSONResponse(res)
+
+    async def sae_features(self, request: Request) -> Response:
+        if self.sae is None:
+            raise RequestError("no SAE is loaded; start the server with --sae DIR (a SAELens directory or Gemma Scope "
+                               "params file)")
+        b = await self._body(request)
+        return JSONResponse(await self.worker.run(engine.sae_features, self.hm, self.sae, b.get("prompt"),
+                                                  self.limits, b.get("top_k", 8)))
 
     async def attention(self, request: Request) -> Response:
         b = await self._body(request)
@@ -306,7 +320,7 @@ def create_app(hm: HookedModel, config: ServeConfig | None = None) -> Starlette:
     ex = Explorer(hm, config)
     routes = [
         Route("/", ex.index), Route("/api/info", ex.info), Route("/api/lens", ex.lens, methods=["POST"]),
-        Route("/api/attention", ex.attention, methods=["POST"]),
+        Route("/api/attention", ex.attention, methods=["POST"]), Route("/api/sae", ex.sae_features, methods=["POST"]),
         Route("/api/vectors", ex.vectors, methods=["GET", "POST"]), Route("/api/steer", ex.steer, methods=["POST"]),
         Route("/api/patch", ex.patch, methods=["POST"]), Route("/api/patch/cell", ex.patch_cell, methods=["POST"]),
         Route("/api/results", ex.results), Route("/api/results/file", ex.results_file),

@@ -10,8 +10,6 @@ model for minutes.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 import os
 import threading
@@ -29,12 +27,12 @@ from mlxinterp.analysis.controlvec import LayerVectors
 from mlxinterp.analysis.directions import extract, steering_taps
 from mlxinterp.analysis.lens import layer_logits, target_id
 from mlxinterp.analysis.patching import forward_last, logit_diff, patch_sweep, token_logprob
+from mlxinterp.analysis.sae import SAE, decoder_logit_effects, feature_acts
 from mlxinterp.analysis.tuned_lens import TunedLens
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.hooks import ActivationCache, HookedModel
 
-if TYPE_CHECKING:  # for annotations only: the hooked model type
-    from mlxinterp.core.hooks import HookedModel
 
 MODES = ("normed", "raw")
 HOOKS = ("hook_resid_pre", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
@@ -82,8 +80,9 @@ def _int(value, what: str, lo: int, hi: int) -> int:
     return int(value)
 
 
-def info(hm: HookedModel, tuned: TunedLens | None = None) -> dict:
-    return {**hm.info.to_dict(), "modes": list(MODES) + (["tuned"] if tuned is not None else []), "hooks": list(HOOKS)}
+def info(hm: HookedModel, tuned: TunedLens | None = None, sae: SAE | None = None) -> dict:
+    return {**hm.info.to_dict(), "modes": list(MODES) + (["tuned"] if tuned is not None else []), "hooks": list(HOOKS),
+            "sae": None if sae is None else {"hook": sae.hook, "d_sae": sae.d_sae, "activation": sae.activation}}
 
 
 # ------------------------------------------------------------------ logit lens
@@ -109,7 +108,7 @@ def lens_grid(hm: HookedModel, prompt: str, limits: Limits, mode: str = "normed"
             raise RequestError(f"target must be a short string, got {target!r:.40}")
         tid = target_id(hm, target)
     t0 = time.perf_counter()
-    _, cache = hm.run_with_cache(mx.array([ids]), names="hook_resid_post")
+    cache = _block_outputs(hm, ids)
     if mode == "tuned":
         logits = hm.unembed(tuned.apply(cache.stack("hook_resid_post")[:, 0]), normed=True)
     else:
@@ -134,6 +133,28 @@ def lens_grid(hm: HookedModel, prompt: str, limits: Limits, mode: str = "normed"
     return {"prompt": prompt, "tokens": _decode(hm, ids), "mode": mode, "top_k": top_k, "target": target,
             "target_id": tid, "n_layers": n_layers, "vocab_size": V, "cells": cells,
             "seconds": round(seconds, 4)}
+
+
+def _block_outputs(hm: HookedModel, ids: list[int]) -> ActivationCache:
+    """Every block's output for one prompt. The forward's own logits are never evaluated (MLX is lazy and
+    only captures are asked for), so the lens's single unembedding of all layers is the only one: a plain
+    run_with_cache would also unembed every position of the last layer (1/n_layers more matmul)."""
+    batch = hm.tokens(mx.array([ids]))
+    cache = ActivationCache(hm, batch.left_padding)
+    with hm.hooks([(n, T.Capture(store=cache)) for n in hm.names("hook_resid_post")]):
+        hm.forward(batch)
+    mx.eval(*cache.arrays())
+    return cache
+
+
+def warm_up(hm: HookedModel, prompt: str, limits: Limits) -> None:
+    """One lens view and two steered tokens, before the server takes requests: MLX allocates its buffers
+    and mlx-lm builds its generation state on first use, which would otherwise land on the first user."""
+    lens_grid(hm, prompt, limits)
+    mid = hm.info.n_layers // 2
+    taps = steering_taps({mid: np.ones(hm.info.d_model, np.float32)}, 1e-6, [mid], hook="hook_resid_post")
+    for _ in stream_text(hm, ids_of(hm, prompt, limits), 2, taps, threading.Event()):
+        pass
 
 
 _BLOCK = 512  # vocabulary block for top-k (see reduce_rows)
@@ -196,6 +217,28 @@ def _top_ids(l: np.ndarray, k: int) -> np.ndarray:
     ids = (best[..., None] * _BLOCK + np.arange(_BLOCK)).reshape(R, -1)
     order = np.argsort(-cand, axis=-1, kind="stable")[:, :k]
     return np.take_along_axis(ids, order, axis=-1)
+
+
+# ------------------------------------------------------------------ SAE features
+def sae_features(hm: HookedModel, sae: SAE, prompt: str, limits: Limits, top_k: int = 8, explain: int = 5) -> dict:
+    """The SAE's most active features at every position of a prompt (analysis.sae.feature_acts: the SAE reads
+    its hook, the forward is not edited), and per feature shown the tokens its decoder direction promotes
+    most through the unembedding (analysis.sae.decoder_logit_effects; residual-stream SAEs only)."""
+    top_k = _int(top_k, "top_k", 1, limits.top_k)
+    ids = ids_of(hm, prompt, limits)
+    t0 = time.perf_counter()
+    store, _ = feature_acts(hm, sae, mx.array([ids]), top_k=top_k)
+    fid, act = store.ids[0][0], store.values[0][0]  # [L, k], best first
+    positions = [[{"feature": int(f), "act": round(float(a), 4)} for f, a in zip(fid[j], act[j]) if a > 0]
+                 for j in range(len(ids))]
+    shown = sorted({c["feature"] for row in positions for c in row})
+    features: dict[str, dict] = {}
+    if explain and shown and not sae.is_transcoder and "resid" in sae.hook:
+        for e in decoder_logit_effects(hm, sae, shown, top=explain):
+            features[str(e["feature"])] = {"promotes": [t["token"] for t in e["promotes"]]}
+    return {"prompt": prompt, "tokens": _decode(hm, ids), "hook": sae.hook, "d_sae": sae.d_sae, "top_k": top_k,
+            "activation": sae.activation, "positions": positions, "features": features,
+            "seconds": round(time.perf_counter() - t0, 4)}
 
 
 # ------------------------------------------------------------------ attention

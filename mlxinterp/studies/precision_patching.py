@@ -32,18 +32,20 @@ from mlxinterp.analysis.precision import (
     DIRECTIONS,
     GRANULARITIES,
     PrecisionSwitch,
+    evaluate,
+    group_share,
     plot_shares,
-    precision_patch,
+    summarise,
 )
-from mlxinterp.analysis.stats import kl_divergence
+from mlxinterp.analysis.patching import forward_last
+from mlxinterp.analysis.stats import format_interval, kl_divergence, mean_ci
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.hooks import ActivationCache, HookedModel, load
 from mlxinterp.core.quantize import parse_precision
 from mlxinterp.core.specs import parse_spec
 from mlxinterp.core.taps import Capture
-from mlxinterp.suite import experiment
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.tasks import data
-from mlxinterp.tasks import twohop as TH
 from mlxinterp.tasks.refusal import (
     RefusalConfig,
     add_taps,
@@ -59,33 +61,44 @@ FINDINGS = ("lens", "direction", "steering")
 
 @dataclass
 class PrecisionPatchingConfig:
-    n: int = 12  # factual prompts for the lens finding
+    n: int = 30  # factual prompts for the lens finding (>= 30 independent units per estimated effect)
     seed: int = 0
     variants: tuple = ("4bit", "4bit-g32")
-    findings: tuple = ("lens", "direction")  # "steering" too: ~10x a lens evaluation (full-vocabulary scoring)
+    findings: tuple = ("steering", "lens", "direction")  # the steering map first: the newest finding
     granularity: str = "sublayer"  # layer | sublayer | projection
     directions: tuple = DIRECTIONS  # restore (float module in the quantized model) and/or quantize
     reverse_findings: tuple = ("lens", "direction")  # findings that also get the "quantize" direction
-    n_refusal: int = 16  # refusal train pairs for the direction (as the quantization study)
-    n_steer: int = 12  # held-out harmless prompts steered
+    n_refusal: int = 32  # refusal train pairs: the direction finding's units and the steering direction's data
+    n_steer: int = 30  # held-out harmless prompts steered (the refusal study's report split)
     steer_pct: float = 8.0
+    share_prefix: bool = True  # replay the blocks before a module from the reference run (same values, faster)
 
 
-def lens_metric(hm: HookedModel, prompts: list[str]):
+QUICK = {"n": 4, "n_refusal": 4, "n_steer": 4, "variants": ("4bit",)}
+
+
+def lens_metric(hm: HookedModel, prompts: list[str], batch_size: int = 16):
     """Per prompt: lens top-1 agreement with the float path over the last third of layers, and next-token
     KL(float || model). The float reference is taken on the first call (precision_patch starts all-float).
 
-    tasks.twohop.last_states unembeds only the last position, so a call costs the blocks' forward
-    plus one unembedding per lens layer and prompt.
+    Only the last position is unembedded, and only the last third of layers is captured: a capture
+    earlier in the network would force the blocks before a module to run even when precision
+    patching replays their output (analysis.precision.PrefixShare).
     """
     n = hm.info.n_layers
-    tail = slice(2 * n // 3, n)
+    names = [f"blocks.{l}.hook_resid_post" for l in range(2 * n // 3, n)]
     ref: dict = {}
 
     def metric(model) -> dict[str, np.ndarray]:
-        last, resid = TH.last_states(model, prompts)
-        lens = model.unembed(mx.array(resid[tail]))  # [tail layers, prompts, vocab]
-        top = np.array(mx.argmax(lens, axis=-1)).T  # [prompts, tail layers]
+        last, tops = [], []
+        for s in range(0, len(prompts), batch_size):
+            batch = model.tokens(prompts[s : s + batch_size])
+            cache = ActivationCache(model, batch.left_padding)
+            out = forward_last(model, batch, [(nm, Capture(store=cache)) for nm in names])[:, 0]
+            resid = mx.stack([cache[nm][:, -1] for nm in names]).astype(mx.float32)  # [tail layers, B, d]
+            tops.append(np.array(mx.argmax(model.unembed(resid), axis=-1)).T)  # [B, tail layers]
+            last.append(np.array(out))
+        last, top = np.concatenate(last), np.concatenate(tops)
         if not ref:
             ref.update(top=top, last=last)
         return {"lens_top1_agreement": (top == ref["top"]).mean(1),
@@ -147,7 +160,15 @@ def _check(cfg: PrecisionPatchingConfig) -> None:
             raise MlxInterpError(f"precision_patching.variants: {v!r} is not a quantization (e.g. 4bit, 4bit-g32)")
 
 
-@experiment("precision_patching", PrecisionPatchingConfig, reuses=["refusal"])
+def _key(precision: str, metric: str) -> str:
+    return f"q{re.sub(r'[^a-z0-9]+', '_', precision.lower())}.{metric}"
+
+
+def _sublayers(units: list[str], kind: str) -> list[str]:
+    return [u for u in units if u.startswith("blocks.") and u.split(".")[2:3] == [kind]]
+
+
+@experiment("precision_patching", PrecisionPatchingConfig, reuses=["refusal"], quick=QUICK)
 def precision_patching(hm: HookedModel, cfg: PrecisionPatchingConfig, ctx) -> dict:
     """Which module's quantization changes a finding: float restored (or quantized) one module at a time."""
     _check(cfg)
@@ -159,7 +180,7 @@ def precision_patching(hm: HookedModel, cfg: PrecisionPatchingConfig, ctx) -> di
     layer, layer_source = (reuse_or_select(hm, ctx, RefusalConfig(seed=cfg.seed)) if "steering" in cfg.findings
                            else (None, None))
     direction_layer = round(0.6 * (hm.info.n_layers - 1))  # the quantization study's directions layer
-    jobs = [(v, f) for f in cfg.findings for v in cfg.variants]  # every variant of a finding, then the next
+    jobs = [(v, f) for v in cfg.variants for f in cfg.findings]  # every finding at one precision, then the next
 
     def one(job) -> dict:
         variant, finding = job
@@ -172,28 +193,43 @@ def precision_patching(hm: HookedModel, cfg: PrecisionPatchingConfig, ctx) -> di
         if finding == "direction":  # modules after the direction's layer (or an untied unembedding) cannot move it
             units = [u for u in units if u == "embed" or (u.startswith("blocks.")
                                                           and int(u.split(".")[1]) <= direction_layer)]
-        res = precision_patch(hm, metric, switch=sw, directions=dirs, units=units, seed=cfg.seed,
-                              progress=lambda msg: ctx.log(f"{variant} {finding}: {msg}"))
-        seconds = res.pop("seconds")  # wall-clock time goes to the log only: results must not vary between runs
-        n_units = len(res["units"])
-        ctx.log(f"{variant} {finding}: {seconds['evaluations']} evaluations, {seconds['per_evaluation']:.1f} s wall "
-                f"({seconds['cpu_per_evaluation']:.1f} s CPU) each: {seconds['per_evaluation'] * (n_units + 2):.0f} s "
-                f"wall per map of {n_units} modules, load average {os.getloadavg()[0]:.1f}")
-        return {"variant": variant, "finding": finding, "directions": dirs, **res}
+        raw = evaluate(hm, metric, switch=sw, directions=dirs, units=units, share_prefix=cfg.share_prefix,
+                       progress=lambda msg: ctx.log(f"{variant} {finding}: {msg}"))
+        sec = raw.pop("seconds")  # wall-clock time goes to the log only: results must not vary between runs
+        ctx.log(f"{variant} {finding}: {sec['evaluations']} evaluations in {sec['total']:.0f} s wall "
+                f"({sec['per_evaluation']:.1f} s wall, {sec['cpu_per_evaluation']:.1f} s CPU each; prefix calls "
+                f"replayed {sec['prefix_calls_replayed']}), load average {os.getloadavg()[0]:.1f}")
+        return {"variant": variant, "finding": finding, **raw}
 
-    rows = ctx.map("maps", jobs, one)
-    s = Summary()
-    for r in rows:
+    raws = ctx.map("maps", jobs, one)  # per-prompt values only: intervals are computed below, from them
+    rows = [{"variant": r["variant"], "finding": r["finding"], **summarise(r, cfg.seed)} for r in raws]
+    s, headline = Summary(), {}
+    for raw, r in zip(raws, rows):
         for metric, m in r["metrics"].items():
-            tag, key = f"{r['precision']} {metric}", f"q{re.sub(r'[^a-z0-9]+', '_', r['precision'].lower())}.{metric}"
-            s.add(f"{key}.float", f"{tag}: float", float(np.mean(m["float"])))
-            s.add(f"{key}.quantized", f"{tag}: quantized", float(np.mean(m["quantized"])))
+            tag, key = f"{r['precision']} {metric}", _key(r["precision"], metric)
+            f, q = m["float"], m["quantized"]
+            h = headline.setdefault(key.split(".")[0], {}).setdefault(metric, {})
+            h.update(float=mean_ci(f, seed=cfg.seed).to_dict(), quantized=mean_ci(q, seed=cfg.seed).to_dict(),
+                     gap=m["gap"])
+            s.add(f"{key}.float", f"{tag}: float [95% CI]", format_interval(h["float"]))
+            s.add(f"{key}.quantized", f"{tag}: quantized [95% CI]", format_interval(h["quantized"]))
+            s.add(f"{key}.gap", f"{tag}: gap float - quantized [95% CI]", format_interval(m["gap"]))
             for d in r["directions"]:
+                split_ = {"plus": _sublayers(r["units"], "mlp"), "minus": _sublayers(r["units"], "attn")}
+                h[f"mlp_minus_attn_{d}_share"] = group_share(raw["values"][metric], split_, d, seed=cfg.seed)
                 top = top_units(m[d], 3)
-                s.add(f"{key}.top_{d}", f"{tag}: top {d} shares", ", ".join(f"{u} {v:.2f}" for u, v in top))
+                s.add(f"{key}.top_{d}", f"{tag}: top {d} shares (simultaneous {r['level_per_unit']:.2%} CIs in maps)",
+                      ", ".join(f"{u} {v:.2f}" for u, v in top))
+                s.add(f"{key}.mlp_minus_attn_{d}_share", f"{tag}: MLPs' summed {d} share minus attention's [95% CI]",
+                      format_interval(h[f"mlp_minus_attn_{d}_share"]))
                 ctx.save_figure(f"shares_{r['precision']}_{metric}_{d}", plot_shares(r, metric, d))
-    return {**s.to_result(), "prompts": prompts, "direction_layer": direction_layer, "steer_layer": layer, "steer_layer_source": layer_source,
-            "maps": rows}
+    g64 = headline.get("q4bit_g64", {}).get("steering_effect", {})
+    prereg = preregistration.load().report("precision_patching", {
+        "steering_gap_positive": g64.get("gap"), "steering_mlps_carry_more": g64.get("mlp_minus_attn_restore_share")})
+    return {**s.to_result(), "headline": headline, "preregistration": prereg, "prompts": prompts, "direction_layer": direction_layer,
+            "steer_layer": layer, "steer_layer_source": layer_source,
+            "steer_prompts": split(RefusalConfig(seed=cfg.seed))["test"]["harmless"][: cfg.n_steer]
+            if "steering" in cfg.findings else [], "maps": rows}
 
 
 def top_units(rows: dict, k: int) -> list[tuple[str, float]]:

@@ -5,18 +5,21 @@ its MLX-quantized variant (`SPEC@4bit`, group size 64 unless e.g. "4bit-g32"), t
 compares their primary metrics and writes `<out>/quant_check/<slug>/<experiment>.json`,
 which the report shows beside the experiment.
 
-Primary metrics: a result may name its own, `result["primary"] = {label: "dotted.path"}`
-into the result; otherwise every headline value in `result["summary"]` that is a
-number, an interval ({"estimate", "low", "high"}) or an interval's text
+Primary metrics: the experiment's pre-registered primary metric (mlxinterp/data/preregistration.toml,
+a dotted path into the result) when it resolves; then the result's own, `result["primary"] =
+{label: "dotted.path"}` into the result; otherwise every headline value in `result["summary"]`
+that is a number, an interval ({"estimate", "low", "high"}) or an interval's text
 ("0.41 [0.30, 0.52]") is compared.
 
-The verdict rule is fixed before any check is run (docs/precision.md), and is the
-quantization study's steering rule for effects with intervals:
-  interval on both sides: inconclusive when either estimate is missing or the
-      stored-precision interval contains 0 (nothing to preserve); survives when the
-      estimates have the same sign and the intervals overlap; else changes.
-  a bare number: inconclusive when either is missing or non-finite or the stored
-      value is 0; survives when |quantized - stored| <= 10 % of |stored|; else changes.
+The verdict rule is pre-registered (mlxinterp/data/preregistration.toml, [checks.quant_check.*];
+docs/precision.md), and is the quantization study's steering rule for effects with intervals:
+  interval on both sides: inconclusive when either estimate is missing or the stored-precision
+      interval contains 0 (stored_effect_excludes_zero fails: nothing to preserve); survives when
+      same_sign and intervals_overlap pass; else changes.
+  a bare number: inconclusive when either is missing or non-finite or the stored value is 0;
+      survives when number_within_tolerance passes (|quantized - stored| <= 10 % of |stored|);
+      else changes.
+Each check file records the pre-registration's sha256 and every check's numbers.
 """
 from __future__ import annotations
 
@@ -29,16 +32,23 @@ from typing import Any
 from mlxinterp.core import io
 from mlxinterp.core.errors import ResultsError
 from mlxinterp.core.specs import parse_spec, parse_variant
+from mlxinterp.suite import preregistration
 
 CHECK_DIR = "quant_check"
-REL_TOLERANCE = 0.10
+PREREG = "quant_check"  # the experiment name of the rule's checks in the pre-registration file
 VERDICTS = ("survives", "changes", "inconclusive")
-RULES = {
-    "interval": "inconclusive if either estimate is missing or the stored-precision 95% CI contains 0; "
-                "survives if same sign and the CIs overlap; else changes",
-    "number": f"inconclusive if either is missing or the stored value is 0; survives if "
-              f"|quantized - stored| <= {REL_TOLERANCE:.0%} of |stored|; else changes",
-}
+
+
+def rules() -> dict[str, str]:
+    """The two rules in words, with the pre-registered thresholds."""
+    c = preregistration.load().checks_for(PREREG)
+    tol = c["number_within_tolerance"].threshold
+    return {"interval": "inconclusive if either estimate is missing or the stored-precision 95% CI contains 0; "
+                        "survives if same sign and the CIs overlap; else changes",
+            "number": f"inconclusive if either is missing or the stored value is 0; survives if "
+                      f"|quantized - stored| <= {tol:.0%} of |stored|; else changes"}
+
+
 _INTERVAL_TEXT = re.compile(r"^\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*%?\s*\[\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*,"
                             r"\s*([-+]?[\d.]+(?:e[-+]?\d+)?)\s*\]", re.IGNORECASE)
 
@@ -59,15 +69,25 @@ def quantized_spec(spec: str, bits: str | int) -> str:
 
 
 def effect_verdict(stored: Mapping, quantized: Mapping) -> str:
-    """The interval rule (module doc); the quantization study's steering verdict."""
+    """The interval rule (module doc), through the pre-registered checks."""
+    return effect_checks(stored, quantized)[0]
+
+
+def effect_checks(stored: Mapping, quantized: Mapping) -> tuple[str, dict]:
+    """(verdict, {check: the pre-registration's verdict dict}) for two intervals."""
     a, b = stored, quantized
     if a.get("estimate") is None or b.get("estimate") is None or a.get("low") is None or b.get("low") is None:
-        return "inconclusive"
-    if a["low"] <= 0 <= a["high"]:
-        return "inconclusive"
-    same = _sign(a["estimate"]) == _sign(b["estimate"])
-    overlap = a["low"] <= b["high"] and b["low"] <= a["high"]
-    return "survives" if same and overlap else "changes"
+        return "inconclusive", {}
+    prereg = preregistration.load()
+    near_zero = a["low"] if a["estimate"] > 0 else -a["high"] if a["estimate"] < 0 else 0.0
+    checks = {"stored_effect_excludes_zero": prereg.check(PREREG, "stored_effect_excludes_zero", near_zero)}
+    if checks["stored_effect_excludes_zero"]["verdict"] == "FAIL":
+        return "inconclusive", checks
+    checks["same_sign"] = prereg.check(PREREG, "same_sign", float(_sign(a["estimate"]) * _sign(b["estimate"])))
+    checks["intervals_overlap"] = prereg.check(PREREG, "intervals_overlap",
+                                               max(a["low"], b["low"]) - min(a["high"], b["high"]))
+    ok = checks["same_sign"]["verdict"] == checks["intervals_overlap"]["verdict"] == "PASS"
+    return ("survives" if ok else "changes"), checks
 
 
 def _sign(x: float) -> int:
@@ -75,10 +95,15 @@ def _sign(x: float) -> int:
 
 
 def number_verdict(stored: float | None, quantized: float | None) -> str:
-    """The bare-number rule (module doc)."""
+    """The bare-number rule (module doc), through the pre-registered tolerance."""
+    return number_checks(stored, quantized)[0]
+
+
+def number_checks(stored: float | None, quantized: float | None) -> tuple[str, dict]:
     if stored is None or quantized is None or not (math.isfinite(stored) and math.isfinite(quantized)) or stored == 0:
-        return "inconclusive"
-    return "survives" if abs(quantized - stored) <= REL_TOLERANCE * abs(stored) else "changes"
+        return "inconclusive", {}
+    check = preregistration.load().check(PREREG, "number_within_tolerance", abs(quantized - stored) / abs(stored))
+    return ("survives" if check["verdict"] == "PASS" else "changes"), {"number_within_tolerance": check}
 
 
 def as_value(v: Any) -> dict | float | None:
@@ -116,17 +141,30 @@ def primary_metrics(result: Mapping) -> dict[str, Any]:
     return {k: val for k, v in summary.items() if (val := as_value(v)) is not None}
 
 
-def compare(stored: Mapping, quantized: Mapping) -> dict[str, dict]:
-    """Per primary metric: both values, the rule used and the verdict."""
-    a, b = primary_metrics(stored), primary_metrics(quantized)
+def preregistered_primary(experiment: str | None, result: Mapping) -> dict[str, Any]:
+    """{"primary: <path>": value} for the experiment's pre-registered primary metric when its path resolves
+    in the result to a number or an interval; {} otherwise (no entry, or a per-language template path)."""
+    entry = preregistration.load().primaries.get(experiment or "")
+    if not entry:
+        return {}
+    value = as_value(_at(result, entry["metric"]))
+    return {} if value is None else {f"primary: {entry['metric']}": value}
+
+
+def compare(stored: Mapping, quantized: Mapping, experiment: str | None = None) -> dict[str, dict]:
+    """Per primary metric (the pre-registered one first, when it resolves): both values, the rule used and
+    the verdict."""
+    a = {**preregistered_primary(experiment, stored), **primary_metrics(stored)}
+    b = {**preregistered_primary(experiment, quantized), **primary_metrics(quantized)}
     out = {}
     for label, va in a.items():
         vb = b.get(label)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out[label] = {"stored": va, "quantized": vb, "rule": "interval", "verdict": effect_verdict(va, vb)}
+            verdict, checks = effect_checks(va, vb)
+            out[label] = {"stored": va, "quantized": vb, "rule": "interval", "verdict": verdict, "checks": checks}
         else:
-            num = [x["estimate"] if isinstance(x, dict) else x for x in (va, vb)]
-            out[label] = {"stored": va, "quantized": vb, "rule": "number", "verdict": number_verdict(*num)}
+            verdict, checks = number_checks(*[x["estimate"] if isinstance(x, dict) else x for x in (va, vb)])
+            out[label] = {"stored": va, "quantized": vb, "rule": "number", "verdict": verdict, "checks": checks}
     return out
 
 
@@ -142,11 +180,12 @@ def write_checks(out: Path, runs: list[dict], pairs: dict[str, str], variant: st
             a, b = out / slug[spec] / exp / "result.json", out / slug[qspec] / exp / "result.json"
             if not (a.exists() and b.exists()):
                 continue
-            metrics = compare(io.read_json(a)["result"], io.read_json(b)["result"])
+            metrics = compare(io.read_json(a)["result"], io.read_json(b)["result"], exp)
             path = out / CHECK_DIR / slug[spec] / f"{exp}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             io.write_json(path, {"experiment": exp, "stored": slug[spec], "quantized": slug[qspec],
-                                 "variant": variant, "rules": RULES, "metrics": metrics,
+                                 "variant": variant, "rules": rules(), "preregistration_sha256": preregistration.sha256(),
+                                 "metrics": metrics,
                                  "counts": {v: sum(m["verdict"] == v for m in metrics.values()) for v in VERDICTS}})
             written.append(path)
     return written

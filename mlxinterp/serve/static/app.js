@@ -408,6 +408,50 @@ async function showNote(path) {
   $("results-detail").replaceChildren(el("h3", { text: path }), el("pre", { text }));
 }
 
+// ------------------------------------------------------------------ SAE features
+let SAEF = null;
+
+function renderSAE() {
+  const res = SAEF, grid = $("sae-grid");
+  grid.replaceChildren(el("tr", {}, el("th", { text: "position" }), el("th", { text: "token" }),
+                          el("th", { text: `top features (activation) at ${res.hook}` })));
+  let top = 0;
+  for (const row of res.positions) for (const c of row) top = Math.max(top, c.act);
+  res.positions.forEach((row, j) => {
+    const tr = el("tr", {}, el("th", { text: String(j) }), el("th", { class: "tok", text: showTok(res.tokens[j]) }));
+    const td = el("td");
+    for (const c of row) {
+      const bg = blue(top > 0 ? c.act / top : 0);
+      const chip = el("span", { class: "feature", text: `${c.feature} (${c.act.toFixed(2)})`,
+                                dataset: { feature: c.feature, pos: j, act: c.act } });
+      chip.style.background = bg;
+      chip.style.color = textColour(bg);
+      td.append(chip);
+    }
+    if (!row.length) td.append(el("span", { class: "none", text: "no active feature" }));
+    tr.append(td);
+    grid.append(tr);
+  });
+}
+
+function saeHover(chip) {
+  const f = chip.dataset.feature, info = SAEF.features[f];
+  const panel = $("sae-hover");
+  panel.replaceChildren(
+    el("div", { class: "hover-title", text: `feature ${f} at position ${chip.dataset.pos}` }),
+    el("div", { text: `activation ${(+chip.dataset.act).toFixed(4)}` }),
+  );
+  if (info) panel.append(el("div", { class: "promotes", text: `promotes: ${info.promotes.map(showTok).join("  ")}` }));
+}
+
+async function runSAE(ev) {
+  if (ev) ev.preventDefault();
+  await guarded($("sae-status"), async () => {
+    SAEF = await apiJSON("/api/sae", { prompt: $("sae-prompt").value, top_k: +$("sae-k").value });
+    renderSAE();
+  });
+}
+
 // ------------------------------------------------------------------ start
 async function start() {
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showView(b.dataset.view));
@@ -426,6 +470,8 @@ async function start() {
   $("patch-form").addEventListener("submit", runPatch);
   $("patch-show").addEventListener("change", () => PATCH && renderPatch());
   $("patch-grid").addEventListener("click", (e) => { const td = e.target.closest("td.cell"); if (td) patchCell(td); });
+  $("sae-form").addEventListener("submit", runSAE);
+  $("sae-grid").addEventListener("mouseover", (e) => { const s = e.target.closest("span.feature"); if (s) saeHover(s); });
   try {
     INFO = await apiJSON("/api/info");
     $("model-info").textContent = `${INFO.slug}: ${INFO.arch}, ${INFO.n_layers} layers, d_model ${INFO.d_model}, ` +
@@ -433,10 +479,16 @@ async function start() {
     $("attn-layer").replaceChildren(...Array.from({ length: INFO.n_layers }, (_, l) => el("option", { value: l, text: String(l) })));
     $("patch-hook").replaceChildren(...INFO.hooks.map((h) => el("option", { value: h, text: h })));
     if (INFO.modes.includes("tuned")) $("lens-mode").append(el("option", { value: "tuned", text: "tuned lens" }));
+    if (INFO.sae) {
+      document.querySelector('#tabs button[data-view="sae"]').hidden = false;
+      $("sae-help").textContent = `SAE at ${INFO.sae.hook} (${INFO.sae.d_sae.toLocaleString()} features, ${INFO.sae.activation}): ` +
+        "the most active features at each position (rows), strongest first. Hover a feature for the tokens its decoder direction promotes.";
+    }
     $("steer-layers").placeholder = `e.g. ${Math.floor(INFO.n_layers / 2)} or 2-${INFO.n_layers - 2}`;
   } catch (e) { showError(e.message); }
   const view = location.hash.slice(1);
-  showView(["lens", "attention", "steer", "patch", "results"].includes(view) ? view : "lens");
+  const views = ["lens", "attention", "steer", "patch", "results"].concat(INFO && INFO.sae ? ["sae"] : []);
+  showView(views.includes(view) ? view : "lens");
   document.body.dataset.ready = "1";
 }
 
