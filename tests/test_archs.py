@@ -186,3 +186,25 @@ def test_left_padding_leaves_each_sequence_unchanged(hm):
         single = hm(mx.array([SHORT]))
     assert maxdiff(batched[1, pad:], single[0]) < 1e-4
     assert maxdiff(single, l_short) > 1e-3
+
+
+def test_explicit_attention_equals_fused_or_is_not_offered(hm):
+    """Attention-pattern points: where a family offers them, the explicit path equals the fused kernel within
+    tests/test_patterns.py's stated tolerance (left padding included); where it cannot (fused qkv, Phi-3),
+    asking for one is a clear error."""
+    from test_patterns import LONG, SHORT, _close, _explicit_everywhere
+
+    from mlxinterp.core.errors import HookNameError
+
+    if not [n for n in hm.hook_names if n.endswith("attn.hook_pattern")]:
+        with pytest.raises(HookNameError):
+            hm.point("blocks.0.attn.hook_pattern")
+        return
+    ref = hm(mx.array([LONG]))
+    with hm.hooks(_explicit_everywhere(hm)):
+        got = hm(mx.array([LONG]))
+        padded = hm([LONG, SHORT])
+    assert _close(got, ref)
+    plain = hm([LONG, SHORT])
+    assert _close(padded[0], plain[0]) and _close(padded[1, -len(SHORT):], plain[1, -len(SHORT):])
+    assert mx.array_equal(hm(mx.array([LONG])), ref)  # the fused kernel is back after the context
