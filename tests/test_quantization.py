@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from mlxinterp.studies.quantization import VERDICT_RULES, is_odd_token
@@ -18,24 +19,53 @@ def test_odd_token_rule(token, odd):
 
 
 def test_quantization_study_on_a_tiny_model(tiny_dirs, tmp_path):
+    """Quick profile end to end; the KL and top-1 agreement are recomputed independently from the listed prompts."""
+    import mlx.core as mx
+
+    from mlxinterp.analysis.stats import proportion_ci
+    from mlxinterp.studies.quantization import QUICK, compute_mode, load_variant
+
     model = str(tiny_dirs[("qwen3", None)])
-    run_all([model], only="quantization", out=tmp_path)
+    run_all([model], only="quantization", out=tmp_path, quick=True)
     res = json.loads(next(tmp_path.glob("*/quantization/result.json")).read_text())["result"]
     assert set(res["verdicts"]) == {"8bit", "4bit"}
+    prompts = res["what_is_measured"]["prompts"]
+    assert len(prompts) == QUICK["n"]
     for v in res["variants"]:
         assert set(v["verdict"]) == set(VERDICT_RULES)
         assert set(v["verdict"].values()) <= {"survives", "changes", "inconclusive"}
+        for name, c in v["checks"].items():  # every verdict comes from a pre-registered check with its numbers
+            assert c["verdict"] in ("PASS", "FAIL") and c["threshold"] is not None, name
         nt = v["next_token"]
-        assert nt["top1_agreement"]["n"] == 6 and 0 <= nt["top1_agreement"]["low"] <= nt["top1_agreement"]["high"] <= 1
+        assert nt["top1_agreement"]["n"] == QUICK["n"]
         assert len(v["directions"]["refusal_cosine_by_layer"]) == 4
         assert all(-1.0001 <= c <= 1.0001 for c in v["directions"]["refusal_cosine_by_layer"])
         d = v["directions"]
-        assert set(d["function_vector_cosine_by_layer"]) == {"antonym", "country_capital"}
-        assert all(len(c) == 4 for c in d["function_vector_cosine_by_layer"].values())
+        assert set(d["function_vector_cosine_by_layer"]) == set(QUICK["fv_tasks"])
         assert d["min_cosine_at_layer"] <= d["refusal_cosine_by_layer"][d["layer"]] + 1e-9
         ch = v["twohop"]["accuracy_change"]
-        assert ch["low"] <= ch["estimate"] <= ch["high"] and ch["n"] == 12
-        assert v["steering"]["float"]["n"] == 12 and v["steering"]["quantized"]["n"] == 12
+        assert ch["n"] == QUICK["n_twohop"] and v["steering"]["float"]["n"] == QUICK["n_steer"]
+
+        # independent computation: float logits vs the variant's, at the last position and at every position
+        ref = load_variant(model, "native")
+        q = load_variant(f"{model}@{v['variant']}", compute_mode("auto"))
+        kl_last, kl_all, agree = [], [], []
+        for p in prompts:
+            ids = mx.array([ref.tokens(p).ids[0].tolist()])
+            a = np.array(ref.model(ids)[0].astype(mx.float32), np.float64)
+            b = np.array(q.model(ids)[0].astype(mx.float32), np.float64)
+            la = a - np.log(np.exp(a - a.max(-1, keepdims=True)).sum(-1, keepdims=True)) - a.max(-1, keepdims=True)
+            lb = b - np.log(np.exp(b - b.max(-1, keepdims=True)).sum(-1, keepdims=True)) - b.max(-1, keepdims=True)
+            kl = (np.exp(la) * (la - lb)).sum(-1)
+            kl_last.append(kl[-1])
+            kl_all.append(kl.mean())
+            agree.append(int(a[-1].argmax() == b[-1].argmax()))
+        got = [r["kl"] for r in nt["per_prompt"]]
+        assert np.allclose(got, kl_last, rtol=1e-3, atol=1e-6)
+        assert np.allclose([r["kl_all_positions"] for r in nt["per_prompt"]], kl_all, rtol=1e-3, atol=1e-6)
+        assert nt["kl"]["estimate"] == pytest.approx(float(np.mean(kl_last)), rel=1e-3, abs=1e-7)
+        want = proportion_ci(sum(agree), len(agree))
+        assert (nt["top1_agreement"]["k"], nt["top1_agreement"]["low"]) == (want.k, pytest.approx(want.low))
     eight = next(v for v in res["variants"] if v["variant"] == "8bit")
     four = next(v for v in res["variants"] if v["variant"] == "4bit")
     assert eight["next_token"]["kl"]["estimate"] < four["next_token"]["kl"]["estimate"]  # more bits, closer to float
@@ -85,22 +115,35 @@ def test_compare_backpatch_counts_and_paired_change():
     c = compare_backpatch(ref, q)
     assert c["agreement"]["k"] == 1 and c["agreement"]["n"] == 4  # only query 0 keeps its outcome
     assert c["fix_rate_float"]["k"] == 3 and c["fix_rate_quantized"]["k"] == 2
-    assert c["fix_rate_change"]["estimate"] == pytest.approx(-0.25)
-    assert c["fix_rate_change"]["low"] < -0.25 < c["fix_rate_change"]["high"] or c["fix_rate_change"]["n"] == 4
+    ch = c["fix_rate_change"]  # paired differences 0, +1, -1, -1 (quantized - float)
+    assert ch["estimate"] == pytest.approx(-0.25) and ch["n"] == 4
+    assert ch["low"] < -0.25 < ch["high"] and "t-interval" in ch["method"] + (ch.get("warning") or "")
+    assert ch["high"] - ch["low"] > 0.5  # four pairs cannot pin a lift down
     assert c["pair_agreement"]["k"] == 4 and c["pair_agreement"]["n"] == 8
 
 
-def test_ci_verdicts():
-    from mlxinterp.studies.quantization import _ci_verdict, _steering_verdict
+def test_verdicts_follow_the_preregistered_three_level_rule():
+    from mlxinterp.studies.quantization import verdicts
 
-    assert _ci_verdict({"low": 0.95, "high": 1.0}, 0.9) == "survives"
-    assert _ci_verdict({"low": 0.4, "high": 0.85}, 0.9) == "changes"
-    assert _ci_verdict({"low": 0.6, "high": 0.99}, 0.9) == "inconclusive"
-    null = {"estimate": 0.01, "low": -0.1, "high": 0.1}
-    assert _steering_verdict(null, null) == "inconclusive"
-    pos = {"estimate": 0.2, "low": 0.1, "high": 0.3}
-    assert _steering_verdict(pos, {"estimate": 0.25, "low": 0.15, "high": 0.35}) == "survives"
-    assert _steering_verdict(pos, {"estimate": -0.2, "low": -0.3, "high": -0.1}) == "changes"
+    def agreement(low, high):
+        return {"estimate": (low + high) / 2, "low": low, "high": high, "n": 30}
+
+    def out(a):
+        return {"next_token": {"top1_agreement": a}, "logit_lens": {"top1_agreement_last_third": a},
+                "twohop": {"agreement": a}, "backpatch": {"agreement": a}}
+
+    pos = {"estimate": 0.2, "low": 0.1, "high": 0.3, "n": 24}
+    v, checks = verdicts(out(agreement(0.95, 1.0)), pos, pos, 0.95, 0.95)
+    assert v == dict.fromkeys(VERDICT_RULES, "survives")
+    assert checks["next_token_survives"]["verdict"] == "PASS" and checks["next_token_survives"]["threshold"] == 0.9
+    v, _ = verdicts(out(agreement(0.40, 0.75)), pos, {"estimate": -0.2, "low": -0.3, "high": -0.1, "n": 24}, 0.5, 0.2)
+    assert v == dict.fromkeys(VERDICT_RULES, "changes")
+    null = {"estimate": 0.01, "low": -0.1, "high": 0.1, "n": 24}
+    v, _ = verdicts(out(agreement(0.85, 0.99)), null, pos, 0.95, float("nan"))
+    assert v["next_token"] == v["twohop"] == v["steering"] == v["patching"] == "inconclusive"
+    assert v["logit_lens"] == "survives"  # its threshold is 0.80
+    v, _ = verdicts(out(agreement(0.95, 1.0)), pos, null, 0.95, 0.95)
+    assert v["steering"] == "inconclusive"  # the quantized effect's CI straddles 0
 
 
 def test_dequantized_variant_computes_with_exactly_the_quantized_weights(tiny_dirs):

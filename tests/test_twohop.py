@@ -87,6 +87,12 @@ def test_backpatch_fix_rates_oracle_controls_and_leave_one_out():
     assert own["per_pair_fixes"] == [0, 2, 1] and own["pairs_fixing_per_query"] == [1, 2, 0]
     assert own["loo_best_pair_fix_rate"]["k"] == 2  # a and b are each fixed by the pair the others favour
     assert own["best_pair_post_hoc"]["pair"] == [2, 0] and own["best_pair_post_hoc"]["k"] == 2
+    assert "low" not in own["best_pair_post_hoc"]  # chosen on these queries: no interval
+    split = own["best_pair_split"]  # chosen on a (queries 0, 2), reported on b (query 1)
+    assert split["selection_ids"] == ["a", "c"] and split["report_ids"] == ["b"] and split["pair"] == [2, 0]
+    assert split["report_fix_rate"] == proportion_ci(1, 1)
+    # own minus donor oracle, paired per query: a 1-0, b 1-1, c 0-0
+    assert a["oracle_own_minus_control"]["estimate"] == pytest.approx(1 / 3) and a["oracle_own_minus_control"]["n"] == 3
     assert a["oracle_own_vs_control"] == {"both": 1, "own_only": 1, "control_only": 0, "neither": 1, "mcnemar_exact_p": 1.0}
     assert a["oracle_by_baseline_rank"]["rank_2_or_more"]["own"] == proportion_ci(2, 3)
     assert own["delta_logprob_best_pair"]["estimate"] == pytest.approx((2 + 2 + 1) / 3)
@@ -260,7 +266,25 @@ def test_twohop_resumes_after_an_interruption_without_redoing_chunks(tiny_dirs, 
     assert got["timings"]["maps"]["queries"]["reloaded"] == 1
     got.pop("timings"), expected.pop("timings")
     assert got == expected
+    _check_twohop_numbers(got["result"])
     assert (out / slug / "twohop" / "twohop_ranks.png").read_bytes() == (ref / slug / "twohop" / "twohop_ranks.png").read_bytes()
+
+
+def _check_twohop_numbers(r: dict) -> None:
+    """Rates, the paired bridge-vs-foil difference and the gap recomputed by hand from the per-query records."""
+    recs = r["queries"]
+    a = r["analysis"]["all"]
+    assert a["accuracy"]["twohop"]["k"] == sum(q["twohop"] for q in recs) and a["accuracy"]["twohop"]["n"] == len(recs)
+    paired = [q for q in recs if "foil_bridge" in q["entry"]]
+    d = [float(q["entry"]["bridge"] is not None) - float(q["entry"]["foil_bridge"] is not None) for q in paired]
+    got = a["entered_minus_foil"]["bridge"]
+    assert got["n"] == len(d) and got["estimate"] == pytest.approx(np.mean(d) if d else 0.0)
+    gaps = [q["entry"]["answer"] - q["entry"]["bridge"] for q in recs
+            if q["entry"]["answer"] is not None and q["entry"]["bridge"] is not None]
+    if gaps:
+        assert a["gap_mean"]["estimate"] == pytest.approx(np.mean(gaps)) and a["gap_mean"]["n"] == len(gaps)
+    assert a["sequential_of_both_entered"]["k"] == sum(g > 0 for g in gaps)
+    assert set(r["prereg"]["checks"]) == {"bridge_above_foil", "sequential_majority"}
 
 
 def test_statuses_reuse_a_full_twohop_result_and_equal_a_fresh_computation(tiny_dirs, tmp_path):
@@ -300,14 +324,34 @@ def test_backpatch_and_crossprompt_end_to_end_on_a_tiny_model(tiny_hooked, tmp_p
         ctx = suite.Context("backpatch", tmp_path / "m" / "backpatch", 0, progress)
         bp = BP.backpatch(hm, BP.BackpatchConfig(n=3), ctx)
         ctx2 = suite.Context("crossprompt", tmp_path / "m" / "crossprompt", 0, progress)
-        cp = CP.crossprompt(hm, CP.CrosspromptConfig(n=2, min_gap=-1e9, loop_cells=8, batch_size=8), ctx2)
+        cp = CP.crossprompt(hm, CP.CrosspromptConfig(n=3, n_select=2, min_gap=-1e9, loop_cells=8, batch_size=8), ctx2)
     L = hm.info.n_layers
     assert len(bp["queries"]) == 3 and len(bp["pairs"]) == L * (L - 1) // 2
     assert all(len(q["own"]["top1"]) == len(bp["pairs"]) == len(q["control"]["top1"]) for q in bp["queries"])
     assert sorted(ctx.figures) == ["backpatch_pairs.png", "backpatch_rates.png"]
-    assert cp["analysis"]["n"] == 2 and cp["timing"]["cells"] == 8 and ctx2.figures == ["crossprompt_sweep.png"]
-    grid = np.array(cp["queries"][0]["normalised"])
-    assert grid.shape == (L, len(cp["queries"][0]["roles"]))
+    # independent recomputation from the per-query records: oracle fix rates and their paired difference
+    kept = [q for q in bp["queries"] if not q["already_top1_unbatched"]]
+    own = np.array([any(q["own"]["top1"]) for q in kept], float)
+    ctl = np.array([any(q["control"]["top1"]) for q in kept], float)
+    an = bp["analysis"]["all_wrong"]
+    assert an["own"]["oracle_fix_rate"]["k"] == own.sum() and an["control"]["oracle_fix_rate"]["k"] == ctl.sum()
+    if kept:
+        assert an["oracle_own_minus_control"]["estimate"] == pytest.approx(float((own - ctl).mean()))
+    assert bp["prereg"]["checks"]["own_beats_donor"]["verdict"] in ("PASS", "FAIL")
+    sel, rep = cp["queries"]["selection"], cp["queries"]["report"]
+    assert cp["selection"]["n"] == 2 and cp["report"]["n"] == 3 and cp["timing"]["cells"] == 8
+    assert ctx2.figures == ["crossprompt_sweep.png"]
+    assert not {d["id"] for d in sel} & {d["id"] for d in rep}  # chosen on one split, reported on the other
+    assert np.array(sel[0]["normalised"]).shape == (L, len(sel[0]["roles"]))
+    # each role's layer is the argmax of the selection queries' mean role map; its report value recomputed by hand
+    for role, layer in cp["chosen_layers"].items():
+        j = CP.ROLES.index(role)
+        sel_mean = np.nanmean([CP.role_means(d["normalised"], d["roles"])[:, j] for d in sel], axis=0)
+        assert layer == int(np.nanargmax(sel_mean))
+        vals = [CP.role_means(d["normalised"], d["roles"])[d["layers"].index(layer), j] for d in rep]
+        vals = [v for v in vals if np.isfinite(v)]
+        assert cp["report"]["own"][role]["estimate"] == pytest.approx(np.mean(vals), abs=1e-9)
+        assert cp["report"]["own"][role]["n"] == len(vals) and "Bonferroni" in cp["report"]["own"][role]["method"]
     with pytest.raises(MlxInterpError, match="source='nowhere'"):
         CP.crossprompt(hm, CP.CrosspromptConfig(source="nowhere"), ctx2)
 

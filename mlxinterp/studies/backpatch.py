@@ -27,11 +27,23 @@ setting) and `all_wrong`. Queries are patched in a seeded order, both_hops
 first. Cost: 306 variants (own + donor) per query. Every patch is at the last
 position, so with `reuse_prefix` (default) each variant runs one token on top
 of the unpatched prompt's KV cache (run_variants; equal to full runs up to
-float rounding). Measured on Gemma 3 270M, 2 shared CPU cores: ~12-24 s per
-query; default n = 12 in 2.5 min; --n 27 (every wrong query answering both
-hops) 4.7 min; --n 247 (every wrong query) ~40 min estimated.
+float rounding). Measured on Gemma 3 270M, 2 shared CPU cores: ~4 s per query
+under load (12 queries in 51 s).
 Also reported: the share of pairs that fix a query (own vs donor), which
 does not reward trying many pairs.
+
+Sizes (full by default): n = 60 patches every wrong query that answers both
+single hops (the paper's setting; 27 on Gemma 3 270M, all the data has; the
+cross-model plan had 15) and then other wrong queries up to 60, so the
+all-wrong estimates rest on >= 30 queries. All 247 wrong queries would take
+~17 min. The quick profile (n = 6) is for smoke tests.
+
+Intervals: fix rates are Wilson; own vs donor on the same queries is a paired
+0/1 difference (paired_binary_diff_ci) beside the exact McNemar p; per-query
+means (share of pairs fixing, log-prob changes) are mean_ci over queries.
+A "best pair" is chosen on the selection half of the queries (even positions
+in the seeded order) and its fix rate reported on the report half; the pair
+that is best over all queries is listed without an interval (post hoc).
 """
 from __future__ import annotations
 
@@ -47,9 +59,9 @@ from scipy.stats import binomtest
 from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis import patching as P
 from mlxinterp.tasks import twohop as TH
-from mlxinterp.analysis.stats import bootstrap_ci, format_interval, proportion_ci
+from mlxinterp.analysis.stats import format_interval, mean_ci, paired_binary_diff_ci, proportion_ci
 from mlxinterp.analysis.plotting import bars, cross_model_figure, model_label, subplots
-from mlxinterp.suite import experiment
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.tasks.twohop import choose_backpatch_queries, ci_text, statuses
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
@@ -62,7 +74,8 @@ SUBSETS = ("both_hops", "all_wrong")
 
 @dataclass
 class BackpatchConfig:
-    n: int = 12  # wrong queries patched (seeded order, those answering both single hops first)
+    n: int = 60  # wrong queries patched (seeded order, those answering both single hops first): all of those,
+    #              then others up to 60 so all_wrong has >= 30 (see the module doc)
     seed: int = 0
     control: bool = True  # donor control: the same pairs with another query's vectors
     batch_size: int = 32
@@ -70,7 +83,7 @@ class BackpatchConfig:
     reuse_prefix: bool = True  # run only the last token per variant, the rest from the unpatched KV cache
 
 
-@experiment("backpatch", BackpatchConfig, reuses=["twohop"])
+@experiment("backpatch", BackpatchConfig, reuses=["twohop"], quick={"n": 6})
 def backpatch(hm: HookedModel, cfg: BackpatchConfig, ctx) -> dict:
     """Back-patching later-layer states into earlier layers: fix rates (oracle, controls), per-pair map."""
     recs, source = statuses(hm, ctx, cfg.chunk)
@@ -86,7 +99,9 @@ def backpatch(hm: HookedModel, cfg: BackpatchConfig, ctx) -> dict:
                      "random_pair": int(ctx.rng_for("random_pair", q["id"]).integers(len(pairs)))})
     done = ctx.map("queries", jobs, lambda job: patch_query(hm, job, cfg.batch_size, cfg.reuse_prefix))
     an = {s: analyse([d for d in done if s == "all_wrong" or d["both_hops"]], pairs) for s in SUBSETS}
-    result = {**_summary(an, len(recs), sum(not r["twohop"] for r in recs)), "status_source": source,
+    prereg = _prereg(an)
+    result = {**_summary(an, len(recs), sum(not r["twohop"] for r in recs), prereg), "prereg": prereg,
+              "status_source": source,
               "definitions": DEFINITIONS, "pairs": pairs, "n_layers": L, "analysis": an,
               "eligible": {"wrong": sum(not r["twohop"] for r in recs),
                            "wrong_both_hops": sum((not r["twohop"]) and r["hop1"] and r["hop2"] for r in recs)},
@@ -104,7 +119,21 @@ DEFINITIONS = {
     "a priori pair": "one (s, t) per query drawn at random before measuring",
     "leave-one-out best pair": "the pair with most fixes among the other queries, evaluated on this query",
     "McNemar p": "exact binomial test on the queries fixed by own-state pairs only vs by donor pairs only",
+    "own minus donor": "per query, 1[fixed by own-state pairs] - 1[fixed by donor pairs]; mean over queries with both",
+    "selection split": "queries at even positions of the patched order choose the best pair; it is evaluated on "
+                       "the odd positions (report)",
 }
+
+
+def _prereg(an: dict) -> dict:
+    """The pre-registered checks (mlxinterp/data/preregistration.toml) on the paper's subset (both hops answered)."""
+    prereg = preregistration.load()
+    b = an["both_hops"]
+    own_minus = (b.get("oracle_own_minus_control") or {"estimate": None, "low": None, "high": None, "n": 0})
+    oracle = (b.get("own") or {}).get("oracle_fix_rate") or {"estimate": None, "low": None, "high": None, "n": 0}
+    return {"sha256": prereg.sha256, "primary": prereg.primary("backpatch"), "subset": "both_hops",
+            "checks": {"own_beats_donor": prereg.check("backpatch", "own_beats_donor", own_minus),
+                       "oracle_fix_rate": prereg.check("backpatch", "oracle_fix_rate", oracle)}}
 
 
 def patch_query(hm: HookedModel, job: dict, batch_size: int, reuse_prefix: bool = True) -> dict:
@@ -169,20 +198,26 @@ def analyse(done: list[dict], pairs: list[tuple[int, int]]) -> dict:
             continue
         n = len(ds)
         rand = [bool(d[arm]["top1"][d["random_pair"]]) for d in ds]
+        sel, rep = fx[0::2], fx[1::2]
+        best_sel = int(np.argmax(sel.sum(axis=0))) if len(sel) else 0
         per_pair = fx.sum(axis=0)
         dlp = np.array([np.array(d[arm]["logprob"]) - d["baseline"]["logprob"] for d in ds])
         out[arm] = {
             "oracle_fix_rate": proportion_ci(int(fx.any(axis=1).sum()), n),
             "a_priori_pair_fix_rate": proportion_ci(int(sum(rand)), n),
             "loo_best_pair_fix_rate": proportion_ci(int(loo_best_pair(fx).sum()), n),
-            "best_pair_post_hoc": {"pair": list(pairs[int(np.argmax(per_pair))]),
-                                   **proportion_ci(int(per_pair.max()), n)},
+            "best_pair_post_hoc": {"pair": list(pairs[int(np.argmax(per_pair))]), "k": int(per_pair.max()), "n": n,
+                                   "note": "chosen on these queries: no interval"},
+            "best_pair_split": {"pair": list(pairs[best_sel]), "selection_ids": [d["id"] for d in ds[0::2]],
+                                "report_ids": [d["id"] for d in ds[1::2]],
+                                "selection_fixes": int(sel[:, best_sel].sum()) if len(sel) else 0,
+                                "report_fix_rate": proportion_ci(int(rep[:, best_sel].sum()) if len(rep) else 0, len(rep))},
             "mean_pair_fix_rate": float(fx.mean()) if fx.size else None,
-            "share_of_pairs_fixing": bootstrap_ci(fx.mean(axis=1)),  # per query, then mean with a CI over queries
+            "share_of_pairs_fixing": mean_ci(fx.mean(axis=1)),  # per query, then mean with a CI over queries
             "pairs_fixing_per_query": [int(x) for x in fx.sum(axis=1)],
             "per_pair_fixes": [int(x) for x in per_pair],
-            "delta_logprob_best_pair": bootstrap_ci(dlp.max(axis=1)),
-            "delta_logprob_mean_over_pairs": bootstrap_ci(dlp.mean(axis=1)),
+            "delta_logprob_best_pair": mean_ci(dlp.max(axis=1)),
+            "delta_logprob_mean_over_pairs": mean_ci(dlp.mean(axis=1)),
             "fixed_ids": [d["id"] for d, f in zip(ds, fx.any(axis=1)) if f],
         }
     ranks = np.array([d["baseline"]["rank"] for d in kept])
@@ -195,6 +230,10 @@ def analyse(done: list[dict], pairs: list[tuple[int, int]]) -> dict:
         out["oracle_own_vs_control"] = {
             "both": int((a & b).sum()), "own_only": own_only, "control_only": ctl_only, "neither": int((~a & ~b).sum()),
             "mcnemar_exact_p": float(binomtest(own_only, own_only + ctl_only).pvalue) if own_only + ctl_only else None}
+        out["oracle_own_minus_control"] = paired_binary_diff_ci((a.astype(float) - b.astype(float)).tolist())
+        ra = np.array([bool(d["own"]["top1"][d["random_pair"]]) for d in paired], float)
+        rb = np.array([bool(d["control"]["top1"][d["random_pair"]]) for d in paired], float)
+        out["a_priori_own_minus_control"] = paired_binary_diff_ci((ra - rb).tolist())
         out["oracle_by_baseline_rank"] = {  # answer already second (rank 1) vs further down
             name: {"own": proportion_ci(int(a[m].sum()), int(m.sum())), "control": proportion_ci(int(b[m].sum()), int(m.sum()))}
             for name, m in (("rank_1", paired_ranks <= 1), ("rank_2_or_more", paired_ranks > 1))}
@@ -205,7 +244,7 @@ def analyse(done: list[dict], pairs: list[tuple[int, int]]) -> dict:
     return out
 
 
-def _summary(an: dict, n_queries: int, n_wrong: int) -> dict:
+def _summary(an: dict, n_queries: int, n_wrong: int, prereg: dict) -> dict:
     s = Summary()
     s.add("queries_wrong", "queries wrong (of all)", f"{n_wrong}/{n_queries}")
     for sub in SUBSETS:
@@ -224,16 +263,27 @@ def _summary(an: dict, n_queries: int, n_wrong: int) -> dict:
             p = c["mcnemar_exact_p"]
             s.add(f"{sub}.oracle_own_vs_control", f"{sub}: oracle own-only / donor-only (McNemar p)",
                   f"{c['own_only']} / {c['control_only']} (p = {p:.3g})" if p is not None else "0 / 0")
+        if a.get("oracle_own_minus_control"):
+            s.add(f"{sub}.oracle_own_minus_control", f"{sub}: oracle fix rate, own minus donor (paired)",
+                  ci_text(a["oracle_own_minus_control"]))
         if a.get("own"):
             s.add(f"{sub}.own.loo_best_pair_fix_rate", f"{sub}: leave-one-out best pair fix rate",
                   ci_text(a["own"]["loo_best_pair_fix_rate"]))
+            bp = a["own"]["best_pair_split"]
+            s.add(f"{sub}.own.best_pair_report_fix_rate",
+                  f"{sub}: best pair {tuple(bp['pair'])} (chosen on selection half), fix rate on report half",
+                  ci_text(bp["report_fix_rate"]))
         for arm, name in (("own", "own"), ("control", "donor")):
             if a.get(arm):
                 s.add(f"{sub}.{arm}.share_of_pairs_fixing", f"{sub}: % of pairs that fix, {name}",
                       _pct(a[arm]["share_of_pairs_fixing"]))
     s.add("paper_oracle_rate", "paper (oracle, up to)", f"{PAPER_RATE:.0%}")
-    s.add("earlier_plan_oracle_rates", "mlux experimental plan (oracle, 15 cases)",
+    s.add("earlier_plan_oracle_rates", "cross-model plan (oracle, 15 cases)",
           f"{PLAN_RATES[0]:.0%}-{PLAN_RATES[1]:.0%}")
+    for name, c in prereg["checks"].items():
+        v = c.get("value")
+        s.add(f"prereg.{name}", f"pre-registered {name} (both hops)",
+              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
     return s.to_result()
 
 

@@ -9,27 +9,33 @@ Protocol, fixed before the first run (mlxinterp.tasks.function_vectors has the m
 2. AIE (Todd et al. section 2): `n` ICL prompts per task; every head of every
    layer gets its mean clean `attn.hook_z` (last position) patched into each
    shuffled-label prompt; effect = P(first answer token) patched - unpatched.
-   The AIE of a head is the mean over prompts; heads are ranked by the AIE
-   averaged over the tasks run (Todd et al.'s universal head set) and the top
-   `top_k` (Todd et al.: 10) are summed into each task's FV (v3).
+   Heads are ranked by the AIE averaged over tasks on the *selection* prompts
+   (even-numbered AIE prompts of every task; Todd et al.'s universal head set)
+   and the top `top_k` (Todd et al.: 10) are summed into each task's FV (v3).
+   The chosen heads' AIE is reported on the *report* prompts (odd-numbered),
+   with a two-stage cluster bootstrap (prompts within tasks).
 3. v1 = mean resid_post over the AIE ICL prompts (last position) at each layer;
    v2 = v1 - mean resid_post over the zero-shot prompts of the same queries.
 4. Zero-shot evaluation on the held-out queries: each vector added (scale 1)
    to resid_post at the last position of "Q: x\\nA:", at every layer (one
    batched run per query, prefix shared). Score: is the answer's first token
-   the top-1 next token; lift = with vector - without, per query, bootstrap CI.
+   the top-1 next token; lift = with vector - without, per query.
 5. Layer choice for each vector: the layer with the largest mean lift over
-   tasks on the even-numbered held-out queries (validation); headline lifts are
-   on the odd-numbered ones (test) at that layer.
-6. Unrelated contexts (Todd et al. section 3.2): on the test queries, prompts
+   tasks on the even-numbered held-out queries (selection); every reported lift
+   is on the odd-numbered ones (report): at the chosen layer per task (paired
+   0/1 differences) and pooled (cluster bootstrap, queries within tasks), and
+   at every layer as a family (simultaneous Bonferroni intervals, Holm p-values).
+6. Unrelated contexts (Todd et al. section 3.2): on the report queries, prompts
    `natural_templates` with and without v3 added at the chosen layer (last
    prompt token); a hit is the answer appearing (whole word, case/accent-
    insensitive) in `natural_tokens` greedy tokens.
 
-Cost (Gemma 3 270M, 72 heads): per task ~12 x 73 patched last-token rows for the AIE plus
-24 x 55 for the layer sweep; defaults (4 tasks) take a few minutes on 2 CPU cores (the
-result records the measured time under `timings`). Full-size run: `--n 20` with tasks = all 8,
-n_demos = 10, n_eval = 30 (`experiments/function_vectors.py --full`).
+Sizes (full by default, FunctionVectorsConfig): all 8 tasks; 12 AIE prompts per task
+(48 selection + 48 report); 30 held-out queries per task (120 selection + 120 report).
+The quick profile (2 tasks, 4 AIE prompts, 8 held-out queries) is for smoke tests.
+Cost (Gemma 3 270M, 72 heads): per task 12 x 73 patched last-token rows for the AIE plus
+30 x 55 for the layer sweep and 30 short generations; the result records the measured
+time under `timings`.
 """
 from __future__ import annotations
 
@@ -45,10 +51,12 @@ from mlxinterp.tasks import function_vectors as F
 from mlxinterp.tasks.function_vectors import FunctionVectorsConfig, task_split
 from mlxinterp.core import taps as T
 from mlxinterp.analysis.patching import run_variants
-from mlxinterp.analysis.stats import bootstrap_ci, paired_binary_diff_ci, proportion_ci
+from mlxinterp.analysis.stats import (cluster_mean_ci, family_cis, holm, p_value_mean, paired_binary_diff_ci,
+                                      paired_diff_ci, proportion_ci)
 from mlxinterp.analysis.plotting import plot_ci, subplots
-from mlxinterp.suite import experiment
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.core import names as H
+from mlxinterp.core.errors import PromptError
 from mlxinterp.core.io import atomic_write_bytes
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
@@ -122,34 +130,37 @@ def natural_task(hm: HookedModel, split: dict, fv: np.ndarray, layer: int, cfg: 
 
 # ----------------------------------------------------------------- experiment
 
+QUICK = {"n": 4, "tasks": ("antonym", "country_capital"), "n_eval": 8, "natural_tokens": 4}
 
-@experiment("function_vectors", FunctionVectorsConfig)
+
+@experiment("function_vectors", FunctionVectorsConfig, quick=QUICK)
 def function_vectors(hm: HookedModel, cfg: FunctionVectorsConfig, ctx) -> dict:
     """Function vectors: per-head AIE (every head), v1/v2/v3 zero-shot lift by layer, unrelated contexts."""
     tasks = list(cfg.tasks)
     for t in tasks:
         F.load_task(t)
+    if cfg.n < 2:
+        raise PromptError(f"function_vectors n={cfg.n}: need >= 2 AIE prompts per task (one to select heads, one to report)")
     n, H = hm.info.n_layers, hm.info.n_heads
     splits = {t: task_split(t, cfg, ctx) for t in tasks}
     aie_raw = dict(zip(tasks, ctx.map("aie", tasks, lambda t: aie_task(hm, splits[t], cfg))))
-    aie = {t: np.mean(aie_raw[t]["effects"], axis=0) for t in tasks}  # [layers, H]
+    aie = {t: np.mean(aie_raw[t]["effects"], axis=0) for t in tasks}  # [layers, H], all prompts (figure only)
     aie_mean = np.mean([aie[t] for t in tasks], axis=0)
+    aie_select = np.mean([np.mean(aie_raw[t]["effects"][0::2], axis=0) for t in tasks], axis=0)
     k = min(cfg.top_k, n * H)
-    heads = F.top_heads(aie_mean, k)
+    heads = F.top_heads(aie_select, k)  # chosen on the selection prompts only
     vecs = {t: {"v1": np.array(aie_raw[t]["v1"]), "v2": np.array(aie_raw[t]["v2"]),
                 "v3": F.function_vector(np.array(aie_raw[t]["contrib"]), heads)} for t in tasks}
     if ctx.world.is_root:
         _save_vectors(ctx, vecs, heads)
     zs = dict(zip(tasks, ctx.map("zero_shot", tasks, lambda t: zero_shot_task(hm, splits[t], vecs[t], cfg))))
-    sweep = _sweep(zs, n, cfg)
     chosen = {v: _choose_layer(zs, v, n) for v in VECTORS}
-    headline = _headline(zs, chosen, cfg)
+    headline = _headline(zs, chosen)
+    sweep = _sweep(zs, n)
     layer = chosen["v3"]["layer"]
     nat = dict(zip(tasks, ctx.map("natural", tasks, lambda t: natural_task(hm, splits[t], vecs[t]["v3"], layer, cfg))))
-    natural = _natural_summary(nat, cfg)
-    head_cells = [{"layer": l, "head": h, "depth_pct": B.depth_pct(l, n), "aie_mean": float(aie_mean[l, h]),
-                   "aie_ci": bootstrap_ci([e[l][h] for t in tasks for e in aie_raw[t]["effects"]], seed=cfg.seed),
-                   "aie_by_task": {t: float(aie[t][l, h]) for t in tasks}} for l, h in heads]
+    natural = _natural_summary(nat)
+    head_cells = [_head_cell(aie_raw, tasks, l, h, n, float(aie_select[l, h])) for l, h in heads]
     norms = {t: {"v3": float(np.linalg.norm(vecs[t]["v3"])),
                  "v2_at_layer": float(np.linalg.norm(vecs[t]["v2"][chosen["v2"]["layer"]])),
                  "v1_at_layer": float(np.linalg.norm(vecs[t]["v1"][chosen["v1"]["layer"]])),
@@ -161,26 +172,66 @@ def function_vectors(hm: HookedModel, cfg: FunctionVectorsConfig, ctx) -> dict:
         "tasks": tasks, "n_layers": n, "n_heads": H, "heads_total": n * H, "top_k": k,
         "icl_signal": {t: {"p_clean_mean": float(np.mean(aie_raw[t]["p_clean"])),
                            "p_corrupt_mean": float(np.mean(aie_raw[t]["p_corrupt"])),
-                           "clean_minus_corrupt_p": B.paired_effect(aie_raw[t]["p_clean"], aie_raw[t]["p_corrupt"], cfg.seed),
+                           "clean_minus_corrupt_p": paired_diff_ci(aie_raw[t]["p_clean"], aie_raw[t]["p_corrupt"]),
                            "clean_top1": proportion_ci(sum(aie_raw[t]["clean_top1"]), len(aie_raw[t]["clean_top1"])),
                            "corrupt_top1": proportion_ci(sum(aie_raw[t]["corrupt_top1"]), len(aie_raw[t]["corrupt_top1"]))}
                        for t in tasks},
-        "aie": {"mean": aie_mean.tolist(), "by_task": {t: aie[t].tolist() for t in tasks},
-                "top_heads": head_cells, "prompts_per_task": cfg.n},
+        "aie": {"mean": aie_mean.tolist(), "mean_selection": aie_select.tolist(), "by_task": {t: aie[t].tolist() for t in tasks},
+                "top_heads": head_cells, "prompts_per_task": cfg.n,
+                "chosen_top_heads_report_aie": _pooled_head_aie(aie_raw, tasks, heads)},
         "chosen_layers": chosen, "headline": headline, "sweep": sweep, "natural": natural, "norms": norms,
+        "splits": _splits(aie_raw, zs, tasks),
         "items": {t: {"aie_queries": aie_raw[t]["queries"], "p_clean": aie_raw[t]["p_clean"],
                       "p_corrupt": aie_raw[t]["p_corrupt"], "zero_shot": zs[t], "natural": nat[t]} for t in tasks},
         "counts": {"tasks": len(tasks), "aie_prompts_per_task": cfg.n, "eval_queries_per_task": cfg.n_eval,
+                   "selection_queries_per_task": len(range(0, cfg.n_eval, 2)),
                    "test_queries_per_task": len(range(1, cfg.n_eval, 2)), "heads_patched_per_prompt": n * H},
         "scoring": "zero-shot accuracy = answer's first token is the top-1 next token after 'Q: x\\nA:'; "
                    "AIE metric = probability of that token; natural text = answer in the greedy continuation",
     }
     result["depth"] = {"function vector (v3 layer)": B.depth_pct(layer, n),
                        "FV heads (mean depth of top-k)": float(np.mean([c["depth_pct"] for c in head_cells]))}
+    result["prereg"] = _prereg(headline)
     result.update(_summary(result))
     _figures(result, ctx)
     B.depth_figure(ctx, hm, "function_vectors", result)
     return result
+
+
+def _head_cell(aie_raw: dict, tasks: list, l: int, h: int, n: int, selection_aie: float) -> dict:
+    """A chosen head: its selection AIE (what ranked it; no interval) and its AIE on the report prompts
+    (cluster bootstrap, prompts within tasks)."""
+    vals, clusters = _report_effects(aie_raw, tasks, lambda e: e[l][h])
+    return {"layer": l, "head": h, "depth_pct": B.depth_pct(l, n), "aie_selection": selection_aie,
+            "aie_report": cluster_mean_ci(vals, clusters),
+            "aie_by_task": {t: float(np.mean([e[l][h] for e in aie_raw[t]["effects"][1::2]])) for t in tasks}}
+
+
+def _report_effects(aie_raw: dict, tasks: list, get) -> tuple[list[float], list[str]]:
+    """`get(effect grid)` for every report (odd-numbered) AIE prompt, with its task as the cluster label."""
+    vals, clusters = [], []
+    for t in tasks:
+        for e in aie_raw[t]["effects"][1::2]:
+            vals.append(float(get(e)))
+            clusters.append(t)
+    return vals, clusters
+
+
+def _pooled_head_aie(aie_raw: dict, tasks: list, heads: list) -> dict:
+    """Mean AIE of the chosen heads together, per report prompt, with the cluster interval (prompts within tasks)."""
+    vals, clusters = _report_effects(aie_raw, tasks, lambda e: np.mean([e[l][h] for l, h in heads]))
+    return cluster_mean_ci(vals, clusters)
+
+
+def _splits(aie_raw: dict, zs: dict, tasks: list) -> dict:
+    """Which items chose what (selection) and which were reported on (report), per task."""
+    return {"aie_prompts": {"rule": "even-numbered AIE prompts choose the FV heads; odd-numbered report their AIE",
+                            **{t: {"selection": [q[0] for q in aie_raw[t]["queries"][0::2]],
+                                   "report": [q[0] for q in aie_raw[t]["queries"][1::2]]} for t in tasks}},
+            "held_out_queries": {"rule": "even-numbered held-out queries choose each vector's layer; odd-numbered "
+                                         "report every lift (headline, per-layer family, unrelated contexts)",
+                                 **{t: {"selection": [r["query"] for r in zs[t][0::2]],
+                                        "report": [r["query"] for r in zs[t][1::2]]} for t in tasks}}}
 
 
 def _save_vectors(ctx, vecs: dict, heads: list) -> None:
@@ -194,49 +245,69 @@ def _lift(recs: list[dict], vec: str, layer: int) -> np.ndarray:
     return np.array([float(r["top1"][vec][layer]) - float(r["base_top1"]) for r in recs])
 
 
-def _sweep(zs: dict, n: int, cfg) -> dict:
-    """Per vector, task and layer: accuracy lift on all held-out queries (bootstrap CI)."""
-    return {v: {t: [B.paired_effect([float(r["top1"][v][l]) for r in recs], [float(r["base_top1"]) for r in recs], cfg.seed)
-                    for l in range(n)] for t, recs in zs.items()} for v in VECTORS}
+def _sweep(zs: dict, n: int) -> dict:
+    """Per vector and layer, on the report queries: per-task mean lift, and the pooled lift as a family over layers
+    (simultaneous Bonferroni intervals, Holm-adjusted one-sample t p-values over queries)."""
+    out = {}
+    for v in VECTORS:
+        pooled = [np.concatenate([_lift(recs[1::2], v, l) for recs in zs.values()]) for l in range(n)]
+        raw_p = [p_value_mean(x) for x in pooled]
+        finite = [i for i, p in enumerate(raw_p) if p is not None and np.isfinite(p)]
+        adj = dict(zip(finite, holm([raw_p[i] for i in finite]))) if finite else {}
+        out[v] = {"by_task_mean": {t: [float(_lift(recs[1::2], v, l).mean()) for l in range(n)] for t, recs in zs.items()},
+                  "pooled_family": list(family_cis([x.tolist() for x in pooled])),
+                  "p_raw": [None if p is None or not np.isfinite(p) else float(p) for p in raw_p],
+                  "p_holm": [float(adj[i]) if i in adj else None for i in range(n)]}
+    return out
 
 
 def _choose_layer(zs: dict, vec: str, n: int) -> dict:
-    """Layer with the largest mean lift over tasks on the validation (even-numbered) held-out queries."""
+    """Layer with the largest mean lift over tasks on the selection (even-numbered) held-out queries."""
     val = [np.mean([_lift(recs[0::2], vec, l).mean() for recs in zs.values()]) for l in range(n)]
     layer = int(np.argmax(val))
-    return {"layer": layer, "depth_pct": B.depth_pct(layer, n), "val_mean_lift_by_layer": [float(x) for x in val]}
+    return {"layer": layer, "depth_pct": B.depth_pct(layer, n), "selection_mean_lift_by_layer": [float(x) for x in val]}
 
 
-def _headline(zs: dict, chosen: dict, cfg) -> dict:
-    """Test (odd-numbered) queries at each vector's chosen layer: per task and pooled accuracy and lift."""
+def _headline(zs: dict, chosen: dict) -> dict:
+    """Report (odd-numbered) queries at each vector's chosen layer: per task and pooled accuracy and lift."""
     out = {}
     for v in VECTORS:
         l = chosen[v]["layer"]
-        per, pooled = {}, []
+        per, pooled, clusters = {}, [], []
         for t, recs in zs.items():
             test = recs[1::2]
             lift = _lift(test, v, l)
             pooled += lift.tolist()
+            clusters += [t] * len(lift)
             k0, k1 = (sum(bool(r[key]) for r in test) for key in ("base_top1", "icl_top1"))
             per[t] = {"zero_shot": proportion_ci(k0, len(test)),
                       "with_vector": proportion_ci(sum(bool(r["top1"][v][l]) for r in test), len(test)),
-                      "icl": proportion_ci(k1, len(test)), "lift": paired_binary_diff_ci(lift, seed=cfg.seed)}
-        out[v] = {"layer": l, "by_task": per, "pooled_lift": paired_binary_diff_ci(pooled, seed=cfg.seed)}
+                      "icl": proportion_ci(k1, len(test)), "lift": paired_binary_diff_ci(lift)}
+        out[v] = {"layer": l, "by_task": per, "pooled_lift": cluster_mean_ci(pooled, clusters)}
     return out
 
 
-def _natural_summary(nat: dict, cfg) -> dict:
+def _natural_summary(nat: dict) -> dict:
     out = {}
     for t, recs in nat.items():
         b = np.array([r["base_hit"] for r in recs], float)
         f = np.array([r["fv_hit"] for r in recs], float)
         out[t] = {"base": proportion_ci(int(b.sum()), len(b)), "fv": proportion_ci(int(f.sum()), len(f)),
-                  "lift": B.paired_effect(f, b, cfg.seed)}
+                  "lift": paired_binary_diff_ci(f - b)}
     allb = np.array([r["base_hit"] for recs in nat.values() for r in recs], float)
     allf = np.array([r["fv_hit"] for recs in nat.values() for r in recs], float)
+    clusters = [t for t, recs in nat.items() for _ in recs]
     out["pooled"] = {"base": proportion_ci(int(allb.sum()), len(allb)), "fv": proportion_ci(int(allf.sum()), len(allf)),
-                     "lift": B.paired_effect(allf, allb, cfg.seed)}
+                     "lift": cluster_mean_ci((allf - allb).tolist(), clusters)}
     return out
+
+
+def _prereg(headline: dict) -> dict:
+    """The pre-registered checks (mlxinterp/data/preregistration.toml) on the report-split lifts."""
+    prereg = preregistration.load()
+    return {"sha256": prereg.sha256, "primary": prereg.primary("function_vectors"),
+            "checks": {"v3_zero_shot_lift": prereg.check("function_vectors", "v3_zero_shot_lift", headline["v3"]["pooled_lift"]),
+                       "v2_zero_shot_lift": prereg.check("function_vectors", "v2_zero_shot_lift", headline["v2"]["pooled_lift"])}}
 
 
 def _summary(r: dict) -> dict:
@@ -244,11 +315,14 @@ def _summary(r: dict) -> dict:
     top = r["aie"]["top_heads"][:3]
     s = Summary()
     s.add("aie_heads_patched", "AIE: heads patched (all layers x heads)", r["heads_total"])
-    s.add("aie_top_heads", "AIE top heads (layer.head: AIE)",
-          ", ".join(f"{c['layer']}.{c['head']}: {c['aie_mean']:+.4f}" for c in top))
-    s.add("v3_layer", "FV (v3) layer (depth %)", f"{h['v3']['layer']} ({r['chosen_layers']['v3']['depth_pct']:.0f} %)")
+    s.add("aie_top_heads", "AIE top heads, chosen on selection prompts (layer.head: report AIE [95% cluster CI])",
+          ", ".join(f"{c['layer']}.{c['head']}: {B.ci_text(c['aie_report'], '+.4f')}" for c in top))
+    s.add("aie_chosen_heads_report", f"mean AIE of the {r['top_k']} chosen heads, report prompts [95% cluster CI]",
+          B.ci_text(r["aie"]["chosen_top_heads_report_aie"], "+.4f"))
+    s.add("v3_layer", "FV (v3) layer, chosen on selection queries (depth %)",
+          f"{h['v3']['layer']} ({r['chosen_layers']['v3']['depth_pct']:.0f} %)")
     for v in VECTORS:
-        s.add(f"{v}.pooled_lift", f"{v} zero-shot top-1 lift, pooled test [95% CI]",
+        s.add(f"{v}.pooled_lift", f"{v} zero-shot top-1 lift, report queries [95% cluster CI]",
               f"L{h[v]['layer']}: " + B.ci_text(h[v]["pooled_lift"]))
     for t in r["tasks"]:
         bt = h["v3"]["by_task"][t]
@@ -257,6 +331,9 @@ def _summary(r: dict) -> dict:
     s.add("unrelated_contexts", "unrelated contexts: answer in continuation, base -> +FV",
           f"{r['natural']['pooled']['base']['k']}/{r['natural']['pooled']['base']['n']} -> "
           f"{r['natural']['pooled']['fv']['k']}/{r['natural']['pooled']['fv']['n']}")
+    for name, c in r["prereg"]["checks"].items():
+        s.add(f"prereg.{name}", f"pre-registered {name}", f"{c['verdict']} ({c['value']:+.3f} {c['op']} {c['threshold']})"
+              if c.get("value") is not None else c["verdict"])
     return s.to_result()
 
 
@@ -276,15 +353,20 @@ def _figures(r: dict, ctx) -> None:
     fig.suptitle(f"average indirect effect of every head ({r['counts']['aie_prompts_per_task']} prompts/task); * = FV heads")
     ctx.save_figure("fv_aie_heads", fig)
 
-    fig, ax = subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), sharey=True)
+    fig, ax = subplots(1, len(tasks) + 1, figsize=(3.4 * (len(tasks) + 1), 3.8), sharey=True)
     ax = np.atleast_1d(ax)
     colors = {"v1": "tab:grey", "v2": "tab:blue", "v3": "tab:red"}
-    for a, t in zip(ax, tasks):
+    layers = list(range(r["n_layers"]))
+    for v in VECTORS:
+        plot_ci(ax[0], layers, r["sweep"][v]["pooled_family"], colors[v], v)
+    ax[0].set(title="pooled (simultaneous 95 % CIs)", xlabel="layer the vector is added at")
+    for a, t in zip(ax[1:], tasks):
         for v in VECTORS:
-            plot_ci(a, list(range(r["n_layers"])), r["sweep"][v][t], colors[v], v)
-        a.axhline(0, color="k", lw=0.6)
+            a.plot(layers, r["sweep"][v]["by_task_mean"][t], color=colors[v], label=v)
         a.set(title=t, xlabel="layer the vector is added at")
-    ax[0].set_ylabel("zero-shot top-1 lift (95 % CI)")
+    for a in ax:
+        a.axhline(0, color="k", lw=0.6)
+    ax[0].set_ylabel("zero-shot top-1 lift, report queries")
     ax[0].legend(fontsize=7)
     fig.tight_layout()
     ctx.save_figure("fv_layer_sweep", fig)

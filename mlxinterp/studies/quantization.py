@@ -26,8 +26,32 @@ MLX's CPU quantized matmul is ~7x slower than float32 with OpenBLAS, so on a CPU
 the variants compute with their quantized weights expanded to float32 once, as
 loading does for every '@Nbit' variant (`compute`; the default model's numbers
 match native kernels to 1.1e-5).
-Defaults are small; for full size raise --n, with e.g. --set n_backpatch=27
---set backpatch_layer_step=1 for the full back-patching grid.
+What the next-token numbers are, exactly: KL(reference || variant) in nats and
+top-1 agreement of the next-token distribution at the LAST position of each of
+`n` prompts (the hop2_prompt of a seeded sample of the two-hop queries, e.g.
+"The capital of France is"); reference = the model as loaded (float32 for the
+default model), variant = `<model>@<variant>` (MLX affine quantization, group 64)
+computed as configured (`compute`). The same KL averaged over every position of
+each prompt (BOS included) is reported beside it (`kl_all_positions`), because
+an all-positions average over other prompts is what the validation study's
+quantization check measures, and early positions are easy to predict.
+
+Verdicts: the three-level rule and its thresholds are pre-registered in
+mlxinterp/data/preregistration.toml ([checks.quantization.*]): a finding
+*survives* when its `<finding>_survives` check passes (e.g. the 95 % CI's low end
+of an agreement clears the threshold), *changes* when its `<finding>_changes`
+check passes (the CI's high end misses it), else it is *inconclusive*; a bare
+number (cosine, Spearman) survives or changes on its estimate; steering is
+inconclusive when the float effect's CI contains 0 (nothing to preserve).
+
+Sizes (full by default; the quick profile keeps the old small ones for smoke
+tests): 48 prompts for next-token and lens agreement; 120 two-hop queries;
+every wrong two-hop query the float model answers both hops of (27 on the
+default model; the back-patching study's set); the refusal study's 40 train
+pairs and its 24 held-out harmless prompts; all 64 sycophancy pairs; 12 ICL /
+zero-shot prompts for each of the 8 function-vector tasks; patching over every
+layer. The back-patching grid stays every 3rd layer (21 of 153 pairs): the
+verdict is about whether the same queries are fixed, not about the full map.
 """
 from __future__ import annotations
 
@@ -44,14 +68,12 @@ from mlxinterp.analysis import directions, scoring
 from mlxinterp.analysis import patching as P
 from mlxinterp.analysis.lens import layer_logits
 from mlxinterp.analysis.plotting import bars, subplots
-from mlxinterp.analysis.stats import bootstrap_ci, format_interval, kl_divergence, proportion_ci
+from mlxinterp.analysis.stats import format_interval, kl_divergence, mean_ci, paired_diff_ci, proportion_ci
 from mlxinterp.core.errors import MlxInterpError, PromptError
 from mlxinterp.core.hooks import HookedModel, load
 from mlxinterp.core.loading import load_model, parse_spec
 from mlxinterp.core.quantize import dequantize
-from mlxinterp.suite import experiment, free_memory
-from mlxinterp.suite.quantcheck import effect_verdict
-from mlxinterp.tasks import behaviour as B
+from mlxinterp.suite import experiment, free_memory, preregistration
 from mlxinterp.tasks import data
 from mlxinterp.tasks import function_vectors as F
 from mlxinterp.tasks import twohop as TH
@@ -67,23 +89,27 @@ PATCH_PAIRS = (
     ("The capital of France is", "The capital of Italy is", " Paris", " Rome"),
     ("Paris is the capital of", "Rome is the capital of", " France", " Italy"),
 )
+VERDICT_RULE = ("three levels, pre-registered in mlxinterp/data/preregistration.toml [checks.quantization.*]: "
+                "survives when <finding>_survives passes, changes when <finding>_changes passes, else inconclusive; "
+                "bare numbers (directions, patching) survive or change on the estimate; steering is inconclusive "
+                "when steering_float_effect fails (the float effect's CI does not exclude 0)")
 VERDICT_RULES = {
-    "next_token": "top-1 agreement >= 0.90 (survives if the 95% CI's low end clears it, changes if its high end "
-                  "misses it, else inconclusive)",
-    "logit_lens": "top-1 agreement over the last third of layers >= 0.80 (same CI rule)",
+    "next_token": "top-1 agreement: survives if the 95% CI's low end >= 0.90, changes if its high end < 0.90",
+    "logit_lens": "top-1 agreement over the last third of layers: survives if low >= 0.80, changes if high < 0.80",
     "directions": "cosine with the float direction at the 60%-depth layer >= 0.90 for every direction (refusal, "
                   "sycophancy, function vector v2 of each task)",
-    "steering": "refusal-score change under steering: same sign and overlapping 95% CIs; inconclusive when the "
-                "float effect's CI contains 0 (nothing to preserve)",
+    "steering": "refusal-score change under steering: inconclusive unless the float effect's low end > 0; then "
+                "survives if the quantized effect's low end > 0, changes if its high end < 0",
     "patching": "Spearman correlation of the normalised patching map >= 0.90",
-    "twohop": "agreement on whether the two-hop answer is top-1 >= 0.90 (same CI rule as next_token)",
-    "backpatch": "agreement on whether the best back-patching pair fixes a wrong two-hop query >= 0.90 (same CI rule)",
+    "twohop": "agreement on whether the two-hop answer is top-1: survives if low >= 0.90, changes if high < 0.90",
+    "backpatch": "agreement on whether a wrong two-hop query is fixed by some grid pair: survives if low >= 0.90, "
+                 "changes if high < 0.90",
 }
 
 
 @dataclass
 class QuantizationConfig:
-    n: int = 6  # prompts for next-token and lens agreement
+    n: int = 48  # prompts for next-token and lens agreement (>= 30 independent prompts for the KL and agreement)
     seed: int = 0
     variants: tuple = ("8bit", "4bit")
     # auto: "dequantized" on a CPU (the MLX-quantized weights expanded back to float32 once, so every matmul
@@ -91,16 +117,16 @@ class QuantizationConfig:
     # "native" (QuantizedLinear kernels) on Metal. Either can be forced.
     compute: str = "auto"
     top_k: int = 20
-    n_directions: int = 8  # sycophancy contrast pairs per side
-    n_refusal: int = 16  # refusal-study train pairs for the refusal direction (the refusal study uses 40)
-    n_steer: int = 12  # refusal-study held-out harmless test prompts steered (the refusal study uses 24)
+    n_directions: int = 64  # sycophancy contrast pairs per side (all of data/directions/sycophancy.json)
+    n_refusal: int = 40  # refusal-study train pairs for the refusal direction (all 40 the refusal study uses)
+    n_steer: int = 24  # refusal-study held-out harmless test prompts steered (all 24 of its test split)
     steer_pct: float = 8.0  # % of the mean residual norm at the steering layer
-    fv_tasks: tuple = ("antonym", "country_capital")
-    n_fv: int = 6  # ICL / zero-shot prompt pairs per task for the v2 function vector
+    fv_tasks: tuple = F.TASKS  # every function-vector task
+    n_fv: int = 12  # ICL / zero-shot prompt pairs per task for the v2 function vector (the FV study's AIE prompts)
     fv_demos: int = 5  # demonstrations per ICL prompt (the function-vector study's default)
-    patch_layer_step: int = 4  # patching map over every k-th layer (4-bit is slow on CPU)
-    n_twohop: int = 12
-    n_backpatch: int = 4  # wrong two-hop queries whose hops the float model answers (27 on the default model)
+    patch_layer_step: int = 1  # patching map over every k-th layer
+    n_twohop: int = 120  # two-hop queries for answer agreement (>= 30; all 344 would triple the cost)
+    n_backpatch: int = 1000  # wrong two-hop queries whose hops the float model answers: all of them (27 on the default model)
     backpatch_layer_step: int = 3  # (s, t) grid over every k-th layer and the last; 1 = all n(n-1)/2 pairs
     batch_size: int = 32
 
@@ -152,7 +178,11 @@ def load_variant(spec: str, compute: str):
     return HookedModel(lm)
 
 
-@experiment("quantization", QuantizationConfig, reuses=["refusal", "twohop"])
+QUICK = {"n": 6, "n_directions": 8, "n_refusal": 16, "n_steer": 12, "fv_tasks": ("antonym", "country_capital"),
+         "n_fv": 6, "patch_layer_step": 4, "n_twohop": 12, "n_backpatch": 4}
+
+
+@experiment("quantization", QuantizationConfig, reuses=["refusal", "twohop"], quick=QUICK)
 def quantization(hm: HookedModel, cfg: QuantizationConfig, ctx) -> dict:
     """Same findings on float, 8-bit and 4-bit variants of one model: agreement and verdicts."""
     ref = hm if not hm.info.quantization else load(_base(hm.info.spec) + "@f32")
@@ -163,7 +193,7 @@ def quantization(hm: HookedModel, cfg: QuantizationConfig, ctx) -> dict:
 
     def one(variant: str) -> dict:
         q = load_variant(f"{_base(ref.info.spec)}@{variant}", compute)
-        result = _compare(reference, _measure(q, cfg, inputs), cfg) | {"variant": variant, "slug": q.info.slug}
+        result = _compare(reference, _measure(q, cfg, inputs, reference), cfg) | {"variant": variant, "slug": q.info.slug}
         del q
         free_memory()
         return result
@@ -179,7 +209,10 @@ def quantization(hm: HookedModel, cfg: QuantizationConfig, ctx) -> dict:
     for r in per_variant:
         v, key = r["variant"], _key(r["variant"])
         s.add(f"{key}.top1_agreement", f"{v}: next-token top-1 agreement", _fmt(r["next_token"]["top1_agreement"]))
-        s.add(f"{key}.kl", f"{v}: next-token KL (nats)", _fmt(r["next_token"]["kl"]))
+        s.add(f"{key}.kl", f"{v}: next-token KL(float || {v}), nats, last position of {len(inputs['prompts'])} prompts",
+              _fmt(r["next_token"]["kl"]))
+        s.add(f"{key}.kl_all_positions", f"{v}: the same KL averaged over every position of the same prompts",
+              _fmt(r["next_token"]["kl_all_positions"]))
         s.add(f"{key}.steering", f"{v}: steering effect, float / quantized",
               f"{_fmt(r['steering']['float'])} / {_fmt(r['steering']['quantized'])}")
         s.add(f"{key}.twohop_accuracy_change", f"{v}: two-hop accuracy change", _fmt(r["twohop"]["accuracy_change"]))
@@ -188,8 +221,19 @@ def quantization(hm: HookedModel, cfg: QuantizationConfig, ctx) -> dict:
     shown = ("layer", "steer_layer", "steer_layer_source", "steering_delta", "steering_items", "patch_map",
              "patch_pair", "twohop_correct", "odd_rate_by_layer", "backpatch")
     s.add("variant_compute", "variant compute", compute)
+    prereg = preregistration.load()
     return {**s.to_result(), "verdict_rules": VERDICT_RULES, "verdicts": verdicts, "compute": compute,
-            "reference": {"slug": ref.info.slug, **{k: reference[k] for k in shown}},
+            "prereg": {"sha256": prereg.sha256, "rule": VERDICT_RULE},
+            "what_is_measured": {
+                "next_token": f"KL(reference || variant) in nats and top-1 agreement of the next-token distribution at "
+                              f"the last position of {len(inputs['prompts'])} prompts (hop2_prompt of a seeded sample of "
+                              f"data/twohop/queries.json); kl_all_positions: the same KL averaged over every position "
+                              f"of each prompt (BOS included), then over prompts",
+                "reference": f"{ref.info.spec} as loaded (dtype {ref.info.dtype})",
+                "variants": {v: f"{_base(ref.info.spec)}@{v} (MLX affine quantization), computed {compute}"
+                             for v in cfg.variants},
+                "prompts": inputs["prompts"]},
+            "reference": {"slug": ref.info.slug, "dtype": ref.info.dtype, **{k: reference[k] for k in shown}},
             "backpatch_eligible": inputs["backpatch"]["eligible"], "variants": per_variant}
 
 
@@ -270,15 +314,30 @@ def backpatch_outcomes(hm: HookedModel, queries: list[dict], pairs: list[tuple[i
     return out
 
 
-def _measure(hm: HookedModel, cfg, inp) -> dict:
-    """Everything the comparison needs, from one model."""
+def lens_summary(lens: np.ndarray, k: int, ref: dict | None = None) -> dict:
+    """What the lens comparison needs from one prompt's [n_layers, vocab] lens logits, without keeping them:
+    top-1 per layer, the top-5 (odd-token rate), and the logits at the reference's top-k tokens (the reference's
+    own top-k when `ref` is None)."""
+    idx = np.argsort(-lens, axis=-1)[:, :k] if ref is None else np.asarray(ref["idx"])
+    return {"top1": lens.argmax(-1), "top5": np.argsort(-lens, axis=-1)[:, :5], "idx": idx,
+            "vals": np.take_along_axis(lens, idx, axis=-1)}
+
+
+def _measure(hm: HookedModel, cfg, inp, ref: dict | None = None) -> dict:
+    """Everything the comparison needs, from one model (a variant also gets its KL against the reference `ref`)."""
     n = hm.info.n_layers
     layer = int(round(0.6 * (n - 1)))
-    last, lens = [], []
-    for p in inp["prompts"]:
+    last, lens, every, kl_positions = [], [], [], []
+    for i, p in enumerate(inp["prompts"]):
         logits, cache = hm.run_with_cache(p, names="hook_resid_post")
-        last.append(np.array(logits[0, -1].astype(mx.float32)))
-        lens.append(np.array(layer_logits(hm, cache, -1, "normed")))  # [n_layers, V]
+        all_pos = np.array(logits[0].astype(mx.float32))  # [T, V]
+        last.append(all_pos[-1])
+        lens.append(lens_summary(np.array(layer_logits(hm, cache, -1, "normed")), cfg.top_k,
+                                 None if ref is None else ref["_private"]["lens"][i]))
+        if ref is None:
+            every.append(all_pos)  # the reference keeps every position for the variants' KL
+        else:
+            kl_positions.append(kl_divergence(ref["_private"]["every"][i], all_pos).tolist())
     k = post_instruction_k(hm, inp["harmful"] + inp["harmless"])
     ref_dirs = layer_directions(hm, inp["harmful"], inp["harmless"], k, cfg.seed)
     syc_dirs = directions.extract(hm, inp["syc_pos"], inp["syc_neg"], seed=cfg.seed)
@@ -298,18 +357,18 @@ def _measure(hm: HookedModel, cfg, inp) -> dict:
     return {
         "layer": layer,
         "steer_layer": sl, "steer_layer_source": inp["steer_layer_source"],
-        "_private": {"last": last, "lens": lens},
+        "_private": {"last": last, "lens": lens, "every": every, "kl_positions": kl_positions},
         "refusal_dirs": {l: ref_dirs[l].unit() for l in ref_dirs},
         "syc_dirs": {l: syc_dirs[l].unit() for l in syc_dirs},
         "fv_dirs": {t: {l: v[l].unit() for l in v} for t, v in fv_dirs.items()},
-        "steering_delta": B.paired_effect(steered, base, cfg.seed),
+        "steering_delta": paired_diff_ci(steered, base, seed=cfg.seed),
         "steering_items": (steered - base).tolist(),
         "patch_map": None if sweep is None else sweep.normalised,
         "patch_pair": pair,
         "twohop_correct": [bool(x) for x in twohop],
         "backpatch": {"pairs": [list(p) for p in pairs],
                       "queries": backpatch_outcomes(hm, inp["backpatch"]["queries"], pairs, cfg.batch_size)},
-        "odd_rate_by_layer": [float(np.mean([is_odd_token(decode([int(i)])) for L in lens for i in np.argsort(-L[l])[:5]]))
+        "odd_rate_by_layer": [float(np.mean([is_odd_token(decode([int(i)])) for L in lens for i in L["top5"][l]]))
                               for l in range(n)],
     }
 
@@ -332,7 +391,7 @@ def compare_backpatch(ref: dict, q: dict, seed: int = 0) -> dict:
         "pair_agreement": proportion_ci(int(sum(cells)), len(cells)),
         "fix_rate_float": proportion_ci(int(sum(rf)), len(rf)),
         "fix_rate_quantized": proportion_ci(int(sum(qf)), len(qf)),
-        "fix_rate_change": B.paired_effect(np.array(qf, float), np.array(rf, float), seed),
+        "fix_rate_change": paired_diff_ci(np.array(qf, float), np.array(rf, float), seed=seed),
         "pairs": ref["pairs"],
     }
 
@@ -342,9 +401,11 @@ def _compare(ref: dict, q: dict, cfg) -> dict:
     rl, ql = ref["_private"], q["_private"]
     agree = [int(a.argmax() == b.argmax()) for a, b in zip(rl["last"], ql["last"])]
     kls = [float(kl_divergence(a, b)) for a, b in zip(rl["last"], ql["last"])]
-    n_layers = len(rl["lens"][0])
-    lens_top1 = np.array([[a[l].argmax() == b[l].argmax() for l in range(n_layers)] for a, b in zip(rl["lens"], ql["lens"])])
-    rho = np.array([[_topk_spearman(a[l], b[l], cfg.top_k) for l in range(n_layers)] for a, b in zip(rl["lens"], ql["lens"])])
+    kl_all = [float(np.mean(k)) for k in ql["kl_positions"]]
+    n_layers = len(rl["lens"][0]["top1"])
+    lens_top1 = np.array([a["top1"] == b["top1"] for a, b in zip(rl["lens"], ql["lens"])])
+    rho = np.array([[float(sps.spearmanr(a["vals"][l], b["vals"][l]).statistic) for l in range(n_layers)]
+                    for a, b in zip(rl["lens"], ql["lens"])])
     ref_cos = _cosines(ref["refusal_dirs"], q["refusal_dirs"])
     syc_cos = _cosines(ref["syc_dirs"], q["syc_dirs"])
     fv_cos = {t: _cosines(ref["fv_dirs"][t], q["fv_dirs"][t]) for t in ref["fv_dirs"]}
@@ -363,8 +424,10 @@ def _compare(ref: dict, q: dict, cfg) -> dict:
     bp = compare_backpatch(ref["backpatch"], q["backpatch"], cfg.seed)
     at_L = [ref_cos[L], syc_cos[L]] + [c[L] for c in fv_cos.values()]
     out = {
-        "next_token": {"top1_agreement": proportion_ci(sum(agree), len(agree)), "kl": bootstrap_ci(kls, seed=cfg.seed),
-                       "per_prompt": [{"top1_agree": bool(x), "kl": y} for x, y in zip(agree, kls)]},
+        "next_token": {"top1_agreement": proportion_ci(sum(agree), len(agree)), "kl": mean_ci(kls, seed=cfg.seed),
+                       "kl_all_positions": mean_ci(kl_all, seed=cfg.seed),
+                       "per_prompt": [{"top1_agree": bool(x), "kl": y, "kl_all_positions": z}
+                                      for x, y, z in zip(agree, kls, kl_all)]},
         "logit_lens": {"top1_agreement_by_layer": lens_top1.mean(0).tolist(),
                        "spearman_topk_by_layer": np.nanmean(rho, 0).tolist(),
                        "top1_agreement_last_third": proportion_ci(int(lens_top1[:, tail].sum()), lens_top1[:, tail].size),
@@ -372,49 +435,53 @@ def _compare(ref: dict, q: dict, cfg) -> dict:
         "directions": {"refusal_cosine_by_layer": ref_cos, "sycophancy_cosine_by_layer": syc_cos,
                        "function_vector_cosine_by_layer": fv_cos, "layer": L, "min_cosine_at_layer": float(min(at_L))},
         "steering": {"float": sr, "quantized": sq, "layer": ref["steer_layer"], "pct_of_resid": cfg.steer_pct,
-                     "quantized_minus_float": bootstrap_ci(np.array(q["steering_items"]) - np.array(ref["steering_items"]),
-                                                           seed=cfg.seed),
+                     "quantized_minus_float": paired_diff_ci(q["steering_items"], ref["steering_items"], seed=cfg.seed),
                      "items_quantized": q["steering_items"]},
         "patching": patch,
         "twohop": {"agreement": proportion_ci(sum(th_agree), len(th_agree)),
                    "accuracy_float": proportion_ci(sum(rc), len(rc)),
                    "accuracy_quantized": proportion_ci(sum(qc), len(qc)),
-                   "accuracy_change": B.paired_effect(np.array(qc, float), np.array(rc, float), cfg.seed),
+                   "accuracy_change": paired_diff_ci(np.array(qc, float), np.array(rc, float), seed=cfg.seed),
                    "correct_quantized": qc},
         "backpatch": bp,
     }
-    out["verdict"] = {
-        "next_token": _ci_verdict(out["next_token"]["top1_agreement"], 0.90),
-        "logit_lens": _ci_verdict(out["logit_lens"]["top1_agreement_last_third"], 0.80),
-        "directions": _verdict(min(at_L) >= 0.90),
-        "steering": _steering_verdict(sr, sq),
-        "patching": "inconclusive" if np.isnan(patch_rho) else _verdict(patch_rho >= 0.90),
-        "twohop": _ci_verdict(out["twohop"]["agreement"], 0.90),
-        "backpatch": _ci_verdict(bp["agreement"], 0.90),
-    }
+    out["verdict"], out["checks"] = verdicts(out, sr, sq, float(min(at_L)), patch_rho)
     return out
 
 
-def _verdict(ok: bool) -> str:
-    return "survives" if ok else "changes"
+def verdicts(out: dict, float_effect: dict, quantized_effect: dict, min_cosine: float,
+             patch_rho: float) -> tuple[dict, dict]:
+    """The pre-registered three-level verdict per finding (module doc) and the checks behind it."""
+    prereg = preregistration.load()
+    checks: dict[str, dict] = {}
 
+    def check(name: str, value) -> bool:
+        checks[name] = prereg.check("quantization", name, value)
+        return checks[name]["verdict"] == "PASS"
 
-def _ci_verdict(ci: dict, threshold: float) -> str:
-    if ci.get("low") is None:
-        return "inconclusive"
-    if ci["low"] >= threshold:
-        return "survives"
-    return "changes" if ci["high"] < threshold else "inconclusive"
+    def three(finding: str, value) -> str:
+        if value is None or value.get("low") is None:
+            return "inconclusive"
+        if check(f"{finding}_survives", value):
+            return "survives"
+        return "changes" if check(f"{finding}_changes", value) else "inconclusive"
 
+    def steering() -> str:
+        if float_effect.get("low") is None or not check("steering_float_effect", float_effect):
+            return "inconclusive"  # nothing to preserve
+        return three("steering", quantized_effect)
 
-def _steering_verdict(a: dict, b: dict) -> str:
-    """Same sign and overlapping 95% CIs; inconclusive when the float CI contains 0 (suite.quantcheck's rule)."""
-    return effect_verdict(a, b)
-
-
-def _topk_spearman(ref_logits: np.ndarray, q_logits: np.ndarray, k: int) -> float:
-    idx = np.argsort(-ref_logits)[:k]
-    return float(sps.spearmanr(ref_logits[idx], q_logits[idx]).statistic)
+    verdict = {
+        "next_token": three("next_token", out["next_token"]["top1_agreement"]),
+        "logit_lens": three("logit_lens", out["logit_lens"]["top1_agreement_last_third"]),
+        "directions": "survives" if check("directions_survives", min_cosine) else "changes",
+        "steering": steering(),
+        "patching": "inconclusive" if not np.isfinite(patch_rho) else
+                    ("survives" if check("patching_survives", patch_rho) else "changes"),
+        "twohop": three("twohop", out["twohop"]["agreement"]),
+        "backpatch": three("backpatch", out["backpatch"]["agreement"]),
+    }
+    return verdict, checks
 
 
 def _fmt(c: dict) -> str:

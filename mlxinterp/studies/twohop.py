@@ -20,6 +20,14 @@ crossprompt experiments (`mlxinterp.tasks.twohop.statuses`).
 Cost (Gemma 3 270M, 2 shared CPU cores): ~0.8-1.2 s per query (3 forwards,
 an 18-layer x 262k lens); all 344 queries, the default (so backpatch and
 crossprompt can reuse the statuses), took 6.6 min at load ~13.
+
+Sizes: full by default, every query of data/twohop/queries.json (344; the cross-model
+plan used 6 per model). The quick profile (24 queries) is for smoke tests.
+Intervals: rates are Wilson; "bridge enters" vs "foil bridge enters" is a paired
+0/1 difference per query (the control); mean entry layers and gaps are means
+over queries (BCa bootstrap, t-interval below 20). No layer or item is chosen
+from the data, so nothing needs a selection split. The pre-registered checks
+(mlxinterp/data/preregistration.toml) are in `prereg`.
 """
 from __future__ import annotations
 
@@ -31,8 +39,8 @@ import numpy as np
 
 from mlxinterp.suite.summary import Summary
 from mlxinterp.analysis.plotting import bars, ci_points, cross_model_figure, model_label, subplots
-from mlxinterp.analysis.stats import bootstrap_ci, proportion_ci
-from mlxinterp.suite import experiment
+from mlxinterp.analysis.stats import mean_ci, paired_binary_diff_ci, proportion_ci
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.tasks import twohop as TH
 from mlxinterp.tasks.twohop import ci_text
 
@@ -44,7 +52,7 @@ SUBSETS = ("all", "both_hops")  # every query; queries whose two single hops the
 
 @dataclass
 class TwohopConfig:
-    n: int = 344  # queries (a seeded random sample when fewer than the data set's 344)
+    n: int = 344  # queries: all 344 of the data set (a seeded random sample when fewer)
     seed: int = 0
     top_k: int = 30
     chunk: int = 8  # queries per batched forward and per checkpoint
@@ -66,7 +74,7 @@ def select(items: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
 # ----------------------------------------------------------------- experiment
 
 
-@experiment("twohop", TwohopConfig)
+@experiment("twohop", TwohopConfig, quick={"n": 24})
 def twohop(hm: HookedModel, cfg: TwohopConfig, ctx) -> dict:
     """Two-hop queries: single-hop and two-hop accuracy, when bridge and answer enter the lens top-k."""
     pool = TH.load_queries()
@@ -79,7 +87,12 @@ def twohop(hm: HookedModel, cfg: TwohopConfig, ctx) -> dict:
     analysis["both_hops_by_twohop_outcome"] = {
         "correct": analyse([r for r in _subset(recs, "both_hops") if r["twohop"]], cfg.top_k, L),
         "wrong": analyse([r for r in _subset(recs, "both_hops") if not r["twohop"]], cfg.top_k, L)}
-    result = {**_summary(analysis, recs), "definitions": DEFINITIONS, "n_layers": L,
+    prereg = _prereg(analysis)
+    entry = analysis["all"]["entry_layer_mean"]
+    depth = {f"two-hop {nm} (mean entry layer)": 100.0 * entry[nm]["estimate"] / max(1, L - 1)
+             for nm in ("bridge", "answer") if entry[nm].get("estimate") is not None}
+    result = {**_summary(analysis, recs, prereg), "prereg": prereg, "definitions": DEFINITIONS, "n_layers": L,
+              "depth": depth,
               "accuracy_by_family": _by_family(recs), "analysis": analysis, "queries": recs}
     _figures(recs, analysis, cfg, L, ctx)
     cross_model_figure(ctx, hm, "twohop", result, _cross_panels)
@@ -96,7 +109,17 @@ DEFINITIONS = {
     "sequential": "bridge enters strictly before the answer",
     "foil": "another query of the same family (no shared first token of bridge or answer), drawn a priori",
     "both_hops": "queries whose hop1_prompt yields the bridge and hop2_prompt the answer",
+    "minus foil": "per query, 1[target enters top-k] - 1[foil target enters top-k]; mean over queries with a foil",
 }
+
+
+def _prereg(an: dict) -> dict:
+    """The pre-registered checks (mlxinterp/data/preregistration.toml) on every query and on both-hops queries."""
+    prereg = preregistration.load()
+    return {"sha256": prereg.sha256, "primary": prereg.primary("twohop"),
+            "checks": {"bridge_above_foil": prereg.check("twohop", "bridge_above_foil", an["all"]["entered_minus_foil"]["bridge"]),
+                       "sequential_majority": prereg.check("twohop", "sequential_majority",
+                                                           an["both_hops"]["sequential_of_both_entered"])}}
 
 
 def _subset(recs: list[dict], name: str) -> list[dict]:
@@ -117,13 +140,16 @@ def analyse(recs: list[dict], k: int, n_layers: int) -> dict:
             "only_answer_enters": sum(r["entry"]["bridge"] is None and r["entry"]["answer"] is not None for r in recs),
             "neither_enters": sum(r["entry"]["bridge"] is None and r["entry"]["answer"] is None for r in recs)}
     layer = lambda nm: [r["entry"][nm] for r in recs if r["entry"].get(nm) is not None]  # noqa: E731
+    paired = [r for r in recs if "foil_bridge" in r["entry"]]  # queries with a foil (same-family control)
+    minus_foil = {nm: paired_binary_diff_ci([float(r["entry"][nm] is not None) - float(r["entry"][f"foil_{nm}"] is not None)
+                                             for r in paired]) for nm in ("bridge", "answer")}
     return {"n": n, "top_k": k,
             "accuracy": {h: proportion_ci(sum(r[h] for r in recs), n) for h in ("hop1", "hop2", "twohop", "twohop_full_sequence")},
-            "entered_top_k": entered, "categories": cats,
+            "entered_top_k": entered, "entered_minus_foil": minus_foil, "categories": cats,
             "sequential_of_both_entered": proportion_ci(seq, len(both)), "sequential_of_all": proportion_ci(seq, n),
-            "gap_mean": bootstrap_ci(gaps), "gap_median": float(np.median(gaps)) if gaps else None,
-            "gap_mean_relative_depth": bootstrap_ci(np.array(gaps, float) / max(1, n_layers - 1)),
-            "entry_layer_mean": {nm: bootstrap_ci(layer(nm)) for nm in ("bridge", "answer", "foil_bridge", "foil_answer")}}
+            "gap_mean": mean_ci(gaps), "gap_median": float(np.median(gaps)) if gaps else None,
+            "gap_mean_relative_depth": mean_ci(np.array(gaps, float) / max(1, n_layers - 1)),
+            "entry_layer_mean": {nm: mean_ci(layer(nm)) for nm in ("bridge", "answer", "foil_bridge", "foil_answer")}}
 
 
 def _by_family(recs: list[dict]) -> dict:
@@ -136,7 +162,7 @@ def _by_family(recs: list[dict]) -> dict:
     return out
 
 
-def _summary(an: dict, recs: list[dict]) -> dict:
+def _summary(an: dict, recs: list[dict], prereg: dict) -> dict:
     a, b = an["all"], an["both_hops"]
     s = Summary()
     s.add("queries", "queries", len(recs))
@@ -153,7 +179,18 @@ def _summary(an: dict, recs: list[dict]) -> dict:
     s.add("sequential.both_hops", "sequential, of both entered (both hops)", ci_text(b["sequential_of_both_entered"]))
     s.add("gap_mean.all", "mean gap, layers (all)", ci_text(a["gap_mean"]))
     s.add("gap_mean.both_hops", "mean gap, layers (both hops)", ci_text(b["gap_mean"]))
+    for what in ("bridge", "answer"):
+        s.add(f"{what}_minus_foil", f"{what} minus foil {what} entering top-k (all, paired)",
+              ci_text(a["entered_minus_foil"][what]))
+    for name, c in prereg["checks"].items():
+        s.add(f"prereg.{name}", f"pre-registered {name}", _verdict_text(c))
     return s.to_result()
+
+
+def _verdict_text(c: dict) -> str:
+    """'PASS (0.123 > 0.0, low bound)' from a preregistration check."""
+    v = c.get("value")
+    return f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"]
 
 
 # ----------------------------------------------------------------- figures

@@ -236,12 +236,15 @@ def answer_margin(target: int) -> Callable:
 
 @dataclass
 class FunctionVectorsConfig:
-    n: int = 12  # ICL prompts per task for the AIE
+    # Full size by default: all 8 tasks of data/function_vectors (70-85 pairs each). Sizes are per task.
+    n: int = 12  # ICL prompts per task for the AIE: even-numbered ones choose the FV heads, odd-numbered ones
+    #              report their AIE (8 tasks x 6 = 48 report prompts, >= 30)
     seed: int = 0
-    tasks: tuple = ("antonym", "country_capital", "english_french", "singular_plural")
+    tasks: tuple = TASKS  # every task in the data (the function-vector study); clusters of the pooled intervals
     n_demos: int = 5
     n_pool: int = 40  # pairs per task for demonstrations and AIE queries
-    n_eval: int = 24  # held-out zero-shot queries per task (even: validation, odd: test)
+    n_eval: int = 30  # held-out zero-shot queries per task (even: choose the layer, odd: report): 30 is what
+    #                   the smallest task (70 pairs) leaves after the pool; 8 tasks x 15 = 120 report queries
     top_k: int = 10  # heads in the FV (Todd et al.)
     natural_templates: tuple = ('The word "{x}" means', "When I think of {x}, I think of")
     natural_tokens: int = 8
