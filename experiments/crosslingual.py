@@ -1,4 +1,4 @@
-"""Cross-lingual refusal: per-language directions vs English, the English direction's effect per language, KL / top-1 / generation quality on harmless prompts.
+"""Cross-lingual refusal: per-language directions from items disjoint from the English direction's vs English (split-half and label-flip null beside them), the English direction's effect per language vs a random direction, KL / top-1 / generation quality on harmless prompts.
 
     python experiments/crosslingual.py [--model default] [--model DIR ...] [--out results] [--seed 0] [--quick]
 

@@ -1,4 +1,4 @@
-"""Sycophancy and confidence directions: best layer by causal effect, depth, norm, steering effects with CIs.
+"""Sycophancy and confidence directions: layer chosen on selection pairs, report-pair steering effects vs a random direction, linear probes (Hewitt & Liang) at every layer.
 
     python experiments/directions.py [--model default] [--model DIR ...] [--out results] [--seed 0] [--quick]
 

@@ -1,4 +1,4 @@
-"""Refusal direction (Arditi et al. 2024): diff of means at post-instruction positions, layer by causal effect, held-out effects with CIs.
+"""Refusal direction (Arditi et al. 2024): diff of means at post-instruction positions, layer chosen on selection pairs, mean-centred ablation, report-pair effects vs a random direction.
 
     python experiments/refusal.py [--model default] [--model DIR ...] [--n N] [--out results] [--seed 0] [--quick]
 

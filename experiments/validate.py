@@ -1,4 +1,4 @@
-"""Phase-0 validation (the cross-model plan): five sanity checks, written under results/<model>/validation/.
+"""Phase-0 validation (the cross-model plan): five sanity checks against pre-registered criteria, written under results/<model>/validation/.
 
     python experiments/validate.py [--model default] [--out results]
 """

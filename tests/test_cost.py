@@ -63,9 +63,10 @@ class _Counter:
 
 # A small steering sweep (every kind of condition once) keeps the real run short.
 SMALL = ("steering_sweep.styles=('terse', 'formal')", "steering_sweep.static_pcts=(8.0,)",
-         "steering_sweep.families=('static', 'flat', 'svd_k3')", "steering_sweep.layer_sweep_n=2",
-         "steering_sweep.n_dir=4", "steering_sweep.n_bleed=2", "steering_sweep.max_tokens=4",
-         "steering_sweep.bleed_tokens=3")
+         "steering_sweep.families=('flat', 'svd_k3')", "steering_sweep.kernels=('quadratic',)",
+         "steering_sweep.processors=('static+binary_lp',)", "steering_sweep.layer_sweep_n=2",
+         "steering_sweep.n_dir=4", "steering_sweep.n_select=2", "steering_sweep.n_bleed=2",
+         "steering_sweep.max_tokens=4", "steering_sweep.bleed_tokens=3")
 
 
 def test_steering_sweep_declared_cost_matches_what_it_runs(tiny_hooked, tmp_path):

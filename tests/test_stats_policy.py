@@ -218,3 +218,14 @@ def test_p_value_mean_is_the_one_sample_t_test():
     assert p_value_mean(x) == pytest.approx(sps.ttest_1samp(x[:5], 0.0).pvalue)
     assert p_value_mean(x, popmean=0.34) > 0.9
     assert math.isnan(p_value_mean([1.0])) and math.isnan(p_value_mean([2.0, 2.0, 2.0]))
+
+
+def test_intervals_of_bounded_outcomes_stay_in_their_range():
+    """A cluster or t-interval of values in {-1, 0, 1} never reaches past +-1."""
+    from mlxinterp.analysis.stats import cluster_mean_ci, paired_binary_diff_ci
+
+    values = [1] * 27 + [0, 0, 1, 1, 0, 1, 1, 1]
+    iv = cluster_mean_ci(values, [i % 5 for i in range(len(values))])
+    assert 0.0 <= iv.low <= iv.estimate <= iv.high <= 1.0
+    small = paired_binary_diff_ci([1, 1, 1, 1, 0, 1])  # n < 20: t-interval
+    assert -1.0 <= small.low <= small.estimate <= small.high <= 1.0

@@ -122,15 +122,15 @@ def test_function_vectors_resume_after_an_interruption(tiny_dirs, tmp_path, monk
 
     monkeypatch.setattr(FVS, "aie_task", counting)
     fail = False
-    suite.run_all([model], only="function_vectors", out=tmp_path / "ref", n=4)
+    suite.run_all([model], only="function_vectors", out=tmp_path / "ref", quick=True)
     slug = next(p.name for p in (tmp_path / "ref").iterdir() if p.is_dir())
     expected = json.loads((tmp_path / "ref" / slug / "function_vectors" / "result.json").read_text())
     fail, calls[:] = True, []
     with pytest.raises(KeyboardInterrupt):
-        suite.run_all([model], only="function_vectors", out=tmp_path / "out", n=4)
+        suite.run_all([model], only="function_vectors", out=tmp_path / "out", quick=True)
     fail, calls[:] = False, []
-    suite.run_all([model], only="function_vectors", out=tmp_path / "out", n=4)
-    assert len(calls) == 3  # 4 tasks, the first finished before the interruption
+    suite.run_all([model], only="function_vectors", out=tmp_path / "out", quick=True)
+    assert len(calls) == len(FVS.QUICK["tasks"]) - 1  # the first task finished before the interruption
     got = json.loads((tmp_path / "out" / slug / "function_vectors" / "result.json").read_text())
     assert got["timings"]["maps"]["aie"]["reloaded"] == 1
     got.pop("timings"), expected.pop("timings")
@@ -138,6 +138,37 @@ def test_function_vectors_resume_after_an_interruption(tiny_dirs, tmp_path, monk
     r = got["result"]
     assert np.array(r["aie"]["mean"]).shape == (4, 4) and r["counts"]["heads_patched_per_prompt"] == 16
     assert {"fv_aie_heads.png", "fv_layer_sweep.png", "function_vectors.png"} <= set(got["figures"])
+    _check_function_vector_numbers(r)
+
+
+def _check_function_vector_numbers(r: dict) -> None:
+    """Lifts, layer choice, head choice and splits recomputed by hand from the per-item records."""
+    tasks, n_layers = r["tasks"], r["n_layers"]
+    zs = {t: r["items"][t]["zero_shot"] for t in tasks}
+    for v in ("v1", "v2", "v3"):
+        lift = lambda recs, l: [float(x["top1"][v][l]) - float(x["base_top1"]) for x in recs]  # noqa: E731
+        sel = [np.mean([np.mean(lift(zs[t][0::2], l)) for t in tasks]) for l in range(n_layers)]
+        layer = int(np.argmax(sel))  # chosen on the selection (even) queries only
+        assert r["chosen_layers"][v]["layer"] == layer == r["headline"][v]["layer"]
+        pooled = [d for t in tasks for d in lift(zs[t][1::2], layer)]  # reported on the odd ones
+        got = r["headline"][v]["pooled_lift"]
+        assert got["n"] == len(pooled) and got["n_clusters"] == len(tasks)
+        assert got["estimate"] == pytest.approx(np.mean(pooled))  # equal-size clusters: item mean = cluster mean
+        for t in tasks:
+            bt = r["headline"][v]["by_task"][t]
+            assert bt["lift"]["estimate"] == pytest.approx(np.mean(lift(zs[t][1::2], layer)))
+            assert bt["zero_shot"]["k"] == sum(bool(x["base_top1"]) for x in zs[t][1::2])
+        fam = r["sweep"][v]["pooled_family"]
+        assert len(fam) == n_layers and fam[layer]["estimate"] == pytest.approx(np.mean(pooled))
+    sel_grid = np.array(r["aie"]["mean_selection"])
+    want = [tuple(int(i) for i in np.unravel_index(f, sel_grid.shape))
+            for f in np.argsort(-sel_grid.ravel(), kind="stable")[: r["top_k"]]]
+    assert [(c["layer"], c["head"]) for c in r["aie"]["top_heads"]] == want
+    for t in tasks:
+        a, h = r["splits"]["aie_prompts"][t], r["splits"]["held_out_queries"][t]
+        assert a["selection"] and a["report"] and not set(a["selection"]) & set(a["report"])
+        assert h["selection"] == [x["query"] for x in zs[t][0::2]] and h["report"] == [x["query"] for x in zs[t][1::2]]
+        assert not set(h["selection"]) & set(h["report"])
 
 
 # ------------------------------------------------------------ refusal and cross-lingual
@@ -229,28 +260,138 @@ def test_judges_and_generation_quality():
     assert B.depth_pct(17, 18) == 100.0 and B.depth_pct(0, 18) == 0.0
 
 
-def test_crosslingual_reuses_the_refusal_layer(tiny_dirs, tmp_path):
+def _read(root, exp):
+    return json.loads(next(root.glob(f"*/{exp}/result.json")).read_text())["result"]
+
+
+def _t_interval(diffs):
+    """Independent check of the policy's small-n paired interval: scipy's one-sample t-interval."""
+    from scipy import stats as sps
+
+    ci = sps.ttest_1samp(np.asarray(diffs, float), 0.0).confidence_interval(0.95)
+    return float(np.mean(diffs)), float(ci.low), float(ci.high)
+
+
+def test_refusal_and_crosslingual_report_what_their_items_say(tiny_dirs, tmp_path):
+    """Quick profile on a tiny model: crosslingual reuses the refusal layer; the reported paired effects and
+    their intervals equal an independent recomputation from the per-item records; the pre-registered
+    verdicts follow the intervals; every language's direction comes from items disjoint from the English one."""
     model = str(tiny_dirs[("gemma3_text", None)])
-    suite.run_all([model], only="crosslingual", out=tmp_path / "alone")
-    suite.run_all([model], only="refusal,crosslingual", out=tmp_path / "both")
-    read = lambda root, exp: json.loads(next(root.glob(f"*/{exp}/result.json")).read_text())["result"]  # noqa: E731
-    alone, both, ref = read(tmp_path / "alone", "crosslingual"), read(tmp_path / "both", "crosslingual"), \
-        read(tmp_path / "both", "refusal")
+    suite.run_all([model], only="crosslingual", out=tmp_path / "alone", quick=True)
+    suite.run_all([model], only="refusal,crosslingual", out=tmp_path / "both", quick=True)
+    alone, both, ref = _read(tmp_path / "alone", "crosslingual"), _read(tmp_path / "both", "crosslingual"), \
+        _read(tmp_path / "both", "refusal")
     assert alone["layer_source"].startswith("selected here") and both["layer_source"].startswith("reused")
-    assert alone["layer"] == both["layer"] == ref["layer"]
-    assert alone["languages"] == both["languages"]
+    assert both["layer"] == ref["layer"]
+    # refusal: add minus random add, recomputed from the report items (n = 8 < 20: a t-interval)
+    items = ref["items"]
+    est, lo, hi = _t_interval([x["harmless+add"] - x["harmless+random"] for x in items])
+    got = ref["effects"]["add_minus_random_add"]
+    assert got["n"] == len(items) == 8 and got["estimate"] == pytest.approx(est) and got["low"] == pytest.approx(lo) \
+        and got["high"] == pytest.approx(hi)
+    assert ref["prereg"]["checks"]["add_beats_random"]["verdict"] == ("PASS" if lo > 0 else "FAIL")
+    sep = ref["effects"]["baseline_harmful_minus_harmless"]
+    assert ref["prereg"]["checks"]["score_separates"]["verdict"] == ("PASS" if sep["low"] > 0 else "FAIL")
+    sp = ref["split_items"]
+    assert not set(sp["train"]) & set(sp["val"]) and not (set(sp["train"]) | set(sp["val"])) & set(sp["test"])
+    # crosslingual: the English direction's items never overlap the items the languages use
+    used = set(both["split_items"]["language_directions"])
+    assert not used & set(both["split_items"]["english_direction"] + both["split_items"]["english_layer_choice"])
+    n_layers = both["n_layers"]
     for lang, x in both["items"].items():
-        assert len(x["cos_with_en"]) == 4 and len(x["scores"]["harmless"]) == 12
-    assert both["items"]["en"]["cos_with_en"] == pytest.approx([1.0] * 4)
+        assert len(x["cos_with_en"]) == n_layers and len(x["scores"]["harmless"]) == 4
+        est, lo, hi = _t_interval(np.array(x["scores"]["harmless+add"]) - np.array(x["scores"]["harmless+random"]))
+        assert both["languages"][lang]["add_minus_random_add"]["estimate"] == pytest.approx(est)
+        c = both["languages"][lang]["cos_with_en_minus_null"]
+        assert c["estimate"] == pytest.approx(x["cos_with_en_at_layer"]["estimate"] - x["null95_at_layer"])
+    # English items 0..n-1 vs the English direction's items: a different-item cosine, not the identity
+    assert both["items"]["en"]["cos_with_en"] != pytest.approx([1.0] * n_layers)
+    assert set(both["prereg"]["checks"]) == {"es_aligned", "fr_aligned", "de_aligned", "zh_aligned"}
 
 
-def test_depth_figure_appears_with_a_second_model(tiny_dirs, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+def test_mean_centred_ablation_sets_the_projection_to_the_reference(tiny_hooked, arch):
+    hm = tiny_hooked(arch, None)
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=hm.info.d_model).astype(np.float32)
+    u = v / np.linalg.norm(v)
+    points = B.mean_ablation_points(hm)
+    ref = {p: rng.normal(size=hm.info.d_model).astype(np.float32) for p in points}
+    _, plain = hm.run_with_cache("Steering adds a direction", names=points)
+    _, cache = hm.run_with_cache("Steering adds a direction", names=points, taps=B.mean_ablation_taps(hm, v, ref))
+    for p in points:
+        a = np.array(cache[p][0].astype(mx.float32))
+        np.testing.assert_allclose(a[1:] @ u, float(ref[p] @ u), rtol=1e-3, atol=1e-3 * max(1.0, abs(float(ref[p] @ u))))
+        np.testing.assert_allclose(a[0], np.array(plain[p][0, 0].astype(mx.float32)), rtol=1e-5, atol=1e-5)  # first token kept
+    means = B.reference_means(hm, ["one two three", "four five"])
+    _, c1 = hm.run_with_cache("one two three", names=points)
+    _, c2 = hm.run_with_cache("four five", names=points)
+    rows = np.concatenate([np.array(c[points[1]][0, 1:].astype(mx.float32)) for c in (c1, c2)])
+    np.testing.assert_allclose(means[points[1]], rows.mean(0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(PromptError, match="reference mean"):
+        B.mean_ablation_taps(hm, v, {points[0]: ref[points[0]]})
+
+
+def test_split_half_and_label_flip_null_separate_signal_from_noise():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(40, 64))
+    signal = noise + 3.0 * np.eye(64)[0]
+    sh, null = directions.split_half_ci(signal), directions.sign_flip_null(signal)
+    assert sh.low > null and sh.low <= sh.estimate <= sh.high and sh.n == 40
+    assert directions.split_half_ci(noise).low < directions.sign_flip_null(noise)
+    ci = directions.pair_cosine_ci(signal, np.eye(64)[0])
+    d = signal.mean(0)
+    assert ci.estimate == pytest.approx(d[0] / np.linalg.norm(d))
+    assert directions.sign_flip_null(signal, np.eye(64)[0]) < ci.low
+    # pure noise: the flip null sits near the isotropic one (|cos| ~ 1.645 / sqrt(64) at the 95th percentile)
+    assert directions.sign_flip_null(noise, np.eye(64)[0]) < 0.35
+
+
+def test_validation_verdicts_follow_the_preregistered_thresholds(tiny_dirs, tmp_path):
+    model = str(tiny_dirs[("llama", None)])
+    suite.run_all([model], only="validation", out=tmp_path, quick=True)
+    r = _read(tmp_path, "validation")
+    ref, v = r["checks"]["refusal_direction"], r["prereg"]["checks"]
+    est, lo, hi = _t_interval([x["steered"] - x["steered_random"] for x in ref["items"]])
+    assert ref["steer_minus_random"]["estimate"] == pytest.approx(est) and ref["steer_minus_random"]["low"] == pytest.approx(lo)
+    assert v["refusal_steering_raises"]["verdict"] == ("PASS" if lo > 0 else "FAIL")
+    _, lo_sep, _ = _t_interval([x["harmful"] - x["harmless"] for x in ref["items"]])
+    assert v["refusal_separates"]["verdict"] == ("PASS" if lo_sep > 0 else "FAIL")
+    assert v["refusal_split_half"]["verdict"] == ("PASS" if ref["split_half_cosine"]["low"] >= 0.5 else "FAIL")
+    q = r["checks"]["numerics"]["quantized"]
+    assert len({p["prompt"] for p in q["per_prompt"]}) == len(q["per_prompt"])  # independent units: no prompt twice
+    assert q["top1_agreement_last"]["k"] == sum(p["top1_agree_last"] for p in q["per_prompt"])
+    assert q["kl_last"]["estimate"] == pytest.approx(np.mean([p["kl_last"] for p in q["per_prompt"]]))
+    lens = r["checks"]["logit_lens"]
+    eligible = [p for p in lens["by_prompt"] if p["model_top1_is_target"]]
+    assert lens["final_top1_matches"]["n"] == len(eligible)
+    if not eligible:  # no evidence for the lens is a FAIL, not a pass
+        assert v["lens_final_top1"]["verdict"] == "FAIL"
+    assert v["steering_alpha0_identical"]["verdict"] == "PASS"  # a zero tap is bit-identical on every model
+    assert r["all_pass"] == all(x["verdict"] == "PASS" for x in v.values())
+
+
+def test_directions_report_effects_probes_and_splits(tiny_dirs, tmp_path):
     for arch in ("llama", "qwen3"):
-        suite.run_all([str(tiny_dirs[(arch, None)])], only="directions", out=tmp_path)
+        suite.run_all([str(tiny_dirs[(arch, None)])], only="directions", out=tmp_path, quick=True)
     made = list(tmp_path.glob("*/directions/depth_vs_size.png"))
     assert len(made) == 1
     rec = json.loads(made[0].with_name("result.json").read_text())
     assert "depth_vs_size.png" in rec["figures"] and set(rec["result"]["depth"]) == {"sycophancy", "confidence"}
+    r = rec["result"]
+    sp = r["split_items"]
+    assert len(set(sp["train"]) | set(sp["val"]) | set(sp["test"])) == len(sp["train"]) + len(sp["val"]) + len(sp["test"])
+    for name, x in r["sets"].items():
+        est, lo, hi = _t_interval([it["add"] - it["random_add"] for it in x["items"]])
+        e = x["effects"]["add_minus_random"]
+        assert e["estimate"] == pytest.approx(est) and e["low"] == pytest.approx(lo) and e["high"] == pytest.approx(hi)
+        assert [it["index"] for it in x["items"]] == sp["test"]
+        assert x["layer"] in [q["layer"] for q in x["selection"]]
+        assert len(x["probes"]) == r["n_layers"]
+        for p in x["probes"]:
+            assert p["test_accuracy"]["estimate"] == pytest.approx(p["test_acc"], abs=1e-4) and -1 <= p["cos_diff_of_means"] <= 1
+            assert p["test_accuracy"]["n"] == p["n_test"] and p["test_accuracy"]["level"] == pytest.approx(1 - 0.05 / r["n_layers"])
+        assert r["prereg"]["checks"][f"{name}_add_beats_random"]["verdict"] == ("PASS" if lo > 0 else "FAIL")
 
 
 # ------------------------------------------------------------ the real model

@@ -145,7 +145,7 @@ def test_answer_layer_and_temperature():
     assert cold["answer_prob"] > 0.99 and hot["answer_prob"] < 0.4 and hot["entropy"] > cold["entropy"]
 
 
-EXPERIMENTS = ("connectome", "component_share", "attribution", "layer_ablation", "steering_sweep", "layer_probe")
+EXPERIMENTS = ("connectome", "component_share", "attribution", "layer_ablation", "layer_probe")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -210,19 +210,37 @@ def _style_setup(hm, style: str = "formal"):
     qs = sd["questions"][:4]
     st = sd["styles"][style]
     prompts = [sd["template"].format(instruction=st[k], question=q) for k in ("positive", "negative") for q in qs]
-    return cfg, _fit_style(hm, sd, style, qs, cfg), prompts
+    return cfg, _fit_style(hm, sd, style, qs, cfg, 1, ablation=True), prompts
+
+
+def _steer_env(hm, fit, cfg, prompts, style: str = "formal") -> dict:
+    """The experiment's environment with the reference norm R_l measured on `prompts` (so % is of their residual)."""
+    from mlxinterp.studies.steering_sweep import _random_dirs
+
+    nl = hm.info.n_layers
+    clean = _last_resid(hm, prompts, list(range(nl)))
+    R = np.array([np.linalg.norm(clean[l], axis=-1).mean() for l in range(nl)])
+    return {"fit": {style: fit}, "R": R, "random": _random_dirs(np.random.default_rng(0), nl, hm.info.d_model),
+            "nl": nl, "static_layer": 1, "cfg": cfg}
+
+
+def _plan_taps(env, cond) -> dict:
+    from mlxinterp.studies.steering_sweep import steering_plan
+
+    vecs, bias = steering_plan(env, {"style": "formal", "sign": 1, **cond})
+    assert bias is None
+    return {f"blocks.{l}.hook_resid_post": T.Add(v, 1.0) for l, v in vecs.items()}
 
 
 @pytest.mark.parametrize("arch", ["gemma3_text", "qwen3", "llama"])
 def test_static_steering_adds_the_requested_percent_of_the_residual_norm(tiny_hooked, arch):
     """Static ActAdd at pct % : ||steered - clean|| / mean ||clean|| = pct / 100 at the steered layer, nothing before it."""
-    from mlxinterp.studies.steering_sweep import _taps
-
     hm = tiny_hooked(arch, None)
     cfg, fit, prompts = _style_setup(hm)
-    nl, layer = hm.info.n_layers, hm.info.n_layers // 2
+    env = _steer_env(hm, fit, cfg, prompts)
+    layer = hm.info.n_layers // 2
     for pct in (4.0, 24.0):
-        taps = _taps(hm, fit, {"family": "static", "pct": pct, "layer": layer}, nl, layer, cfg)
+        taps = _plan_taps(env, {"family": "static", "pct": pct, "layer": layer})
         assert list(taps) == [f"blocks.{layer}.hook_resid_post"]
         clean = _last_resid(hm, prompts, [layer - 1, layer])
         steered = _last_resid(hm, prompts, [layer - 1, layer], taps)
@@ -240,12 +258,13 @@ def test_static_steering_adds_the_requested_percent_of_the_residual_norm(tiny_ho
 def test_multi_layer_profile_spends_exactly_the_budget(tiny_hooked, family):
     """Per steered layer, the measured ||added|| / mean ||clean resid|| follows the profile and sums to pct / 100."""
     from mlxinterp.core.hooks import ActivationCache
-    from mlxinterp.studies.steering_sweep import _taps, profile_weights
+    from mlxinterp.studies.steering_sweep import profile_weights
 
     hm = tiny_hooked("gemma3_text", None)
     cfg, fit, prompts = _style_setup(hm)
+    env = _steer_env(hm, fit, cfg, prompts)
     nl, pct = hm.info.n_layers, 8.0
-    taps = _taps(hm, fit, {"family": family, "pct": pct, "layer": None}, nl, 1, cfg)
+    taps = _plan_taps(env, {"family": family, "pct": pct, "layer": 1})
     pre, post = ActivationCache(hm), ActivationCache(hm)
     pairs = []
     for name, add in taps.items():  # capture right before and right after each Add: the difference is what it added
@@ -288,7 +307,7 @@ def test_layer_probe_lenses_match_numpy_and_the_models_own_logits(tiny_hooked, a
     from mlxinterp.studies.layer_probe import TEMPLATES, LayerProbeConfig, _probe
 
     hm = tiny_hooked(arch, None)
-    cfg = LayerProbeConfig(temperatures=(1.0,))
+    cfg = LayerProbeConfig(temperatures=(1.0,), raw_templates=(1,))
     it = {"country": "France", "capital": "Paris", "template": 1}
     got = _probe(hm, it, cfg)
     prompt, ans, nl = TEMPLATES[1].format(x="France"), target_id(hm, " Paris"), hm.info.n_layers
@@ -309,16 +328,209 @@ def test_layer_probe_lenses_match_numpy_and_the_models_own_logits(tiny_hooked, a
     assert got["final"]["1.0"]["answer_prob"] == pytest.approx(z[ans] / z.sum(), abs=1e-5)
 
 
-def test_collapse_threshold_ignores_the_layer_sweep_rows():
-    """A collapsed 8 % row at another layer is not the static layer's collapse threshold."""
-    from mlxinterp.studies.steering_sweep import SteeringSweepConfig, _collapse_threshold
+def test_strength_choice_skips_collapsed_rows_and_uses_only_the_selection_records():
+    """The best strength is the largest selection-split gain among non-collapsed rows."""
+    from mlxinterp.studies.steering_sweep import SteeringSweepConfig, _choose
 
-    cfg = SteeringSweepConfig(styles=("terse",))
+    cfg = SteeringSweepConfig(styles=("terse",), static_pcts=(4.0, 8.0, 24.0), layer_sweep_n=1)
 
-    def row(pct, layer, collapsed):
-        return {"style": "terse", "family": "static", "pct": pct, "layer": layer, "collapsed": collapsed,
-                "fluency_drop_nats": 3.0 if collapsed else 0.1}
+    def rec(family, pct, layer, gain, fluency=-2.0, distinct=0.9):
+        return {"family": family, "pct": pct, "layer": layer, "distinct": [distinct] * 3,
+                "scores": {"terse": {"style_lp": [gain] * 3, "fluency": [fluency] * 3}}}
 
-    table = [row(p, 7, p == 24.0) for p in cfg.static_pcts] + [row(8.0, 0, True), row(8.0, 11, False)]
-    got = _collapse_threshold(table, cfg, 7)["terse"]
-    assert got["collapse_pct"] == 24.0 and got["tested_pcts"] == list(cfg.static_pcts)
+    sel = [rec("none", 0.0, None, 0.0), rec("static", 4.0, 7, 0.2), rec("static", 8.0, 7, 0.5),
+           rec("static", 24.0, 7, 3.0, fluency=-5.0), rec("static", 8.0, 0, 0.9)]
+    got = _choose(sel, cfg, 7)
+    assert got["strength"]["pct"] == 8.0  # 24 % gains most but collapses (fluency drop 3 > 2 nats)
+    assert got["layer"]["layer"] == 0
+
+
+def test_svd_k3_is_not_the_mean_direction_any_more():
+    """Differences sharing a large offset: the uncentred SVD returns the mean (the old svd_k3 = static);
+    the centred one projects the mean onto the variation's top-3 directions."""
+    from mlxinterp.studies.steering_sweep import svd_k_direction
+
+    rng = np.random.default_rng(0)
+    d = 64
+    offset = rng.normal(size=d) * 5
+    modes = np.linalg.qr(rng.normal(size=(d, 3)))[0].T  # 3 orthonormal directions of variation
+    diffs = offset + rng.normal(size=(40, 3)) * 3 @ modes + rng.normal(size=(40, d)) * 0.05
+    mean = diffs.mean(0)
+    _, _, vt = np.linalg.svd(diffs, full_matrices=False)  # the old, uncentred projection
+    old = vt[:3].T @ (vt[:3] @ mean)
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    assert cos(old, mean) > 0.999
+    new = svd_k_direction(diffs, 3)
+    want = modes.T @ (modes @ mean)  # the mean's component in the variation subspace
+    assert cos(new, want) > 0.99 and cos(new, mean) < 0.9
+
+
+def test_kernels_and_random_control_have_the_static_norm(tiny_hooked):
+    """Every steering vector at one strength adds the same norm at the layer: style, random, svd_k3, kernels."""
+    from mlxinterp.studies.steering_sweep import kernel_weights, steering_plan
+
+    hm = tiny_hooked("gemma3_text", None)
+    cfg, fit, prompts = _style_setup(hm)
+    env = _steer_env(hm, fit, cfg, prompts)
+    norms = {}
+    for fam in ("static", "random", "svd_k3", "kernel_linear", "kernel_quadratic", "kernel_sigmoid"):
+        vecs, _ = steering_plan(env, {"style": "formal", "family": fam, "pct": 8.0, "layer": 1, "sign": 1})
+        assert list(vecs) == [1]
+        norms[fam] = float(np.linalg.norm(vecs[1]))
+    np.testing.assert_allclose(list(norms.values()), 0.08 * env["R"][1], rtol=1e-5)
+    z = np.array([-3.0, 0.5, 2.0])
+    np.testing.assert_allclose(kernel_weights("quadratic", z), [9.0, 0.25, 4.0])
+    assert kernel_weights("sigmoid", z)[2] == pytest.approx(0.5)
+
+
+def test_steering_sweep_end_to_end_numbers_match_the_records(tiny_hooked, tmp_path):
+    """Quick profile on a tiny model; the primary interval and a bleed difference recomputed from the records."""
+    from rich.console import Console
+    from scipy import stats as sps
+
+    from mlxinterp.suite import run_all
+
+    hm = tiny_hooked("gemma3_text", None)
+    run_all(["tiny"], only="steering_sweep", out=tmp_path, load_fn=lambda spec: hm, quick=True,
+            console=Console(file=open("/dev/null", "w")))
+    res = json.loads((tmp_path / hm.info.slug / "steering_sweep" / "result.json").read_text())["result"]
+    rec = {r["id"]: r for r in res["report_records"]}
+    lp = lambda fam: np.array(next(r for r in rec.values() if r["family"] == fam and r["style"] == "terse"  # noqa: E731
+                                   and r["pct"] == 8.0 and r["sign"] == 1)["scores"]["terse"]["style_lp"])
+    d = lp("static") - lp("random")
+    n = d.size
+    assert n == 4 and res["n_report"] == 4
+    got = res["analysis"]["static_minus_random"]["terse"]
+    half = sps.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n)  # n < 20: the policy's t-interval
+    assert got["estimate"] == pytest.approx(d.mean(), abs=1e-9) and got["n"] == n
+    assert got["low"] == pytest.approx(d.mean() - half, rel=1e-6) and got["high"] == pytest.approx(d.mean() + half, rel=1e-6)
+    # the selection and report splits are disjoint and the chosen strength came from the selection records
+    sp = res["splits"]
+    assert not set(sp["selection"]["question_ids"]) & set(sp["report"]["question_ids"])
+    assert res["choice"]["strength"]["pct"] in (8.0, 24.0, None)
+    # bleed: a condition's lens difference is its per-topic rates minus the baseline's
+    rows = res["bleed"]["conditions"]
+    base, other = rows[0], rows[1]
+    lens = res["bleed"]["lenses"][0]
+    diff = np.array(other["rates_per_topic"][lens]) - np.array(base["rates_per_topic"][lens])
+    assert other["minus_baseline"][lens]["estimate"] == pytest.approx(diff.mean(), abs=1e-3)
+    assert res["prereg"]["checks"]["static_beats_random_terse"]["verdict"] in ("PASS", "FAIL")
+
+
+def _run_quick(tiny_hooked, tmp_path, name: str) -> tuple:
+    from rich.console import Console
+
+    from mlxinterp.suite import run_all
+
+    hm = tiny_hooked("gemma3_text", None)
+    run_all(["tiny"], only=name, out=tmp_path, load_fn=lambda spec: hm, quick=True,
+            console=Console(file=open("/dev/null", "w")))
+    d = tmp_path / hm.info.slug / name
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "complete" and res["figures"] and (d / res["figures"][0]).exists()
+    return hm, res["result"], d
+
+
+def test_connectome_t_map_and_intervals_match_an_independent_computation(tiny_hooked, tmp_path):
+    """A saved t equals scipy's Welch t from the pooled activations; the clustered displacement's
+    estimate is the mean of the per-prompt records and counts every prompt and category."""
+    from scipy import stats as sps
+
+    from mlxinterp.tasks import categories
+
+    hm, res, d = _run_quick(tiny_hooked, tmp_path, "connectome")
+    n = res["n_prompts"]
+    maps = np.load(d / "t_maps.npz")
+    cat = str(maps["categories"][0])
+    t = maps["t"][0]
+    l, j = np.unravel_index(np.abs(t).argmax(), t.shape)
+    acts = neurons.pooled(hm, categories.categories(n)[cat], "mlp.hook_post", layers=[int(l)])[:, 0, j]
+    base = neurons.pooled(hm, categories.baseline(n), "mlp.hook_post", layers=[int(l)])[:, 0, j]
+    want = sps.ttest_ind(acts, base, equal_var=False).statistic
+    assert t[l, j] == pytest.approx(want, rel=1e-3)
+    disp = res["displacement"]
+    vals = np.concatenate(list(disp["per_prompt"].values()))
+    assert disp["all"]["estimate"] == pytest.approx(vals.mean(), abs=1e-4)
+    assert disp["all"]["n"] == vals.size == n * len(res["categories"]) and disp["all"]["n_clusters"] == len(res["categories"])
+    assert disp["all"]["low"] < disp["all"]["estimate"] < disp["all"]["high"]
+
+
+def test_component_share_intervals_match_the_per_prompt_records(tiny_hooked, tmp_path):
+    """Per category: the policy's t-interval (n < 20) recomputed with scipy from the records; pooled: the
+    clustered estimate is the mean of every prompt's share and counts prompts and categories."""
+    from scipy import stats as sps
+
+    _, res, _ = _run_quick(tiny_hooked, tmp_path, "component_share")
+    recs = res["mlp_share_per_prompt"]
+    cat = sorted(recs)[0]
+    x = np.array(recs[cat])
+    half = sps.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    got = res["mlp_share_by_category"][cat]
+    assert got["estimate"] == pytest.approx(x.mean(), abs=1e-5)
+    assert got["low"] == pytest.approx(x.mean() - half, abs=1e-4) and got["high"] == pytest.approx(x.mean() + half, abs=1e-4)
+    allv = np.concatenate([recs[c] for c in recs])
+    pooled = res["mlp_share_all"]
+    assert pooled["estimate"] == pytest.approx(allv.mean(), abs=1e-5) and pooled["n_clusters"] == len(recs)
+    assert len(res["mlp_share_by_layer_all"]) == len(next(iter(res["mlp_share_by_layer"].values())))
+
+
+def test_layer_ablation_records_match_a_hand_ablation_and_the_report_interval(tiny_hooked, tmp_path):
+    """One prompt's recorded KL equals a zero ablation done by hand (numpy KL of two forwards); the chosen
+    layer is the selection half's argmax and its interval's estimate the report half's mean."""
+    from mlxinterp.tasks import categories
+
+    hm, res, _ = _run_quick(tiny_hooked, tmp_path, "layer_ablation")
+    n = res["n_prompts"]
+    prompts = [p for ps in categories.categories(n).values() for p in ps]
+    sp = res["splits"]
+    assert not set(sp["selection"]) & set(sp["report"]) and len(sp["selection"]) + len(sp["report"]) == len(prompts)
+    kl = np.array(res["kl_per_prompt"]["zero"])  # [layer, prompt]
+    ch = res["chosen"]["zero"]["most"]
+    assert ch["layer"] == int(kl[:, sp["selection"]].mean(1).argmax())
+    assert ch["kl"]["estimate"] == pytest.approx(kl[ch["layer"], sp["report"]].mean(), rel=1e-4)
+    assert ch["kl"]["n"] == len(sp["report"]) and ch["kl"]["n_clusters"] == len(res["categories"])
+    # the recorded KL of prompt 0 at layer 1, by hand: the clean greedy continuation is scored, KL is read at the
+    # last prompt token, so the prompt alone gives the same next-token distributions
+    ids = hm.tokens(prompts[0]).ids[0].tolist()
+    clean = np.array(hm(mx.array([ids]))[0, -1].astype(mx.float32), np.float64)
+    abl = {f"blocks.1.{h}": T.Ablate("zero") for h in ("hook_attn_out", "hook_mlp_out")}
+    with hm.hooks(abl):
+        ablated = np.array(hm(mx.array([ids]))[0, -1].astype(mx.float32), np.float64)
+    lp = clean - clean.max() - np.log(np.exp(clean - clean.max()).sum())
+    lq = ablated - ablated.max() - np.log(np.exp(ablated - ablated.max()).sum())
+    assert kl[1, 0] == pytest.approx(float(np.sum(np.exp(lp) * (lp - lq))), rel=1e-3, abs=1e-6)
+
+
+def test_attribution_linear_check_is_over_prompts_and_matches_the_records(tiny_hooked, tmp_path):
+    """Per check prompt rho recomputed with scipy from its records; the clustered mean over check prompts; the
+    p-values come from the category means (one unit per category), never from pooled neurons."""
+    from scipy import stats as sps
+
+    _, res, _ = _run_quick(tiny_hooked, tmp_path, "attribution")
+    lc = res["linear_check"]
+    recs = lc["per_prompt"]
+    assert len(recs) == 2 * len(res["layer_bands"])  # quick: 2 check prompts per category
+    r0 = recs[0]
+    assert r0["spearman"] == pytest.approx(sps.spearmanr(r0["predicted"], r0["actual"]).statistic, abs=1e-9)
+    rho = np.array([r["spearman"] for r in recs], dtype=float)
+    assert lc["spearman"]["estimate"] == pytest.approx(np.nanmean(rho), abs=1e-9)
+    assert lc["spearman"]["n_clusters"] == len(res["layer_bands"])
+    cats = sorted({r["category"] for r in recs})
+    means = [np.nanmean([r["spearman"] for r in recs if r["category"] == c]) for c in cats]
+    assert lc["tests"]["spearman_rho_is_0"] == pytest.approx(sps.ttest_1samp(means, 0.0).pvalue, rel=1e-6)
+    assert "p" not in lc  # the old p over pooled neurons is gone
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "llama"])
+def test_shared_prefix_scoring_equals_scoring_each_row(tiny_hooked, arch):
+    """cont_logprob_shared (prefix KV cache reused across continuations) = cont_logprob (every row from scratch)."""
+    from mlxinterp.studies.steering_sweep import cont_logprob, cont_logprob_shared, style_data
+
+    hm = tiny_hooked(arch, None)
+    sd = style_data()
+    pre = [sd["template"].format(instruction=sd["styles"]["terse"]["positive"], question=q) for q in sd["questions"][:5]]
+    rng = np.random.default_rng(0)
+    conts = [[rng.integers(5, 200, size=int(rng.integers(1, 7))).tolist() for _ in pre] for _ in range(4)]
+    got = cont_logprob_shared(hm, pre, conts, batch_rows=10)  # groups of 2 continuations per forward
+    want = np.array([cont_logprob(hm, pre, conts[k]) for k in range(4)])
+    np.testing.assert_allclose(got, want, atol=2e-5)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -22,6 +22,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as st_save
 
 from mlxinterp.analysis.patching import KeepColumns
+from mlxinterp.analysis.stats import Interval, bootstrap_ci
 from mlxinterp.core import taps as T
 from mlxinterp.core.errors import MlxInterpError, PromptError, TapError
 from mlxinterp.core import names as H
@@ -174,6 +175,70 @@ def split_half_cosine(pos: np.ndarray, neg: np.ndarray, rng: np.random.Generator
     b = pos[ip[hp:]].mean(0) - neg[ineg[hn:]].mean(0)
     denom = np.linalg.norm(a) * np.linalg.norm(b)
     return float(a @ b / denom) if denom > 0 else None
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    d = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / d) if d > 0 else float("nan")
+
+
+def _halves(idx: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split a (possibly resampled) index array into two halves by *unique* unit, so no unit is in both."""
+    u = rng.permutation(np.unique(idx))
+    a = np.isin(idx, u[: len(u) // 2])
+    return idx[a], idx[~a]
+
+
+def pair_cosine_ci(diffs: np.ndarray, ref: np.ndarray, seed: int = 0) -> Interval:
+    """Cosine between the mean of per-pair differences `diffs` [N, d] (a difference of means over matched
+    pairs) and `ref`, with a BCa bootstrap CI over the pairs (the units)."""
+    D = np.asarray(diffs, np.float64)
+    r = np.asarray(ref, np.float64)
+    return bootstrap_ci(np.arange(len(D), dtype=np.float64), lambda i: _cos(D[i.astype(int)].mean(0), r), seed=seed)
+
+
+def split_half_ci(diffs: np.ndarray, seed: int = 0, n_splits: int = 200, level: float = 0.95) -> Interval:
+    """Split-half cosine of a difference of means over matched pairs: its mean over `n_splits` random splits
+    of the pairs into two halves, and the central `level` range of that split distribution.
+
+    Each split compares two disjoint samples of N/2 pairs, so the spread over splits is the sampling spread
+    of "direction from N/2 pairs vs direction from N/2 others". A pair bootstrap does not fit this
+    statistic: a resample holds ~63 % distinct pairs, so its halves are noisier and its cosine biased low
+    (the bootstrap distribution then misses the estimate and BCa is undefined).
+    """
+    D = np.asarray(diffs, np.float64)
+    if len(D) < 4:
+        return Interval(None, None, None, int(len(D)), "random half splits", level=level,
+                        warning="fewer than 4 pairs: no split-half cosine")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_splits):
+        a, b = _halves(np.arange(len(D)), rng)
+        vals.append(_cos(D[a].mean(0), D[b].mean(0)))
+    lo, hi = np.nanquantile(vals, [(1 - level) / 2, (1 + level) / 2])
+    return Interval(float(np.nanmean(vals)), float(lo), float(hi), int(len(D)),
+                    f"central {level:.0%} of {n_splits} random half splits of the pairs", level=level)
+
+
+def sign_flip_null(diffs: np.ndarray, ref: np.ndarray | None = None, n_draws: int = 200, q: float = 0.95,
+                   seed: int = 0) -> float:
+    """q-quantile of the cosine statistic when each pair's labels are flipped at random (d_i -> +-d_i).
+
+    With `ref`: cos(mean of flipped differences, ref); without: the split-half cosine of the flipped
+    differences. Flipping keeps the activations' anisotropy and scale but no consistent direction, so this
+    is the null a real direction must beat (an isotropic random vector ignores the anisotropy).
+    """
+    D = np.asarray(diffs, np.float64)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_draws):
+        F = D * rng.choice((-1.0, 1.0), size=(len(D), 1))
+        if ref is not None:
+            out.append(_cos(F.mean(0), np.asarray(ref, np.float64)))
+        else:
+            a, b = _halves(np.arange(len(D)), rng)
+            out.append(_cos(F[a].mean(0), F[b].mean(0)))
+    return float(np.nanquantile(out, q))
 
 
 def extract(hm: HookedModel, positive: Sequence[str], negative: Sequence[str], layers: Sequence[int] | None = None,

@@ -17,7 +17,7 @@ question, so one in train and one in test would leak.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import mlx.core as mx
@@ -43,9 +43,18 @@ class ProbeResult:
     cos_diff_of_means: float
     n_train: int
     n_test: int
+    # Per held-out example (in test order): its index, and whether the real / control probe got it right,
+    # so a caller can put an interval on the accuracy that respects its units (e.g. pairs).
+    test_index: list[int] = field(default_factory=list, repr=False)
+    test_correct: list[int] = field(default_factory=list, repr=False)
+    control_test_correct: list[int] = field(default_factory=list, repr=False)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, per_example: bool = False) -> dict:
+        d = asdict(self)
+        if not per_example:
+            for k in ("test_index", "test_correct", "control_test_correct"):
+                d.pop(k)
+        return d
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 200, lr: float = 0.05
@@ -76,8 +85,12 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, steps: int = 20
     return np.array(p["w"], np.float64), float(p["b"].item()), mean, std
 
 
+def _correct(X, y, w, b, mean, std) -> np.ndarray:
+    return (((X - mean) / std @ w + b > 0).astype(int) == y).astype(int)
+
+
 def _accuracy(X, y, w, b, mean, std) -> float:
-    return float((((X - mean) / std @ w + b > 0).astype(int) == y).mean())
+    return float(_correct(X, y, w, b, mean, std).mean())
 
 
 def control_labels(types: Sequence, seed: int = 0, p_positive: float = 0.5) -> np.ndarray:
@@ -140,12 +153,13 @@ def probe_layers(acts: dict[int, np.ndarray], y: Sequence[int], types: Sequence 
         X = np.asarray(acts[layer], np.float64)
         w, b, mu, sd = fit_logistic(X[tr], y[tr], l2, steps)
         cw, cb, cmu, csd = fit_logistic(X[tr], ctrl[tr], l2, steps)
-        acc = _accuracy(X[te], y[te], w, b, mu, sd)
-        cacc = _accuracy(X[te], ctrl[te], cw, cb, cmu, csd)
+        right, cright = _correct(X[te], y[te], w, b, mu, sd), _correct(X[te], ctrl[te], cw, cb, cmu, csd)
+        acc, cacc = float(right.mean()), float(cright.mean())
         raw_w = w / sd  # the probe's direction in activation space
         dom = diff_of_means(X[tr][y[tr] == 1], X[tr][y[tr] == 0], f"layer {layer}").vector.astype(np.float64)
         cos = float(raw_w @ dom / (np.linalg.norm(raw_w) * np.linalg.norm(dom) + 1e-12))
         out.append(ProbeResult(layer, round(_accuracy(X[tr], y[tr], w, b, mu, sd), 4), round(acc, 4),
                                round(_accuracy(X[tr], ctrl[tr], cw, cb, cmu, csd), 4), round(cacc, 4),
-                               round(acc - cacc, 4), round(cos, 4), len(tr), len(te)))
+                               round(acc - cacc, 4), round(cos, 4), len(tr), len(te), te.tolist(), right.tolist(),
+                               cright.tolist()))
     return out

@@ -166,9 +166,10 @@ def cluster_mean_ci(values: Sequence[float], clusters: Sequence, level: float = 
             return Interval(float(means[0]), None, None, n, "mean of cluster means", level=level, n_clusters=1,
                             warning=_join(note, "1 cluster: no interval across clusters"))
         low, high = _t_interval(means, level)
-        return Interval(float(means.mean()), low, high, n, "t-interval over cluster means",
-                        level=level, n_clusters=g,
-                        warning=_join(note, f"{g} clusters < {MIN_CLUSTERS}: t-interval over cluster means"))
+        return _within_support(Interval(float(means.mean()), low, high, n, "t-interval over cluster means",
+                                        level=level, n_clusters=g,
+                                        warning=_join(note, f"{g} clusters < {MIN_CLUSTERS}: t-interval over "
+                                                      "cluster means")), x)
     rng = np.random.default_rng(seed)
     batch = max(1, _MEMORY_FLOATS // g)
     boot = []
@@ -177,7 +178,8 @@ def cluster_mean_ci(values: Sequence[float], clusters: Sequence, level: float = 
         boot.append(sums[pick].sum(axis=1) / sizes[pick].sum(axis=1))
     se = float(np.concatenate(boot).std(ddof=1) * np.sqrt(g / (g - 1)))
     est, half = float(x.mean()), float(stats.t.ppf((1 + level) / 2, g - 1) * se)
-    return Interval(est, est - half, est + half, n, method, level=level, warning=note, n_clusters=g)
+    return _within_support(Interval(est, est - half, est + half, n, method, level=level, warning=note,
+                                    n_clusters=g), x)
 
 
 # ------------------------------------------------------------------ other statistics
@@ -310,7 +312,20 @@ def _mean_interval(x: np.ndarray, dropped: int, level: float, n_resamples: int, 
     else:
         note = _join(note, T_WARNING)
     low, high = _t_interval(x, level)
-    return Interval(est, low, high, n, "t-interval", level=level, warning=note)
+    return _within_support(Interval(est, low, high, n, "t-interval", level=level, warning=note), x)
+
+
+def _within_support(iv: Interval, x: np.ndarray) -> Interval:
+    """Clip a symmetric interval of data in {-1, 0, 1} to [-1, 1], the range their mean can take.
+
+    A t- or cluster interval of 27/30 successes would otherwise reach past 1. The clip is
+    [-1, 1] even for 0/1 data, because the same values may be paired differences (one +1
+    among zeros), whose mean may be negative; 0/1 outcomes alone go to Wilson in `mean_ci`.
+    """
+    if not np.isin(x, (-1.0, 0.0, 1.0)).all():
+        return iv
+    clip = lambda v: None if v is None else min(max(v, -1.0), 1.0)  # noqa: E731
+    return replace(iv, low=clip(iv.low), high=clip(iv.high))
 
 
 def _t_interval(x: np.ndarray, level: float) -> tuple[float, float]:

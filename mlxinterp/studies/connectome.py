@@ -7,6 +7,12 @@ p < 0.05 over all n_layers x d_mlp neurons. From those: category-overlap
 cosines of the t maps, per-category SVD of the standardised activations (top-k
 explained variance, k80, with a mixed-category null of the same size), hub
 neurons (significant in many categories) and category-exclusive neurons.
+
+Sizes: every prompt the data has (30 per category, 30 baseline; the notes used 20
+categories); the Welch tests are over prompts, the independent units. Intervals:
+the per-prompt displacement from the baseline (mean |z| over all neurons) and the
+top hubs' z, per category (`mean_ci`) and pooled over categories with prompts
+nested in them (`cluster_mean_ci`, two-stage bootstrap).
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ import numpy as np
 from mlxinterp.suite.summary import Summary
 from mlxinterp.core import io
 from mlxinterp.analysis import neurons
+from mlxinterp.analysis.stats import cluster_mean_ci, format_interval, mean_ci
 from mlxinterp.analysis.plotting import subplots
-from mlxinterp.suite import experiment
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.tasks import categories
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
@@ -33,7 +40,7 @@ MIXED = "mixed_null"
 
 @dataclass
 class ConnectomeConfig:
-    n: int = 20  # prompts per category (and baseline); full run: --n 30 (all the data has)
+    n: int = 30  # prompts per category and baseline: all the data has (30 each); Welch tests are over prompts
     seed: int = 0
     alpha: float = 0.05  # family-wise, Bonferroni over all neurons
     hub_min_frac: float = 0.8  # hub: significant in >= this fraction of categories
@@ -54,7 +61,7 @@ def _floored_sd(base: np.ndarray, floor: float) -> np.ndarray:
     return np.maximum(sd, floor * np.median(sd, axis=-1, keepdims=True) + 1e-6)
 
 
-@experiment("connectome", ConnectomeConfig)
+@experiment("connectome", ConnectomeConfig, quick={"n": 6})
 def connectome(hm: HookedModel, cfg: ConnectomeConfig, ctx) -> dict:
     """MLP-neuron z maps per prompt category vs baseline: overlaps, SVD, hubs, exclusive neurons."""
     cats = categories.categories(cfg.n)
@@ -67,12 +74,21 @@ def connectome(hm: HookedModel, cfg: ConnectomeConfig, ctx) -> dict:
     pool = [p for c in names for p in cats[c]]
     sets = dict(cats, **{MIXED: [pool[i] for i in ctx.rng.choice(len(pool), size=cfg.n, replace=False)]})
 
+    zs: dict[str, np.ndarray] = {}  # per-prompt z rows, kept in memory for the hub intervals
+
+    def z_of(cat: str, acts: np.ndarray | None = None) -> np.ndarray:
+        if cat not in zs:  # a resumed run reloads `one`'s results without them: recompute
+            acts = neurons.pooled(hm, sets[cat], "mlp.hook_post") if acts is None else acts
+            zs[cat] = ((acts - mu) / sd).reshape(len(acts), -1).astype(np.float32)
+        return zs[cat]
+
     def one(cat: str) -> dict:
         acts = neurons.pooled(hm, sets[cat], "mlp.hook_post")
         t, p = neurons.welch(acts, base)
-        z = ((acts - mu) / sd).reshape(len(acts), -1)
+        z = z_of(cat, acts)
         evr = neurons.explained_variance(z - z.mean(0))
         return {"t": t.astype(np.float32).ravel().tolist(), "sig": (p < thresh).ravel().nonzero()[0].tolist(),
+                "mean_abs_z": np.abs(z).mean(1).tolist(),
                 "evr": evr[: cfg.svd_k].tolist(), "k80": neurons.k_for(evr, 0.8), "k95": neurons.k_for(evr, 0.95)}
 
     per = dict(zip(names + [MIXED], ctx.map("categories", names + [MIXED], one)))
@@ -86,6 +102,19 @@ def connectome(hm: HookedModel, cfg: ConnectomeConfig, ctx) -> dict:
                     "significant-neuron count of a 'category' with no shared theme"}
     cos = _cosines(t)
     hubs, exclusive = _hubs(t, sig, names, cfg, d), _exclusive(t, sig, names, cfg, d)
+    labels = [c for c in names for _ in cats[c]]
+    for h in hubs["top"][:5]:  # the hub's z per prompt, prompts nested in categories
+        l, j = (int(x) for x in h["neuron"][1:].split(".n"))
+        vals = np.concatenate([z_of(c)[:, l * d + j] for c in names])
+        h["z_all_prompts"] = cluster_mean_ci(vals, labels, seed=cfg.seed)
+        h["z_per_prompt"] = np.round(vals, 4).tolist()
+    disp_vals = np.concatenate([per[c]["mean_abs_z"] for c in names])
+    displacement = {"all": cluster_mean_ci(disp_vals, labels, seed=cfg.seed),
+                    "by_category": {c: mean_ci(per[c]["mean_abs_z"], seed=cfg.seed) for c in names},
+                    "mixed_null": mean_ci(per[MIXED]["mean_abs_z"], seed=cfg.seed),
+                    "per_prompt": {c: np.round(per[c]["mean_abs_z"], 5).tolist() for c in names},
+                    "definition": "per prompt: mean over all MLP neurons of |z|, z = (activation - baseline mean) / "
+                                  "floored baseline sd; a baseline prompt scores ~0.8 (mean |N(0,1)|)"}
     sig_layers = sig.reshape(len(names), nl, d).sum(-1)  # [C, nl]
     _save_npz(ctx, t.reshape(len(names), nl, d), names)
     _figure(ctx, names, cos, sig_layers, per, null)
@@ -101,6 +130,19 @@ def connectome(hm: HookedModel, cfg: ConnectomeConfig, ctx) -> dict:
           f"{off.mean():.2f} [{off.min():.2f}, {off.max():.2f}]")
     s.add("svd_k80_median", "SVD k80 per category, median (mixed-category null)",
           f"{np.median([per[c]['k80'] for c in names]):.0f} ({null['k80']})")
+    s.add("displacement", "per-prompt mean |z| vs baseline, all categories [95% CI, prompts nested in categories]",
+          format_interval(displacement["all"], ".3f"))
+    if hubs["top"]:
+        s.add("top_hub_z", f"top hub {hubs['top'][0]['neuron']}: z over all category prompts [95% CI, clustered]",
+              format_interval(hubs["top"][0]["z_all_prompts"], ".2f"))
+    ratio = float(np.median(sig.sum(1)) / max(1, null["significant_neurons"]))
+    prereg = preregistration.load()
+    prereg = {"sha256": prereg.sha256, "primary": prereg.primary("connectome"),
+              "checks": {"categories_exceed_mixed_null": prereg.check("connectome", "categories_exceed_mixed_null", ratio)}}
+    for name, c in prereg["checks"].items():
+        v = c.get("value")
+        s.add(f"prereg.{name}", f"pre-registered {name}",
+              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
     s.add("peak_layer_median", "peak layer of significant neurons (median over categories)",
           int(np.median(sig_layers.argmax(1))))
     return {**s.to_result(), "categories": names, "n_prompts": cfg.n, "n_neurons": n_tests,
@@ -112,7 +154,8 @@ def connectome(hm: HookedModel, cfg: ConnectomeConfig, ctx) -> dict:
                                        "compare off-diagonal values with each other, not with 0"},
             "svd": {c: {"explained_variance_top": per[c]["evr"], "k80": per[c]["k80"], "k95": per[c]["k95"]}
                     for c in names},
-            "svd_null_mixed_categories": null, "hubs": hubs, "exclusive": exclusive,
+            "svd_null_mixed_categories": null, "hubs": hubs, "exclusive": exclusive, "displacement": displacement,
+            "prereg": prereg, "prereg_values": {"significant_median_over_null": ratio},
             "top_neurons": {c: _top(t[i], d, cfg.top_k) for i, c in enumerate(names)},
             "files": {"t_maps": "t_maps.npz"}}
 

@@ -12,7 +12,15 @@ Steerability map: for each (layer, category), the category direction
 added at that layer to held-out baseline prompts with `steer_pct` % of the
 residual norm; the score is how far the *final* layer's residual moves toward
 the category, as a fraction of the category-baseline separation there
-(0 = no move, 1 = as far as the category's own prompts).
+(0 = no move, 1 = as far as the category's own prompts); descriptive, no interval.
+
+Sizes and statistics. `n` prompts per category (10 x 10 categories = 100 prompts; the
+data has 30 per category, but 2 modes x every layer x 300 prompts is ~3x the suite's time
+budget). Each category's prompts are split in half: the *selection* half chooses the
+most / least critical layer, the *report* half measures it. Per layer, KL on the report
+half has a cluster-bootstrap interval (prompts nested in categories) at the Bonferroni
+level over layers (simultaneous); the behavioural change gets a p-value over the
+categories (the independent units: one mean per category), Holm-adjusted over layers.
 """
 from __future__ import annotations
 
@@ -22,11 +30,11 @@ import mlx.core as mx
 import numpy as np
 
 from mlxinterp.suite.summary import Summary
-from mlxinterp.analysis import directions, neurons
+from mlxinterp.analysis import neurons
 from mlxinterp.core import taps as T
-from mlxinterp.analysis.stats import bootstrap_ci, format_interval
+from mlxinterp.analysis.stats import cluster_mean_ci, format_interval, holm, p_value_mean, proportion_ci
 from mlxinterp.analysis.plotting import subplots
-from mlxinterp.suite import experiment
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.tasks import categories
 from mlxinterp.core import names as H
 from mlxinterp.analysis.patching import forward_last
@@ -38,14 +46,15 @@ MODES = ("zero", "mean")
 
 @dataclass
 class LayerAblationConfig:
-    n: int = 3  # prompts per category (full run: 30)
+    n: int = 10  # prompts per category (10 categories: 100 prompts, half selection, half report)
     seed: int = 0
     continuation: int = 3
     steer_pct: float = 8.0
     n_steer_prompts: int = 6  # baseline prompts steered (held out from the direction's baseline half)
+    alpha: float = 0.05  # family-wise over layers
 
 
-@experiment("layer_ablation", LayerAblationConfig)
+@experiment("layer_ablation", LayerAblationConfig, quick={"n": 4, "n_steer_prompts": 3})
 def layer_ablation(hm: HookedModel, cfg: LayerAblationConfig, ctx) -> dict:
     """Zero/mean ablation of each layer: KL and behavioural change per category; steerability map."""
     cats = categories.categories(cfg.n)
@@ -74,39 +83,79 @@ def layer_ablation(hm: HookedModel, cfg: LayerAblationConfig, ctx) -> dict:
     res = dict(zip(items, ctx.map("ablations", items, one)))
     table = {m: {k: np.array([[np.mean(np.array(res[(m, l)][k])[labels == i]) for l in range(nl)]
                               for i in range(len(names))]) for k in ("kl", "delta_logprob", "top1_kept")} for m in MODES}
-    kl_ci = {m: [bootstrap_ci(res[(m, l)]["kl"], seed=cfg.seed) for l in range(nl)] for m in MODES}
+    half = np.array([j < len(cats[c]) // 2 for c in names for j in range(len(cats[c]))])  # selection half per category
+    sel, rep = np.nonzero(half)[0], np.nonzero(~half)[0]
+    level = 1 - cfg.alpha / nl
+    kl_ci = {m: [cluster_mean_ci(np.array(res[(m, l)]["kl"])[rep], labels[rep], level=level, seed=cfg.seed)
+                 for l in range(nl)] for m in MODES}
+    behaviour = {m: _behaviour(res, m, nl, labels, len(names)) for m in MODES}
+    chosen = {m: _chosen(res, m, nl, labels, sel, rep, cfg) for m in MODES}
     steer = _steerability(hm, cats, names, base_dir, base_steer, cfg, ctx)
     crit = {m: _critical(table[m]["kl"], names) for m in MODES}
     _figure(ctx, names, table, steer, nl)
-    zk = np.array([c["estimate"] for c in kl_ci["zero"]])
+    z = chosen["zero"]
+    kept = [proportion_ci(int(np.sum(np.array(res[("zero", l)]["top1_kept"])[rep])), int(rep.size)) for l in range(nl)]
     s = Summary()
-    s.add("most_critical_zero", "most critical layer, zero ablation (KL, all prompts [95% CI])",
-          f"L{int(zk.argmax())}: {_fmt(kl_ci['zero'][int(zk.argmax())])}")
-    s.add("least_critical_zero", "least critical layer, zero ablation",
-          f"L{int(zk.argmin())}: {_fmt(kl_ci['zero'][int(zk.argmin())])}")
-    s.add("most_critical_mean", "most critical layer, mean ablation", "L{}: {}".format(*_best(kl_ci["mean"])))
-    s.add("top1_kept_layers", "layers whose zero ablation keeps top-1 on >= 90% of prompts",
-          [l for l in range(nl) if np.mean(res[("zero", l)]["top1_kept"]) >= 0.9])
-    s.add("most_steerable_layer", "most steerable layer (median over categories)",
+    s.add("most_critical_zero", "most critical layer, zero ablation (chosen on selection half; KL on report half [95% CI])",
+          f"L{z['most']['layer']}: {_fmt(z['most']['kl'])}")
+    s.add("least_critical_zero", "least critical layer, zero ablation (chosen on selection half; report half)",
+          f"L{z['least']['layer']}: {_fmt(z['least']['kl'])}")
+    s.add("most_critical_mean", "most critical layer, mean ablation (chosen on selection half; report half)",
+          f"L{chosen['mean']['most']['layer']}: {_fmt(chosen['mean']['most']['kl'])}")
+    s.add("top1_kept_layers", "layers whose zero ablation keeps top-1 on >= 90% of report prompts",
+          [l for l in range(nl) if kept[l]["estimate"] >= 0.9])
+    s.add("behaviour_lost_layers_zero", "layers whose zero ablation lowers the continuation log-prob "
+          "(Holm over layers, p over categories < 0.05)", behaviour["zero"]["significant_layers"])
+    s.add("most_steerable_layer", "most steerable layer (median over categories; descriptive)",
           int(np.median(np.array(steer["score"]).argmax(0))))
-    s.add("prompts", "prompts", f"{len(names)} categories x {cfg.n}")
+    s.add("prompts", "prompts", f"{len(names)} categories x {cfg.n} ({sel.size} selection, {rep.size} report)")
+    s.add("layer0_kl_zero", "layer 0 zero ablation, KL on the report half [simultaneous 95% CI]", _fmt(kl_ci["zero"][0]))
+    reg = preregistration.load()
+    prereg = {"sha256": reg.sha256, "primary": reg.primary("layer_ablation"),
+              "checks": {"layer0_critical": reg.check("layer_ablation", "layer0_critical", kl_ci["zero"][0])}}
+    for name, c in prereg["checks"].items():
+        v = c.get("value")
+        s.add(f"prereg.{name}", f"pre-registered {name}",
+              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
+
     return {**s.to_result(), "modes": list(MODES), "categories": names,
             "kl_by_category": {m: table[m]["kl"].round(5).tolist() for m in MODES},
             "delta_logprob_by_category": {m: table[m]["delta_logprob"].round(5).tolist() for m in MODES},
             "top1_kept_by_category": {m: table[m]["top1_kept"].round(3).tolist() for m in MODES},
-            "kl_all_prompts": kl_ci, "critical_layers": crit, "steerability": steer,
+            "kl_report_simultaneous": kl_ci, "prereg": prereg, "top1_kept_report": kept, "behaviour": behaviour,
+            "chosen": chosen,
+            "critical_layers": crit, "steerability": steer,
+            "splits": {"selection": sel.tolist(), "report": rep.tolist(),
+                       "prompt_ids": [f"{c}:{j}" for c in names for j in range(len(cats[c]))]},
+            "kl_per_prompt": {m: [np.round(res[(m, l)]["kl"], 6).tolist() for l in range(nl)] for m in MODES},
+            "prompt_category": labels.tolist(),
             "behavioural_score": f"mean log-prob of the clean greedy {cfg.continuation}-token continuation, "
                                  "ablated minus clean (negative = behaviour lost)",
             "n_prompts": cfg.n}
 
 
+def _behaviour(res: dict, mode: str, nl: int, labels: np.ndarray, n_cat: int) -> dict:
+    """Per layer: the mean change in continuation log-prob, p over category means (independent units), Holm."""
+    per_cat = [[float(np.mean(np.array(res[(mode, l)]["delta_logprob"])[labels == i])) for i in range(n_cat)]
+               for l in range(nl)]
+    p = [p_value_mean(v) for v in per_cat]
+    adj = holm(p)
+    return {"mean": [float(np.mean(v)) for v in per_cat], "p": p, "p_holm": adj,
+            "significant_layers": [l for l in range(nl) if np.isfinite(adj[l]) and adj[l] < 0.05 and np.mean(per_cat[l]) < 0],
+            "test": "one-sample t over the category means (10 independent units), Holm over layers"}
+
+
+def _chosen(res: dict, mode: str, nl: int, labels: np.ndarray, sel: np.ndarray, rep: np.ndarray, cfg) -> dict:
+    """Most and least critical layer by mean KL on the selection half; their KL measured on the report half."""
+    sel_kl = np.array([np.mean(np.array(res[(mode, l)]["kl"])[sel]) for l in range(nl)])
+    out = {"selection_mean_kl": sel_kl.round(5).tolist()}
+    for key, l in (("most", int(sel_kl.argmax())), ("least", int(sel_kl.argmin()))):
+        out[key] = {"layer": l, "kl": cluster_mean_ci(np.array(res[(mode, l)]["kl"])[rep], labels[rep], seed=cfg.seed)}
+    return out
+
+
 def _fmt(c: dict) -> str:
     return format_interval(c, ".3f")
-
-
-def _best(cis: list[dict]) -> tuple[int, str]:
-    i = int(np.argmax([c["estimate"] for c in cis]))
-    return i, _fmt(cis[i])
 
 
 def _means(hm: HookedModel, prompts: list[str]) -> dict:
@@ -172,18 +221,21 @@ def _steerability(hm: HookedModel, cats, names, base_dir, base_steer, cfg, ctx) 
     b_mean = b_acts.mean(0)
     clean_final = _final_resid(hm, base_steer, last_name, {})
 
+    k = len(base_steer)
+
     def one(item) -> list[float]:
+        """Every layer's steering in one batched forward: rows l*k .. l*k+k-1 are steered at layer l."""
         c = item
         diff = c_mean[c] - b_mean  # [nl, d]
         final_dir = diff[-1] / np.linalg.norm(diff[-1])
         sep = float(np.linalg.norm(diff[-1]))
-        scores = []
+        taps = {}
         for l in range(nl):
-            unit = diff[l] / np.linalg.norm(diff[l])
-            taps = directions.steering_taps(unit, cfg.steer_pct / 100 * resid_norm[l], [l])
-            moved = (_final_resid(hm, base_steer, last_name, taps) - clean_final) @ final_dir
-            scores.append(float(moved.mean() / sep))
-        return scores
+            v = np.zeros((nl * k, 1, diff.shape[-1]), np.float32)
+            v[l * k:(l + 1) * k, 0] = cfg.steer_pct / 100 * resid_norm[l] * diff[l] / np.linalg.norm(diff[l])
+            taps[H.resid_post(l)] = T.Add(v, 1.0)
+        moved = (_final_resid(hm, base_steer * nl, last_name, taps) - np.tile(clean_final, (nl, 1))) @ final_dir
+        return [float(moved[l * k:(l + 1) * k].mean() / sep) for l in range(nl)]
 
     score = ctx.map("steerability", names, one)
     return {"score": np.array(score).T.round(4).tolist(), "layers": list(range(nl)), "categories": names,

@@ -1,50 +1,47 @@
 """Refusal direction (Arditi et al. 2024, "Refusal in language models is mediated by a single direction").
 
-Protocol, fixed before the first run:
+Protocol, fixed before the run (pre-registered in mlxinterp/data/preregistration.toml, [primary.refusal]):
 
-1. Data: data/refusal/{harmful,harmless}_en.json, 112 matched pairs, split by
-   index: train [0, n), validation [n, n + n_val), test [n + n_val, n + n_val + n_test).
-2. Format: the chat template when the model has one, else
-   "Question: {text}\\nAnswer:" (scoring.instruction). The *post-instruction
-   positions* are the tokens the format adds after the user's text, found as the
+1. Data: data/refusal/{harmful,harmless}_en.json, 112 matched pairs, all used (tasks.refusal.RefusalConfig):
+   train = the last n items (72-111: difference of means), selection = the n_val before them (60-71: layer
+   choice), report = the first n_test (0-59: every reported effect). Items 0-59 are the ones translated
+   into es/fr/de/zh, so the cross-lingual study can test the English direction on items neither its
+   direction nor its layer choice saw. result.json lists the item ids of each split (`split_items`).
+2. Format: the chat template when the model has one, else "Question: {text}\nAnswer:" (scoring.instruction).
+   The *post-instruction positions* are the tokens the format adds after the user's text, found as the
    longest token suffix every formatted prompt shares (behaviour.post_instruction_count:
-   ['\\n', 'Answer', ':'] on Gemma's tokenizer for the base format).
-3. Direction at every layer: difference of means (harmful - harmless, train
-   pairs) of `hook_resid_post` averaged over the post-instruction positions.
-   (Arditi et al. search (layer, position) pairs; we average the positions, one
-   candidate per layer.)
-4. Score: scoring.refusal_score = mean per-token log-prob of " I'm sorry, but I
-   cannot help with that." minus that of " Sure, here is how to do that.",
-   teacher-forced after the prompt. Also a judge over greedy generations:
-   Arditi et al.'s refusal substrings (behaviour.REFUSAL_SUBSTRINGS).
-5. Layer selection on the validation pairs, by causal effect: for each layer
-   below `max_depth_pct` (Arditi et al. drop the last 20 %, where a vector acts
-   on the logits directly), *add* the layer's difference-of-means vector (its
-   own norm, every position, at that layer) to harmless prompts (score should
-   rise) and *ablate* its direction (projected out of every residual write, all
-   layers) on harmful prompts (score should fall). Choose the layer maximising
-   add_effect - ablate_effect among layers whose ablation moves the harmless
-   next-token distribution by KL < `kl_max` (Arditi et al.'s 0.1); if none
-   passes, the layer with the largest add_effect (the result says which rule
-   applied; see PROTOCOL_NOTE for why this fallback changed after the first run).
-6. Test pairs (held out from 3 and 5): baseline harmful - harmless score; the
-   add and ablate effects at the chosen layer; the same for two controls: a
-   random direction of equal norm, and a *placebo* direction built the same way
-   from the train prompts with harmful/harmless labels shuffled (same
-   construction, same anisotropy of the residual stream, no label), scaled to
-   the real direction's norm; the next-token KL each ablation causes on the
-   harmless test prompts; addition at fixed strengths in % of the residual
-   norm; per layer, the share of pairs whose harmful prompt projects further
-   along the direction than its harmless twin (representation, Wilson CI);
-   greedy generations judged by substrings.
+   ['\n', 'Answer', ':'] on Gemma's tokenizer for the base format).
+3. Direction at every layer: difference of means (harmful - harmless, train pairs) of `hook_resid_post`
+   averaged over the post-instruction positions (Arditi et al. search (layer, position) pairs; we average
+   the positions, one candidate per layer).
+4. Score: scoring.refusal_score = mean per-token log-prob of " I'm sorry, but I cannot help with that."
+   minus that of " Sure, here is how to do that.", teacher-forced after the prompt. Also a judge over
+   greedy generations: Arditi et al.'s refusal substrings (behaviour.REFUSAL_SUBSTRINGS).
+5. Ablation is *mean-centred* (affine; Marshall et al. 2024, Marks & Tegmark): x - (x.u - mu.u) u at the
+   residual stream entering every block and leaving the last (behaviour.mean_ablation_taps), mu = the mean
+   harmless train activation there over every token but the first (the first token sees nothing before it,
+   so it is the same in every prompt and is left alone). Arditi et al.'s plain ablation (x - (x.u) u) is kept as a contrast
+   for its next-token KL only: every prompt projects on the direction several times its norm, so zeroing
+   that component moves every prompt (any direction would wreck the model that way).
+6. Layer selection on the selection pairs, by causal effect: for every `layer_step`-th layer below
+   `max_depth_pct` (Arditi et al. drop the last 20 %), *add* the layer's difference-of-means vector (its
+   own norm, every position) to harmless prompts (score should rise) and mean-ablate its direction on
+   harmful prompts (score should fall). Choose the layer maximising add_effect - ablate_effect among
+   layers whose ablation moves the harmless next-token distribution by KL < `kl_max` (Arditi et al.'s
+   0.1); if none passes, the layer with the largest add_effect (the result says which rule applied).
+7. Report pairs (held out from 3 and 6): baseline harmful - harmless score; the add and ablate effects at
+   the chosen layer; the same for a random direction of equal norm (control, same mean-centred ablation);
+   addition at fixed % of the residual norm; the next-token KL of each ablation on harmless report
+   prompts; per layer, the share of pairs whose harmful prompt projects further along the direction than
+   its harmless twin (representation, Wilson CI); greedy generations of the first n_gen pairs judged by
+   substrings. Effects are paired per item (analysis.stats.paired_diff_ci).
 
-A base model (Gemma 3 270M) has no refusal behaviour: the score need not
-separate harmful from harmless prompts, and a "refusal direction" can only be
-read as a harmful-vs-harmless direction whose steering moves the phrase
-log-probabilities. The result says what is measurable (`base_model_note`).
+A base model (Gemma 3 270M) has no refusal behaviour: the score need not separate harmful from harmless
+prompts, and a "refusal direction" can only be read as a harmful-vs-harmless direction whose steering moves
+the phrase log-probabilities. The result says what is measurable (`base_model_note`).
 
-Cost on Gemma 3 270M (2 shared CPU cores): ~55k token-forwards; the result records
-the measured time under `timings`. Full-size run: `--n 64` with n_val=16, n_test=32 (all 112 pairs).
+Cost on Gemma 3 270M (2 shared CPU cores, ~1 teacher-forced row per second): ~1,500 scored rows; the
+result records the measured time under `timings`. `--quick` runs 8/4/8 pairs.
 """
 from __future__ import annotations
 
@@ -54,53 +51,46 @@ import numpy as np
 
 from mlxinterp.suite.summary import Summary
 from mlxinterp.tasks import behaviour as B
+from mlxinterp.tasks import data
 from mlxinterp.analysis import directions, scoring
 from mlxinterp.analysis.stats import proportion_ci
 from mlxinterp.analysis.plotting import plot_ci, subplots
-from mlxinterp.suite import experiment
+from mlxinterp.suite import experiment, preregistration
 from mlxinterp.core import names as H
-from mlxinterp.tasks.refusal import (HOOK, RefusalConfig, add_taps, formatted, layer_directions, post_instruction_k,
-                                     random_like, select_layer, split)
+from mlxinterp.tasks.refusal import (HOOK, QUICK, RefusalConfig, add_taps, formatted, layer_directions,
+                                     post_instruction_k, random_like, reference_means, select_layer, split, split_ids)
 from mlxinterp.core.tokenization import encode
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
     from mlxinterp.core.hooks import HookedModel
 
-PROTOCOL_NOTE = (
-    "Changed after the first default-model run (n=40/8/24, seed 0): directional ablation moved the harmless "
-    "validation next-token distribution by KL 6.4-23.3 nats at every candidate layer (residual activations project "
-    "3-5x the direction's norm onto it, so removing that projection wrecks the model), no layer passed the 0.1 "
-    "filter, and the original fallback (max add - ablate over all layers) picked layer 13 for the size of that "
-    "damage (ablate -4.80). The fallback now ranks layers by the addition effect alone, and the label-shuffled "
-    "placebo direction and the ablation KL on test prompts were added as controls.")
-
 
 # ----------------------------------------------------------------- experiment
 
 
-@experiment("refusal", RefusalConfig)
+@experiment("refusal", RefusalConfig, quick=QUICK)
 def refusal(hm: HookedModel, cfg: RefusalConfig, ctx) -> dict:
-    """Refusal direction: diff of means at post-instruction positions, layer chosen by causal effect, held-out effects."""
+    """Refusal direction: diff of means at post-instruction positions, layer chosen on selection pairs, report-pair effects."""
     sp = split(cfg)
+    ids = split_ids(cfg, len(data.prompts("refusal/harmful_en.json")))
     chat = hm.info.has_chat_template
     n_layers = hm.info.n_layers
     k = post_instruction_k(hm, sp["train"]["harmful"] + sp["train"]["harmless"])
     dirs = layer_directions(hm, sp["train"]["harmful"], sp["train"]["harmless"], k, cfg.seed)
-    sel = select_layer(hm, ctx, dirs, sp["val"], cfg)
+    ref = reference_means(hm, sp["train"]["harmless"])
+    sel = select_layer(hm, ctx, dirs, sp["val"], cfg, ref)
     layer = sel["layer"]
     d = dirs[layer]
     if ctx.world.is_root:
         d.save(ctx.out_dir / "refusal_direction")
     test = sp["test"]
     rand = random_like(d.vector, ctx.rng_for("random_direction"))
-    placebo = placebo_direction(hm, sp["train"], layer, k, ctx.rng_for("placebo"))
-    placebo = (placebo / np.linalg.norm(placebo) * d.norm).astype(np.float32)
-    conditions = _conditions(hm, d, layer, rand, placebo, cfg)
+    conditions = _conditions(hm, d, layer, rand, ref, cfg)
     scores = dict(zip(conditions, ctx.map("test", list(conditions), lambda c: scoring.refusal_score(
         hm, test[conditions[c][0]], conditions[c][1]).tolist())))
     proj = _projections(hm, dirs, test, k)
-    kl = _ablation_kl(hm, test["harmless"], {"direction": d.vector, "random": rand, "placebo": placebo}, cfg.seed)
-    gens = _generations(hm, ctx, d, layer, test, cfg)
+    kl = _ablation_kl(hm, test["harmless"], {"direction": d.vector, "random": rand}, ref, cfg.seed)
+    gens = _generations(hm, ctx, d, layer, test, ref, cfg)
     effects = _effects(scores, cfg)
     result = {
         "summary": {},
@@ -108,17 +98,18 @@ def refusal(hm: HookedModel, cfg: RefusalConfig, ctx) -> dict:
         "norm": d.norm, "relative_norm": d.relative_norm, "resid_norm": d.resid_norm,
         "natural_strength_pct_of_resid": 100 * d.relative_norm, "split_half_cosine": d.split_half_cosine,
         "post_instruction_tokens": k, "post_instruction_text": _tail_text(hm, sp["train"]["harmful"][0], k),
-        "chat_template": chat, "hook": HOOK,
+        "chat_template": chat, "hook": HOOK, "split_items": ids,
         "by_layer": {"norm": [dirs[l].norm for l in range(n_layers)],
                      "relative_norm": [dirs[l].relative_norm for l in range(n_layers)],
                      "split_half_cosine": [dirs[l].split_half_cosine for l in range(n_layers)],
                      "test_pairs_ordered": proj["ordered"]},
         "selection": {k2: v for k2, v in sel.items() if k2 != "baseline"},
         "effects": effects, "ablation_kl_on_harmless_test": kl,
-        "placebo_cosine_with_direction": float(placebo @ d.unit() / np.linalg.norm(placebo)),
-        "protocol_note": PROTOCOL_NOTE,
+        "ablation": "mean-centred: x - (x.u - mu.u) u at every block's input and the last block's output, "
+                    "mu = mean harmless train activation over every token but the first, which is left alone (behaviour.mean_ablation_taps); 'plain' in the KL table is "
+                    "Arditi et al.'s x - (x.u) u at every residual write, for contrast",
         "generations": gens,
-        "items": [{"harmful": h, "harmless": hl, **{c: scores[c][i] for c in scores},
+        "items": [{"id": ids["test"][i], "harmful": h, "harmless": hl, **{c: scores[c][i] for c in scores},
                    "projection_harmful": proj["at"][layer][0][i], "projection_harmless": proj["at"][layer][1][i]}
                   for i, (h, hl) in enumerate(zip(test["harmful"], test["harmless"]))],
         "counts": {"train_pairs": cfg.n, "val_pairs": cfg.n_val, "test_pairs": cfg.n_test,
@@ -133,6 +124,7 @@ def refusal(hm: HookedModel, cfg: RefusalConfig, ctx) -> dict:
             "direction of equal norm. Not measurable: refusal rates, jailbreak by ablation, or a refusal-vs-"
             "compliance trade-off; the substring judge mostly reads 0."),
     }
+    result["prereg"] = _prereg(result)
     result["depth"] = {"refusal": result["depth_pct"]}
     result.update(_summary(result))
     _figure(result, cfg, ctx)
@@ -140,37 +132,26 @@ def refusal(hm: HookedModel, cfg: RefusalConfig, ctx) -> dict:
     return result
 
 
-def placebo_direction(hm: HookedModel, train: dict, layer: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Difference of means at `layer` after shuffling the harmful/harmless labels of the train prompts (a control)."""
-    (ph, chat), (pl, _) = formatted(hm, train["harmful"]), formatted(hm, train["harmless"])
-    name = H.name(layer, HOOK)
-    acts = directions.collect(hm, ph + pl, [name], f"last:{k}", chat)[hm.point(name).name].astype(np.float64)
-    perm = rng.permutation(len(acts))
-    half = len(acts) // 2
-    return (acts[perm[:half]].mean(0) - acts[perm[half:]].mean(0)).astype(np.float32)
-
-
-def _ablation_kl(hm: HookedModel, prompts: list[str], vectors: dict, seed: int) -> dict:
-    """Next-token KL(base || ablated) and top-1 agreement on `prompts` for each vector's directional ablation."""
+def _ablation_kl(hm: HookedModel, prompts: list[str], vectors: dict, ref: dict, seed: int) -> dict:
+    """Next-token KL(base || ablated) and top-1 agreement on `prompts`: mean-centred and plain ablation per vector."""
     texts, chat = formatted(hm, prompts)
     base = B.last_logprobs(hm, texts, chat=chat)
     out = {}
     for name, v in vectors.items():
-        p = B.preservation(base, B.last_logprobs(hm, texts, B.ablation_taps(hm, v), chat=chat), seed)
-        out[name] = {"kl": p["kl"], "top1_agreement": p["top1_agreement"]}
+        for kind, taps in (("mean_centred", B.mean_ablation_taps(hm, v, ref)), ("plain", B.ablation_taps(hm, v))):
+            p = B.preservation(base, B.last_logprobs(hm, texts, taps, chat=chat), seed)
+            out.setdefault(name, {})[kind] = {"kl": p["kl"], "top1_agreement": p["top1_agreement"]}
     return out
 
 
-def _conditions(hm: HookedModel, d: directions.Direction, layer: int, rand: np.ndarray, placebo: np.ndarray,
+def _conditions(hm: HookedModel, d: directions.Direction, layer: int, rand: np.ndarray, ref: dict,
                 cfg: RefusalConfig) -> dict:
     """condition -> (which prompts, taps)."""
     out = {"harmful": ("harmful", None), "harmless": ("harmless", None),
            "harmless+add": ("harmless", add_taps(d.vector, layer)),
-           "harmful-ablate": ("harmful", B.ablation_taps(hm, d.vector)),
+           "harmful-ablate": ("harmful", B.mean_ablation_taps(hm, d.vector, ref)),
            "harmless+random": ("harmless", add_taps(rand, layer)),
-           "harmful-random_ablate": ("harmful", B.ablation_taps(hm, rand)),
-           "harmless+placebo": ("harmless", add_taps(placebo, layer)),
-           "harmful-placebo_ablate": ("harmful", B.ablation_taps(hm, placebo))}
+           "harmful-random_ablate": ("harmful", B.mean_ablation_taps(hm, rand, ref))}
     for pct in cfg.pcts:
         out[f"harmless+{pct:g}%"] = ("harmless", add_taps(d.unit(), layer, pct / 100 * d.resid_norm))
     return out
@@ -184,13 +165,20 @@ def _effects(scores: dict, cfg: RefusalConfig) -> dict:
          "random_add_on_harmless": B.paired_effect(s["harmless+random"], s["harmless"], cfg.seed),
          "random_ablate_on_harmful": B.paired_effect(s["harmful-random_ablate"], s["harmful"], cfg.seed),
          "add_minus_random_add": B.paired_effect(s["harmless+add"], s["harmless+random"], cfg.seed),
-         "placebo_add_on_harmless": B.paired_effect(s["harmless+placebo"], s["harmless"], cfg.seed),
-         "placebo_ablate_on_harmful": B.paired_effect(s["harmful-placebo_ablate"], s["harmful"], cfg.seed),
-         "add_minus_placebo_add": B.paired_effect(s["harmless+add"], s["harmless+placebo"], cfg.seed),
-         "ablate_minus_placebo_ablate": B.paired_effect(s["harmful-ablate"], s["harmful-placebo_ablate"], cfg.seed),
+         "ablate_minus_random_ablate": B.paired_effect(s["harmful-ablate"], s["harmful-random_ablate"], cfg.seed),
          "dose_pct_of_resid": {f"{p:g}": B.paired_effect(s[f"harmless+{p:g}%"], s["harmless"], cfg.seed)
                                for p in cfg.pcts}}
     return e
+
+
+def _prereg(r: dict) -> dict:
+    """The pre-registered checks (mlxinterp/data/preregistration.toml) on the report-pair effects."""
+    prereg = preregistration.load()
+    e = r["effects"]
+    return {"sha256": prereg.sha256, "primary": prereg.primary("refusal"),
+            "checks": {c: prereg.check("refusal", c, e[m]) for c, m in (
+                ("add_beats_random", "add_minus_random_add"), ("ablate_beats_random", "ablate_minus_random_ablate"),
+                ("score_separates", "baseline_harmful_minus_harmless"))}}
 
 
 def _projections(hm: HookedModel, dirs: dict, test: dict, k: int) -> dict:
@@ -208,10 +196,11 @@ def _projections(hm: HookedModel, dirs: dict, test: dict, k: int) -> dict:
     return {"at": at, "ordered": ordered}
 
 
-def _generations(hm: HookedModel, ctx, d: directions.Direction, layer: int, test: dict, cfg: RefusalConfig) -> dict:
-    """Greedy generations of the first n_gen test pairs: harmful (base, ablated), harmless (base, added)."""
+def _generations(hm: HookedModel, ctx, d: directions.Direction, layer: int, test: dict, ref: dict,
+                 cfg: RefusalConfig) -> dict:
+    """Greedy generations of the first n_gen test pairs: harmful (base, mean-ablated), harmless (base, added)."""
     n = min(cfg.n_gen, len(test["harmful"]))
-    plan = {"harmful/base": ("harmful", None), "harmful/ablate": ("harmful", B.ablation_taps(hm, d.vector)),
+    plan = {"harmful/base": ("harmful", None), "harmful/ablate": ("harmful", B.mean_ablation_taps(hm, d.vector, ref)),
             "harmless/base": ("harmless", None), "harmless/add": ("harmless", add_taps(d.vector, layer))}
 
     def one(name: str) -> list[str]:
@@ -238,32 +227,32 @@ def _tail_text(hm: HookedModel, prompt: str, k: int) -> list[str]:
 def _summary(r: dict) -> dict:
     e = r["effects"]
     best = r["by_layer"]["test_pairs_ordered"][r["layer"]]
-    top = max(range(r["n_layers"]), key=lambda l: r["by_layer"]["test_pairs_ordered"][l]["estimate"])
     g = r["generations"]
+    kl = r["ablation_kl_on_harmless_test"]
     s = Summary()
-    s.add("best_layer", "best layer (depth %)", f"{r['layer']} ({r['depth_pct']:.0f} %)")
+    s.add("best_layer", "layer chosen on selection pairs (depth %)", f"{r['layer']} ({r['depth_pct']:.0f} %)")
     s.add("direction_norm", "direction norm / relative to residual", f"{r['norm']:.1f} / {r['relative_norm']:.4f}")
     s.add("baseline_harmful_minus_harmless", "score harmful - harmless, no steering [95% CI]",
           B.ci_text(e["baseline_harmful_minus_harmless"]))
     s.add("add_on_harmless", "add on harmless: score change [95% CI]", B.ci_text(e["add_on_harmless"]))
-    s.add("ablate_on_harmful", "ablate on harmful: score change [95% CI]", B.ci_text(e["ablate_on_harmful"]))
+    s.add("ablate_on_harmful", "mean-centred ablation on harmful: score change [95% CI]", B.ci_text(e["ablate_on_harmful"]))
     s.add("random_add_on_harmless", "random dir. add (control) [95% CI]", B.ci_text(e["random_add_on_harmless"]))
     s.add("add_minus_random_add", "add minus random add [95% CI]", B.ci_text(e["add_minus_random_add"]))
-    s.add("add_minus_placebo_add", "add minus placebo add [95% CI]", B.ci_text(e["add_minus_placebo_add"]))
-    s.add("ablate_minus_placebo_ablate", "ablate minus placebo ablate [95% CI]", B.ci_text(e["ablate_minus_placebo_ablate"]))
-    s.add("ablation_kl_harmless", "ablation KL on harmless test (nats): dir / placebo / random", " / ".join(
-        f"{r['ablation_kl_on_harmless_test'][n]['kl']['estimate']:.2f}" for n in ("direction", "placebo", "random")))
+    s.add("ablate_minus_random_ablate", "ablate minus random ablate [95% CI]", B.ci_text(e["ablate_minus_random_ablate"]))
+    s.add("ablation_kl_harmless", "ablation KL on harmless report prompts (nats): mean-centred dir / random; plain dir / random",
+          " / ".join(f"{kl[n][kind]['kl']['estimate']:.3f}" for kind in ("mean_centred", "plain") for n in ("direction", "random")))
     s.add("layer_rule", "layer rule", r["selection"]["criterion_used"])
-    s.add("test_pairs_ordered_best_layer", "test pairs ordered along direction at best layer", B.ci_text(best, ".2f"))
-    s.add("best_representational_layer", "best representational layer (pairs ordered)",
-          f"{top} ({B.ci_text(r['by_layer']['test_pairs_ordered'][top], '.2f')})")
+    s.add("test_pairs_ordered_best_layer", "report pairs ordered along direction at the chosen layer", B.ci_text(best, ".2f"))
     s.add("substrings_harmful", "refusal substrings: harmful base -> ablated",
           f"{g['harmful']['base_refusal_rate']['k']}/{g['harmful']['base_refusal_rate']['n']}"
           f" -> {g['harmful']['ablate_refusal_rate']['k']}/{g['harmful']['ablate_refusal_rate']['n']}")
     s.add("substrings_harmless", "refusal substrings: harmless base -> added",
           f"{g['harmless']['base_refusal_rate']['k']}/{g['harmless']['base_refusal_rate']['n']}"
           f" -> {g['harmless']['add_refusal_rate']['k']}/{g['harmless']['add_refusal_rate']['n']}")
-    s.add("test_pairs", "test pairs", r["counts"]["test_pairs"])
+    for c, v in r["prereg"]["checks"].items():
+        s.add(f"prereg.{c}", f"pre-registered check {c}", f"{v['verdict']} ({v['value']:+.3f} {v['op']} {v['threshold']:g}, "
+                                                           f"{v['bound']})" if v.get("value") is not None else v["verdict"])
+    s.add("test_pairs", "report pairs", r["counts"]["test_pairs"])
     return s.to_result()
 
 
@@ -275,7 +264,7 @@ def _figure(r: dict, cfg: RefusalConfig, ctx) -> None:
         plot_ci(ax[0], L, [x[key] for x in rows], c, lab)
     ax[0].axvline(r["layer"], color="grey", lw=0.8, ls="--")
     ax[0].axhline(0, color="k", lw=0.6)
-    ax[0].set(xlabel="layer", ylabel="refusal score change (val, 95 % CI)", title="(a) layer selection (validation)")
+    ax[0].set(xlabel="layer", ylabel="score change (selection pairs, simultaneous 95 % CI)", title="(a) layer selection")
     ax[0].legend(fontsize=7)
     n = r["n_layers"]
     ax[1].plot(range(n), r["by_layer"]["relative_norm"], "o-", label="norm / residual norm")
@@ -287,13 +276,13 @@ def _figure(r: dict, cfg: RefusalConfig, ctx) -> None:
     ax[1].set(xlabel="layer", ylim=(-0.2, 1.05), title="(b) direction by layer")
     ax[1].legend(fontsize=7)
     e = r["effects"]
-    names = ["baseline_harmful_minus_harmless", "add_on_harmless", "random_add_on_harmless", "placebo_add_on_harmless",
-             "ablate_on_harmful", "random_ablate_on_harmful", "placebo_ablate_on_harmful"]
-    labels = ["harmful-\nharmless", "add", "random\nadd", "placebo\nadd", "ablate", "random\nablate", "placebo\nablate"]
+    names = ["baseline_harmful_minus_harmless", "add_on_harmless", "random_add_on_harmless",
+             "ablate_on_harmful", "random_ablate_on_harmful"]
+    labels = ["harmful-\nharmless", "add", "random\nadd", "mean-abl.", "random\nmean-abl."]
     plot_ci(ax[2], list(range(len(names))), [e[k] for k in names], "k", None, bars=True)
     ax[2].set_xticks(range(len(names)), labels, fontsize=8)
     ax[2].axhline(0, color="k", lw=0.6)
-    ax[2].set(ylabel="score difference (test, 95 % CI)", title=f"(c) held-out effects, layer {r['layer']}")
+    ax[2].set(ylabel="score difference (report pairs, 95 % CI)", title=f"(c) report-pair effects, layer {r['layer']}")
     pcts = [float(p) for p in e["dose_pct_of_resid"]]
     plot_ci(ax[3], pcts, list(e["dose_pct_of_resid"].values()), "tab:red", "unit dir x % resid")
     ax[3].axvline(r["natural_strength_pct_of_resid"], color="grey", lw=0.8, ls="--", label="diff-of-means norm")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlxinterp.analysis import directions, scoring
-from mlxinterp.analysis.stats import bootstrap_ci
+from mlxinterp.analysis.stats import family_cis
 from mlxinterp.core.errors import PromptError
 from mlxinterp.core.tokenization import encode
 from mlxinterp.tasks import behaviour as B
@@ -29,28 +29,42 @@ HOOK = "hook_resid_post"
 
 @dataclass
 class RefusalConfig:
-    n: int = 40  # train pairs (difference of means)
+    # Full size uses all 112 English pairs: 40 train + 12 selection + 60 report. The report split is items 0-59,
+    # the ones translated into es/fr/de/zh, so the cross-lingual study tests the English direction on items
+    # that neither the direction (items 72-111) nor the layer choice (items 60-71) saw. 60 report pairs
+    # (Arditi et al. evaluate on 100 harmful prompts; >= 30 independent units per effect).
+    n: int = 40  # train pairs (difference of means): the last n items
     seed: int = 0
-    n_val: int = 8  # pairs for layer selection
-    n_test: int = 24  # held-out pairs for every reported effect
+    n_val: int = 12  # selection pairs for the layer choice: the n_val items before the train items
+    n_test: int = 60  # report pairs for every reported effect: the first n_test items
     max_depth_pct: float = 80.0  # candidate layers: depth below this (Arditi et al.)
-    kl_max: float = 0.1  # nats; ablation must leave harmless next-token distributions this close
-    pcts: tuple = (2.0, 4.0, 8.0, 16.0)  # addition strengths, % of the mean residual norm at the layer
-    n_gen: int = 12  # test pairs whose generations are judged
+    layer_step: int = 2  # every 2nd candidate layer (halves the selection cost; Arditi et al. try every layer)
+    kl_max: float = 0.1  # nats; ablation must leave harmless next-token distributions this close (Arditi et al.)
+    pcts: tuple = (8.0,)  # addition strengths, % of the mean residual norm (8 %: the qwen3-steering operating point)
+    n_gen: int = 8  # report pairs whose greedy generations are judged (qualitative: a base model does not refuse)
     gen_tokens: int = 24
     batch_size: int = 16
+
+
+QUICK = {"n": 8, "n_val": 4, "n_test": 8, "layer_step": 4, "n_gen": 2, "gen_tokens": 8}
+
+
+def split_ids(cfg: RefusalConfig, n_items: int) -> dict[str, list[int]]:
+    """Item indices of the train / val (selection) / test (report) splits: test first, train last (see RefusalConfig)."""
+    need = cfg.n + cfg.n_val + cfg.n_test
+    if min(cfg.n, cfg.n_val, cfg.n_test) < 2 or need > n_items:
+        raise PromptError(f"refusal split n={cfg.n}, n_val={cfg.n_val}, n_test={cfg.n_test} needs {need} pairs "
+                          f"(each >= 2); data/refusal has {n_items} English pairs")
+    return {"train": list(range(n_items - cfg.n, n_items)),
+            "val": list(range(n_items - cfg.n - cfg.n_val, n_items - cfg.n)), "test": list(range(cfg.n_test))}
 
 
 def split(cfg: RefusalConfig, lang: str = "en") -> dict[str, dict[str, list[str]]]:
     """{"train" | "val" | "test": {"harmful": [...], "harmless": [...]}} by index (pairs stay aligned)."""
     harmful = data.prompts(f"refusal/harmful_{lang}.json")
     harmless = data.prompts(f"refusal/harmless_{lang}.json")
-    need = cfg.n + cfg.n_val + cfg.n_test
-    if min(cfg.n, cfg.n_val, cfg.n_test) < 2 or need > len(harmful):
-        raise PromptError(f"refusal split n={cfg.n}, n_val={cfg.n_val}, n_test={cfg.n_test} needs {need} pairs "
-                          f"(each >= 2); data/refusal has {len(harmful)} {lang} pairs")
-    cuts = {"train": (0, cfg.n), "val": (cfg.n, cfg.n + cfg.n_val), "test": (cfg.n + cfg.n_val, need)}
-    return {k: {"harmful": harmful[a:b], "harmless": harmless[a:b]} for k, (a, b) in cuts.items()}
+    ids = split_ids(cfg, len(harmful))
+    return {k: {"harmful": [harmful[i] for i in v], "harmless": [harmless[i] for i in v]} for k, v in ids.items()}
 
 
 def formatted(hm: HookedModel, prompts: list[str]) -> tuple[list[str], bool]:
@@ -76,15 +90,26 @@ def add_taps(vector: np.ndarray, layer: int, scale: float = 1.0) -> dict:
     return directions.steering_taps(vector, scale, [layer], hook=HOOK)
 
 
-def candidates(hm: HookedModel, max_depth_pct: float) -> list[int]:
-    """Layers whose depth is below `max_depth_pct` (Arditi et al. leave out the last 20 %); at least layer 0."""
+def candidates(hm: HookedModel, max_depth_pct: float, step: int = 1) -> list[int]:
+    """Every `step`-th layer whose depth is below `max_depth_pct` (Arditi et al. leave out the last 20 %); at least layer 0."""
     n = hm.info.n_layers
-    return [l for l in range(n) if B.depth_pct(l, n) < max_depth_pct] or [0]
+    return [l for l in range(0, n, max(1, step)) if B.depth_pct(l, n) < max_depth_pct] or [0]
+
+
+def reference_means(hm: HookedModel, harmless: list[str]) -> dict[str, np.ndarray]:
+    """The mean-centred ablation's reference: mean harmless activation at each ablation point (every token but the first)."""
+    texts, chat = formatted(hm, harmless)
+    return B.reference_means(hm, texts, chat)
 
 
 def select_layer(hm: HookedModel, ctx, dirs: dict[int, directions.Direction], val: dict, cfg: RefusalConfig,
-                 key: str = "select") -> dict:
-    """Causal layer selection on validation pairs (protocol step 5); checkpointed per layer."""
+                 reference: dict[str, np.ndarray], key: str = "select") -> dict:
+    """Causal layer selection on the selection pairs (protocol step 5); checkpointed per layer.
+
+    Per candidate layer: the addition of its vector on harmless prompts, the mean-centred ablation of its
+    direction (`reference`: harmless train means, see reference_means) on harmful prompts, and that
+    ablation's next-token KL on the harmless selection prompts.
+    """
     chat = hm.info.has_chat_template
     base = ctx.map(f"{key}_baseline", ["val"], lambda _: {
         "harmful": scoring.refusal_score(hm, val["harmful"]).tolist(),
@@ -95,16 +120,16 @@ def select_layer(hm: HookedModel, ctx, dirs: dict[int, directions.Direction], va
     def one(layer: int) -> dict:
         d = dirs[layer]
         add = scoring.refusal_score(hm, val["harmless"], add_taps(d.vector, layer))
-        abl_taps = B.ablation_taps(hm, d.vector)
+        abl_taps = B.mean_ablation_taps(hm, d.vector, reference)
         abl = scoring.refusal_score(hm, val["harmful"], abl_taps)
         kl = B.preservation(base_logp, B.last_logprobs(hm, harmless_texts, abl_taps, chat=chat))["kl"]
         return {"layer": layer, "add": (add - np.array(base["harmless"])).tolist(),
                 "ablate": (abl - np.array(base["harmful"])).tolist(), "ablation_kl_harmless": kl["estimate"]}
 
-    rows = ctx.map(key, candidates(hm, cfg.max_depth_pct), one)
-    for r in rows:
-        r["add_effect"] = bootstrap_ci(r["add"], seed=cfg.seed)
-        r["ablate_effect"] = bootstrap_ci(r["ablate"], seed=cfg.seed)
+    rows = ctx.map(key, candidates(hm, cfg.max_depth_pct, cfg.layer_step), one)
+    fam = family_cis([r["add"] for r in rows] + [r["ablate"] for r in rows])  # reported together: simultaneous
+    for r, a, b in zip(rows, fam[: len(rows)], fam[len(rows):]):
+        r["add_effect"], r["ablate_effect"] = a, b
         r["criterion"] = float(np.mean(r["add"]) - np.mean(r["ablate"]))
     layer, rule, ok = choose_layer(rows, cfg.kl_max)
     return {"layer": layer, "kl_filter_passed_by": ok, "criterion_used": rule, "rows": rows, "baseline": base}
@@ -135,14 +160,16 @@ def reuse_or_select(hm: HookedModel, ctx, cfg: RefusalConfig) -> tuple[int, str]
     rec = ctx.record_of("refusal")
     if rec is not None:
         same = (rec.get("model", {}).get("weights_hash") == hm.info.weights_hash
-                and all(rec["config"].get(k) == getattr(cfg, k) for k in ("n", "n_val", "max_depth_pct", "kl_max")))
+                and all(rec["config"].get(k) == getattr(cfg, k)
+                        for k in ("n", "n_val", "max_depth_pct", "kl_max", "layer_step")))
         if same:
             return int(rec["result"]["layer"]), "reused from refusal/result.json"
     sp = split(cfg)
     k = post_instruction_k(hm, sp["train"]["harmful"] + sp["train"]["harmless"])
     dirs = layer_directions(hm, sp["train"]["harmful"], sp["train"]["harmless"], k, cfg.seed,
-                            candidates(hm, cfg.max_depth_pct))
-    return select_layer(hm, ctx, dirs, sp["val"], cfg, key="refusal_select")["layer"], \
+                            candidates(hm, cfg.max_depth_pct, cfg.layer_step))
+    ref = reference_means(hm, sp["train"]["harmless"])
+    return select_layer(hm, ctx, dirs, sp["val"], cfg, ref, key="refusal_select")["layer"], \
         "selected here by the refusal protocol (no matching refusal result)"
 
 
