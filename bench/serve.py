@@ -25,7 +25,7 @@ import mlx.core as mx
 
 from mlxinterp.cli.serve import WARMUP_PROMPT
 from mlxinterp.core.platform import matmul_gflops
-from mlxinterp.serve.engine import lens_grid, warm_up
+from mlxinterp.serve.engine import warm_up
 
 # The first is 20 tokens with BOS on Gemma 3 (the others 17-19; counts in the result); the warm-up uses the
 # CLI's own prompt, so no view below repeats it.

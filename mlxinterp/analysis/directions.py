@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
