@@ -69,9 +69,11 @@ POSITIVE = Range(0, above=True)
 RULES: tuple[tuple[str, Range], ...] = (
     (r"seed", Range(0, 2**63 - 1)),
     (r"n|n_\w+|\w+_n|k|ks|\w+_k|top_k|chunk|batch_size|\w*steps?|\w*tokens|continuation|loop_cells|logit_top"
-     r"|check_neurons|circuit_pairs|\w*_demos|width|epochs|ctx_len|\w*_windows|top_\w+|\w+_prompts", COUNT),
+     r"|check_neurons|circuit_pairs|\w*_demos|width|epochs|ctx_len|\w*_windows|top_\w+|\w+_prompts|batch_rows", COUNT),
     (r"layer", Range(-1024, 1024)),  # an index: negative counts from the end (checked against the model later)
     (r"\w*_bits", Range(choices=(0, 2, 3, 4, 5, 6, 8))),  # MLX quantization widths; 0 = off
+    (r"\w*group_size", Range(choices=(32, 64, 128))),  # MLX quantization group sizes
+    (r"\w+_alpha", NON_NEGATIVE),  # a steering strength (unit_alpha), unlike the significance level `alpha`
     (r"alpha", Range(0, 1, above=True)),  # a significance level
     (r"\w*_?fracs?|\w*threshold|static_depth|large_effect|circuit_target", FRACTION),
     (r"\w*pcts?|kl_max|min_gap|sd_floor|\w*lambdas?|tol|\w*_nats", NON_NEGATIVE),
