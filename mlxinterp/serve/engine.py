@@ -269,7 +269,7 @@ def residual_norms(hm: HookedModel, ids: list[int], layers: Sequence[int]) -> di
     the first token is an attention sink whose residual norm is many times the rest (Gemma's BOS), and
     a strength quoted as a share of it would be meaningless for every other position."""
     names = [f"blocks.{l}.hook_resid_post" for l in layers]
-    _, cache = hm.run_with_cache(mx.array([ids]), names=names)
+    _, cache = hm.run_with_cache(mx.array([ids]), names=names, logits=False)  # no layers past the last one
     out = {}
     for l, n in zip(layers, names):
         a = cache[n][0].astype(mx.float32)
