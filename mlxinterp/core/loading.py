@@ -28,6 +28,7 @@ import os
 import struct
 import warnings
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -427,6 +428,23 @@ def _load_mlx(path: Path):
                              hint="config.json does not describe a model of its model_type; re-download it") from e
 
 
+def _load_weights(path: Path, plan: Any, pmap: Any, note: str | None, shard: Any) -> tuple[Any, dict, Any]:
+    """mlx-lm's model (and its config as mlx-lm read it) with the dtype/quantization plan applied, evaluated
+    and checked for NaN/inf weights."""
+    import mlx.core as mx
+
+    model, cfg = _load_mlx(path)
+    check_parameter_dtypes(model, str(path))
+    model, quant = apply_plan(model, cfg, plan, pmap)
+    if note:  # quantized kernels with float32 scales: ~10x faster than bfloat16 ones on a CPU (docs/bigger-models.md)
+        model.set_dtype(mx.float32)  # floating parameters only: the packed weights stay quantized
+    if shard is not None:
+        model = shard(model)
+    mx.eval(model.parameters())
+    check_finite_parameters(model, str(path))
+    return model, cfg, quant
+
+
 def _load_tokenizer(path: Path, cfg: dict):
     from mlx_lm.utils import load_tokenizer
 
@@ -531,20 +549,12 @@ def load_model(spec: str | Path, dtype: str | None = None, allow_download: bool 
     if note:
         warnings.warn(f"{spec_text}: {note}", DtypePolicyWarning, stacklevel=2)
     check_memory(cfg, plan, spec_text)
-    model, cfg = _load_mlx(path)
-    check_parameter_dtypes(model, str(path))
-    model, quant = apply_plan(model, cfg, plan, pmap)
-    if note:  # quantized kernels with float32 scales: ~10x faster than bfloat16 ones on a CPU (docs/bigger-models.md)
-        import mlx.core as mx
-
-        model.set_dtype(mx.float32)  # floating parameters only: the packed weights stay quantized
-    if shard is not None:
-        model = shard(model)
-    import mlx.core as mx
-
-    mx.eval(model.parameters())
-    check_finite_parameters(model, str(path))
-    tokenizer = _load_tokenizer(path, cfg)
+    # The tokenizer is parsed while the weights load: tokenizer.json (33 MB for Gemma 3) is parsed in Rust
+    # and the weights are read by MLX, both outside the GIL, so on two cores the load costs about the longer.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tokenizer_job = pool.submit(_load_tokenizer, path, dict(cfg))
+        model, cfg, quant = _load_weights(path, plan, pmap, note, shard)
+        tokenizer = tokenizer_job.result()
     if variant:
         slug = f"{slug}@{variant.name}"
     elif pmap and pmap.default:
