@@ -106,14 +106,9 @@ def attribution(hm: HookedModel, cfg: AttributionConfig, ctx) -> dict:
     s.add("topk_jaccard_mean", "top-k overlap between categories (Jaccard, mean)",
           round(float(jacc[~np.eye(C, dtype=bool)].mean()), 3))
     s.add("prompts", "prompts", f"{C} categories x {cfg.n}")
-    reg = preregistration.load()
-    prereg = {"sha256": reg.sha256, "primary": reg.primary("attribution"),
-              "checks": {"linear_check_positive": reg.check("attribution", "linear_check_positive", rho_ci),
-                         "late_layers_dominate": reg.check("attribution", "late_layers_dominate", ratio_ci)}}
-    for name, c in prereg["checks"].items():
-        v = c.get("value")
-        s.add(f"prereg.{name}", f"pre-registered {name}",
-              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
+    prereg = preregistration.load().report("attribution", {"linear_check_positive": rho_ci,
+                                                           "late_layers_dominate": ratio_ci})
+    s.add_checks(prereg)
 
     return {**s.to_result(), "prereg": prereg, "target": "logit of the model's own top-1 next token at the last position",
             "attribution": "gradient x activation summed over positions (neurons); gradient . embedding (tokens)",

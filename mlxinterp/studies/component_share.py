@@ -79,13 +79,8 @@ def component_share(hm: HookedModel, cfg: ComponentShareConfig, ctx) -> dict:
           " / ".join(str(heads["counts"][t]) for t in TYPES))
     s.add("selective_heads", "category-selective heads (Holm-adjusted p < 0.05 over all heads)", heads["selective_count"])
     s.add("prompts", "prompts", f"{len(names)} categories x {cfg.n}")
-    reg = preregistration.load()
-    prereg = {"sha256": reg.sha256, "primary": reg.primary("component_share"),
-              "checks": {"mlp_majority": reg.check("component_share", "mlp_majority", pooled)}}
-    for name, c in prereg["checks"].items():
-        v = c.get("value")
-        s.add(f"prereg.{name}", f"pre-registered {name}",
-              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
+    prereg = preregistration.load().report("component_share", {"mlp_majority": pooled})
+    s.add_checks(prereg)
 
     return {**s.to_result(), "definition": "share = ||hook_mlp_out|| / (||hook_attn_out|| + ||hook_mlp_out||) "
             "per token (BOS excluded), mean over tokens", "mlp_share_by_category": overall,

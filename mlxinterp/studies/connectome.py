@@ -136,13 +136,8 @@ def connectome(hm: HookedModel, cfg: ConnectomeConfig, ctx) -> dict:
         s.add("top_hub_z", f"top hub {hubs['top'][0]['neuron']}: z over all category prompts [95% CI, clustered]",
               format_interval(hubs["top"][0]["z_all_prompts"], ".2f"))
     ratio = float(np.median(sig.sum(1)) / max(1, null["significant_neurons"]))
-    prereg = preregistration.load()
-    prereg = {"sha256": prereg.sha256, "primary": prereg.primary("connectome"),
-              "checks": {"categories_exceed_mixed_null": prereg.check("connectome", "categories_exceed_mixed_null", ratio)}}
-    for name, c in prereg["checks"].items():
-        v = c.get("value")
-        s.add(f"prereg.{name}", f"pre-registered {name}",
-              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
+    prereg = preregistration.load().report("connectome", {"categories_exceed_mixed_null": ratio})
+    s.add_checks(prereg)
     s.add("peak_layer_median", "peak layer of significant neurons (median over categories)",
           int(np.median(sig_layers.argmax(1))))
     return {**s.to_result(), "categories": names, "n_prompts": cfg.n, "n_neurons": n_tests,

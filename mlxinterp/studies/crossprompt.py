@@ -378,10 +378,7 @@ def _summary(sel: dict, rep: dict, n_excluded: int, timing: dict | None, cfg: Cr
             s.add(f"{name}.patches_per_second", f"{name} patches/s (x loop)",
                   f"{t['patches_per_second']} (x{t['speedup_vs_loop']})")
             s.add(f"{name}.max_abs_difference", f"{name} vs loop max |difference|", f"{t['max_abs_difference']:.2e}")
-    for name, c in prereg["checks"].items():
-        v = c.get("value")
-        s.add(f"prereg.{name}", f"pre-registered {name}",
-              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
+    s.add_checks(prereg)
     return s.to_result()
 
 

@@ -110,13 +110,8 @@ def layer_ablation(hm: HookedModel, cfg: LayerAblationConfig, ctx) -> dict:
           int(np.median(np.array(steer["score"]).argmax(0))))
     s.add("prompts", "prompts", f"{len(names)} categories x {cfg.n} ({sel.size} selection, {rep.size} report)")
     s.add("layer0_kl_zero", "layer 0 zero ablation, KL on the report half [simultaneous 95% CI]", _fmt(kl_ci["zero"][0]))
-    reg = preregistration.load()
-    prereg = {"sha256": reg.sha256, "primary": reg.primary("layer_ablation"),
-              "checks": {"layer0_critical": reg.check("layer_ablation", "layer0_critical", kl_ci["zero"][0])}}
-    for name, c in prereg["checks"].items():
-        v = c.get("value")
-        s.add(f"prereg.{name}", f"pre-registered {name}",
-              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
+    prereg = preregistration.load().report("layer_ablation", {"layer0_critical": kl_ci["zero"][0]})
+    s.add_checks(prereg)
 
     return {**s.to_result(), "modes": list(MODES), "categories": names,
             "kl_by_category": {m: table[m]["kl"].round(5).tolist() for m in MODES},

@@ -774,10 +774,7 @@ def _summary(a: dict, bleed: dict, choice: dict, prereg: dict, cfg) -> dict:
     s.add("bleed_significant_increases", "12-lens bleed: lens increases significant after Holm (condition, lens)",
           [f"{h['condition'].split('|')[0]}|{h['condition'].split('|')[1]}:{h['lens']}" for h in bleed["significant_increases"]])
     s.add("eval_prompts", "report-split prompts per condition", a["baseline"][fs]["style_score"]["n"])
-    for name, c in prereg["checks"].items():
-        v = c.get("value")
-        s.add(f"prereg.{name}", f"pre-registered {name}",
-              f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"])
+    s.add_checks(prereg)
     return s.to_result()
 
 

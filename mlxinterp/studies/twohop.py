@@ -182,15 +182,8 @@ def _summary(an: dict, recs: list[dict], prereg: dict) -> dict:
     for what in ("bridge", "answer"):
         s.add(f"{what}_minus_foil", f"{what} minus foil {what} entering top-k (all, paired)",
               ci_text(a["entered_minus_foil"][what]))
-    for name, c in prereg["checks"].items():
-        s.add(f"prereg.{name}", f"pre-registered {name}", _verdict_text(c))
+    s.add_checks(prereg)
     return s.to_result()
-
-
-def _verdict_text(c: dict) -> str:
-    """'PASS (0.123 > 0.0, low bound)' from a preregistration check."""
-    v = c.get("value")
-    return f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None else c["verdict"]
 
 
 # ----------------------------------------------------------------- figures

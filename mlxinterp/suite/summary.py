@@ -36,6 +36,15 @@ class Summary:
         self.values[key] = value
         self.labels[key] = label
 
+    def add_checks(self, prereg: dict) -> None:
+        """One line per pre-registered check of a `preregistration.report(...)` record:
+        `prereg.<check>` = 'PASS (0.123 > 0.0, low)', or the bare verdict when the value is missing."""
+        for name, c in prereg["checks"].items():
+            v = c.get("value")
+            self.add(f"prereg.{name}", f"pre-registered {name}",
+                     f"{c['verdict']} ({v:.3f} {c['op']} {c['threshold']}, {c['bound']})" if v is not None
+                     else c["verdict"])
+
     def to_result(self) -> dict:
         """`{"summary": {key: value}, "labels": {key: label}}`, to merge into an experiment's result."""
         return {"summary": dict(self.values), "labels": dict(self.labels)}
