@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import (CLEAN, CORRUPT, FOIL, TARGET, Condition, Worker, _check_rounds, _log_dir, interleave,
+from bench.harness import (CLEAN, CORRUPT, FOIL, TARGET, Condition, Worker, _check_rounds, _log_dir, interleave_workers,
                            ratio_summary, worker_env)
 
 MLX = "mlx/atp_resid_post"
@@ -50,15 +50,10 @@ def bench_atp_nnsight(rounds: int = 5, torch_threads: int = 1, out: Path | None 
     _check_rounds(rounds)
     require("torch", "transformers", "nnsight")
     logs = _log_dir(out)
-    workers = [Worker("mlx", "mlx_atp", {}, env=worker_env(), log=logs / "atp-mlx.log")]
-    try:
-        workers.append(Worker("torch", "torch", {"kind": "atp", "threads": torch_threads},
-                              env=worker_env(preload=False), log=logs / "atp-torch.log"))
-        cells = [(w, c) for w in workers for c in w.conditions]
-        times, values = interleave(cells, rounds, progress=progress)
-    finally:
-        for w in workers:
-            w.close()
+    times, values = interleave_workers(
+        [lambda: Worker("mlx", "mlx_atp", {}, env=worker_env(), log=logs / "atp-mlx.log"),
+         lambda: Worker("torch", "torch", {"kind": "atp", "threads": torch_threads},
+                        env=worker_env(preload=False), log=logs / "atp-torch.log")], rounds, progress)
     ref = np.array(values[MLX])
     others = [k for k in times if k != MLX]
     return {"rounds": rounds, "torch_threads": torch_threads, "clean": CLEAN, "corrupt": CORRUPT,

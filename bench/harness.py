@@ -371,6 +371,20 @@ class Worker:
         self.close()
 
 
+def interleave_workers(starts: Sequence[Callable[[], Worker]], rounds: int,
+                       progress: Callable[[str], None] | None = None) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Start each worker (in order), `interleave` every condition of all of them, and close them all, also
+    when a later worker fails to start or a round fails."""
+    workers: list[Worker] = []
+    try:
+        for start in starts:
+            workers.append(start())
+        return interleave([(w, c) for w in workers for c in w.conditions], rounds, progress=progress)
+    finally:
+        for w in workers:
+            w.close()
+
+
 def interleave(cells: Sequence[tuple[Worker, str]], rounds: int, warm: bool = True,
                progress: Callable[[str], None] | None = None) -> tuple[dict[str, list[float]], dict[str, object]]:
     """Run every (worker, condition) once per round, rotating the starting condition each round.
@@ -682,17 +696,12 @@ def bench_patching(rounds: int = 3, batch_sizes: Sequence[int] = (32, 64), loops
     if torch_side:
         require("torch", "transformers", "nnsight", "transformer_lens")
     logs = _log_dir(out)
-    workers = [Worker("mlx", "mlx", {"kind": "patching", "batch_sizes": list(batch_sizes), "loops": loops},
-                      env=worker_env(), log=logs / "patching-mlx.log")]
-    try:
-        if torch_side:
-            workers.append(Worker("torch", "torch", {"kind": "patching", "loops": loops},
-                                  env=worker_env(preload=False), log=logs / "patching-torch.log"))
-        cells = [(w, c) for w in workers for c in w.conditions]
-        times, values = interleave(cells, rounds, progress=progress)
-    finally:
-        for w in workers:
-            w.close()
+    starts = [lambda: Worker("mlx", "mlx", {"kind": "patching", "batch_sizes": list(batch_sizes), "loops": loops},
+                             env=worker_env(), log=logs / "patching-mlx.log")]
+    if torch_side:
+        starts.append(lambda: Worker("torch", "torch", {"kind": "patching", "loops": loops},
+                                     env=worker_env(preload=False), log=logs / "patching-torch.log"))
+    times, values = interleave_workers(starts, rounds, progress)
     best = f"mlx/sweep_b{batch_sizes[0]}"
     ref = np.array(values[best]["metric"])
     res = {"rounds": rounds, "seconds": times, "median_seconds": {k: statistics.median(v) for k, v in times.items()},
