@@ -127,13 +127,10 @@ DEFINITIONS = {
 
 def _prereg(an: dict) -> dict:
     """The pre-registered checks (mlxinterp/data/preregistration.toml) on the paper's subset (both hops answered)."""
-    prereg = preregistration.load()
     b = an["both_hops"]
-    own_minus = (b.get("oracle_own_minus_control") or {"estimate": None, "low": None, "high": None, "n": 0})
-    oracle = (b.get("own") or {}).get("oracle_fix_rate") or {"estimate": None, "low": None, "high": None, "n": 0}
-    return {"sha256": prereg.sha256, "primary": prereg.primary("backpatch"), "subset": "both_hops",
-            "checks": {"own_beats_donor": prereg.check("backpatch", "own_beats_donor", own_minus),
-                       "oracle_fix_rate": prereg.check("backpatch", "oracle_fix_rate", oracle)}}
+    return {**preregistration.load().report("backpatch", {
+        "own_beats_donor": b.get("oracle_own_minus_control"),
+        "oracle_fix_rate": (b.get("own") or {}).get("oracle_fix_rate")}), "subset": "both_hops"}
 
 
 def patch_query(hm: HookedModel, job: dict, batch_size: int, reuse_prefix: bool = True) -> dict:

@@ -350,10 +350,8 @@ def report(reported: list[dict], peaks: dict[str, int]) -> dict:
 
 def _prereg(rep: dict) -> dict:
     """The pre-registered check (mlxinterp/data/preregistration.toml): own minus foil bridge at entity_last."""
-    prereg = preregistration.load()
-    c = (rep.get("own_minus_control") or {}).get("entity_last") or {"estimate": None, "low": None, "high": None, "n": 0}
-    return {"sha256": prereg.sha256, "primary": prereg.primary("crossprompt"),
-            "checks": {"bridge_specific": prereg.check("crossprompt", "bridge_specific", c)}}
+    return preregistration.load().report("crossprompt", {
+        "bridge_specific": (rep.get("own_minus_control") or {}).get("entity_last")})
 
 
 def _summary(sel: dict, rep: dict, n_excluded: int, timing: dict | None, cfg: CrosspromptConfig, prereg: dict) -> dict:

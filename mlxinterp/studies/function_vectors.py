@@ -304,10 +304,8 @@ def _natural_summary(nat: dict) -> dict:
 
 def _prereg(headline: dict) -> dict:
     """The pre-registered checks (mlxinterp/data/preregistration.toml) on the report-split lifts."""
-    prereg = preregistration.load()
-    return {"sha256": prereg.sha256, "primary": prereg.primary("function_vectors"),
-            "checks": {"v3_zero_shot_lift": prereg.check("function_vectors", "v3_zero_shot_lift", headline["v3"]["pooled_lift"]),
-                       "v2_zero_shot_lift": prereg.check("function_vectors", "v2_zero_shot_lift", headline["v2"]["pooled_lift"])}}
+    return preregistration.load().report("function_vectors", {
+        "v3_zero_shot_lift": headline["v3"]["pooled_lift"], "v2_zero_shot_lift": headline["v2"]["pooled_lift"]})
 
 
 def _summary(r: dict) -> dict:

@@ -152,10 +152,7 @@ def z_minus_random_ci(E: np.ndarray, C: np.ndarray, rand: list[tuple[np.ndarray,
 
 def _prereg(z_ci, diff_ci) -> dict:
     """The pre-registered checks (mlxinterp/data/preregistration.toml) at the primary k."""
-    prereg = preregistration.load()
-    return {"sha256": prereg.sha256, "primary": prereg.primary("linear_bridge"),
-            "checks": {"bridge_linear": prereg.check("linear_bridge", "bridge_linear", z_ci),
-                       "z_beats_random": prereg.check("linear_bridge", "z_beats_random", diff_ci)}}
+    return preregistration.load().report("linear_bridge", {"bridge_linear": z_ci, "z_beats_random": diff_ci})
 
 
 def bridge_fit(E: np.ndarray, C: np.ndarray) -> dict:

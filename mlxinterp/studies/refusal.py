@@ -173,12 +173,10 @@ def _effects(scores: dict, cfg: RefusalConfig) -> dict:
 
 def _prereg(r: dict) -> dict:
     """The pre-registered checks (mlxinterp/data/preregistration.toml) on the report-pair effects."""
-    prereg = preregistration.load()
     e = r["effects"]
-    return {"sha256": prereg.sha256, "primary": prereg.primary("refusal"),
-            "checks": {c: prereg.check("refusal", c, e[m]) for c, m in (
-                ("add_beats_random", "add_minus_random_add"), ("ablate_beats_random", "ablate_minus_random_ablate"),
-                ("score_separates", "baseline_harmful_minus_harmless"))}}
+    return preregistration.load().report("refusal", {
+        "add_beats_random": e["add_minus_random_add"], "ablate_beats_random": e["ablate_minus_random_ablate"],
+        "score_separates": e["baseline_harmful_minus_harmless"]})
 
 
 def _projections(hm: HookedModel, dirs: dict, test: dict, k: int) -> dict:

@@ -228,11 +228,12 @@ def _language_summary(r: dict, layer: int, cfg: CrosslingualConfig) -> dict:
 
 
 def _prereg(r: dict) -> dict:
-    """The pre-registered checks (mlxinterp/data/preregistration.toml): each language's cosine above the null."""
+    """The pre-registered checks (mlxinterp/data/preregistration.toml): each language's cosine above the null.
+
+    A pre-registered language left out of the run is reported with no value (FAIL), not dropped."""
     prereg = preregistration.load()
-    checks = {f"{l}_aligned": prereg.check("crosslingual", f"{l}_aligned", x["cos_with_en_minus_null"])
-              for l, x in r["languages"].items() if l != "en"}
-    return {"sha256": prereg.sha256, "primary": prereg.primary("crosslingual"), "checks": checks}
+    values = {f"{l}_aligned": x["cos_with_en_minus_null"] for l, x in r["languages"].items() if l != "en"}
+    return prereg.report("crosslingual", {**dict.fromkeys(prereg.checks_for("crosslingual")), **values})
 
 
 def _summary(r: dict) -> dict:
