@@ -167,6 +167,31 @@ def _int_list(text: str, what: str) -> list[int]:
     return vals
 
 
+@bench_app.command("scoring")
+def bench_scoring_cmd(model: str = MODEL_OPT, n: int = typer.Option(16, "--n", help="prompts scored (1-112)"),
+                      rounds: int = typer.Option(3, "--rounds"), as_json: bool = typer.Option(False, "--json"),
+                      save: Optional[Path] = SAVE_OPT) -> None:
+    """Refusal score (two teacher-forced phrases per prompt, steered): the prompt's forward shared by both
+    phrases through a KV cache vs one whole forward per phrase.
+
+    Example: [bold]python -m bench scoring --save bench/results[/bold]
+    """
+    import os
+
+    from bench.scoring import bench_scoring
+
+    if not 1 <= n <= 112 or not 1 <= rounds <= 20:
+        raise MlxInterpError(f"--n {n} / --rounds {rounds} not allowed; use 1-112 and 1-20")
+    load = os.getloadavg()
+    hm = load_model(model, None)
+    with console.status("benchmarking ..."):
+        res = bench_scoring(hm, n, rounds)
+    r = res["whole_over_shared"]
+    _bench_done("scoring", res, as_json, save, load,
+                f"whole forward per phrase / shared prompt: {r['median']:.2f}x [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] "
+                f"({n} prompts, median of {rounds}; max |difference| {res['max_abs_difference']:.2g})")
+
+
 @bench_app.command("patching")
 def bench_patching_cmd(rounds: int = typer.Option(3, "--rounds"),
                        batch_sizes: str = typer.Option("32,64", "--batch-sizes", help="patch_sweep batch sizes; "

@@ -864,7 +864,7 @@ def run_all(out: Path, readme: Path | None = None, quick: bool = False, progress
 
 # ------------------------------------------------------------------ results and the README table
 RESULT_NAMES = ("taps", "generate", "batchgen", "patching", "forward", "agreement", "memory", "attribution", "precision",
-                "atp_nnsight")
+                "atp_nnsight", "scoring")
 TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
