@@ -29,23 +29,26 @@ needs_launch = pytest.mark.skipif(not Path(LAUNCH).exists(),
                                   reason="mlx.launch is not installed (it comes with the mlx package)")
 
 
-def _free_port_pair() -> int:
-    """A starting port p with p and p + 1 free (the ring backend listens on one port per rank)."""
+def free_ports(n: int = 2) -> int:
+    """A starting port p with p .. p + n - 1 free (the ring backend listens on one port per rank)."""
     for _ in range(50):
         p = random.randint(20000, 60000)
+        socks = [socket.socket() for _ in range(n)]
         try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", p))
-                b.bind(("127.0.0.1", p + 1))
+            for i, s in enumerate(socks):
+                s.bind(("127.0.0.1", p + i))
             return p
         except OSError:
             continue
-    raise RuntimeError("no free port pair")
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} free consecutive ports")
 
 
 def launch(args: list[str], env: dict | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
     """`mlx.launch -n 2 --backend ring -- python ARGS` (the `--` keeps e.g. --n away from the launcher)."""
-    cmd = [LAUNCH, "-n", "2", "--backend", "ring", "-p", str(_free_port_pair()), "--", sys.executable, *args]
+    cmd = [LAUNCH, "-n", "2", "--backend", "ring", "-p", str(free_ports()), "--", sys.executable, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -69,6 +72,7 @@ def outputs(out: Path) -> dict:
 
 @needs_launch
 @pytest.mark.slow
+@pytest.mark.offload  # waits on its ranks: beside the in-process tests (tests/background.py)
 def test_two_ranks_give_the_single_process_json(tiny_dirs, tmp_path):
     """validation (5 checks) and, when registered, twohop (24 queries = 3 chunks) on a tiny model."""
     model = str(tiny_dirs[("gemma3_text", None)])
@@ -154,6 +158,7 @@ def _calls(path: Path) -> list[str]:
 
 @needs_launch
 @pytest.mark.slow
+@pytest.mark.offload  # waits on its ranks: beside the in-process tests (tests/background.py)
 def test_resume_a_killed_run_on_two_ranks_shares_only_the_unfinished_items(script, tmp_path):
     ref = tmp_path / "ref"
     assert _single(script, ref, tmp_path / "ref-calls").returncode == 0
@@ -174,6 +179,7 @@ def test_resume_a_killed_run_on_two_ranks_shares_only_the_unfinished_items(scrip
 
 @needs_launch
 @pytest.mark.slow
+@pytest.mark.offload  # waits on its ranks: beside the in-process tests (tests/background.py)
 def test_a_failing_item_on_one_rank_stops_both_and_a_rerun_resumes(script, tmp_path):
     out, calls = tmp_path / "out", tmp_path / "calls"
     proc = launch([str(script), str(out)], env={"CALLS": str(calls), "FAIL": "3"})
@@ -187,6 +193,7 @@ def test_a_failing_item_on_one_rank_stops_both_and_a_rerun_resumes(script, tmp_p
 
 @needs_launch
 @pytest.mark.slow
+@pytest.mark.offload  # waits on its ranks: beside the in-process tests (tests/background.py)
 def test_ranks_that_diverge_stop_with_a_clear_error(script, tmp_path):
     out = tmp_path / "out"
     proc = launch([str(script), str(out)], env={"CALLS": str(tmp_path / "calls"), "DIVERGE": "1"})
@@ -251,13 +258,25 @@ def test_layer_sharding_runs_every_item_on_every_rank():
     assert distributed.World(rank=0, size=3).workers == 3
 
 
-def test_shard_layers_is_refused_with_a_clear_error(tmp_path, capsys):
-    """Layer-sharded suite runs deadlocked in a study (docs/bigger-models.md): refused, exit 2, nothing written."""
+def test_shard_layers_refuses_what_it_cannot_run_with_a_clear_error(tmp_path, capsys):
+    """Before any model loads, exit 2 and nothing written: experiments that need the whole model in one
+    process (their `whole_model` reason), a layer split without several ranks, and an unknown mode."""
     from cli_runner import run
 
+    from mlxinterp.suite.registry import get, register_builtin
+
+    register_builtin()
+    code, _, err = run(["run-suite", "--model", "default", "--only", "validation,attribution", "--shard", "layers",
+                        "--out", str(tmp_path / "o")], capsys)
+    err = " ".join(err.split())
+    assert code == 2 and "--shard layers cannot run attribution (it differentiates through every layer" in err, err
+    assert "--skip attribution" in err
+    # every other experiment runs layer-sharded (tests/test_shard_layers_suite.py)
+    assert sorted(n for n, _ in list_experiments() if get(n).whole_model) == \
+        ["attribution", "attribution_patching", "precision_patching", "quantization"]
     code, _, err = run(["run-suite", "--model", "default", "--only", "validation", "--shard", "layers",
                         "--out", str(tmp_path / "o")], capsys)
-    assert code == 2 and "--shard layers cannot run the suite's studies yet" in " ".join(err.split()), err
+    assert code == 2 and "--shard layers needs at least 2 ranks" in " ".join(err.split()), err
     code, _, err = run(["run-suite", "--model", "default", "--only", "validation", "--shard", "heads",
                         "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "shard='heads' is not allowed" in err, err

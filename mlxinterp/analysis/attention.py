@@ -31,7 +31,7 @@ def _layer_attn(hm: HookedModel, layer: int):
     n = hm.info.n_layers
     if not -n <= layer < n:
         raise PromptError(f"layer {layer} is out of range; this model has layers 0..{n - 1}")
-    return text_model(hm.model).layers[layer % n].self_attn
+    return hm.block(layer).self_attn
 
 
 def _window(hm: HookedModel, layer: int) -> int | None:

@@ -88,7 +88,6 @@ def stack_head_results(cache, layers: Sequence[int] | None = None) -> tuple[mx.a
     hm = cache.hooked
     n, H = hm.info.n_layers, hm.info.n_heads
     layers = list(range(n)) if layers is None else [int(l) % n for l in layers]
-    blocks = text_model(hm.model).layers
     # A post-attention norm sits between the attention output and the residual when the two hook points differ
     # (Gemma's sandwich blocks, OLMo 2).
     post_path = hm.spec.sites["hook_attn_out"].path
@@ -98,11 +97,12 @@ def stack_head_results(cache, layers: Sequence[int] | None = None) -> tuple[mx.a
         z = _get(cache, f"blocks.{l}.attn.hook_z")  # [B, L, H, Dh]
         B, L, _, Dh = z.shape
         eye = mx.eye(H, dtype=mx.float32).reshape(H, 1, 1, H, 1)
-        o_proj = blocks[l].self_attn.o_proj
+        block = hm.block(l)
+        o_proj = block.self_attn.o_proj
         per_head = o_proj((z[None] * eye).reshape(H, B, L, H * Dh)).astype(mx.float32)
         per_head = per_head - o_proj(mx.zeros((H * Dh,), dtype=z.dtype)).astype(mx.float32)
         if post:
-            norm = _module(blocks[l], post_path)
+            norm = _module(block, post_path)
             raw = _get(cache, f"blocks.{l}.attn.hook_out")
             per_head = per_head * _scale(raw, norm.eps) * _gain(norm, raw.shape[-1])
         out.append(per_head)

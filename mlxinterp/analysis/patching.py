@@ -69,6 +69,7 @@ class KeepColumns(T.Tap):
 
     columns: tuple = ()
     kept: object = None  # the kept columns, for an unembedding of a few vocabulary rows (forward_last)
+    recorded = ("kept",)
 
     def __call__(self, a, ctx):
         self.kept = a[:, list(self.columns)]

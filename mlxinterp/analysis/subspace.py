@@ -33,7 +33,6 @@ import numpy as np
 import ot
 from scipy.spatial.distance import cdist
 
-from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.hooks import HookedModel, plain_call
 
@@ -52,10 +51,7 @@ def _weight(linear) -> np.ndarray:
 
 
 def _layer(hm: HookedModel, layer: int):
-    layers = text_model(hm.model).layers
-    if not -len(layers) <= layer < len(layers):
-        raise MlxInterpError(f"layer {layer} is out of range; the model has layers 0..{len(layers) - 1}")
-    return layers[layer]
+    return hm.block(layer)
 
 
 def norm_gain(hm: HookedModel, layer: int) -> np.ndarray:

@@ -481,6 +481,15 @@ class HookedModel:
             logits = mx.tanh(logits / cap) * cap
         return logits.astype(mx.float32)
 
+    def block(self, layer: int):
+        """Block `layer`'s mlx-lm module, for code that reads its weights or applies one of its submodules
+        outside the forward (attention scores, a head's output projection); negative layers count from
+        the end. A layer-sharded model (core/pipeline.py) gives it on every rank."""
+        n = self.info.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+            raise HookNameError(f"layer {layer!r} is out of range; this model has layers 0..{n - 1}")
+        return text_model(self.model).layers[int(layer) % n]
+
     def unembedding_rows(self, vocab: Sequence[int]) -> tuple[mx.array, mx.array | None]:
         """Public form of `_unembedding_rows`, for linear readouts such as direct logit attribution."""
         return self._unembedding_rows(vocab)

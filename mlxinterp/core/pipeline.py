@@ -13,20 +13,24 @@ except two: the relay just before a rank's first block receives the residual
 stream from the previous rank, and the relay just after its last block sends it
 on. Since relays are not hooked, every tap of a rank's blocks has run before its
 output is sent: a steering tap on rank 1 changes what rank 2 receives exactly as
-in one process. The last rank's logits are summed over the group (the other ranks
-contribute zeros, so the sum is exact), so every rank sees the same logits and
-mlx-lm's generation samples the same tokens everywhere.
+in one process. The last rank's logits are passed on to every other rank (`broadcast`),
+so every rank sees the same logits and mlx-lm's generation samples the same tokens
+everywhere. Every call of the model is
+evaluated before it returns, on every rank, so its transfers run in call order
+whatever the caller reads afterwards (the logits, a capture, only a KV cache).
 
 Hook names are global (`blocks.17.hook_resid_post` is the same point on every
 rank); a tap is attached on the rank that holds its block and ignored elsewhere.
-`run_with_cache` gives every rank every rank's captures, and `unembed` (final norm +
-unembedding, which only the last rank holds) gives every rank the last rank's
-result: code that reads captures and decides what to run next (an experiment
-choosing a layer) then takes the same path on every rank, so the ranks' forwards
-stay paired (`run-suite --shard layers`).
+What taps record is given to every rank when their `hooks` block ends (a Capture's
+arrays, a tap's `Tap.recorded` attributes), `run_with_cache` gives every rank every
+rank's captures, and `unembed` (final norm + unembedding, which only the last rank
+holds) gives every rank the last rank's result: code that reads captures and decides
+what to run next (an experiment choosing a layer) then takes the same path on every
+rank, so the ranks' forwards stay paired (`run-suite --shard layers`).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -34,6 +38,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.utils import get_total_parameters
 
 from mlxinterp.core.archs import BLOCK_ORDER, arch_spec, text_model, top_text_model
 from mlxinterp.core.errors import MlxInterpError
@@ -41,6 +46,8 @@ from mlxinterp.core.hooks import ActivationCache, HookedModel, HookPoint
 from mlxinterp.core.taps import Capture
 
 _TOP_POINTS = {"hook_embed": "first", "ln_final.hook_normalized": "last", "hook_logits": "all"}
+_MAX_NDIM = 6  # arrays passed between ranks (broadcast): captures are [B, L, *feature], at most 5-d
+_DTYPES = [mx.float32, mx.float16, mx.bfloat16, mx.int32, mx.uint32, mx.int64, mx.uint8, mx.bool_]
 
 
 class ShardingError(MlxInterpError):
@@ -70,7 +77,14 @@ class _Relay(nn.Module):
             if isinstance(v, (bool, int, float, str)) or v is None:
                 object.__setattr__(self, k, v)
         self._mode, self._peer, self._group = mode, peer, group
-        object.__setattr__(self, "_last", [])  # this relay's previous transfer (see __call__); not a parameter
+        # The block itself, its weights unread (lazy): not a child module, so loading never evaluates them;
+        # ShardedHookedModel.block reads them from the checkpoint when code asks for this block's weights.
+        object.__setattr__(self, "whole", like)
+
+    def __deepcopy__(self, memo) -> _Relay:
+        """A relay of a copied model (e.g. a quantized copy): the same peer, group (which cannot be copied)
+        and unread block."""
+        return _Relay(self.whole, self._mode, self._peer, self._group)
 
     def __call__(self, x: mx.array, mask=None, cache=None, *args, **kwargs) -> mx.array:
         if cache is not None:  # advance the offset as the real block's attention would
@@ -78,16 +92,11 @@ class _Relay(nn.Module):
             cache.update_and_fetch(z, z)
         if self._mode == "skip":
             return x
-        # Each transfer depends on the previous one, so transfers run in call order on both ends,
-        # and a forward whose output nobody evaluates (a prompt that only fills the KV cache,
-        # as mlx-lm's generation does) still sends before the next one.
-        x_in = mx.depends(x, self._last) if self._last else x
+        # Transfers run in call order on both ends: the pipelined model evaluates each forward before
+        # it returns (_pipelined_class), so no transfer is left for a later evaluation to pick up.
         if self._mode == "recv":
-            out = mx.distributed.recv_like(x_in, src=self._peer, group=self._group)
-            object.__setattr__(self, "_last", [out])
-            return out
-        sent = mx.distributed.send(x_in, dst=self._peer, group=self._group)
-        object.__setattr__(self, "_last", [sent])
+            return mx.distributed.recv_like(x, src=self._peer, group=self._group)
+        sent = mx.distributed.send(x, dst=self._peer, group=self._group)
         return mx.depends(x, sent)
 
 
@@ -100,6 +109,9 @@ class _ZeroEmbedding(nn.Module):
 
     def __call__(self, ids: mx.array) -> mx.array:
         return mx.zeros((*ids.shape, self._d), dtype=self._dtype)
+
+    def __deepcopy__(self, memo) -> _ZeroEmbedding:
+        return _ZeroEmbedding(self._d, self._dtype)  # an MLX dtype cannot be deep-copied
 
     def as_linear(self, x: mx.array) -> mx.array:
         return _zero_logits(self, x)
@@ -120,15 +132,19 @@ class _ZeroHead(nn.Module):
         return _zero_logits(self, x)
 
 
-def _pipelined_class(cls: type, vocab: int, is_last: bool, group) -> type:
-    """The top model's class, with its logits summed over the group (zeros from every rank but the last)."""
+def _pipelined_class(cls: type, is_last: bool, group) -> type:
+    """The top model's class, with the last rank's logits given to every rank."""
     orig = cls.__call__
 
     def __call__(self, inputs=None, cache=None, *args, **kwargs):
         out = orig(self, inputs, cache, *args, **kwargs)
-        # zeros that still depend on this rank's forward, so its send to the next rank runs
-        mine = out if is_last else mx.depends(mx.zeros((*out.shape[:-1], vocab), dtype=out.dtype), out)
-        return mx.distributed.all_sum(mine, group=group)
+        # The last rank's logits, on every rank, evaluated here whatever the caller reads: a forward left
+        # lazy would run its transfers whenever each rank next evaluates something that depends on them,
+        # which differs between ranks (a rank that only reads a KV cache never sends; one that reads a
+        # capture waits on a receive while the other passes logits on), and the ranks would pair different
+        # transfers. Their shape comes from the last rank too: a tap at the final norm (KeepColumns) may keep
+        # only some positions there. `after=out`: each rank runs (and sends on) its share of the forward first.
+        return broadcast(group, group.size() - 1, out if is_last else None, after=out)
 
     return type(f"Pipelined{cls.__name__}", (cls,), {"__call__": __call__})
 
@@ -156,9 +172,47 @@ def shard_model(model, rank: int, size: int, group, dtype) -> range:
         elif first:  # tied: rank 0 keeps its embedding for the lookup, not for the unembedding
             emb = inner.embed_tokens
             emb.__class__ = type(f"Headless{type(emb).__name__}", (type(emb),), {"as_linear": _zero_logits})
-    vocab = int(top.args.vocab_size if hasattr(top, "args") else inner.vocab_size)
-    top.__class__ = _pipelined_class(type(top), vocab, last, group)
+    top.__class__ = _pipelined_class(type(top), last, group)
     return mine
+
+
+def broadcast(group, src: int, arr: mx.array | None, after: mx.array | None = None) -> mx.array | None:
+    """Rank `src`'s `arr` (None allowed) on every rank of `group`, evaluated; what other ranks pass is ignored.
+
+    A header (present, dtype, shape), then the array, each passed from neighbour to neighbour round the
+    ring, src -> src + 1 -> ...: MLX's ring backend sends only to a rank's two neighbours, and on this
+    2-core machine a send/receive pair took 0.03-0.1 ms where a sum over the group of 8 floats took
+    4-45 ms (tiny layer-sharded runs were 6x slower than one process with sums). Exact: bytes are copied.
+    `after`: evaluated on this rank before it waits to receive (its share of a forward must be sent first).
+    """
+    rank = group.rank()
+    head = [0] * (3 + _MAX_NDIM)
+    if rank == src and arr is not None:
+        if arr.ndim > _MAX_NDIM or arr.dtype not in _DTYPES:
+            raise ShardingError(f"cannot pass a {arr.ndim}-d {arr.dtype} array between ranks",
+                                hint=f"arrays of at most {_MAX_NDIM} dimensions, of dtype "
+                                     f"{', '.join(str(d).removeprefix('mlx.core.') for d in _DTYPES)}")
+        head = [1, _DTYPES.index(arr.dtype), arr.ndim, *arr.shape, *[0] * (_MAX_NDIM - arr.ndim)]
+    head = _along_ring(group, src, mx.array(head, dtype=mx.int32) if rank == src else None,
+                       mx.zeros((3 + _MAX_NDIM,), mx.int32)).tolist()
+    if not head[0]:
+        return None
+    if after is not None:  # now: a receive has no inputs, so nothing else would order it after `after`
+        mx.eval(after)
+    like = mx.zeros(head[3 : 3 + head[2]], dtype=_DTYPES[head[1]])
+    return _along_ring(group, src, arr if rank == src else None, like)
+
+
+def _along_ring(group, src: int, arr: mx.array | None, like: mx.array) -> mx.array:
+    """`arr` from rank src, received from the left neighbour (shape and dtype of `like`) and sent on to the
+    right one, until every rank has it; evaluated."""
+    rank, size = group.rank(), group.size()
+    k = (rank - src) % size  # hops from src
+    got = arr if k == 0 else mx.distributed.recv_like(like, src=(rank - 1) % size, group=group)
+    if k < size - 1:
+        got = mx.depends(got, mx.distributed.send(got, dst=(rank + 1) % size, group=group))
+    mx.eval(got)
+    return got
 
 
 class ShardedHookedModel(HookedModel):
@@ -209,29 +263,44 @@ class ShardedHookedModel(HookedModel):
     # -- taps: attach where the block is, validate everywhere
     @contextmanager
     def hooks(self, taps=None):
-        """Taps attached where their block is. On leaving the block, what each Capture tap recorded on
-        the rank holding its point is given to the same tap's store on every other rank (in the taps'
-        order), so code that captures through taps reads the same arrays on every rank."""
-        pairs = list(taps.items()) if isinstance(taps, Mapping) else list(taps or [])
-        local = [(self.global_name(n), t) for n, t in pairs]
-        captures = [(n, t) for n, ts in local for t in (ts if isinstance(ts, (list, tuple)) else [ts])
-                    if isinstance(t, Capture) and self.owner(n) != -1]
-        with super().hooks([(n, t) for n, t in local if self.owner(n) in (-1, self.rank)]) as hm:
-            yield hm
-        for name, tap in captures:
-            self._share_capture(name, tap)
+        """Taps attached where their block is. On leaving the block, what each tap recorded on the rank
+        holding its point (a Capture's array, the attributes a tap lists in `recorded`) is given to the
+        same tap on every other rank, in forward order, so code reading them runs alike on every rank.
 
-    def _share_capture(self, name: str, tap: Capture) -> None:
-        """The owner's recorded array (float32) on every rank: its shape, then its values, by sums over
-        the group in which the other ranks add zeros."""
-        mine = self.owner(name) == self.rank
-        arr = tap.store[name].astype(mx.float32) if mine else None
-        shape = mx.array(list(arr.shape) + [0] * (6 - arr.ndim) if mine else [0] * 6, dtype=mx.int32)
-        shape = [int(v) for v in mx.distributed.all_sum(shape, group=self.group).tolist() if v]
-        got = mx.distributed.all_sum(arr if mine else mx.zeros(shape, mx.float32), group=self.group)
-        mx.eval(got)
-        if not mine:
-            tap.store.append(name, got, None)
+        Taps held by other ranks still count as taps of this forward here: the finite-logits check of
+        editing taps (HookedModel) then runs on every rank, as one process would run it."""
+        pairs = list(taps.items()) if isinstance(taps, Mapping) else list(taps or [])
+        flat = [(self.global_name(n), t) for n, ts in pairs for t in (ts if isinstance(ts, (list, tuple)) else [ts])]
+        remote = [(n, t) for n, t in flat if self.owner(n) not in (-1, self.rank)]
+        shared = [(n, t) for n, t in flat if self.owner(n) != -1 and (isinstance(t, Capture) or getattr(t, "recorded", ()))]
+        order = {n: i for i, n in enumerate(self.global_hook_names)}
+        shared.sort(key=lambda p: order.get(p[0], len(order)))  # forward order: rank 0's stores fill as in one process
+        state, edits = self._state, sum(not isinstance(t, Capture) for _, t in remote)
+        state.n_taps, state.n_edits = state.n_taps + len(remote), state.n_edits + edits
+        try:
+            with super().hooks([(n, t) for n, t in flat if self.owner(n) in (-1, self.rank)]) as hm:
+                yield hm
+        finally:
+            state.n_taps, state.n_edits = state.n_taps - len(remote), state.n_edits - edits
+        for name, tap in shared:
+            self._share_recorded(name, tap)
+
+    def _share_recorded(self, name: str, tap) -> None:
+        """What `tap` recorded at `name` on the point's owner, on every rank."""
+        owner = self.owner(name)
+        if isinstance(tap, Capture):
+            got = self.from_rank(owner, tap.store[name] if owner == self.rank else None)
+            if owner != self.rank:
+                tap.store.append(name, got, None)
+            return
+        for attr in tap.recorded:
+            got = self.from_rank(owner, getattr(tap, attr) if owner == self.rank else None)
+            if owner != self.rank:
+                setattr(tap, attr, got)
+
+    def from_rank(self, rank: int, arr: mx.array | None) -> mx.array | None:
+        """`arr` as rank `rank` holds it (what the others pass is ignored), on every rank (`broadcast`)."""
+        return broadcast(self.group, rank, arr if rank == self.rank else None)
 
     def names(self, filter=None) -> list[str]:
         """Global hook names (every rank's), so that every rank asks for the same captures."""
@@ -244,29 +313,24 @@ class ShardedHookedModel(HookedModel):
             return [n for n in self.global_hook_names if filter(n)]
         return [self.global_name(f) for f in filter]
 
+    def block(self, layer: int):
+        """Block `layer`'s module on every rank: a rank that does not hold it reads its weights from the
+        checkpoint now (every host has the checkpoint: it loads its own share from it) and keeps them, so
+        weight reads are exact and need no transfer; only forwards are split (what the relay runs)."""
+        mod = super().block(layer)
+        return mod.whole if isinstance(mod, _Relay) else mod
+
     def unembed(self, h: mx.array, normed: bool = True, vocab=None) -> mx.array:
         """HookedModel.unembed computed on the last rank (the only one with the final norm and the
-        unembedding) and summed over the group, the other ranks adding zeros: exact, and on every rank."""
-        if self.rank == self.size - 1:
-            out = super().unembed(h, normed=normed, vocab=vocab)
-        else:
-            width = self.info.vocab_size if vocab is None else len(list(vocab))
-            out = mx.zeros((*h.shape[:-1], width), dtype=mx.float32)
-        out = mx.distributed.all_sum(out, group=self.group)
-        mx.eval(out)
-        return out
+        unembedding), on every rank (`from_rank`)."""
+        last = self.size - 1
+        return self.from_rank(last, super().unembed(h, normed=normed, vocab=vocab) if self.rank == last else None)
 
     def unembedding_rows(self, vocab):
         """HookedModel.unembedding_rows from the last rank, on every rank (as `unembed`)."""
-        ids = list(vocab)
-        last = self.rank == self.size - 1
-        w, b = super().unembedding_rows(ids) if last else (mx.zeros((len(ids), self.info.d_model), mx.float32), None)
-        has_bias = mx.distributed.all_sum(mx.array([float(last and b is not None)]), group=self.group)
-        w = mx.distributed.all_sum(w, group=self.group)
-        if float(has_bias.item()):
-            b = mx.distributed.all_sum(b if b is not None else mx.zeros((len(ids),), mx.float32), group=self.group)
-        mx.eval(w, *([] if b is None else [b]))
-        return w, b
+        last = self.size - 1
+        w, b = super().unembedding_rows(list(vocab)) if self.rank == last else (None, None)
+        return self.from_rank(last, w), self.from_rank(last, b)
 
     def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False, logits: bool = True):
         """As HookedModel.run_with_cache; every rank's cache holds every rank's captures (shared by `hooks`).
@@ -276,30 +340,10 @@ class ShardedHookedModel(HookedModel):
             else [self.global_name(n) for n in names])
         out, local = super().run_with_cache(prompts, names=wanted, taps=taps, chat=chat)
         cache = GatheredCache(self, local.left_padding)
-        for name in local.keys():
-            cache.append(name, local[name], None)
+        for name in dict.fromkeys(wanted):  # the same order on every rank (code may iterate over the names)
+            if name in local:
+                cache.append(name, local[name], None)
         return (out if logits else None), cache
-
-    def forward(self, batch):
-        """Logits on every rank, evaluated now: a lazy result holding sends and a sum over the group
-        would pair with whatever collective another rank evaluates next (a deadlock)."""
-        logits = super().forward(batch)
-        mx.eval(logits)
-        return logits
-
-    def generate(self, prompt, max_tokens: int = 32, taps=None, chat: bool = False,
-                 temperature: float = 0.0, seed: int = 0):
-        """Greedy generation (HookedModel.generate_batch's loop, one prompt), taps in place.
-
-        mlx-lm's stream_generate evaluates only the KV cache during the prompt, which leaves
-        the send to the next rank unevaluated on the sending rank; the plain loop evaluates
-        the logits, which depend on every rank's forward.
-        """
-        if temperature:
-            raise ShardingError(f"temperature={temperature!r}: a layer-sharded model generates greedily only",
-                                hint="use temperature=0, or run the model in one process")
-        ids = self.tokens(prompt, chat=chat).ids[0].tolist()
-        return self.generate_batch([ids], max_tokens=max_tokens, taps=taps)[0]
 
     def _global_shape(self, name: str) -> tuple[int, ...]:
         if name in _TOP_POINTS:
@@ -338,8 +382,11 @@ def load_sharded(spec: str, group=None, dtype: str | None = None) -> ShardedHook
 
     def shard(model):
         first = next(v for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating))
+        held["n_params"] = int(get_total_parameters(model))  # the whole model's (shapes only: nothing is read)
         held["layers"] = shard_model(model, group.rank(), group.size(), group, first.dtype)
         return model
 
     loaded = load_model(spec, dtype=dtype, shard=shard)
+    # the model's facts, not this rank's share (results record them, and every rank must agree)
+    loaded.info = dataclasses.replace(loaded.info, n_params=held["n_params"])
     return ShardedHookedModel(loaded, group, held["layers"])

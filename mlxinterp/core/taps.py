@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import mlx.core as mx
 import numpy as np
@@ -241,6 +241,10 @@ class Tap:
     when: str = "both"
     heads: Sequence[int] | None = None
     rows: Sequence[int] | None = None
+    # Attributes (arrays or None) a tap sets during a forward for code to read afterwards. A layer-sharded
+    # model (core/pipeline.py) runs the tap on the rank holding its block only; it gives these to the
+    # same tap on every other rank when the `hooks` block ends, so that code reads the same values.
+    recorded: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, feature_shape: tuple[int, ...], name: str) -> None:
         """Check arguments against the hook point before any forward runs."""

@@ -47,7 +47,8 @@ class AttributionConfig:
     check_prompts: int = 3  # check prompts per category (30 in all: the linear check's units)
 
 
-@experiment("attribution", AttributionConfig, quick={"n": 3, "check_prompts": 2})
+@experiment("attribution", AttributionConfig, quick={"n": 3, "check_prompts": 2},
+            whole_model="it differentiates through every layer; MLX's transfers between ranks have no gradient")
 def attribution(hm: HookedModel, cfg: AttributionConfig, ctx) -> dict:
     """Gradient x input from the top-1 logit to MLP neurons and input tokens; backbone neurons across categories."""
     cats = categories.categories(cfg.n)

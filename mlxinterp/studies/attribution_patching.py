@@ -117,7 +117,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(sps.spearmanr(a, b).statistic)
 
 
-@experiment("attribution_patching", AttributionPatchingConfig, quick={"n": 6, "circuit_pairs": 2})
+@experiment("attribution_patching", AttributionPatchingConfig, quick={"n": 6, "circuit_pairs": 2},
+            whole_model="it differentiates through every layer; MLX's transfers between ranks have no gradient")
 def attribution_patching(hm: HookedModel, cfg: AttributionPatchingConfig, ctx) -> dict:
     """AtP vs exact patching on >= 30 factual prompt pairs: agreement with CIs, layers chosen on a held-out split."""
     cands = candidate_pairs(hm, cfg.seed)

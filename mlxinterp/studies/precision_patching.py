@@ -168,7 +168,8 @@ def _sublayers(units: list[str], kind: str) -> list[str]:
     return [u for u in units if u.startswith("blocks.") and u.split(".")[2:3] == [kind]]
 
 
-@experiment("precision_patching", PrecisionPatchingConfig, reuses=["refusal"], quick=QUICK)
+@experiment("precision_patching", PrecisionPatchingConfig, reuses=["refusal"], quick=QUICK,
+            whole_model="it quantizes the whole model's modules one at a time, in one process")
 def precision_patching(hm: HookedModel, cfg: PrecisionPatchingConfig, ctx) -> dict:
     """Which module's quantization changes a finding: float restored (or quantized) one module at a time."""
     _check(cfg)

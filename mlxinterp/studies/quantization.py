@@ -182,7 +182,8 @@ QUICK = {"n": 6, "n_directions": 8, "n_refusal": 16, "n_steer": 12, "fv_tasks": 
          "n_fv": 6, "patch_layer_step": 4, "n_twohop": 12, "n_backpatch": 4}
 
 
-@experiment("quantization", QuantizationConfig, reuses=["refusal", "twohop"], quick=QUICK)
+@experiment("quantization", QuantizationConfig, reuses=["refusal", "twohop"], quick=QUICK,
+            whole_model="it loads float, 8-bit and 4-bit copies of the whole model")
 def quantization(hm: HookedModel, cfg: QuantizationConfig, ctx) -> dict:
     """Same findings on float, 8-bit and 4-bit variants of one model: agreement and verdicts."""
     ref = hm if not hm.info.quantization else load(_base(hm.info.spec) + "@f32")

@@ -50,6 +50,7 @@ class Experiment:
     reuses: tuple[str, ...] = ()  # experiments whose results it reuses when present (else computes them)
     cost: Callable[[Any, Any], Any] | None = None  # (config, loaded model) -> suite.cost.Cost, before it runs
     quick: tuple[tuple[str, Any], ...] = ()  # field overrides of the quick (smoke-test) profile
+    whole_model: str = ""  # why it cannot run with the model's layers split across ranks ("": it can)
 
     def reads(self) -> tuple[str, ...]:
         """Every experiment this one reads with ctx.result_of, required ones first."""
@@ -70,7 +71,7 @@ def check_name(name: str, what: str) -> str:
 
 def experiment(name: str, config_cls: type, uses: Sequence[str] = (), reuses: Sequence[str] = (),
                cost: Callable[[Any, Any], Any] | None = None,
-               quick: dict[str, Any] | None = None) -> Callable[[ExperimentFn], ExperimentFn]:
+               quick: dict[str, Any] | None = None, whole_model: str = "") -> Callable[[ExperimentFn], ExperimentFn]:
     """Register `fn(model, config, ctx) -> dict` as experiment `name`.
 
     `config_cls` must be a dataclass whose fields all have defaults; `run_all`
@@ -85,6 +86,8 @@ def experiment(name: str, config_cls: type, uses: Sequence[str] = (), reuses: Se
     Defaults are the full-size experiment (all the data, the N the design
     needs); `quick` holds the field overrides of the quick profile, small sizes
     for smoke tests and a first look (`run-suite --quick`, `run_all(quick=True)`).
+    `whole_model` says why the experiment needs the whole model in each process (e.g. gradients
+    through every layer); `run-suite --shard layers` then refuses it before loading (core/pipeline.py).
     """
     check_name(name, "experiment name")
     if not (dataclasses.is_dataclass(config_cls) and isinstance(config_cls, type)):
@@ -103,7 +106,7 @@ def experiment(name: str, config_cls: type, uses: Sequence[str] = (), reuses: Se
                                  f"{_origin(old.fn)} and {_origin(fn)}")
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = Experiment(name, config_cls, fn, doc[0].strip() if doc else "", uses, reuses, cost,
-                                     quick_items)
+                                     quick_items, whole_model)
         return fn
 
     return register

@@ -336,6 +336,32 @@ def plan_models(models: Sequence[str], console: Console, hosts: int = 1) -> list
 SHARD_MODES = ("items", "layers")
 
 
+def _check_layer_sharding(exps: list[Experiment], world: distributed.World) -> None:
+    """Before anything loads: `--shard layers` needs several ranks, and experiments that need the whole
+    model in one process (their `whole_model` reason, registry.experiment) are refused by name."""
+    whole = [e for e in exps if e.whole_model]
+    if whole:
+        why = "; ".join(f"{e.name} ({e.whole_model})" for e in whole)
+        raise ResultsError(f"--shard layers cannot run {why}",
+                           hint=f"leave {'them' if len(whole) > 1 else 'it'} out (--skip "
+                                f"{','.join(e.name for e in whole)}), or run {'them' if len(whole) > 1 else 'it'} "
+                                "with --shard items or in one process")
+    if not world.distributed:
+        raise ResultsError("--shard layers needs at least 2 ranks; this process is alone",
+                           hint="start it with `mlx.launch -n 2 --backend ring -- python -m mlxinterp run-suite "
+                                "--shard layers ...` (docs/bigger-models.md)")
+
+
+def _sharded_load(world: distributed.World) -> Callable[[str], Any]:
+    """Loads this rank's layers only (core.pipeline.load_sharded)."""
+    def load(spec: str) -> Any:
+        from mlxinterp.core.pipeline import load_sharded  # pulls MLX: only when a model is actually needed
+
+        return load_sharded(spec, world.group)
+
+    return load
+
+
 def _default_load(spec: str) -> Any:
     """mlxinterp.core.hooks.load, imported only when a model is actually needed (it pulls MLX and mlx-lm,
     which `mlxinterp run-suite --list` and stand-in models in tests never need)."""
@@ -425,13 +451,9 @@ def run_all(models: list[str], only: str | Sequence[str] | None = None, skip: st
     out = Path(out)
     world = distributed.world()
     if shard == "layers":
-        # Measured: twohop on a 2-rank tiny llama made no progress in 14 min (a rank waits on a collective
-        # the other never reaches: studies that call hm.model directly, or read taps only the last rank fills).
-        # Until every study is proven equal to one process under layer sharding, refuse rather than hang.
-        raise ResultsError("--shard layers cannot run the suite's studies yet (ranks deadlock in studies that "
-                           "call the model directly)",
-                           hint="use --shard items (each rank runs its share of items), or core.pipeline's "
-                                "load_sharded for your own forwards, captures and taps (docs/bigger-models.md)")
+        _check_layer_sharding(exps, world)
+        world = dataclasses.replace(world, split_items=False)
+        load_fn = load_fn or _sharded_load(world)
     console = console or Console(stderr=True)
     if not world.is_root:
         console = Console(file=open(os.devnull, "w"), quiet=True)  # noqa: SIM115 - lives as long as the run

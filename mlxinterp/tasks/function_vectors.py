@@ -34,7 +34,6 @@ import numpy as np
 
 from mlxinterp.tasks import data
 from mlxinterp.analysis import directions
-from mlxinterp.core.archs import text_model
 from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.patching import Patch, run_variants
 from mlxinterp.core import names as H
@@ -133,7 +132,7 @@ def _post_attn_norm(hm: HookedModel, layer: int):
     path = hm.spec.sites["hook_attn_out"].path
     if path == hm.spec.sites["attn.hook_out"].path:
         return None
-    mod = text_model(hm.model).layers[layer]
+    mod = hm.block(layer)
     for part in path.split("."):
         mod = getattr(mod, part)
     return mod
@@ -147,7 +146,7 @@ def head_contributions(hm: HookedModel, layer: int, z: np.ndarray, attn_raw: np.
     Runs the layer's own o_proj (float or quantized) on z with one head kept.
     """
     N, H, Dh = z.shape
-    o_proj = text_model(hm.model).layers[layer].self_attn.o_proj
+    o_proj = hm.block(layer).self_attn.o_proj
     eye = np.eye(H, dtype=np.float32)[None, :, :, None]  # keep head h only
     one_head = (z[:, None, :, :] * eye).reshape(N * H, H * Dh)
     dtype = o_proj.weight.dtype if not hasattr(o_proj, "scales") else o_proj.scales.dtype
