@@ -292,16 +292,13 @@ def _windows(hm, path, split="all", ctx_len=16):
     return windows(hm.tokenizer, bos, path, split, ctx_len)
 
 
-def test_collect_stops_at_hook_and_matches_capture(tiny_hooked, tmp_path):
+def test_collect_matches_capture(tiny_hooked, tmp_path):
     from mlxinterp.analysis.sae_train import activations_upto, collect
 
     hm = tiny_hooked("gemma3_text", None)
     hook = "blocks.1.hook_resid_post"
     ids = mx.array(np.stack([w for _, w in zip(range(3), _windows(hm, _corpus_file(tmp_path)))]))
-    later = []
-    with hm.hooks([("blocks.2.hook_resid_post", T.Fn(fn=lambda a, ctx: later.append(1) or a))]):
-        a = activations_upto(hm, hook, ids)
-    assert later == []  # the forward stopped at the hook
+    a = activations_upto(hm, hook, ids)
     _, cache = hm.run_with_cache(ids, names=[hook])
     np.testing.assert_array_equal(np.array(a), np.array(cache[hook]))
     corpus = _corpus_file(tmp_path)
@@ -614,3 +611,27 @@ def test_cli_end_to_end_on_tiny_model(tiny_dirs, tmp_path, capsys):
     assert code == 0, err
     layers = json.loads(out)["layers"]
     assert [r["layer"] for r in layers] == [1, 3] and all(0 <= r["test_acc"] <= 1 for r in layers)
+
+
+def test_an_epoch_reads_every_row_once_across_shards_and_resumes_mid_stream(tmp_path):
+    """Batches span shard ends, so an epoch loses only n_rows mod batch_size rows (not a partial batch per
+    shard); starting at batch j gives exactly the uninterrupted epoch's batches j, j+1, ..."""
+    from mlxinterp.analysis.sae_train import MANIFEST, ActivationStore
+    from mlxinterp.core.io import write_json
+
+    rows, shards, start = [37, 50, 13, 41], [], 0
+    for i, n in enumerate(rows):  # each row holds its own global index, so batches can be traced back
+        np.save(tmp_path / f"acts_{i:05d}.npy", np.arange(start, start + n, dtype=np.float32)[:, None].repeat(2, 1))
+        shards.append({"acts": f"acts_{i:05d}.npy", "rows": n})
+        start += n
+    write_json(tmp_path / MANIFEST, {"d": 2, "shards": shards})
+    store = ActivationStore(tmp_path)
+    bs = 16
+    epoch = list(store.batches(bs, epoch=1, seed=3))
+    assert len(epoch) == store.batches_per_epoch(bs) == sum(rows) // bs
+    seen = np.concatenate([b[:, 0] for b in epoch]).astype(int)
+    assert all(b.shape == (bs, 2) for b in epoch) and len(set(seen)) == len(seen) == len(epoch) * bs
+    for j in (1, 4, len(epoch) - 1):
+        resumed = list(store.batches(bs, epoch=1, seed=3, start=j))
+        assert len(resumed) == len(epoch) - j and all(np.array_equal(a, b) for a, b in zip(resumed, epoch[j:]))
+    assert not np.array_equal(np.concatenate(list(store.batches(bs, epoch=2, seed=3))), np.concatenate(epoch))

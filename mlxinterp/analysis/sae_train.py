@@ -42,7 +42,6 @@ import mlx.optimizers as optim
 import numpy as np
 
 from mlxinterp.analysis.sae import SAE, SAEError, sae_taps
-from mlxinterp.core import taps as T
 from mlxinterp.core.io import atomic_write_bytes, read_json, write_json
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
@@ -52,30 +51,13 @@ MANIFEST = "manifest.json"
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-class _Stop(Exception):
-    """Raised by the capture tap: the rest of the forward is not needed."""
-
-
-@dataclass(eq=False)
-class _CaptureAndStop(T.Tap):
-    held: list | None = None
-
-    def __call__(self, a, ctx):
-        self.held.append(a.reshape(*a.shape[:2], -1).astype(mx.float32))
-        raise _Stop
-
-
 def activations_upto(hm: HookedModel, hook: str, ids: mx.array) -> mx.array:
-    """[B, L, width] float32 activations at `hook`, running the model only up to it."""
-    held: list = []
-    try:
-        with hm.hooks([(hook, _CaptureAndStop(held=held))]):
-            hm.model(ids)
-    except _Stop:
-        pass
-    if not held:
-        raise SAEError(f"hook {hook} did not fire in the forward")
-    return held[0]
+    """[B, L, width] float32 activations at `hook`. Only the captures are evaluated (run_with_cache with
+    logits=False): MLX computes lazily, so the layers after `hook` are never computed in one process, and a
+    layer-sharded model still runs every rank's share of the forward in step (core/pipeline.py)."""
+    _, cache = hm.run_with_cache(ids, names=[hook], logits=False)
+    a = cache[hook]
+    return a.reshape(*a.shape[:2], -1).astype(mx.float32)
 
 
 # ---------------------------------------------------------------- activation store
@@ -115,25 +97,33 @@ class ActivationStore:
         return np.concatenate(out)
 
     def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0) -> Iterator[np.ndarray]:
-        """Rows in a seeded order per epoch: shards shuffled, rows shuffled within a shard; batches from
-        `start` on (a resumed run skips without reading). A shard's last partial batch is dropped."""
+        """Rows in a seeded order per epoch: shards shuffled, rows shuffled within a shard, read as one
+        stream (a batch may span two shards), so an epoch trains on every row but the last
+        n_rows mod batch_size; batches from `start` on (a resumed run skips whole shards without
+        reading them)."""
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(self.shards))
         perms = [rng.permutation(self.shards[i]["rows"]) for i in order]
-        b = 0
+        skip = start * batch_size  # rows of the stream before the first batch wanted
+        pending: list[np.ndarray] = []
+        have, seen = 0, 0
         for i, perm in zip(order, perms):
-            n = len(perm) // batch_size
-            if b + n <= start:
-                b += n
+            lo, seen = seen, seen + len(perm)
+            if seen <= skip:
                 continue
             a = np.asarray(self.acts(i))
-            for j in range(n):
-                if b >= start:
-                    yield a[np.sort(perm[j * batch_size : (j + 1) * batch_size])]
-                b += 1
+            idx = perm[max(0, skip - lo):]
+            while have + len(idx) >= batch_size:
+                need = batch_size - have
+                pending.append(a[np.sort(idx[:need])])
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, have, idx = [], 0, idx[need:]
+            if len(idx):
+                pending.append(a[np.sort(idx)])
+                have += len(idx)
 
     def batches_per_epoch(self, batch_size: int) -> int:
-        return sum(s["rows"] // batch_size for s in self.shards)
+        return sum(s["rows"] for s in self.shards) // batch_size
 
 
 def collect(hm: HookedModel, hook: str, windows: Iterable[np.ndarray], out_dir: str | Path, n_tokens: int,
