@@ -4,16 +4,23 @@ The tutorial, the docs' code blocks, the `--help` examples and the notebook each
 fresh Python process that loads the default model and computes for up to a minute or two (and the determinism
 test's three suite runs are processes too). The in-process
 tests keep about one of the CI machine's two cores busy (small tiny-model forwards), so these scripts are
-queued when collection ends (tests/conftest.py) and run one at a time, in test order, on the other core. The
+queued when collection ends (tests/conftest.py) and run two at a time (LANES), in test order, beside them. The
 tests that check a script's output run last (`checks_last`), by when their jobs are usually done; such a test
 waits for its job otherwise. A job nobody queued (pytest-xdist workers queue nothing)
 starts when its test asks for it, so no result depends on the queue.
 
 Jobs see OPENBLAS_NUM_THREADS=1: one core is their share, and a second OpenBLAS thread would only contend
 with the in-process tests for the other.
+
+Tests marked @pytest.mark.offload (they mostly wait on processes of their own: mlx.launch ranks, killed and
+resumed suite runs) run unchanged in a second pytest process, itself one job (`offload`): in this session each
+is replaced by a stand-in that reports that process's outcome for it (passed, failed with its report, skipped,
+xfailed), among the tests that run last. When only offloaded tests are selected there is nothing to run
+beside them, and they run here as usual.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
+
+import pytest
 
 
 @dataclass
@@ -61,6 +70,10 @@ _CLAIMED: set[str] = set()  # jobs that a thread has started (or finished)
 _LOCK = threading.Lock()
 _RUNNING: list[subprocess.Popen] = []
 _STOP = threading.Event()
+# Jobs running at once. Most of a job's time is spent waiting on processes it started (suite runs, ranks, a
+# kernel, pip), so two lanes beside the in-process tests keep both cores busy where one lane left gaps.
+LANES = 2
+_LANES: list[threading.Thread] = []
 
 
 def define(job: Job) -> Job:
@@ -131,7 +144,7 @@ def _worker() -> None:
 
 
 def start(names: list[str]) -> None:
-    """Queue these jobs (and the jobs they need first) on one background thread, in this order."""
+    """Queue these jobs (and the jobs they need first), in this order, for the LANES background threads."""
     order: list[str] = []
 
     def add(n: str) -> None:
@@ -146,7 +159,10 @@ def start(names: list[str]) -> None:
         return
     with _LOCK:
         _QUEUE.extend(order)
-    threading.Thread(target=_worker, name="background-jobs", daemon=True).start()
+        _LANES[:] = [t for t in _LANES if t.is_alive()]
+        for _ in range(LANES - len(_LANES)):
+            _LANES.append(threading.Thread(target=_worker, name="background-jobs", daemon=True))
+            _LANES[-1].start()
 
 
 def result(name: str) -> Done:
@@ -182,6 +198,83 @@ def stop() -> None:
         _kill(proc)
     for d in _DIRS:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ offloaded tests
+
+OFFLOAD_JOB = "offload"
+OFFLOAD_ENV = "MLXINTERP_OFFLOAD_OUTCOMES"  # set in the second pytest process: where it records the outcomes
+_OUTCOMES: dict[str, dict] = {}
+# Markers a stand-in keeps: selection (-m) and the slow-test announcement. Skips and xfails happen in the
+# second process and come back as its outcome.
+_KEPT_MARKS = {"slow", "real", "cached", "bench"}
+
+
+class OffloadedFailure(Exception):
+    """The offloaded test failed in the second pytest process; the message is its report there."""
+
+
+class Offloaded(pytest.Item):
+    """Stands in for a test that runs in the second pytest process: reports the outcome it had there."""
+
+    def runtest(self) -> None:
+        done = result(OFFLOAD_JOB)
+        path = done.cwd / "outcomes.json"
+        outcome = json.loads(path.read_text()).get(self.nodeid) if path.exists() else None
+        if outcome is None:
+            raise OffloadedFailure(f"the second pytest process did not report this test (exit {done.returncode})\n"
+                                   f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        if outcome["outcome"] == "failed":
+            raise OffloadedFailure(outcome["text"])
+        if outcome["outcome"] == "skipped":
+            # reported at the test's own line, as a skip mark's reason is
+            raise pytest.skip.Exception(outcome["text"].removeprefix("Skipped: "), _use_item_location=True)
+        if outcome["outcome"] == "xfailed":
+            pytest.xfail(outcome["text"])
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, OffloadedFailure):
+            return f"[run in the second pytest process (tests/background.py)]\n{excinfo.value}"
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.where
+
+
+def offload(config, items: list) -> None:
+    """Replace the @pytest.mark.offload tests (in place) by stand-ins, and define the job that runs them in a
+    second pytest process. Not in that process, nor in pytest-xdist workers, nor when nothing else runs."""
+    marked = [i for i in items if i.get_closest_marker("offload")]
+    if (not marked or len(marked) == len(items) or os.environ.get(OFFLOAD_ENV)
+            or os.environ.get("PYTEST_XDIST_WORKER") or config.option.collectonly):
+        return
+    root = config.rootpath
+    argv = python("-m", "pytest", "-q", "-p", "no:cacheprovider", f"--rootdir={root}",
+                  *(["-c", str(config.inipath)] if config.inipath else []), *(str(root / i.nodeid) for i in marked))
+    define(Job(OFFLOAD_JOB, argv, env={OFFLOAD_ENV: "outcomes.json"}, timeout=1800))
+    for k, item in enumerate(items):
+        if item.get_closest_marker("offload"):
+            stand_in = Offloaded.from_parent(item.parent, name=item.name)
+            stand_in.where = item.reportinfo()  # the test's own file and line in reports
+            stand_in.own_markers.extend(m for m in item.iter_markers() if m.name in _KEPT_MARKS)
+            stand_in.own_markers += [pytest.mark.background(OFFLOAD_JOB).mark, pytest.mark.timeout(WAIT_TIMEOUT).mark]
+            items[k] = stand_in
+
+
+def record_outcome(report) -> None:
+    """In the second pytest process: fold each phase's report into its test's outcome, in OFFLOAD_ENV's file."""
+    path = os.environ.get(OFFLOAD_ENV)
+    if not path:
+        return
+    o = _OUTCOMES.setdefault(report.nodeid, {"outcome": "passed", "text": ""})
+    if report.failed:
+        o["outcome"] = "failed"
+        o["text"] += f"({report.when}) {report.longreprtext}\n"
+    elif report.skipped and o["outcome"] != "failed":
+        o["outcome"] = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+        o["text"] = report.wasxfail if hasattr(report, "wasxfail") else \
+            (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr))
+    Path(path).write_text(json.dumps(_OUTCOMES))
 
 
 def python(*args: str) -> list[str]:

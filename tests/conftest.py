@@ -55,9 +55,11 @@ def real_hm():
 _SLOW_TESTS: dict = {}  # nodeid -> the terminal reporter, for tests marked slow or real
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: only selected tests are offloaded
 def pytest_collection_modifyitems(config, items):
     """Remember the slow and real-model tests (minutes each): pytest_runtest_logstart announces them.
-    The tests that read a background job (tests/background.py) go last."""
+    Offloaded tests get their stand-ins, and the tests that read a background job (tests/background.py) go last."""
+    background.offload(config, items)
     background.checks_last(items)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None or config.getoption("verbose") > 0:  # -v already prints each test as it starts
@@ -81,6 +83,10 @@ def pytest_collection_finish(session):
     """Start the real-model scripts the selected tests check (tests/background.py), beside the in-process tests."""
     if not session.config.option.collectonly and not os.environ.get("PYTEST_XDIST_WORKER"):
         background.queue_for(session.items)
+
+
+def pytest_runtest_logreport(report):
+    background.record_outcome(report)  # only in the second pytest process that runs offloaded tests
 
 
 def pytest_sessionfinish(session):

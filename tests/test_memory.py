@@ -220,6 +220,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.real
+@pytest.mark.offload  # waits on its own process (RSS counts only that model)
 @pytest.mark.skipif(sys.platform != "linux", reason="reads RSS from /proc")
 def test_freeing_the_default_model_returns_its_memory_to_the_os():
     """RSS, not just MLX's counters: del + free_memory gives the ~1.07 GB of float32 weights back."""

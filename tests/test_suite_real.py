@@ -23,6 +23,8 @@ import pytest
 from mlxinterp.core import io
 from mlxinterp.suite import run_all
 
+# Each test waits on its suite processes: they run beside the in-process tests (tests/background.py).
+pytestmark = pytest.mark.offload
 ARCH = ("gemma3_text", None)
 SEED = 3
 # Runs the suite; a write containing $KILL gets half its bytes to disk, then the process is SIGKILLed.

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.offload]  # waits on pip and a suite run: beside the in-process tests
 
 
 def _build_wheel(tmp: Path) -> Path:
@@ -36,16 +36,21 @@ def _build_wheel(tmp: Path) -> Path:
     return wheel
 
 
-def test_wheel_ships_the_prompt_sets_and_no_results(tmp_path):
-    names = zipfile.ZipFile(_build_wheel(tmp_path)).namelist()
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """Built once for both tests (each build copies the sources and runs pip)."""
+    return _build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def test_wheel_ships_the_prompt_sets_and_no_results(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
     data = {n.split("mlxinterp/data/", 1)[1] for n in names if n.startswith("mlxinterp/data/")}
     shipped = {str(p.relative_to(ROOT / "mlxinterp" / "data")) for p in (ROOT / "mlxinterp" / "data").rglob("*.json")}
     assert shipped and shipped <= data, sorted(shipped - data)
     assert not [n for n in names if n.startswith(("results/", "tests/", "bench/"))]
 
 
-def test_installed_wheel_runs_the_suite_from_an_unrelated_directory(tmp_path, tiny_dirs):
-    wheel = _build_wheel(tmp_path)
+def test_installed_wheel_runs_the_suite_from_an_unrelated_directory(wheel, tmp_path, tiny_dirs):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
