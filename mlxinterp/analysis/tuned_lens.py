@@ -8,17 +8,22 @@ translator stays the identity (its residual already is the model's input to the
 unembedding).
 
 Training reads the full 262k-row unembedding of Gemma 3 only once per position (to
-pick the vocabulary); the KL during training is over a fixed subset of the
-vocabulary: every token of the training text plus each position's top
-`top_per_pos` final predictions, with both distributions renormalised on that subset.
-`train` reports how much of the final probability mass the subset holds. Evaluation
-(`evaluate`) uses the full vocabulary.
+pick the vocabulary and the exact normaliser); the KL during training is over a
+partition of the vocabulary: every token of a subset (the training text plus each
+position's top `top_per_pos` final predictions) and one bucket for all other tokens,
+whose lens probability is estimated from a uniform sample (`_bucket_kl`).
+Evaluation (`evaluate`) uses the full vocabulary.
+
+Memory is bounded by the number of training positions times the subset size (the
+target log-probabilities, float32, filled in place) plus one chunk of full-vocabulary
+logits; nothing of vocabulary width is kept per position.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import math
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,22 +132,26 @@ def prepare_targets(hm: HookedModel, h_last: np.ndarray, text_ids: np.ndarray, t
     One pass of the full 262k-row unembedding per position: the exact log-normaliser, the top
     `top_per_pos` tokens. The subset S is those tokens for every position plus every token of the
     training text; the target keeps log p on S under the FULL normaliser and the remaining mass
-    p_other = 1 - sum_S p, so nothing is renormalised away.
+    p_other = 1 - sum_S p, so nothing is renormalised away. Only [N, top_per_pos] ids and [N]
+    normalisers survive the first pass and the [N, |S|] target is filled chunk by chunk, so the
+    peak is one chunk of [batch, vocab] logits above the target itself.
     """
-    lses, tops = [], []
-    for s in range(0, h_last.shape[0], batch):
+    N = h_last.shape[0]
+    tops, lse = np.zeros((N, top_per_pos), np.int64), np.zeros(N, np.float32)
+    for s in range(0, N, batch):
         logits = hm.unembed(mx.array(h_last[s : s + batch]))
-        tops.append(np.array(mx.argpartition(-logits, kth=top_per_pos - 1, axis=-1)[:, :top_per_pos]))
-        lses.append(np.array(mx.logsumexp(logits, axis=-1)))
-    vocab = np.union1d(np.concatenate(tops).reshape(-1), text_ids).astype(np.int64)
-    lse = np.concatenate(lses)
-    logp = []
-    for s in range(0, h_last.shape[0], batch):
-        sub = hm.unembed(mx.array(h_last[s : s + batch]), vocab=vocab)
-        logp.append(np.array(sub - mx.array(lse[s : s + batch, None])))
-    logp_s = np.concatenate(logp)
-    p_other = np.clip(1.0 - np.exp(logp_s.astype(np.float64)).sum(-1), 1e-12, 1.0)
-    return {"vocab": vocab, "logp": logp_s, "log_p_other": np.log(p_other).astype(np.float32),
+        top = mx.argpartition(-logits, kth=top_per_pos - 1, axis=-1)[:, :top_per_pos]
+        tops[s : s + batch], lse[s : s + batch] = np.array(top), np.array(mx.logsumexp(logits, axis=-1))
+        del logits, top
+    vocab = np.union1d(tops.reshape(-1), text_ids).astype(np.int64)
+    logp = np.empty((N, len(vocab)), np.float32)
+    p_other = np.empty(N, np.float64)
+    for s in range(0, N, batch):
+        sub = np.array(hm.unembed(mx.array(h_last[s : s + batch]), vocab=vocab) - mx.array(lse[s : s + batch, None]))
+        logp[s : s + batch] = sub
+        p_other[s : s + batch] = 1.0 - np.exp(sub.astype(np.float64)).sum(-1)
+    p_other = np.clip(p_other, 1e-12, 1.0)
+    return {"vocab": vocab, "logp": logp, "log_p_other": np.log(p_other).astype(np.float32),
             "mass_in_subset": float(1.0 - p_other.mean())}
 
 
@@ -155,6 +164,10 @@ def _bucket_kl(hm: HookedModel, t: mx.array, lp: mx.array, lpo: mx.array, vocab:
     translator moves onto tokens outside the subset raises the loss instead of vanishing in a
     renormalisation (sampled softmax; Bengio & Senecal 2008).
     """
+    if len(other) == 0:  # the subset is the whole vocabulary: exact KL, no bucket
+        z_s = hm.unembed(t, vocab=vocab)
+        lq = z_s - mx.logsumexp(z_s, axis=-1, keepdims=True)
+        return mx.sum(mx.exp(lp) * (lp - lq), axis=-1)
     z = hm.unembed(t, vocab=np.concatenate([vocab, other]))
     z_s, z_o = z[..., : len(vocab)], z[..., len(vocab) :]
     log_zo = mx.logsumexp(z_o, axis=-1) + math.log(n_other / len(other))
@@ -180,20 +193,37 @@ def layer_kls(hm: HookedModel, x: mx.array, h_last: mx.array, batch: int = 8) ->
     return out
 
 
-def train(hm: HookedModel, h: np.ndarray, steps: int = 500, batch: int = 64, lr: float = 1e-3, top_per_pos: int = 32,
+def _input_scales(h: np.ndarray, n_fit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer (all but the last): the residual's RMS r [L-1] and each dimension's RMS s [L-1, d] over the
+    first n_fit positions, one layer at a time in float64 (no float64 copy of all of h)."""
+    s = np.stack([np.sqrt(np.mean(h[l, :n_fit].astype(np.float64) ** 2, axis=0)) for l in range(h.shape[0] - 1)])
+    r = np.sqrt(np.mean(s**2, axis=1))
+    return r, np.maximum(s, 1e-6 * r[:, None])
+
+
+def train(hm: HookedModel, h: np.ndarray, steps: int = 500, batch: int = 64, lr: float = 1e-2, top_per_pos: int = 32,
           text_ids: np.ndarray | None = None, seed: int = 0, other_sample: int = 2048, val_positions: int = 128,
-          eval_every: int = 50, progress: Callable[[int, int], None] | None = None) -> tuple[TunedLens, dict]:
+          eval_every: int | None = None, progress: Callable[[int, int], None] | None = None) -> tuple[TunedLens, dict]:
     """Train translators on residuals h [n_layers, N, d] (from `residuals`) of training text.
 
     Loss: mean over layers and positions of KL(final || lens) over the vocabulary subset of
     `prepare_targets` plus the sampled 'other' bucket (`_bucket_kl`). Adam with a linear warm-up
     over the first 5 % of steps and linear decay to zero. Each translator acts on the residual
-    BEFORE the final norm (Belrose et al. 2023), and its bias is learned in units of the layer's
-    residual RMS: Gemma's residual norm grows 200-fold with depth, so an Adam step of fixed size
-    on a raw bias would be a large move at layer 0 and nothing at the last layers.
-    Per-layer early stopping: every `eval_every` steps each layer's full-vocabulary KL on
-    `val_positions` positions held back from the end of the training text (never trained on)
-    decides whether that layer keeps its new translator; the identity competes too.
+    BEFORE the final norm (Belrose et al. 2023).
+
+    `lr` is the largest change one Adam step makes to the translated residual, relative to the
+    layer's residual RMS, for both parts of the translator: Adam moves every parameter by about
+    lr per step whatever its gradient, so the parametrisation fixes the scale. The bias is learned
+    in units of the layer's RMS r (Gemma's residual RMS grows 200-fold with depth); the matrix
+    acts on the residual standardised per dimension (massive-activation dimensions of 100x the
+    RMS would otherwise dominate every output) and its output is in units of r / d, so the d
+    coordinated updates of one output sum to at most lr x r (the fan-in rule for Adam, Yang et
+    al. 2022, "Tensor Programs V"). A raw d x d matrix under Adam moves each output by about
+    lr x d x RMS per step, ~1.3 RMS at lr = 2e-3 for d = 640: that noise floor swamped the late
+    layers, whose logit-lens KL is already small, so no snapshot beat the identity there.
+    Per-layer early stopping: every `eval_every` steps (default: 10 checks per run) each layer's
+    full-vocabulary KL on `val_positions` positions held back from the end of the training text
+    (never trained on) decides whether that layer keeps its new translator; the identity competes.
     """
     n_layers, N, d = h.shape
     # The last fifth of the positions (the last windows read) is held back; validation reads
@@ -204,18 +234,20 @@ def train(hm: HookedModel, h: np.ndarray, steps: int = 500, batch: int = 64, lr:
     val = len(val_idx)
     if n_fit < batch or val < 1:
         raise TunedLensError(f"{N} training positions are too few for a batch of {batch} plus a validation slice")
+    eval_every = eval_every or max(1, steps // 10)
     t0 = time.perf_counter()
     tg = prepare_targets(hm, h[-1, :n_fit], text_ids if text_ids is not None else np.zeros(0, np.int64), top_per_pos)
-    vocab = tg["vocab"]
+    vocab, logp, lpo = tg["vocab"], tg["logp"], tg["log_p_other"]  # numpy; one batch at a time goes to MLX
     rest = np.setdiff1d(np.arange(hm.info.vocab_size), vocab)
     other_sample = min(other_sample, len(rest))
-    logp, lpo = mx.array(tg["logp"]), mx.array(tg["log_p_other"])
-    hx = mx.array(h[:-1, :n_fit])
-    scale = mx.array(np.sqrt(np.mean(h[:-1, :n_fit].astype(np.float64) ** 2, axis=(1, 2))).astype(np.float32))
+    r_np, s_np = _input_scales(h, n_fit)
+    r = mx.array(r_np.astype(np.float32))
+    row_scale_np = (r_np[:, None] / (d * s_np)).astype(np.float32)  # A_eff = diag(row_scale) A
+    row_scale = mx.array(row_scale_np)
     params = {"A": mx.zeros((n_layers - 1, d, d)), "b": mx.zeros((n_layers - 1, d))}
 
     def translate(p, x):
-        return x + x @ p["A"] + (p["b"] * scale[:, None])[:, None, :]
+        return x + (x * row_scale[:, None, :]) @ p["A"] + (p["b"] * r[:, None])[:, None, :]
 
     def loss_fn(p, x, lp, lo, other):
         kl = _bucket_kl(hm, translate(p, x), lp[None], lo[None], vocab, other, len(rest))  # [layers, B]
@@ -239,31 +271,32 @@ def train(hm: HookedModel, h: np.ndarray, steps: int = 500, batch: int = 64, lr:
     best_step = np.zeros(n_layers - 1, int)
     curve = []
     for step in range(steps):
-        idx = mx.array(np.sort(rng.choice(n_fit, batch, replace=False)).astype(np.int32))
+        idx = np.sort(rng.choice(n_fit, batch, replace=False))
         other = np.sort(rng.choice(rest, other_sample, replace=False))
-        loss, g = vg(params, mx.take(hx, idx, axis=1), mx.take(logp, idx, axis=0), mx.take(lpo, idx, axis=0), other)
+        loss, g = vg(params, mx.array(h[:-1, idx]), mx.array(logp[idx]), mx.array(lpo[idx]), other)
         params = opt.apply_gradients(g, params)
         mx.eval(params, opt.state, loss)
         if (step + 1) % eval_every == 0 or step == steps - 1:
             kl = val_kl(params)
             better = kl < best_kl
             if better.any():
-                best_A[better] = np.array(params["A"])[better]
-                best_b[better] = np.array(params["b"] * scale[:, None])[better]
+                best_A[better] = (row_scale_np[:, :, None] * np.array(params["A"]))[better]
+                best_b[better] = np.array(params["b"] * r[:, None])[better]
                 best_kl[better], best_step[better] = kl[better], step + 1
             curve.append({"step": step + 1, "loss_train_batch": round(float(loss.item()), 4),
-                          "kl_sum_val": round(float(kl.sum()), 4)})
+                          "kl_sum_val": round(float(kl.sum()), 4), "kl_val": kl.round(4).tolist()})
         if progress:
             progress(step + 1, steps)
     lens = TunedLens(mx.concatenate([mx.array(best_A), mx.zeros((1, d, d))]),
                      mx.concatenate([mx.array(best_b), mx.zeros((1, d))]))
-    info = {"positions": N, "training_positions": n_fit, "validation_positions": val,
+    info = {"positions": N, "training_positions": n_fit, "validation_positions": val, "validation_index": val_idx.tolist(),
             "best_step_per_layer": best_step.tolist(), "validation_kl_identity": identity_kl.round(4).tolist(),
             "validation_kl_best": best_kl.round(4).tolist(), "steps": steps, "batch": batch, "lr": lr,
-            "vocab_subset": int(len(vocab)), "other_sample": other_sample,
-            "final_mass_in_subset": round(tg["mass_in_subset"], 4), "seconds": round(time.perf_counter() - t0, 1),
-            "curve": curve}
-    lens.meta = {"model": hm.info.spec, **{k: v for k, v in info.items() if k != "curve"}}
+            "eval_every": eval_every, "vocab_subset": int(len(vocab)), "other_sample": other_sample,
+            "target_mb": round(logp.nbytes / 2**20, 1), "final_mass_in_subset": round(tg["mass_in_subset"], 4),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "curve": curve}
+    lens.meta = {"model": hm.info.spec, **{k: v for k, v in info.items() if k not in ("curve", "validation_index")}}
     return lens, info
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import os
+import resource
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,7 +38,9 @@ def tuned_lens(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
                train_windows: int = typer.Option(48, "--train-windows", help="training windows of --ctx-len tokens"),
                eval_windows: int = typer.Option(4, "--eval-windows", help="held-out windows for the KL comparison"),
                ctx_len: int = typer.Option(64, "--ctx-len"), steps: int = typer.Option(300, "--steps"),
-               batch: int = typer.Option(64, "--batch"), lr: float = typer.Option(1e-3, "--lr"),
+               batch: int = typer.Option(64, "--batch"),
+               lr: float = typer.Option(1e-2, "--lr", help="Adam step size: the largest change one step makes to a "
+                                        "translated residual, relative to the layer's RMS"),
                corpus: Optional[Path] = typer.Option(None, "--corpus", help="text file or directory (default: Python docs)"),
                seed: int = typer.Option(0, "--seed"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Train a tuned lens on corpus text and compare per-layer KL to the final distribution with the logit lens.
@@ -53,6 +58,7 @@ def tuned_lens(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     if not lr > 0:
         raise MlxInterpError(f"--lr={lr} is not allowed; use a number > 0")
     C.corpus_files(corpus, "all")
+    t0, load_start = time.perf_counter(), os.getloadavg()
     hm = load_model(model, dtype)
     bos = hm.info.bos_token_id if hm.info.needs_bos else None
     take = lambda split, n: [w for _, w in zip(range(n), C.windows(hm.tokenizer, bos, corpus, split, ctx_len, seed))]
@@ -68,7 +74,12 @@ def tuned_lens(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     with console.status("held-out KL, full vocabulary ..."):
         per_window = h_eval.shape[1] // max(1, eval_windows)  # positions are nested in windows: intervals over windows
         ev = TL.evaluate(hm, lens, h_eval, clusters=[i // per_window for i in range(h_eval.shape[1])])
-    report = {"model": hm.info.spec, "lens": str(out_file), "training": info, "heldout": ev, "corpus": lens.meta["corpus"]}
+    # Wall time, load average (1/5/15 min) and peak resident memory of the whole command: timings on a shared machine mean little without them.
+    run = {"seconds": round(time.perf_counter() - t0, 1), "load_average_start": [round(x, 2) for x in load_start],
+           "load_average_end": [round(x, 2) for x in os.getloadavg()],
+           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    report = {"model": hm.info.spec, "lens": str(out_file), "training": info, "heldout": ev, "corpus": lens.meta["corpus"],
+              "run": run}
     write_json(Path(out_file).with_suffix(".json"), report)
     if as_json:
         print_json(report)
