@@ -13,6 +13,7 @@ import typer
 from mlxinterp.cli.common import DTYPE_OPT, MODEL_OPT, console, load_model, out, print_json
 from mlxinterp.core import names as H
 from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.io import read_json, write_json
 from mlxinterp.core.hooks import check_generation
 from mlxinterp.core.validate import whole
 
@@ -341,6 +342,8 @@ def bench_replicas_cmd(like: Optional[list[str]] = typer.Option(None, "--like", 
                                                                  "Gemma-2-2B, Llama-3.2-3B, Qwen2.5-7B, Gemma-2-9B, 4-bit)"),
                        save: Optional[Path] = SAVE_OPT,
                        readme: Optional[Path] = typer.Option(None, "--readme", help="put the table into this README"),
+                       merge: bool = typer.Option(False, "--merge", help="keep the other shapes' rows of the "
+                                                  "replicas.json under --save; replace only the shapes measured now"),
                        as_json: bool = typer.Option(False, "--json")) -> None:
     """Real-size random-weight replicas, one at a time: load time, peak memory (forward, capture-all, patch
     sweep) and tokens/s next to the planner's prediction. Needs several GB free; not for CI.
@@ -350,8 +353,16 @@ def bench_replicas_cmd(like: Optional[list[str]] = typer.Option(None, "--like", 
     from bench import replicas
     from mlxinterp.suite import catalogue
 
+    if merge and save is None:
+        raise MlxInterpError("--merge needs --save DIR (the replicas.json whose other rows are kept)")
     shapes = [catalogue.get(s).repo.split("/", 1)[1] for s in like] if like else list(replicas.SHAPES)
-    res = replicas.run(shapes, log=lambda line: console.print(line, highlight=False), save=save)
+    old = read_json(Path(save) / "replicas.json") if merge and (Path(save) / "replicas.json").exists() else None
+    res = replicas.run(shapes, log=lambda line: console.print(line, highlight=False), save=None if old else save)
+    if old is not None:
+        from datetime import datetime, timezone
+
+        res = replicas.merge(old, res, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+        write_json(Path(save) / "replicas.json", res)
     if save is not None:
         console.print(f"wrote {Path(save) / 'replicas.json'}", highlight=False)
     if readme is not None:

@@ -172,7 +172,8 @@ def run(shapes=SHAPES, log: Callable[[str], None] = print, save: Path | None = N
     try:
         for like in shapes:
             log(f"{like}: writing the replica, then measuring it in a worker")
-            res["rows"].append(run_one(like, root, log))
+            load = os.getloadavg()
+            res["rows"].append({**run_one(like, root, log), "load_average_before": load})
             res["load_average_after"] = os.getloadavg()
             log(summary_line(res["rows"][-1]))
             if save is not None:
@@ -227,7 +228,21 @@ def markdown(res: dict) -> str:
             first = False
     la = res.get("load_average_before")
     lines.append(f"\nLoad average before the run: {', '.join(f'{x:.1f}' for x in la)} (2 cores shared)." if la else "")
+    for r in res["rows"]:
+        if r.get("merged_from"):  # a row measured in a later run than the rest of the table
+            lines.append(f"{r['like']}: measured in a later run ({r['merged_from']}), load average before it "
+                         f"{', '.join(f'{x:.1f}' for x in r['load_average_before'])}.")
     return "\n".join(lines)
+
+
+def merge(old: dict, new: dict, when: str) -> dict:
+    """`old` with each of `new`'s rows put in place of the row of the same shape (or appended), marked with
+    `when` and its own load average: re-measuring one shape keeps the others' rows."""
+    rows = {r["like"]: r for r in old["rows"]}
+    for r in new["rows"]:
+        rows[r["like"]] = {**r, "merged_from": when,
+                           "load_average_before": r.get("load_average_before", new.get("load_average_before"))}
+    return {**old, "rows": list(rows.values())}
 
 
 def update_readme(readme: Path, table: str) -> None:
