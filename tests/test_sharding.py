@@ -35,24 +35,29 @@ WORKER = textwrap.dedent('''
     from mlxinterp.core import taps as T
     from mlxinterp.core.pipeline import load_sharded
 
-    path, out = sys.argv[1], sys.argv[2]
-    hm = load_sharded(path, dtype="native")
-    ids = mx.array([%(ids)s])
-    v = mx.array(np.random.default_rng(0).normal(size=hm.info.d_model).astype(np.float32))
-    last = hm.info.n_layers - 1
-    res = {"logits": hm(ids)}
-    logits, cache = hm.run_with_cache(ids)
-    with hm.hooks({f"blocks.{last}.hook_resid_pre": T.Add(v, 4.0), "blocks.0.hook_resid_post": T.Add(v, 2.0, positions=[3])}):
-        res["steered"] = hm(ids)
-    with hm.hooks({f"blocks.{last}.attn.hook_z": T.Ablate("zero", heads=[1])}):
-        res["ablated"] = hm(ids)
-    res["generated"] = mx.array(hm.generate(ids[0].tolist(), max_tokens=4,
-                                            taps={"blocks.1.hook_resid_post": T.Add(v, 3.0, when="generated")}).tokens)
-    res["sampled"] = mx.array(hm.generate(ids[0].tolist(), max_tokens=4, temperature=1.0, seed=3).tokens)
-    if hm.rank == 0:
-        arrays = {k: np.array(a) for k, a in res.items()}
-        arrays.update({"cache/" + n: np.array(cache[n]) for n in cache.keys()})
-        np.savez(out, **arrays)
+
+    def run(path, out):
+        hm = load_sharded(path, dtype="native")
+        ids = mx.array([%(ids)s])
+        v = mx.array(np.random.default_rng(0).normal(size=hm.info.d_model).astype(np.float32))
+        last = hm.info.n_layers - 1
+        res = {"logits": hm(ids)}
+        logits, cache = hm.run_with_cache(ids)
+        with hm.hooks({f"blocks.{last}.hook_resid_pre": T.Add(v, 4.0), "blocks.0.hook_resid_post": T.Add(v, 2.0, positions=[3])}):
+            res["steered"] = hm(ids)
+        with hm.hooks({f"blocks.{last}.attn.hook_z": T.Ablate("zero", heads=[1])}):
+            res["ablated"] = hm(ids)
+        res["generated"] = mx.array(hm.generate(ids[0].tolist(), max_tokens=4,
+                                                taps={"blocks.1.hook_resid_post": T.Add(v, 3.0, when="generated")}).tokens)
+        res["sampled"] = mx.array(hm.generate(ids[0].tolist(), max_tokens=4, temperature=1.0, seed=3).tokens)
+        if hm.rank == 0:
+            arrays = {k: np.array(a) for k, a in res.items()}
+            arrays.update({"cache/" + n: np.array(cache[n]) for n in cache.keys()})
+            np.savez(out, **arrays)
+
+
+    for path, out in zip(sys.argv[1::2], sys.argv[2::2]):  # one launch checks several models: ranks start once
+        run(path, out)
 ''') % {"ids": IDS}
 
 
@@ -80,9 +85,10 @@ def _single(path: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.offload  # waits on its ranks: beside the in-process tests (tests/background.py)
 @pytest.mark.parametrize("ranks", [2, 3])
-@pytest.mark.parametrize("arch", ["llama", "gemma2", "qwen3", "gemma3_text"])
-def test_sharded_run_equals_one_process(arch, ranks, tmp_path):
-    _check_sharded(tiny.write_tiny_model(tmp_path / arch, arch), ranks, tmp_path)
+def test_sharded_run_equals_one_process(ranks, tmp_path):
+    """Every tiny architecture (dense, parallel-block and MoE families) in one launch per rank count."""
+    archs = tiny.ARCHS + tiny.MORE_ARCHS + tiny.MOE_ARCHS
+    _check_sharded([tiny.write_tiny_model(tmp_path / a, a) for a in archs], ranks, tmp_path)
 
 
 @needs_launch
@@ -92,22 +98,23 @@ def test_sharded_run_equals_one_process(arch, ranks, tmp_path):
 def test_sharded_default_model_equals_one_process(tmp_path):
     from mlxinterp.core.loading import default_model_dir
 
-    _check_sharded(default_model_dir(), 2, tmp_path)
+    _check_sharded([default_model_dir()], 2, tmp_path)
 
 
-def _check_sharded(path: Path, ranks: int, tmp_path: Path) -> None:
+def _check_sharded(paths: list[Path], ranks: int, tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    out = tmp_path / "rank0.npz"
+    outs = [tmp_path / f"rank0-{i}.npz" for i in range(len(paths))]
     cmd = [LAUNCH, "-n", str(ranks), "--backend", "ring", "-p", str(free_ports(ranks)), "--",
-           sys.executable, str(script), str(path), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
-    assert out.exists(), proc.stderr[-2000:]  # mlx.launch exits 0 even when a rank fails
-    got, want = dict(np.load(out)), _single(path)
-    assert set(got) == set(want)  # every hook point gathered to rank 0
-    for k in sorted(want):
-        assert got[k].shape == want[k].shape, k
-        assert np.array_equal(got[k], want[k]), (k, float(np.abs(got[k] - want[k]).max()))
+           sys.executable, str(script), *[str(a) for pair in zip(paths, outs) for a in pair]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    for path, out in zip(paths, outs):
+        assert out.exists(), (path.name, proc.stderr[-2000:])  # mlx.launch exits 0 even when a rank fails
+        got, want = dict(np.load(out)), _single(path)
+        assert set(got) == set(want), path.name  # every hook point gathered to rank 0
+        for k in sorted(want):
+            assert got[k].shape == want[k].shape, (path.name, k)
+            assert np.array_equal(got[k], want[k]), (path.name, k, float(np.abs(got[k] - want[k]).max()))
 
 
 def test_layers_split_contiguously_and_evenly():
