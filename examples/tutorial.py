@@ -70,7 +70,7 @@ print("figure:", plot_sweep(sweep, out / "patching.png"))
 # %% 6. One suite experiment and its report
 from mlxinterp.core import io
 
-summary = mi.run_all(["default"], only="validation", out=out / "results", load_fn=lambda spec: hm)
+summary = mi.run_all(["default"], only="validation", out=out / "results", load_fn=lambda spec: hm, quick=True)
 record = io.read_json(out / "results" / "default" / "validation" / "result.json")
 for key, value in record["result"]["summary"].items():
     print(f"{key:55s} {value}")
