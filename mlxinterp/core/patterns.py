@@ -202,9 +202,11 @@ def _attention_class(module) -> type:
 
 
 def _swaps_for(hm: HookedModel) -> list[tuple[Any, str]]:
-    """(mlx-lm module, attribute) to replace so that this model's attention can run explicitly."""
+    """(mlx-lm module, attribute) to replace so that this model's attention can run explicitly (a
+    layer-sharded rank looks only at the blocks it holds: the others are relays without attention)."""
     out = []
-    for cls in {_attention_class(block.self_attn) for block in text_model(hm.model).layers}:
+    held = [b for l, b in enumerate(text_model(hm.model).layers) if hm.owns(l, f"blocks.{l}.attn.hook_v")]
+    for cls in {_attention_class(block.self_attn) for block in held}:
         mod = sys.modules[cls.__module__]
         if callable(getattr(mod, "scaled_dot_product_attention", None)):
             out.append((mod, "scaled_dot_product_attention"))

@@ -40,6 +40,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.utils import get_total_parameters
 
+from mlxinterp.core import patterns
 from mlxinterp.core.archs import BLOCK_ORDER, arch_spec, text_model, top_text_model
 from mlxinterp.core.errors import MlxInterpError
 from mlxinterp.core.hooks import ActivationCache, HookedModel, HookPoint
@@ -239,7 +240,8 @@ class ShardedHookedModel(HookedModel):
     def global_hook_names(self) -> list[str]:
         """Every hook point of the whole model, in forward order (each rank holds some of them)."""
         sites = arch_spec(self.info.arch).sites
-        blocks = [f"blocks.{i}.{s}" for i in range(self.info.n_layers) for s in BLOCK_ORDER if s in sites]
+        per_block = [s for s in BLOCK_ORDER if s in sites] + list(patterns.suffixes(sites))  # as HookedModel orders them
+        blocks = [f"blocks.{i}.{s}" for i in range(self.info.n_layers) for s in per_block]
         return ["hook_embed", *blocks, "ln_final.hook_normalized", "hook_logits"]
 
     def point(self, name: str) -> HookPoint:
@@ -250,6 +252,8 @@ class ShardedHookedModel(HookedModel):
         if norm in self._points or norm not in set(self.global_hook_names):
             return super().point(name)
         layer = None if norm in _TOP_POINTS else int(norm.split(".")[1])
+        if patterns.is_pattern_name(norm):
+            return HookPoint(norm, layer, patterns.KIND, self._state, patterns.feature_shape(self.info.n_heads))
         kind = "d_model" if norm in _TOP_POINTS else arch_spec(self.info.arch).sites[norm.split(".", 2)[2]].kind
         return HookPoint(norm, layer, kind, self._state, self._global_shape(norm))
 
@@ -335,7 +339,9 @@ class ShardedHookedModel(HookedModel):
     def run_with_cache(self, prompts, names=None, taps=None, chat: bool = False, logits: bool = True):
         """As HookedModel.run_with_cache; every rank's cache holds every rank's captures (shared by `hooks`).
         The logits are always computed: every rank's forward takes part in the pipeline."""
-        wanted = self.global_hook_names if names is None else (
+        # names None: every point but the scores and patterns, as HookedModel.run_with_cache (they switch
+        # attention to its explicit path)
+        wanted = [n for n in self.global_hook_names if not patterns.is_pattern_name(n)] if names is None else (
             [n for n in self.global_hook_names if names in n] if isinstance(names, str)
             else [self.global_name(n) for n in names])
         out, local = super().run_with_cache(prompts, names=wanted, taps=taps, chat=chat)
