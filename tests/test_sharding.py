@@ -20,7 +20,6 @@ import pytest
 import tiny
 from test_distributed import free_ports
 
-from mlxinterp.core import taps as T
 from mlxinterp.core.hooks import load
 from mlxinterp.core.pipeline import ShardingError, load_sharded, split_layers
 
@@ -28,22 +27,20 @@ LAUNCH = shutil.which("mlx.launch") or str(Path(sys.executable).parent / "mlx.la
 needs_launch = pytest.mark.skipif(not Path(LAUNCH).exists(), reason="mlx.launch is not installed (it comes with mlx)")
 IDS = [1, 287, 414, 417, 279, 280, 300, 301, 302, 303, 304, 305]
 
-WORKER = textwrap.dedent('''
-    import sys
+# The calls compared, as source: the ranks run them on the split model (WORKER), this process on the whole one.
+CALLS = textwrap.dedent('''
     import mlx.core as mx
     import numpy as np
     from mlxinterp.core import taps as T
-    from mlxinterp.core.pipeline import load_sharded
 
 
-    def run(path, out):
-        hm = load_sharded(path, dtype="native")
-        ids = mx.array([%(ids)s])
+    def calls(hm, ids):
+        """Logits, every capture, every layer's attention pattern, taps on first and last blocks, generation."""
         v = mx.array(np.random.default_rng(0).normal(size=hm.info.d_model).astype(np.float32))
         last = hm.info.n_layers - 1
         res = {"logits": hm(ids)}
-        logits, cache = hm.run_with_cache(ids)
-        patterns = [n for n in hm.global_hook_names if n.endswith("attn.hook_pattern")]  # the same list on every rank
+        _, cache = hm.run_with_cache(ids)
+        patterns = hm.names(lambda n: n.endswith("attn.hook_pattern"))  # global names: the same on every rank
         if patterns:
             pc = hm.run_with_cache(ids, names=patterns, logits=False)[1]
             res.update({"pattern/" + n: pc[n] for n in patterns})
@@ -54,39 +51,28 @@ WORKER = textwrap.dedent('''
         res["generated"] = mx.array(hm.generate(ids[0].tolist(), max_tokens=4,
                                                 taps={"blocks.1.hook_resid_post": T.Add(v, 3.0, when="generated")}).tokens)
         res["sampled"] = mx.array(hm.generate(ids[0].tolist(), max_tokens=4, temperature=1.0, seed=3).tokens)
-        if hm.rank == 0:
-            arrays = {k: np.array(a) for k, a in res.items()}
-            arrays.update({"cache/" + n: np.array(cache[n]) for n in cache.keys()})
-            np.savez(out, **arrays)
+        out = {k: np.array(a) for k, a in res.items()}
+        out.update({"cache/" + n: np.array(cache[n]) for n in cache.keys()})
+        return out
+''')
 
+WORKER = CALLS + textwrap.dedent('''
+    import sys
+    from mlxinterp.core.pipeline import load_sharded
 
     for path, out in zip(sys.argv[1::2], sys.argv[2::2]):  # one launch checks several models: ranks start once
-        run(path, out)
+        hm = load_sharded(path, dtype="native")
+        arrays = calls(hm, mx.array([%(ids)s]))
+        if hm.rank == 0:
+            np.savez(out, **arrays)
 ''') % {"ids": IDS}
 
 
 def _single(path: Path) -> dict:
     """The same calls on the whole model in this process."""
-    hm = load(str(path), dtype="native")
-    ids = mx.array([IDS])
-    v = mx.array(np.random.default_rng(0).normal(size=hm.info.d_model).astype(np.float32))
-    last = hm.info.n_layers - 1
-    res = {"logits": hm(ids)}
-    _, cache = hm.run_with_cache(ids)
-    patterns = [n for n in hm.hook_names if n.endswith("attn.hook_pattern")]
-    if patterns:
-        pc = hm.run_with_cache(ids, names=patterns, logits=False)[1]
-        res.update({"pattern/" + n: pc[n] for n in patterns})
-    with hm.hooks({f"blocks.{last}.hook_resid_pre": T.Add(v, 4.0), "blocks.0.hook_resid_post": T.Add(v, 2.0, positions=[3])}):
-        res["steered"] = hm(ids)
-    with hm.hooks({f"blocks.{last}.attn.hook_z": T.Ablate("zero", heads=[1])}):
-        res["ablated"] = hm(ids)
-    res["generated"] = mx.array(hm.generate(IDS, max_tokens=4,
-                                            taps={"blocks.1.hook_resid_post": T.Add(v, 3.0, when="generated")}).tokens)
-    res["sampled"] = mx.array(hm.generate(IDS, max_tokens=4, temperature=1.0, seed=3).tokens)
-    out = {k: np.array(a) for k, a in res.items()}
-    out.update({"cache/" + n: np.array(cache[n]) for n in cache.keys()})
-    return out
+    scope: dict = {}
+    exec(CALLS, scope)  # noqa: S102 - this file's own source text, shared with the ranks' script
+    return scope["calls"](load(str(path), dtype="native"), mx.array([IDS]))
 
 
 @needs_launch
