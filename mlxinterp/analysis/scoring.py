@@ -48,9 +48,7 @@ def continuation_logprob(hm: HookedModel, prompts: Sequence[str], continuations:
         raise PromptError(f"{len(prompts)} prompts but {len(continuations)} continuations; give one per prompt")
     rows, ks = [], []
     for text, cont in zip(prompts, continuations):
-        target = hm.tokenizer.encode(cont, add_special_tokens=False)
-        if not target:
-            raise PromptError(f"continuation {cont!r} encodes to no tokens")
+        target = _continuation_ids(hm, cont)
         rows.append(encode(hm.tokenizer, hm.info, text, chat=chat) + target)
         ks.append(len(target))
     out = []
@@ -88,21 +86,17 @@ def phrases_logprob(hm: HookedModel, prompts: Sequence[str], phrases: Sequence[s
     """
     texts = [instruction(hm, p)[0] for p in prompts]
     chat = hm.info.has_chat_template
-    targets = []
-    for phrase in phrases:
-        target = hm.tokenizer.encode(phrase, add_special_tokens=False)
-        if not target:
-            raise PromptError(f"continuation {phrase!r} encodes to no tokens")
-        targets.append(target)
+    targets = [_continuation_ids(hm, ph) for ph in phrases]
     pairs = list(taps.items()) if isinstance(taps, dict) else list(taps or [])
     if not all(_position_free(hm, name, t) for name, t in pairs):
         return np.stack([continuation_logprob(hm, texts, [ph] * len(texts), taps, chat=chat, batch_size=batch_size,
                                               mean=True) for ph in phrases])
+    windows = [c.max_size for c in make_prompt_cache(hm.model) if isinstance(c, RotatingKVCache)]
     out = []
     for s in range(0, len(texts), batch_size):
         batch = hm.tokens(texts[s : s + batch_size], chat=chat)
         longest = batch.ids.shape[1] + max(len(t) for t in targets)
-        if any(isinstance(c, RotatingKVCache) and longest > c.max_size for c in make_prompt_cache(hm.model)):
+        if windows and longest > min(windows):
             # past a sliding window the cache rotates; the whole forward is the reference there
             chunk = texts[s : s + batch_size]
             out.append(np.stack([continuation_logprob(hm, chunk, [ph] * len(chunk), pairs, chat=chat,
@@ -124,6 +118,14 @@ def phrases_logprob(hm: HookedModel, prompts: Sequence[str], phrases: Sequence[s
             rows.append(np.array(total, dtype=np.float64) / len(target))
         out.append(np.stack(rows))
     return np.concatenate(out, axis=1)
+
+
+def _continuation_ids(hm: HookedModel, text: str) -> list[int]:
+    """Token ids of a continuation (no special tokens); one that encodes to nothing cannot be scored."""
+    ids = hm.tokenizer.encode(text, add_special_tokens=False)
+    if not ids:
+        raise PromptError(f"continuation {text!r} encodes to no tokens")
+    return ids
 
 
 def _position_free(hm: HookedModel, name: str, tap) -> bool:
