@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 import pytest
 import tiny
 from test_hooks import (  # noqa: F401  (collected here again, with this file's `hm`)
@@ -30,7 +31,7 @@ from test_hooks import test_ablate_project_and_heads as _ablate_project_and_head
 from test_hooks import test_resid_mid_edit_alone_changes_the_logits as _resid_mid_alone
 from test_hooks import test_resid_mid_edit_reaches_the_residual_stream as _resid_mid_reaches
 
-from mlxinterp.core.archs import ARCHS
+from mlxinterp.core.archs import ARCHS, site_scale
 from mlxinterp.core.hooks import load
 from mlxinterp.core.loading import SUPPORTED_ARCHS
 
@@ -95,6 +96,7 @@ def test_hook_z_through_o_proj_is_attention_output(hm):
         assert maxdiff(raw, cache[f"blocks.{i}.attn.hook_out"]) == 0.0
         path = hm.spec.sites["hook_attn_out"].path  # a post-norm (gemma, olmo2) or the attention itself
         added = raw if path == "self_attn" else getattr(block, path)(raw)
+        added = added * site_scale(block, hm.spec.sites["hook_attn_out"])  # Granite's residual_multiplier
         assert maxdiff(added, cache[f"blocks.{i}.hook_attn_out"]) == 0.0
 
 
@@ -208,3 +210,37 @@ def test_explicit_attention_equals_fused_or_is_not_offered(hm):
     plain = hm([LONG, SHORT])
     assert _close(padded[0], plain[0]) and _close(padded[1, -len(SHORT):], plain[1, -len(SHORT):])
     assert mx.array_equal(hm(mx.array([LONG])), ref)  # the fused kernel is back after the context
+
+
+def test_heads_and_components_add_up_to_the_residual_and_the_logit(hm):
+    """Per-head results sum to hook_attn_out (both head decompositions), the components to the last residual,
+    and their direct logit attributions to the real logit difference: so a family's sublayer scale (Granite's
+    residual_multiplier) and constant logit factor (Cohere's logit_scale, Granite's logits_scaling) are in
+    the readouts, not only in the forward."""
+    from mlxinterp.analysis import decompose as D
+    from mlxinterp.tasks import function_vectors as F
+
+    logits, cache = hm.run_with_cache(mx.array([IDS]))
+    n, H = hm.info.n_layers, hm.info.n_heads
+    heads, _ = D.stack_head_results(cache)
+    per_layer = np.array(heads.reshape(n, H, *heads.shape[1:]).sum(1))
+    for l in range(n):
+        attn = np.array(cache[f"blocks.{l}.hook_attn_out"].astype(mx.float32))
+        o_proj = hm.block(l).self_attn.o_proj
+        if "bias" in o_proj:  # StarCoder 2: the output bias is kept apart from the heads (as TransformerLens's b_O)
+            attn = attn - np.array(o_proj.bias.astype(mx.float32)) * site_scale(hm.block(l), hm.spec.sites["hook_attn_out"])
+        assert np.allclose(per_layer[l], attn, rtol=1e-4, atol=1e-4 * np.abs(attn).max()), l
+        z = np.array(cache[f"blocks.{l}.attn.hook_z"][0].astype(mx.float32))
+        raw = np.array(cache[f"blocks.{l}.attn.hook_out"][0].astype(mx.float32))
+        fv = F.head_contributions(hm, l, z, raw).sum(1)
+        assert np.allclose(fv, attn[0], rtol=2e-3, atol=2e-3 * np.abs(attn).max()), l
+    comps, _ = D.decompose_resid(cache)
+    final = np.array(cache[f"blocks.{n - 1}.hook_resid_post"].astype(mx.float32))
+    assert np.allclose(np.array(comps.sum(0)), final, rtol=1e-4, atol=1e-4 * np.abs(final).max())
+    dla = float(np.array(D.logit_attrs(cache, comps, 5, incorrect=7)).sum())
+    real = float(logits[0, -1, 5] - logits[0, -1, 7])
+    norm = hm.model.model.norm
+    if "bias" in norm:  # a LayerNorm bias is no component's (decompose.apply_final_ln)
+        w, _ = hm.unembedding_rows([5, 7])
+        real -= float(mx.sum((w[0] - w[1]) * norm.bias.astype(mx.float32)))
+    assert abs(dla - real) <= 1e-3 * max(1.0, abs(real)), (dla, real)

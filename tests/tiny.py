@@ -40,7 +40,7 @@ _EXTRA = {
 # More dense families and mixtures of experts (tests/test_archs.py runs the hook tests on them;
 # the six above stay the ones every other test file is parametrised over).
 MORE_ARCHS = ("mistral", "gemma", "smollm3", "starcoder2", "phi3", "olmo2", "olmo3", "cohere", "cohere2",
-              "qwen3_moe", "mixtral")
+              "granite", "qwen3_moe", "mixtral")
 MOE_ARCHS = ("qwen3_moe", "mixtral")
 _WINDOW = dict(sliding_window=8)  # a window shorter than the test prompts, so sliding layers are exercised
 _MOE = dict(num_experts_per_tok=2, tie_word_embeddings=False)
@@ -54,6 +54,9 @@ _EXTRA.update({
     "olmo3": dict(**_WINDOW, layer_types=["sliding_attention", "full_attention"] * 2, tie_word_embeddings=False),
     "cohere": dict(layer_norm_eps=1e-5, logit_scale=0.5),
     "cohere2": dict(layer_norm_eps=1e-5, logit_scale=0.5, **_WINDOW, sliding_window_pattern=2),
+    # Granite 3's multipliers (embedding x12, residual x0.22, logits /8; attention scale 1/head_dim)
+    "granite": dict(logits_scaling=8.0, attention_multiplier=1 / 16, embedding_multiplier=12.0,
+                    residual_multiplier=0.22, attention_bias=False, mlp_bias=False, tie_word_embeddings=True),
     "qwen3_moe": dict(num_experts=4, decoder_sparse_step=1, mlp_only_layers=[], moe_intermediate_size=32,
                       norm_topk_prob=True, **_MOE),
     "mixtral": dict(num_local_experts=4, **_MOE),

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 from collections.abc import Sequence
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
-from mlxinterp.core.archs import text_model
+from mlxinterp.core.archs import site_scale, text_model
 from mlxinterp.core.errors import MlxInterpError
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
@@ -105,6 +106,7 @@ def stack_head_results(cache, layers: Sequence[int] | None = None) -> tuple[mx.a
             norm = _module(block, post_path)
             raw = _get(cache, f"blocks.{l}.attn.hook_out")
             per_head = per_head * _scale(raw, norm.eps) * _gain(norm, raw.shape[-1])
+        per_head = per_head * site_scale(block, hm.spec.sites["hook_attn_out"])  # Granite's residual_multiplier
         out.append(per_head)
         labels += [f"L{l}H{h}" for h in range(H)]
     return mx.concatenate(out), labels
@@ -117,7 +119,12 @@ def _module(root, path: str):
 
 
 def apply_final_ln(cache, stack: mx.array) -> mx.array:
-    """Components [..., B, L, d] through the final RMSNorm with the full residual's cached scale (linear)."""
+    """Components [..., B, L, d] through the final norm with the full residual's cached scale (linear).
+
+    RMSNorm: each component times the gain over the full residual's RMS. LayerNorm: each component
+    centred, times the gain over the full residual's standard deviation; its bias belongs to no
+    component (as in TransformerLens), so attributions then sum to the logit minus the bias's share.
+    """
     hm = cache.hooked
     final = _get(cache, f"blocks.{hm.info.n_layers - 1}.hook_resid_post")
     if tuple(stack.shape[-3:]) != tuple(final.shape):
@@ -126,6 +133,12 @@ def apply_final_ln(cache, stack: mx.array) -> mx.array:
     norm = text_model(hm.model).norm
     if hm.point("ln_final.hook_normalized").taps:
         raise MlxInterpError("a tap is attached at ln_final.hook_normalized; detach it before decomposing")
+    if isinstance(norm, nn.LayerNorm):  # StarCoder 2, Cohere: centre each component; the bias is nobody's
+        stack = stack.astype(mx.float32)
+        stack = stack - mx.mean(stack, axis=-1, keepdims=True)
+        final = final.astype(mx.float32)
+        out = stack * mx.rsqrt(mx.var(final, axis=-1, keepdims=True) + norm.eps)
+        return out * norm.weight.astype(mx.float32) if "weight" in norm else out
     return stack.astype(mx.float32) * _scale(final, norm.eps) * _gain(norm, final.shape[-1])
 
 
@@ -137,7 +150,7 @@ def logit_attrs(cache, stack: mx.array, tokens: Sequence[int] | int, incorrect: 
     stack: [n_components, B, L, d] (e.g. from decompose_resid or stack_head_results), not yet
     through the final norm unless has_ln. tokens: one id for every row or one per row.
     The contributions of a complete decomposition sum to the logit (difference) before any
-    final logit soft-cap.
+    final logit soft-cap, less a LayerNorm bias's share (apply_final_ln).
     """
     hm = cache.hooked
     x = (stack if has_ln else apply_final_ln(cache, stack))[:, :, pos].astype(mx.float32)  # [n, B, d]

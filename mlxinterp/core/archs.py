@@ -10,6 +10,12 @@ through an extra RMSNorm before they are added to the residual, so
 `hook_attn_out` / `hook_mlp_out` (what is added to the residual) are the
 outputs of those post-norms, while `attn.hook_out` / `mlp.hook_out` are the raw
 sublayer outputs.
+
+Granite's blocks multiply each sublayer output by a constant (`residual_multiplier`)
+inside the block's own call, so no module outputs what is added to the residual. A
+site with a `scale` is the module's output times that block attribute: the hook
+point sees (and captures) exactly the product the block adds, and a tap's new value
+is divided by the constant before the block multiplies it back.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ class Site:
     path: str
     side: str  # "in" (transform the module's first argument) or "out" (its result)
     kind: str = "d_model"  # feature shape: d_model | heads | kv_heads | d_mlp
+    scale: str | None = None  # block attribute the block multiplies the module's output by (Granite)
 
 
 _SHARED = {
@@ -84,6 +91,21 @@ PHI3_SITES = {k: v for k, v in LLAMA_SITES.items() if k not in ("attn.hook_q", "
 # norm (as TransformerLens for parallel-attention models).
 COHERE_SITES = {k: v for k, v in LLAMA_SITES.items() if k not in ("hook_resid_mid", "ln2.hook_normalized")}
 
+# Granite adds `residual_multiplier * sublayer output` to the residual (see the module docstring);
+# its embeddings are multiplied by `embedding_multiplier` after hook_embed (as Gemma's sqrt(d)) and its
+# logits divided by `logits_scaling`.
+GRANITE_SITES = {
+    **LLAMA_SITES,
+    "hook_attn_out": Site("self_attn", "out", scale="residual_multiplier"),
+    "hook_mlp_out": Site("mlp", "out", scale="residual_multiplier"),
+}
+
+
+def site_scale(block, site: Site) -> float:
+    """The constant `block` multiplies `site`'s module output by before adding it (1.0 but on Granite)."""
+    return float(getattr(block, site.scale)) if site.scale else 1.0
+
+
 # Mixture-of-experts MLPs (mlx-lm's SwitchGLU behind a linear router). The router
 # logits are the gate's output [.., n_experts]; `mlp.hook_expert_out` is each
 # selected expert's output before the router's weighting, [.., k, d_model], in
@@ -119,6 +141,8 @@ class ArchSpec:
     gqa_mask_5d: bool = False
     # attribute path on the top model of a factor mlx-lm multiplies the logits by (Cohere's logit_scale)
     logit_scale_attr: str | None = None
+    # attribute on the top model the logits are divided by (Granite's logits_scaling)
+    logit_divisor_attr: str | None = None
     # mixture of experts: how mlx-lm turns router logits into the selected experts (core/moe.py)
     router: str | None = None
 
@@ -141,6 +165,7 @@ ARCHS: dict[str, ArchSpec] = {
     "olmo3": ArchSpec("olmo2", OLMO2_SITES),
     "cohere": ArchSpec("parallel", COHERE_SITES, logit_scale_attr="args.logit_scale"),
     "cohere2": ArchSpec("parallel", COHERE_SITES, logit_scale_attr="args.logit_scale"),
+    "granite": ArchSpec("llama", GRANITE_SITES, logit_divisor_attr="logits_scaling"),
     "qwen3_moe": ArchSpec("llama", _moe_sites("mlp"), router="softmax_topk"),
     "mixtral": ArchSpec("llama", _moe_sites("block_sparse_moe"), router="topk_softmax"),
 }

@@ -29,7 +29,7 @@ from mlx_lm.models.cache import BatchKVCache, BatchRotatingKVCache, KVCache, Rot
 from mlx_lm.sample_utils import make_sampler
 
 from mlxinterp.core import patterns
-from mlxinterp.core.archs import BLOCK_ORDER, Site, arch_spec, text_model, top_text_model
+from mlxinterp.core.archs import BLOCK_ORDER, Site, arch_spec, site_scale, text_model, top_text_model
 from mlxinterp.core.errors import HookNameError, PromptError, TapError, closest
 from mlxinterp.core.taps import Capture, Tap, TapContext
 from mlxinterp.core.validate import INT64_MAX, real, whole
@@ -42,19 +42,28 @@ _HOOK_RE = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
 class HookPoint:
     """One named place in the forward pass and the taps attached to it."""
 
-    __slots__ = ("name", "layer", "kind", "taps", "state", "feature_shape")
+    __slots__ = ("name", "layer", "kind", "taps", "state", "feature_shape", "scale")
 
     def __init__(self, name: str, layer: int | None, kind: str, state: "_ForwardState",
-                 feature_shape: tuple[int, ...]):
+                 feature_shape: tuple[int, ...], scale: float | None = None):
         self.name, self.layer, self.kind, self.state = name, layer, kind, state
         self.feature_shape = feature_shape
+        self.scale = scale  # the point sees its module's value times this (Granite's residual_multiplier)
         self.taps: list[Tap] = []
 
     def run(self, a: mx.array) -> mx.array:
         ctx = self.state.context(self)
+        if self.scale is None:
+            for tap in self.taps:
+                a = tap(a, ctx)
+            return a
+        # The taps see the product the block adds to the residual (computed as the block computes it, so a
+        # capture is bit-identical to it); an unchanged value goes back untouched, a new one divided.
+        seen = a * self.scale
+        b = seen
         for tap in self.taps:
-            a = tap(a, ctx)
-        return a
+            b = tap(b, ctx)
+        return a if b is seen else b / self.scale
 
 
 class _ForwardState:
@@ -252,7 +261,8 @@ class HookedModel:
                 if module is None:  # this family (or this layer, e.g. a dense layer of an MoE) has no such point
                     continue
                 role = "block" if site.path == "" else ("mid" if suffix == "hook_resid_mid" else "plain")
-                self._attach(module, role, site.side, f"blocks.{i}.{suffix}", i, site.kind)
+                scale = site_scale(block, site) if site.scale else None
+                self._attach(module, role, site.side, f"blocks.{i}.{suffix}", i, site.kind, scale)
             for suffix in patterns.suffixes(self.spec.sites):  # run inside the attention call (core/patterns.py)
                 name = f"blocks.{i}.{suffix}"
                 if self.owns(i, name):
@@ -264,7 +274,8 @@ class HookedModel:
         """Whether this process holds the hook point (always; a layer-sharded model holds its own blocks)."""
         return True
 
-    def _attach(self, module, role: str, side: str, name: str, layer: int | None, kind: str) -> None:
+    def _attach(self, module, role: str, side: str, name: str, layer: int | None, kind: str,
+                scale: float | None = None) -> None:
         if not self.owns(layer, name):
             return
         site = getattr(module, "_mi_site", None)
@@ -276,7 +287,7 @@ class HookedModel:
             self._sites.append(site)
         if kind in ("heads", "kv_heads"):
             site.heads = self.info.n_heads if kind == "heads" else self.info.n_kv_heads
-        point = HookPoint(name, layer, kind, self._state, self._shape_of(kind))
+        point = HookPoint(name, layer, kind, self._state, self._shape_of(kind), scale)
         (site.ins if side == "in" else site.outs).append(point)
         self._points[name] = point
 
@@ -476,6 +487,8 @@ class HookedModel:
             logits = inner.embed_tokens.as_linear(x)
         if self.spec.logit_scale_attr:
             logits = logits * _get(top, self.spec.logit_scale_attr)
+        if self.spec.logit_divisor_attr:
+            logits = logits / _get(top, self.spec.logit_divisor_attr)
         cap = getattr(top, self.spec.softcap_attr, None) if self.spec.softcap_attr else None
         if cap:
             logits = mx.tanh(logits / cap) * cap
@@ -491,8 +504,21 @@ class HookedModel:
         return text_model(self.model).layers[int(layer) % n]
 
     def unembedding_rows(self, vocab: Sequence[int]) -> tuple[mx.array, mx.array | None]:
-        """Public form of `_unembedding_rows`, for linear readouts such as direct logit attribution."""
-        return self._unembedding_rows(vocab)
+        """The rows that map the final-normed residual to these tokens' logits, for linear readouts such as
+        direct logit attribution: `_unembedding_rows` times the model's constant logit factor."""
+        w, b = self._unembedding_rows(vocab)
+        f = self.logit_factor()
+        return (w, b) if f == 1.0 else (w * f, None if b is None else b * f)
+
+    def logit_factor(self) -> float:
+        """The constant mlx-lm multiplies the unembedded logits by: Cohere's logit_scale, one over Granite's
+        logits_scaling; 1.0 for the other families."""
+        top, f = top_text_model(self.model), 1.0
+        if self.spec.logit_scale_attr:
+            f *= float(_get(top, self.spec.logit_scale_attr))
+        if self.spec.logit_divisor_attr:
+            f /= float(_get(top, self.spec.logit_divisor_attr))
+        return f
 
     def _unembedding_rows(self, vocab: Sequence[int]) -> tuple[mx.array, mx.array | None]:
         """float32 rows [len(vocab), d_model] of the unembedding for these tokens (dequantized when quantized), bias."""

@@ -37,6 +37,7 @@ from mlxinterp.analysis import directions
 from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.patching import Patch, run_variants
 from mlxinterp.core import names as H
+from mlxinterp.core.archs import site_scale
 from mlxinterp.analysis.lens import target_id
 from mlxinterp.core.hooks import HookedModel, plain_call
 
@@ -152,7 +153,7 @@ def head_contributions(hm: HookedModel, layer: int, z: np.ndarray, attn_raw: np.
     dtype = o_proj.weight.dtype if not hasattr(o_proj, "scales") else o_proj.scales.dtype
     out = plain_call(o_proj, mx.array(one_head).astype(dtype)).astype(mx.float32)
     bias = plain_call(o_proj, mx.zeros((1, H * Dh), dtype=dtype)).astype(mx.float32)
-    c = np.array(out - bias, dtype=np.float64).reshape(N, H, -1)
+    c = np.array(out - bias, dtype=np.float64).reshape(N, H, -1) * site_scale(hm.block(layer), hm.spec.sites["hook_attn_out"])
     norm = _post_attn_norm(hm, layer)
     if norm is None:
         return c
