@@ -193,6 +193,30 @@ def bench_scoring_cmd(model: str = MODEL_OPT, n: int = typer.Option(16, "--n", h
                 f"({n} prompts, median of {rounds}; max |difference| {res['max_abs_difference']:.2g})")
 
 
+@bench_app.command("sae-step")
+def bench_sae_step_cmd(rounds: int = typer.Option(5, "--rounds"), as_json: bool = typer.Option(False, "--json"),
+                       save: Optional[Path] = SAVE_OPT) -> None:
+    """One TopK SAE training step at the 1M-token recipe's shapes (d 640, width 4096, k 32, batch 1024):
+    dense decoding of the k chosen activations vs gathering the k decoder rows per position.
+
+    Example: [bold]python -m bench sae-step --save bench/results[/bold]
+    """
+    import os
+
+    from bench.sae_step import bench_sae_step
+
+    if not 1 <= rounds <= 20:
+        raise MlxInterpError(f"--rounds {rounds} not allowed; use 1-20")
+    load = os.getloadavg()
+    with console.status("benchmarking ..."):
+        res = bench_sae_step(rounds=rounds)
+    r, t = res["gather_over_dense"], res["seconds_per_step"]
+    _bench_done("sae_step", res, as_json, save, load,
+                f"gather / dense decoder step: {r['median']:.2f}x [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}] "
+                f"(dense {min(t['dense']):.3f} s, gather {min(t['gather']):.3f} s per step; "
+                f"max gradient difference {res['max_gradient_difference']:.2g})")
+
+
 @bench_app.command("patching")
 def bench_patching_cmd(rounds: int = typer.Option(3, "--rounds"),
                        batch_sizes: str = typer.Option("32,64", "--batch-sizes", help="patch_sweep batch sizes; "

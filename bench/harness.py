@@ -864,7 +864,7 @@ def run_all(out: Path, readme: Path | None = None, quick: bool = False, progress
 
 # ------------------------------------------------------------------ results and the README table
 RESULT_NAMES = ("taps", "generate", "batchgen", "patching", "forward", "agreement", "memory", "attribution", "precision",
-                "atp_nnsight", "scoring")
+                "atp_nnsight", "scoring", "sae_step")
 TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 
@@ -981,6 +981,12 @@ def render_table(results: dict[str, dict]) -> str:
             target = a["targets"]["speedup_vs_mlx"].get(k)
             add("", f"{k} (grid max diff {a['max_abs_diff_vs_mlx'][k]:.1e})", f"{a['median_seconds'][k]:.2f} s",
                 _ci(r), f">= {target:g}" if target else "", _met(r["median"] >= target) if target else "")
+    if "sae_step" in results:
+        a = results["sae_step"]
+        add("SAE TopK training step", f"**dense decoder** (width {a['width']}, k {a['k']}, batch {a['batch']})",
+            f"{min(a['seconds_per_step']['dense']):.3f} s", "1", "", "")
+        add("", f"gathered decoder rows (max gradient diff {a['max_gradient_difference']:.1e})",
+            f"{min(a['seconds_per_step']['gather']):.3f} s", _ci(a["gather_over_dense"]), "", "")
     if "memory" in results:
         m = results["memory"]
         gb = lambda b: f"{b / 1e9:.2f} GB" if b is not None else "n/a"  # noqa: E731

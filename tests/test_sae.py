@@ -382,6 +382,34 @@ def test_jumprelu_loss_gradient_by_hand():
     np.testing.assert_allclose(np.array(g["b_enc"]), (dL_df * (z > theta)).sum(0), rtol=1e-3, atol=1e-6)
 
 
+def test_topk_loss_and_gradient_by_hand():
+    """The TopK training loss (normalised MSE, no AuxK) and its gradients for every parameter against numpy:
+    the top-k pre-activations (ReLU'd) decode through W_dec; only they pass gradient to the encoder."""
+    from mlxinterp.analysis.sae_train import _loss
+
+    rng = np.random.default_rng(2)
+    B, d, m, k, var = 64, 6, 12, 3, 1.7
+    p = {"W_enc": rng.normal(size=(d, m)) / np.sqrt(d), "b_enc": rng.normal(scale=0.1, size=m),
+         "W_dec": rng.normal(size=(m, d)) / np.sqrt(m), "b_dec": rng.normal(scale=0.1, size=d)}
+    x = rng.normal(size=(B, d))
+    pm = {key: mx.array(v.astype(np.float32)) for key, v in p.items()}
+    (loss, (mse, f)), g = mx.value_and_grad(
+        lambda q: _loss(q, mx.array(x.astype(np.float32)), k, 4, 0.0, None, mx.array(var)))(pm)
+    z = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    keep = np.zeros_like(z, dtype=bool)
+    np.put_along_axis(keep, np.argsort(-z, axis=1)[:, :k], True, axis=1)
+    act = np.where(keep, np.maximum(z, 0.0), 0.0)
+    err = x - (act @ p["W_dec"] + p["b_dec"])
+    np.testing.assert_allclose(float(loss), (err ** 2).sum(1).mean() / var, rtol=1e-5)
+    np.testing.assert_allclose(np.array(f), act, rtol=1e-5, atol=1e-6)
+    d_recon = -2 * err / (B * var)  # d loss / d x_hat
+    dz = (d_recon @ p["W_dec"].T) * keep * (z > 0)
+    want = {"W_dec": act.T @ d_recon, "b_enc": dz.sum(0), "W_enc": (x - p["b_dec"]).T @ dz,
+            "b_dec": d_recon.sum(0) - dz.sum(0) @ p["W_enc"].T}
+    for key, w in want.items():
+        np.testing.assert_allclose(np.array(g[key]), w, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
 def test_jumprelu_sae_trains(tiny_hooked, tmp_path):
     from mlxinterp.analysis.sae import load_sae
     from mlxinterp.analysis.sae_train import (
