@@ -48,6 +48,8 @@ def test_reference_timings_fall_back_scaled_by_n(tmp_path, tiny_hooked):
     assert est["total_seconds"] == 60.0
     none = C.suite_estimate([exp], {"validation": cfg}, hm, None, tmp_path / "absent")
     assert none["unestimated"] == ["validation"] and none["total_seconds"] == 0
+    assert C.summary_line(est).startswith("estimated 1 min for 1 experiment on ")
+    assert C.summary_line(none).startswith("no time estimate for validation on ")  # not "estimated 0 s"
 
 
 class _Counter:

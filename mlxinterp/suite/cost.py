@@ -197,6 +197,10 @@ def summary_line(est: dict) -> str:
     r = est["rates"]
     rates = (f"; rates here: {r['forward_s'] * 1e3:.0f} ms/forward + {r['token_s'] * 1e3:.1f} ms/token + "
              f"{r['unembed_s'] * 1e3:.1f} ms/unembedded position (load average {r['load_average']:g})") if r else ""
+    n = len(est["experiments"])
+    if est["unestimated"] and len(est["unestimated"]) == n:  # "estimated 0 s" would read as a real figure
+        return (f"no time estimate for {', '.join(est['unestimated'])} on {est['model']} (no declared cost and "
+                f"no recorded timings in the reference results){rates}")
     missing = f"; no estimate for {', '.join(est['unestimated'])}" if est["unestimated"] else ""
-    return (f"estimated {duration(est['total_seconds'])} for {len(est['experiments'])} experiments on {est['model']} "
+    return (f"estimated {duration(est['total_seconds'])} for {n} experiment{'s' if n != 1 else ''} on {est['model']} "
             f"({n_decl} from declared costs, {n_ref} from the reference's recorded timings{missing}){rates}")
