@@ -310,6 +310,13 @@ def test_collect_matches_capture(tiny_hooked, tmp_path):
         np.testing.assert_array_equal(np.asarray(full.acts(i)), np.asarray(resumed.acts(i)))
     # BOS is skipped: every row is a text position of some window.
     assert full.manifest["skip_first"] == 1 and full.shards[0]["rows"] == full.shards[0]["windows"] * 15
+    # two streams (batches computed in pairs) write the same shards, also resuming a one-stream collection
+    two = collect(hm, hook, _windows(hm, corpus), tmp_path / "two", 100, batch_windows=2, shard_rows=60, streams=1)
+    two = collect(hm, hook, _windows(hm, corpus), tmp_path / "two", 300, batch_windows=2, shard_rows=60, streams=2)
+    assert two.shards == full.shards
+    for i in range(len(full.shards)):
+        np.testing.assert_array_equal(np.asarray(full.acts(i)), np.asarray(two.acts(i)))
+        np.testing.assert_array_equal(np.asarray(full.tokens(i)), np.asarray(two.tokens(i)))
 
 
 def _np_smoothed_jumprelu(z, theta, eps):
@@ -565,6 +572,7 @@ def test_sae_features_study_on_tiny_model(tiny_hooked, tmp_path):
     (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--tokens", "lots", "--out", "X"], "--tokens='lots' is not allowed"),
     (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--width", "0", "--out", "X"], "width=0 is not allowed"),
     (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--k", "64", "--width", "32", "--out", "X"], "k=64 is larger than width=32"),
+    (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--streams", "0", "--out", "X"], "--streams 0 not allowed"),
     (["sae", "train", "--hook", "blocks.1.hook_resid_post", "--corpus", "/nonexistent", "--out", "X"], "does not exist"),
     (["sae", "inspect", "/nonexistent/sae", "--out", "X"], "does not exist"),
     (["tuned-lens", "--steps", "0", "--out", "X"], "--steps=0 is not allowed"),

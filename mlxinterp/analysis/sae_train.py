@@ -128,12 +128,14 @@ class ActivationStore:
 
 def collect(hm: HookedModel, hook: str, windows: Iterable[np.ndarray], out_dir: str | Path, n_tokens: int,
             batch_windows: int = 16, shard_rows: int = 16384, progress: Progress | None = None,
-            source: dict | None = None, log: Callable[[str], None] | None = None) -> ActivationStore:
+            source: dict | None = None, log: Callable[[str], None] | None = None, streams: int = 1) -> ActivationStore:
     """Stream activations at `hook` for about `n_tokens` text positions (BOS skipped) into shards.
 
     Resumes: windows already in finished shards are skipped (the caller's iterator must give the
     same windows in the same order, e.g. tasks.corpus.windows with the same seed).
     """
+    if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
+        raise SAEError(f"streams={streams!r} is not allowed; use an integer >= 1")
     out = Path(out_dir)
     hm.point(hook)
     store = ActivationStore(out)
@@ -174,28 +176,38 @@ def collect(hm: HookedModel, hook: str, windows: Iterable[np.ndarray], out_dir: 
         acts, toks, rows = [], [], 0
 
     t0_flush = [t0]
+    # MLX's CPU back end runs each stream's element-wise ops on one thread; with two streams one batch's
+    # element-wise work (GELU, norms) overlaps another's matmuls. Each batch is computed exactly as alone.
+    lanes = [mx.default_stream(mx.default_device())] + [mx.new_stream(mx.default_device()) for _ in range(streams - 1)]
     while done_rows + rows < n_tokens:
-        chunk = [w for _, w in zip(range(batch_windows), it)]
-        if not chunk:
+        chunks = []
+        for _ in lanes:
+            chunk = [w for _, w in zip(range(batch_windows), it)]
+            if chunk:
+                chunks.append(chunk)
+        if not chunks:
             break
-        if len({len(w) for w in chunk}) != 1:
-            raise SAEError("corpus windows must all have one length")
-        ids = mx.array(np.stack(chunk))
-        skip_first = 1 if hm.info.needs_bos and hm.info.bos_token_id is not None and int(chunk[0][0]) == hm.info.bos_token_id else 0
-        a = activations_upto(hm, hook, ids)[:, skip_first:]
-        mx.eval(a)
-        a = np.array(a).reshape(-1, a.shape[-1])
-        if not np.isfinite(a).all():
-            raise SAEError(f"non-finite activations at {hook}", hint="run the model in float32 (--dtype float32)")
-        acts.append(a)
-        toks.extend(chunk)
-        rows += a.shape[0]
-        man["skip_first"] = skip_first
-        if rows >= shard_rows:
-            flush()
-            done_rows = sum(s["rows"] for s in man["shards"])
-        if progress:
-            progress("collect", min(done_rows + rows, n_tokens), n_tokens)
+        pending = []
+        for lane, chunk in zip(lanes, chunks):
+            if len({len(w) for w in chunk}) != 1:
+                raise SAEError("corpus windows must all have one length")
+            skip_first = 1 if hm.info.needs_bos and hm.info.bos_token_id is not None and int(chunk[0][0]) == hm.info.bos_token_id else 0
+            with mx.stream(lane):
+                pending.append(activations_upto(hm, hook, mx.array(np.stack(chunk)))[:, skip_first:])
+        mx.eval(*pending)
+        for a, chunk in zip(pending, chunks):
+            a = np.array(a).reshape(-1, a.shape[-1])
+            if not np.isfinite(a).all():
+                raise SAEError(f"non-finite activations at {hook}", hint="run the model in float32 (--dtype float32)")
+            acts.append(a)
+            toks.extend(chunk)
+            rows += a.shape[0]
+            man["skip_first"] = skip_first
+            if rows >= shard_rows:
+                flush()
+                done_rows = sum(s["rows"] for s in man["shards"])
+            if progress:
+                progress("collect", min(done_rows + rows, n_tokens), n_tokens)
     flush()
     return ActivationStore(out)
 

@@ -22,6 +22,9 @@ from mlxinterp.core.errors import MlxInterpError
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Sparse autoencoders: train (TopK or JumpReLU, in MLX), inspect features, measure splice quality.")
 
+# Batches collected at once on separate streams: MLX's CPU back end runs one stream's element-wise ops on
+# one thread, so a second stream overlaps them with the other batch's matmuls (docs/sae.md, measured).
+STREAMS = 1
 CORPUS_OPT = typer.Option(None, "--corpus", help="text file or directory (default: the Python docs from "
                           "`apt-get install python3.11-doc`)")
 
@@ -69,6 +72,8 @@ def train(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
           ctx_len: int = typer.Option(128, "--ctx-len"), corpus: Optional[Path] = CORPUS_OPT,
           eval_tokens: str = typer.Option("16k", "--eval-tokens", help="held-out tokens for FVE / L0 / dead fraction"),
           ce_windows: int = typer.Option(32, "--ce-windows", help="held-out windows for the CE-loss comparison"),
+          streams: int = typer.Option(STREAMS, "--streams", help="batches collected at once, each on its own "
+                                      "stream (1-4; same activations, overlapped work)"),
           work: Optional[Path] = typer.Option(None, "--work", help="activation shards + checkpoints "
                                               "(default OUT/work); rerun with the same options to resume"),
           out_dir: Path = typer.Option(..., "--out", help="where the SAE (cfg.json + sae_weights.safetensors) goes"),
@@ -85,6 +90,8 @@ def train(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
     cfg = ST.TrainConfig(width=width, k=k, batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
                          architecture=architecture, l0_coef=l0_coef, threshold_init=threshold_init)
     ST.check_config(cfg)  # bad options fail before the model loads
+    if not 1 <= streams <= 4:
+        raise MlxInterpError(f"--streams {streams} not allowed; use 1-4")
     C.corpus_files(corpus, "all")  # fail on a bad corpus before the model loads
     hm = load_model(model, dtype)
     name = hm.point(hook).name
@@ -96,9 +103,10 @@ def train(model: str = MODEL_OPT, dtype: Optional[str] = DTYPE_OPT,
         bars = _Bars(p)
         train_store = ST.collect(hm, name, C.windows(hm.tokenizer, bos, corpus, "train", ctx_len, seed), work / "train",
                                  n_tokens, progress=bars, source={**desc, "split": "train", "ctx_len": ctx_len, "seed": seed},
-                                 log=console.print)
+                                 log=console.print, streams=streams)
         held_store = ST.collect(hm, name, C.windows(hm.tokenizer, bos, corpus, "heldout", ctx_len, seed), work / "heldout",
-                                n_eval, source={**desc, "split": "heldout", "ctx_len": ctx_len, "seed": seed})
+                                n_eval, source={**desc, "split": "heldout", "ctx_len": ctx_len, "seed": seed},
+                                streams=streams)
         t_collect = time.perf_counter() - t0
         sae, info = ST.train(train_store, cfg, work, name, progress=bars, log=console.print)
     t_train = time.perf_counter() - t0 - t_collect
