@@ -23,6 +23,13 @@ def tiny_dirs(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
+def more_dirs(tmp_path_factory) -> dict:
+    """(arch, bits) -> path of a tiny checkpoint of every further family (tiny.MORE_ARCHS), float and 4-bit."""
+    root = tmp_path_factory.mktemp("tiny-more")
+    return {(a, b): tiny.write_tiny_model(root / f"{a}-{b or 'f'}", a, b) for a in tiny.MORE_ARCHS for b in (None, 4)}
+
+
+@pytest.fixture(scope="session")
 def tiny_hooked(tiny_dirs):
     """(arch, bits) -> HookedModel, loaded as stored (quantized stays quantized)."""
     from mlxinterp.core.hooks import load

@@ -39,12 +39,6 @@ MORE = [(a, b) for a in tiny.MORE_ARCHS for b in (None, 4)]
 
 
 @pytest.fixture(scope="session")
-def more_dirs(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("tiny-more")
-    return {(a, b): tiny.write_tiny_model(root / f"{a}-{b or 'f'}", a, b) for a, b in MORE}
-
-
-@pytest.fixture(scope="session")
 def more_hooked(more_dirs):
     cache: dict = {}
 

@@ -53,6 +53,29 @@ def test_all_quantized_is_the_4bit_model_and_none_is_the_float_model_exactly(arc
     assert not mx.array_equal(float_logits, q_logits)
 
 
+@pytest.mark.parametrize("arch", tiny.MORE_ARCHS)
+def test_restoring_none_or_every_module_on_the_further_families(arch, more_dirs):
+    """As above, on every further family of the hook table (fused projections, parallel blocks, Granite's
+    scaled sublayers, mixtures of experts), and the switch's state equals a precision-map load. Layers the
+    model's own quant_predicate keeps at 8 bits (Qwen3-MoE's router, Granite's o_proj / down_proj) stay so in
+    all three, as in mlx-lm's uniform quantization."""
+    path = str(more_dirs[(arch, None)])
+    hm = load(path)
+    float_logits = hm.model(IDS)
+    q_logits = load(path + "@4bit").model(IDS)
+    sw = PrecisionSwitch(hm, 4, 64)
+    assert {"blocks.0.attn", "blocks.3.mlp"} <= set(sw.units)
+    with sw.state(sw.units):
+        assert mx.array_equal(hm.model(IDS), q_logits)
+        sw.set(["blocks.2.mlp"])  # every module but one back in float: between the two
+        one = hm.model(IDS)
+        assert not mx.array_equal(one, q_logits) and not mx.array_equal(one, float_logits)
+        sw.set([u for u in sw.units if u != "blocks.2.mlp"])  # and the same state loaded from a precision map
+        mixed = load(path, precision={"default": "4bit", "blocks.2.mlp": "float"})
+        assert mx.array_equal(hm.model(IDS), mixed.model(IDS))
+    assert mx.array_equal(hm.model(IDS), float_logits)
+
+
 @pytest.mark.parametrize("arch", tiny.ARCHS)
 def test_precision_map_dequantized_equals_native_kernels(arch, tiny_dirs):
     path = str(tiny_dirs[(arch, None)])

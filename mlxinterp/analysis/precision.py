@@ -38,7 +38,7 @@ import numpy as np
 
 from mlxinterp.analysis.stats import LEVEL, Interval, bootstrap_ci, paired_diff_ci
 from mlxinterp.core.errors import MlxInterpError
-from mlxinterp.core.quantize import module_names, quantizable
+from mlxinterp.core.quantize import module_names, own_precision, quantizable
 from mlxinterp.core.taps import Capture
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
@@ -100,16 +100,17 @@ class PrecisionSwitch:
                 hint="load the float checkpoint (e.g. 'default', or SPEC@f32 for a stored quantized one)")
         model = self.hm.model
         names = module_names(model, self.hm.info.arch)
-        own = getattr(model, "quant_predicate", None)
         self._weights = {}
         for path, m in model.named_modules():
-            if not quantizable(m, self.group_size) or (own is not None and own(path, m) is False):
+            rule = own_precision(model, path, m)  # a layer the model keeps float or at a fixed precision
+            bits, gs = (rule["bits"], rule["group_size"]) if isinstance(rule, dict) else (self.bits, self.group_size)
+            if rule is False or not quantizable(m, gs):
                 continue
             unit = unit_of(names.get(id(m), path), self.granularity)
             w = m.weight
-            packed = mx.quantize(w, group_size=self.group_size, bits=self.bits)
+            packed = mx.quantize(w, group_size=gs, bits=bits)
             mx.eval(packed)
-            self._weights.setdefault(unit, []).append(_Weight(m, w, packed, self.bits, self.group_size))
+            self._weights.setdefault(unit, []).append(_Weight(m, w, packed, bits, gs))
         self.units = sorted(self._weights, key=_forward_order)
 
     @property

@@ -142,20 +142,29 @@ def quantize_by_map(model, cfg: dict, arch: str, pmap: PrecisionMap):
     if pmap.uniform:
         return model if pmap.default is None else _quantize(model, cfg, *pmap.default)
     names = module_names(model, arch)
-    own = getattr(model, "quant_predicate", None)  # some mlx-lm models keep layers (e.g. routers) unquantized
-
     def predicate(path, module):
         q = pmap.lookup(names.get(id(module), path))
         if q is None or not quantizable(module, q[1]):
             return False
-        if own is not None and own(path, module) is False:
-            return False
-        return {"bits": q[0], "group_size": q[1], "mode": "affine"}
+        rule = own_precision(model, path, module)
+        return rule if rule is not None else {"bits": q[0], "group_size": q[1], "mode": "affine"}
 
     if not pmap.group_sizes():  # every rule says float
         return model
     # quantize_model first checks divisibility by its own group size: give it the smallest in the map
     return _quantize(model, cfg, 4, min(pmap.group_sizes()), predicate)
+
+
+def own_precision(model, path: str, module) -> dict | bool | None:
+    """What the mlx-lm model's own `quant_predicate` says of a layer whenever it is quantized: False (keep it
+    float, e.g. some routers), a dict (a fixed precision: Qwen3-MoE's router and Granite's o_proj, down_proj
+    and lm_head at 8 bits), or None (no rule). mlx-lm's uniform quantization obeys it; so do precision maps and
+    precision patching, so that their "4-bit" is the same model as `@4bit`."""
+    own = getattr(model, "quant_predicate", None)
+    if own is None:
+        return None
+    rule = own(path, module)
+    return rule if rule is False or isinstance(rule, dict) else None
 
 
 def _quantize(model, cfg: dict, bits: int, group_size: int, predicate=None):
