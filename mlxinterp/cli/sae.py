@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="
 
 # Batches collected at once on separate streams: MLX's CPU back end runs one stream's element-wise ops on
 # one thread, so a second stream overlaps them with the other batch's matmuls (docs/sae.md, measured).
-STREAMS = 1
+STREAMS = 2
 CORPUS_OPT = typer.Option(None, "--corpus", help="text file or directory (default: the Python docs from "
                           "`apt-get install python3.11-doc`)")
 
