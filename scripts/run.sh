@@ -63,8 +63,7 @@ install_python_packages() {
   log "installing mlxinterp and its dependencies into $venv (pip, a few minutes the first time; log: $pip_log)"
   {
     "$venv/bin/python" -m pip install --upgrade pip
-    # --no-compile: Python byte-compiles only the modules it imports, not every installed one up front
-    "$venv/bin/python" -m pip install --no-compile -e ".[test]"
+    "$venv/bin/python" -m pip install -e ".[test]"
   } >"$pip_log" 2>&1 &
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do  # a sign of life while pip works silently
