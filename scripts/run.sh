@@ -63,6 +63,8 @@ install_python_packages() {
   log "installing mlxinterp and its dependencies into $venv (pip, a few minutes the first time; log: $pip_log)"
   {
     "$venv/bin/python" -m pip install --upgrade pip
+    # Not --no-compile: where PYTHONDONTWRITEBYTECODE is set (as on the CI machine) nothing would ever be
+    # compiled and every test subprocess would recompile its imports (measured: pytest 747 s instead of 595 s).
     "$venv/bin/python" -m pip install -e ".[test]"
   } >"$pip_log" 2>&1 &
   local pid=$!
