@@ -187,15 +187,16 @@ def collect(hm: HookedModel, hook: str, windows: Iterable[np.ndarray], out_dir: 
                 chunks.append(chunk)
         if not chunks:
             break
-        pending = []
+        pending, skips = [], []
         for lane, chunk in zip(lanes, chunks):
             if len({len(w) for w in chunk}) != 1:
                 raise SAEError("corpus windows must all have one length")
-            skip_first = 1 if hm.info.needs_bos and hm.info.bos_token_id is not None and int(chunk[0][0]) == hm.info.bos_token_id else 0
+            skips.append(1 if hm.info.needs_bos and hm.info.bos_token_id is not None
+                         and int(chunk[0][0]) == hm.info.bos_token_id else 0)
             with mx.stream(lane):
-                pending.append(activations_upto(hm, hook, mx.array(np.stack(chunk)))[:, skip_first:])
+                pending.append(activations_upto(hm, hook, mx.array(np.stack(chunk)))[:, skips[-1]:])
         mx.eval(*pending)
-        for a, chunk in zip(pending, chunks):
+        for a, chunk, skip_first in zip(pending, chunks, skips):
             a = np.array(a).reshape(-1, a.shape[-1])
             if not np.isfinite(a).all():
                 raise SAEError(f"non-finite activations at {hook}", hint="run the model in float32 (--dtype float32)")
@@ -335,9 +336,9 @@ def _loss(p: dict, x: mx.array, k: int, aux_k: int, aux_coef: float, dead_ids: m
 
     The k chosen activations are scattered into a dense [batch, width] matrix and decoded with one
     matmul: on a CPU that is faster than gathering the k decoder rows per position and scatter-adding
-    their gradient back (a whole step 1.4x, `python -m bench sae-step`; same gradients). The encoder is written x W_enc - b_dec W_enc rather than
-    (x - b_dec) W_enc: the same values, but b_dec's gradient is then one [width] x [width, d] product,
-    not a dense [batch, width] x [width, d] one.
+    their gradient back (a whole step 1.4x, `python -m bench sae-step`; same gradients). The encoder
+    is written x W_enc - b_dec W_enc rather than (x - b_dec) W_enc: the same values, but b_dec's
+    gradient is then one [width] x [width, d] product, not a dense [batch, width] x [width, d] one.
     """
     pre = x @ p["W_enc"] - p["b_dec"] @ p["W_enc"] + p["b_enc"]
     idx = mx.stop_gradient(mx.argpartition(-pre, kth=k - 1, axis=-1)[:, :k])

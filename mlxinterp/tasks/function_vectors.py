@@ -147,13 +147,14 @@ def head_contributions(hm: HookedModel, layer: int, z: np.ndarray, attn_raw: np.
     Runs the layer's own o_proj (float or quantized) on z with one head kept.
     """
     N, H, Dh = z.shape
-    o_proj = hm.block(layer).self_attn.o_proj
+    block = hm.block(layer)
+    o_proj = block.self_attn.o_proj
     eye = np.eye(H, dtype=np.float32)[None, :, :, None]  # keep head h only
     one_head = (z[:, None, :, :] * eye).reshape(N * H, H * Dh)
     dtype = o_proj.weight.dtype if not hasattr(o_proj, "scales") else o_proj.scales.dtype
     out = plain_call(o_proj, mx.array(one_head).astype(dtype)).astype(mx.float32)
     bias = plain_call(o_proj, mx.zeros((1, H * Dh), dtype=dtype)).astype(mx.float32)
-    c = np.array(out - bias, dtype=np.float64).reshape(N, H, -1) * site_scale(hm.block(layer), hm.spec.sites["hook_attn_out"])
+    c = np.array(out - bias, dtype=np.float64).reshape(N, H, -1) * site_scale(block, hm.spec.sites["hook_attn_out"])
     norm = _post_attn_norm(hm, layer)
     if norm is None:
         return c
