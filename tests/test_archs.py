@@ -207,12 +207,11 @@ def test_explicit_attention_equals_fused_or_is_not_offered(hm):
 
 
 def test_heads_and_components_add_up_to_the_residual_and_the_logit(hm):
-    """Per-head results sum to hook_attn_out (both head decompositions), the components to the last residual,
+    """Per-head results sum to hook_attn_out, the components to the last residual,
     and their direct logit attributions to the real logit difference: so a family's sublayer scale (Granite's
     residual_multiplier) and constant logit factor (Cohere's logit_scale, Granite's logits_scaling) are in
     the readouts, not only in the forward."""
     from mlxinterp.analysis import decompose as D
-    from mlxinterp.tasks import function_vectors as F
 
     logits, cache = hm.run_with_cache(mx.array([IDS]))
     n, H = hm.info.n_layers, hm.info.n_heads
@@ -224,10 +223,6 @@ def test_heads_and_components_add_up_to_the_residual_and_the_logit(hm):
         if "bias" in o_proj:  # StarCoder 2: the output bias is kept apart from the heads (as TransformerLens's b_O)
             attn = attn - np.array(o_proj.bias.astype(mx.float32)) * site_scale(hm.block(l), hm.spec.sites["hook_attn_out"])
         assert np.allclose(per_layer[l], attn, rtol=1e-4, atol=1e-4 * np.abs(attn).max()), l
-        z = np.array(cache[f"blocks.{l}.attn.hook_z"][0].astype(mx.float32))
-        raw = np.array(cache[f"blocks.{l}.attn.hook_out"][0].astype(mx.float32))
-        fv = F.head_contributions(hm, l, z, raw).sum(1)
-        assert np.allclose(fv, attn[0], rtol=2e-3, atol=2e-3 * np.abs(attn).max()), l
     comps, _ = D.decompose_resid(cache)
     final = np.array(cache[f"blocks.{n - 1}.hook_resid_post"].astype(mx.float32))
     assert np.allclose(np.array(comps.sum(0)), final, rtol=1e-4, atol=1e-4 * np.abs(final).max())

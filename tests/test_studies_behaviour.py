@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mlxinterp.tasks import behaviour as B
-from mlxinterp.analysis import directions, scoring
+from mlxinterp.analysis import decompose as D, directions, scoring
 from mlxinterp import suite
 from mlxinterp.tasks import function_vectors as F
 from mlxinterp.core import taps as T
@@ -55,7 +55,7 @@ def test_aie_batched_equals_one_head_at_a_time(tiny_hooked, arch, bits):
 
 @pytest.mark.parametrize("arch,bits", [("llama", None), ("qwen2", None), ("gemma2", None), ("gemma3_text", None),
                                        ("gemma3_text", 4)])
-def test_head_contributions_add_up_to_the_attention_output(tiny_hooked, arch, bits):
+def test_head_results_add_up_to_the_attention_output(tiny_hooked, arch, bits):
     """Sum over heads of o_proj(one head) (post-norm scaled on Gemma) == hook_attn_out, at every position."""
     hm = tiny_hooked(arch, bits)
     wanted = (".attn.hook_z", ".attn.hook_out", ".hook_attn_out")
@@ -65,7 +65,7 @@ def test_head_contributions_add_up_to_the_attention_output(tiny_hooked, arch, bi
         z = np.array(cache[f"blocks.{l}.attn.hook_z"][0].astype(mx.float32))
         raw = np.array(cache[f"blocks.{l}.attn.hook_out"][0].astype(mx.float32))
         out = np.array(cache[f"blocks.{l}.hook_attn_out"][0].astype(mx.float32))
-        c = F.head_contributions(hm, l, z, raw)
+        c = np.array(D.head_results(hm, l, z, raw))
         assert c.shape == (z.shape[0], hm.info.n_heads, hm.info.d_model)
         np.testing.assert_allclose(c.sum(1), out, rtol=2e-3, atol=2e-3 * np.abs(out).max())
 
@@ -408,7 +408,7 @@ def test_real_default_model_smoke(real_hm):
     sets = F.icl_sets(PAIRS, PAIRS[:1], 4, np.random.default_rng(0))
     acts = F.last_activations(hm, [sets[0].clean])
     _, cache = hm.run_with_cache(sets[0].clean, names=["blocks.6.hook_attn_out"])
-    c = F.head_contributions(hm, 6, acts["z"][:, 6], acts["attn_raw"][:, 6])
+    c = np.array(D.head_results(hm, 6, acts["z"][:, 6], acts["attn_raw"][:, 6]))
     out = np.array(cache["blocks.6.hook_attn_out"][0, -1].astype(mx.float32))
     np.testing.assert_allclose(c.sum(1)[0], out, rtol=1e-3, atol=1e-3 * np.abs(out).max())
     target = F.answer_token(hm, sets[0].query[1])

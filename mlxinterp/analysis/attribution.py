@@ -168,7 +168,7 @@ def attribute(hm: HookedModel, clean, corrupt, metric: Metric, hooks: Sequence[s
     clean_ids, corrupt_ids = token_pair(hm, clean, corrupt)
     # One batch of two rows: row 0 (clean) only provides activations (weight 0), row 1 gives the gradient.
     res = value_and_grad(hm, mx.array([clean_ids, corrupt_ids]), metric, names, weights=[0.0, 1.0])
-    diffs = {n: res.acts[n][0] - res.acts[n][1] for n in names}
+    diffs = {n: _causal_diff(res.acts[n][0], res.acts[n][1], clean_ids, corrupt_ids) for n in names}
     if method == "ig":
         grads = _ig_grads(hm, clean_ids, corrupt_ids, metric, names, steps)
     else:
@@ -189,6 +189,19 @@ def attribute(hm: HookedModel, clean, corrupt, metric: Metric, hooks: Sequence[s
 def _dot(diff: mx.array, g: mx.array) -> mx.array:
     """Sum over the feature axis (the last): [L, d] -> [L], [L, H, Dh] -> [L, H]."""
     return mx.sum(diff.astype(mx.float32) * g.astype(mx.float32), axis=-1)
+
+
+def _causal_diff(clean: mx.array, corrupt: mx.array, clean_ids, corrupt_ids) -> mx.array:
+    """clean - corrupt activations [L, ...], exactly zero before the first token where the prompts differ.
+
+    A causal model's activations there are the same function of the same tokens, so any difference is
+    rounding: OpenBLAS's kernels for some processors (AMD Zen, for one) round two identical rows of one
+    batch differently. Left in, that noise would give identical prompts non-zero estimates and let the
+    check pick unchanged cells."""
+    differ = np.flatnonzero(np.asarray(clean_ids) != np.asarray(corrupt_ids))
+    first = int(differ[0]) if differ.size else len(clean_ids)
+    keep = (mx.arange(clean.shape[0]) >= first).reshape(-1, *([1] * (clean.ndim - 1)))
+    return mx.where(keep, clean - corrupt, mx.zeros_like(clean))
 
 
 def _any_change(diff: mx.array) -> mx.array:

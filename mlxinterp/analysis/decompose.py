@@ -27,6 +27,7 @@ import numpy as np
 
 from mlxinterp.core.archs import site_scale, text_model
 from mlxinterp.core.errors import MlxInterpError
+from mlxinterp.core.hooks import plain_call
 
 if TYPE_CHECKING:  # for annotations only: the hooked model type
     from mlxinterp.core.hooks import HookedModel
@@ -43,7 +44,7 @@ def _gain(norm, d: int) -> mx.array:
     """The per-feature gain of an RMSNorm module, read by calling the module itself on a vector of ones
     (rms_norm(1, g, eps) = g / sqrt(1 + eps)), so Gemma's (1 + weight) and Llama's weight need no special case."""
     ones = mx.ones((d,), dtype=mx.float32)
-    return norm(ones).astype(mx.float32) * float(np.sqrt(1.0 + norm.eps))
+    return plain_call(norm, ones).astype(mx.float32) * float(np.sqrt(1.0 + norm.eps))
 
 
 def _scale(x: mx.array, eps: float) -> mx.array:
@@ -78,38 +79,48 @@ def decompose_resid(cache, apply_ln: bool = False) -> tuple[mx.array, list[str]]
 
 
 def stack_head_results(cache, layers: Sequence[int] | None = None) -> tuple[mx.array, list[str]]:
-    """[n_layers * n_heads, B, L, d]: what each attention head adds to the residual stream.
-
-    Head h's result is the layer's own output projection applied to its slice of attn.hook_z
-    (the other heads zeroed; any projection bias is left out, as TransformerLens keeps b_O apart).
-    On Gemma the attention output passes through a post-attention RMSNorm before it is
-    added; its scale is frozen at the value for the whole attention output, so the heads of a
-    layer sum to hook_attn_out there too.
-    """
+    """[n_layers * n_heads, B, L, d]: what each attention head adds to the residual stream (`head_results`
+    of every cached position), one label "L{layer}H{head}" per row."""
     hm = cache.hooked
     n, H = hm.info.n_layers, hm.info.n_heads
     layers = list(range(n)) if layers is None else [int(l) % n for l in layers]
-    # A post-attention norm sits between the attention output and the residual when the two hook points differ
-    # (Gemma's sandwich blocks, OLMo 2).
-    post_path = hm.spec.sites["hook_attn_out"].path
-    post = post_path != hm.spec.sites["attn.hook_out"].path
     out, labels = [], []
     for l in layers:
-        z = _get(cache, f"blocks.{l}.attn.hook_z")  # [B, L, H, Dh]
-        B, L, _, Dh = z.shape
-        eye = mx.eye(H, dtype=mx.float32).reshape(H, 1, 1, H, 1)
-        block = hm.block(l)
-        o_proj = block.self_attn.o_proj
-        per_head = o_proj((z[None] * eye).reshape(H, B, L, H * Dh)).astype(mx.float32)
-        per_head = per_head - o_proj(mx.zeros((H * Dh,), dtype=z.dtype)).astype(mx.float32)
-        if post:
-            norm = _module(block, post_path)
-            raw = _get(cache, f"blocks.{l}.attn.hook_out")
-            per_head = per_head * _scale(raw, norm.eps) * _gain(norm, raw.shape[-1])
-        per_head = per_head * site_scale(block, hm.spec.sites["hook_attn_out"])  # Granite's residual_multiplier
-        out.append(per_head)
+        per_head = head_results(hm, l, _get(cache, f"blocks.{l}.attn.hook_z"), _get(cache, f"blocks.{l}.attn.hook_out"))
+        out.append(mx.moveaxis(per_head, -2, 0))  # [B, L, H, d] -> [H, B, L, d]
         labels += [f"L{l}H{h}" for h in range(H)]
     return mx.concatenate(out), labels
+
+
+def head_results(hm: HookedModel, layer: int, z, attn_raw) -> mx.array:
+    """[..., H, d] float32: what each head of `layer` adds to the residual stream at each position.
+
+    z: the layer's attn.hook_z [..., H, Dh]; attn_raw: its attn.hook_out [..., d] (the summed o_proj
+    output at the same positions). Head h's result is the layer's own output projection (float or
+    quantized, called without taps) applied to z with the other heads zeroed; a projection bias is left
+    out, as TransformerLens keeps b_O apart. Where a post-attention norm sits between o_proj and the
+    residual (Gemma's sandwich blocks, OLMo 2) its scale is frozen at the value for the whole attention
+    output, and a family's sublayer scale (Granite's residual_multiplier) is applied, so the heads of a
+    layer sum to hook_attn_out.
+    """
+    z, attn_raw = mx.array(z), mx.array(attn_raw)
+    H, Dh = z.shape[-2:]
+    block = hm.block(layer)
+    o_proj = block.self_attn.o_proj
+    dtype = o_proj.scales.dtype if hasattr(o_proj, "scales") else o_proj.weight.dtype
+    one_head = (mx.expand_dims(z, -3) * mx.eye(H, dtype=z.dtype)[..., None])  # [..., H (kept), H, Dh]
+    one_head = one_head.reshape(*z.shape[:-2], H, H * Dh).astype(dtype)
+    per_head = plain_call(o_proj, one_head).astype(mx.float32)
+    per_head = per_head - plain_call(o_proj, mx.zeros((H * Dh,), dtype=dtype)).astype(mx.float32)
+    post_path = hm.spec.sites["hook_attn_out"].path
+    if post_path != hm.spec.sites["attn.hook_out"].path:
+        norm = _module(block, post_path)
+        if isinstance(norm, nn.LayerNorm):
+            raise MlxInterpError("per-head results through a post-attention LayerNorm are not defined here "
+                                 "(only RMSNorm post-norms are linear once their scale is frozen)")
+        raw = attn_raw.astype(mx.float32)
+        per_head = per_head * mx.expand_dims(_scale(raw, norm.eps), -2) * _gain(norm, raw.shape[-1])
+    return per_head * site_scale(block, hm.spec.sites["hook_attn_out"])
 
 
 def _module(root, path: str):

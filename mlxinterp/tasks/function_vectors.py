@@ -18,7 +18,7 @@ Here:
   blocks, scaled the way the post-attention RMSNorm scales the whole attention
   output at that position: y = x * g / rms(x) with x the summed o_proj output,
   so the heads' contributions add up exactly to `hook_attn_out`
-  (`head_contributions`; tested). It is averaged over the clean ICL prompts.
+  (`analysis.decompose.head_results`; tested). It is averaged over the clean ICL prompts.
 
 Two simpler vectors from the cross-model plan are built beside it for comparison: v1, the
 mean residual (resid_post, last position) over ICL prompts; v2, that minus the
@@ -37,9 +37,9 @@ from mlxinterp.analysis import directions
 from mlxinterp.core.errors import PromptError
 from mlxinterp.analysis.patching import Patch, run_variants
 from mlxinterp.core import names as H
-from mlxinterp.core.archs import site_scale
+from mlxinterp.analysis.decompose import head_results
 from mlxinterp.analysis.lens import target_id
-from mlxinterp.core.hooks import HookedModel, plain_call
+from mlxinterp.core.hooks import HookedModel
 
 TASKS = ("antonym", "country_capital", "english_french", "english_spanish", "singular_plural", "present_past",
          "uppercase", "sentiment")
@@ -128,47 +128,9 @@ def last_activations(hm: HookedModel, prompts: Sequence[str], batch_size: int = 
             "resid": get("hook_resid_post")}
 
 
-def _post_attn_norm(hm: HookedModel, layer: int):
-    """The module between o_proj and the residual (Gemma's post_attention_layernorm), or None."""
-    path = hm.spec.sites["hook_attn_out"].path
-    if path == hm.spec.sites["attn.hook_out"].path:
-        return None
-    mod = hm.block(layer)
-    for part in path.split("."):
-        mod = getattr(mod, part)
-    return mod
-
-
-def head_contributions(hm: HookedModel, layer: int, z: np.ndarray, attn_raw: np.ndarray) -> np.ndarray:
-    """Each head's share of what attention adds to the residual, [N, H, d_model] (float64).
-
-    z: attn.hook_z rows [N, H, Dh]; attn_raw: attn.hook_out rows [N, d] (the summed
-    o_proj output at the same positions, needed for Gemma's post-norm scale).
-    Runs the layer's own o_proj (float or quantized) on z with one head kept.
-    """
-    N, H, Dh = z.shape
-    block = hm.block(layer)
-    o_proj = block.self_attn.o_proj
-    eye = np.eye(H, dtype=np.float32)[None, :, :, None]  # keep head h only
-    one_head = (z[:, None, :, :] * eye).reshape(N * H, H * Dh)
-    dtype = o_proj.weight.dtype if not hasattr(o_proj, "scales") else o_proj.scales.dtype
-    out = plain_call(o_proj, mx.array(one_head).astype(dtype)).astype(mx.float32)
-    bias = plain_call(o_proj, mx.zeros((1, H * Dh), dtype=dtype)).astype(mx.float32)
-    c = np.array(out - bias, dtype=np.float64).reshape(N, H, -1) * site_scale(block, hm.spec.sites["hook_attn_out"])
-    norm = _post_attn_norm(hm, layer)
-    if norm is None:
-        return c
-    d = c.shape[-1]
-    eps = float(getattr(norm, "eps", 0.0))
-    gain = np.array(plain_call(norm, mx.ones((1, d), dtype=mx.float32)).astype(mx.float32), np.float64)[0] * np.sqrt(1 + eps)
-    x = np.asarray(attn_raw, np.float64)
-    rms = np.sqrt((x**2).mean(-1) + eps)  # [N]
-    return c * (gain / rms[:, None])[:, None, :]
-
-
 def mean_contributions(hm: HookedModel, acts: dict[str, np.ndarray]) -> np.ndarray:
     """Mean residual contribution of every head over the prompts: [layers, H, d_model]."""
-    return np.stack([head_contributions(hm, l, acts["z"][:, l], acts["attn_raw"][:, l]).mean(0)
+    return np.stack([np.array(head_results(hm, l, acts["z"][:, l], acts["attn_raw"][:, l]), np.float64).mean(0)
                      for l in range(hm.info.n_layers)])
 
 
