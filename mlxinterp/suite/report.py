@@ -130,16 +130,27 @@ def _link(rel: str) -> str:
 
 
 class _Images:
-    """Image references: a relative path for Markdown, a data URI for standalone HTML."""
+    """Image references: a relative path for Markdown; for standalone HTML a short placeholder that
+    `embed_into` replaces with the figure's data URI after rendering (markdown-it checks a link destination
+    character by character in Python: a few hundred kB of base64 per figure took seconds per report)."""
 
     def __init__(self, out: Path, embed: bool):
         self.out, self.embed = out, embed
+        self.placeholders: dict[str, str] = {}
 
     def src(self, rel: str) -> str:
         if not self.embed:
             return _link(rel)
-        data = (self.out / rel).read_bytes()
-        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        key = f"mlxinterp-figure-{len(self.placeholders)}"
+        self.placeholders[key] = rel
+        return key
+
+    def embed_into(self, html: str) -> str:
+        """`html` with each placeholder's src="..." replaced by the PNG as a data URI."""
+        def data_uri(m: re.Match) -> str:
+            data = (self.out / self.placeholders[m[1]]).read_bytes()
+            return 'src="data:image/png;base64,' + base64.b64encode(data).decode("ascii") + '"'
+        return re.sub(r'src="(mlxinterp-figure-\d+)"', data_uri, html)
 
 
 def _section(name: str, doc: str, models: dict[str, dict], slugs: list[str], images: _Images) -> list[str]:
@@ -258,8 +269,8 @@ def _model_sections(found: Found, order: list[str], slugs: list[str]) -> list[st
     return lines
 
 
-def render_markdown(out: Path, docs: dict[str, str] | None = None, embed: bool = False) -> str:
-    """The whole report as Markdown; `embed` inlines figures (for the HTML version)."""
+def render_markdown(out: Path, docs: dict[str, str] | None = None, images: _Images | None = None) -> str:
+    """The whole report as Markdown, figures as relative links (or `images`' placeholders, for the HTML)."""
     found, docs = collect(out), docs or {}
     order = [e for e in docs if e in found.by_exp] + sorted(e for e in found.by_exp if e not in docs)
     slugs = sorted({s for models in found.by_exp.values() for s in models})
@@ -268,7 +279,7 @@ def render_markdown(out: Path, docs: dict[str, str] | None = None, embed: bool =
         lines += ["No finished results yet.", ""]
     else:
         lines += _contents(order, slugs) + _model_sections(found, order, slugs)
-    images = _Images(out, embed)
+    images = images or _Images(out, embed=False)
     for exp in order:
         lines += _section(exp, docs.get(exp, ""), found.by_exp[exp], slugs, images)
     if found.unreadable:
@@ -278,7 +289,8 @@ def render_markdown(out: Path, docs: dict[str, str] | None = None, embed: bool =
 
 def render_html(out: Path, docs: dict[str, str] | None = None) -> str:
     """Standalone HTML: the Markdown report with figures embedded, rendered by markdown-it."""
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(render_markdown(out, docs, embed=True))
+    images = _Images(out, embed=True)
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(render_markdown(out, docs, images))
     seen: dict[str, int] = {}
 
     def with_id(m: re.Match) -> str:  # GitHub's rule: a repeated anchor gets -1, -2, ...
@@ -286,7 +298,7 @@ def render_html(out: Path, docs: dict[str, str] | None = None) -> str:
         n, seen[a] = seen.get(a, 0), seen.get(a, 0) + 1
         return f'<h{m[1]} id="{a}{f"-{n}" if n else ""}">{m[2]}</h{m[1]}>'
 
-    body = _HEADING.sub(with_id, body)
+    body = images.embed_into(_HEADING.sub(with_id, body))
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>mlxinterp results</title>'
             f"<style>{_CSS}{_figure_width(out)}</style></head>\n<body>\n{body}</body></html>\n")
