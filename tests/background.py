@@ -56,6 +56,7 @@ class Done:
     stderr: str
     seconds: float
     cwd: Path
+    started: float = 0.0  # seconds after this module was imported (the session's start, near enough)
 
 
 # A test that waits for its job may wait for the jobs queued before it too: its pytest-timeout covers the
@@ -73,6 +74,7 @@ _STOP = threading.Event()
 # Jobs running at once. Most of a job's time is spent waiting on processes it started (suite runs, ranks, a
 # kernel, pip), so two lanes beside the in-process tests keep both cores busy where one lane left gaps.
 LANES = 2
+_T0 = time.perf_counter()
 _LANES: list[threading.Thread] = []
 
 
@@ -108,9 +110,9 @@ def _run(name: str) -> Done:
             err += f"\n[background] {name}: killed after {job.timeout:.0f} s"
         finally:
             _RUNNING.remove(proc)
-        done = Done(proc.returncode, out, err, time.perf_counter() - t0, cwd)
+        done = Done(proc.returncode, out, err, time.perf_counter() - t0, cwd, t0 - _T0)
     except Exception as e:  # a failed prepare (e.g. a dependency's output missing) is that job's failure
-        done = Done(-1, "", f"[background] {name}: {type(e).__name__}: {e}", time.perf_counter() - t0, cwd)
+        done = Done(-1, "", f"[background] {name}: {type(e).__name__}: {e}", time.perf_counter() - t0, cwd, t0 - _T0)
     _DONE[name] = done
     _FINISHED[name].set()
     return done
@@ -189,6 +191,16 @@ def queue_for(items) -> None:
                 names.append(mark.args[0])
     skip_real = bool(os.environ.get("MLXINTERP_SKIP_REAL"))
     start([n for n in names if n in _JOBS and not (skip_real and _JOBS[n].real)])
+
+
+def elapsed() -> float:
+    return time.perf_counter() - _T0
+
+
+def timeline() -> list[str]:
+    """A line per finished job (start, seconds, name), in start order: where the run's wall time went."""
+    done = sorted(_DONE.items(), key=lambda kv: kv[1].started)
+    return [f"{d.started:7.1f} s +{d.seconds:6.1f} s  {n}" for n, d in done]
 
 
 def stop() -> None:

@@ -96,5 +96,14 @@ def pytest_runtest_logreport(report):
     background.record_outcome(report)  # only in the second pytest process that runs offloaded tests
 
 
+def pytest_terminal_summary(terminalreporter):
+    """When each background job started and how long it took, after the durations: the run's critical path."""
+    lines = background.timeline()
+    if lines:
+        terminalreporter.write_sep("=", f"background jobs (start, seconds; the session is at {background.elapsed():.1f} s)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def pytest_sessionfinish(session):
     background.stop()
