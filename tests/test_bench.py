@@ -10,6 +10,10 @@ import pytest
 from bench import harness as B
 from mlxinterp.core.errors import MlxInterpError
 
+# Whole suite runs and processes of their own: in the second pytest process, beside the in-process tests
+# (tests/background.py), which would otherwise run alone on one core for their last minutes.
+pytestmark = pytest.mark.offload
+
 
 def test_worker_runs_conditions_and_reports_its_errors(tiny_dirs, tmp_path):
     spec = str(tiny_dirs[("gemma3_text", None)])

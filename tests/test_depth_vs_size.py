@@ -9,6 +9,10 @@ import pytest
 
 from mlxinterp import suite
 
+# Whole suite runs and processes of their own: in the second pytest process, beside the in-process tests
+# (tests/background.py), which would otherwise run alone on one core for their last minutes.
+pytestmark = pytest.mark.offload
+
 
 def _result(tmp_path, slug: str, exp: str) -> dict:
     return json.loads((tmp_path / slug / exp / "result.json").read_text())["result"]

@@ -26,6 +26,10 @@ from mlxinterp.suite import registry as reg
 from mlxinterp.core.errors import ResultsError
 from mlxinterp.core.platform import openblas_interposed
 
+# Whole suite runs and processes of their own: in the second pytest process, beside the in-process tests
+# (tests/background.py), which would otherwise run alone on one core for their last minutes.
+pytestmark = pytest.mark.offload
+
 SCRIPT = textwrap.dedent('''
     import dataclasses, os, signal, sys, time
     import matplotlib; matplotlib.use("Agg")
