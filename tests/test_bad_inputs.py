@@ -52,6 +52,10 @@ from mlxinterp.suite import ranges, run_all
 from mlxinterp.suite import registry as reg
 from mlxinterp.core.tokenization import encode, encode_batch
 
+# The catalogue runs several hundred cases (CLI calls, resumed suite runs): in the second pytest process,
+# beside the in-process tests (tests/background.py), so neither process runs alone at the end.
+pytestmark = pytest.mark.offload
+
 IDS = [1, 287, 414, 417, 279, 280, 300, 301]  # 8 tokens of the tiny vocabulary
 LONG = "word " * 300  # > the tiny models' max context of 256
 D_MODEL = 64
